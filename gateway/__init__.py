@@ -1,0 +1,1 @@
+"""Fabula's HTTP/JSON + SSE gateway in front of the gRPC services."""

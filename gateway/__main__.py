@@ -1,0 +1,24 @@
+"""`python -m gateway`: serve the HTTP gateway with uvicorn."""
+
+from __future__ import annotations
+
+from gateway.config import GatewaySettings
+from services.toolkit.logs import setup_logging
+from services.toolkit.tracing import setup_tracing
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    setup_logging(settings.log_level, settings.log_json)
+    setup_tracing("fabula-gateway", settings.otlp_endpoint)
+
+    import uvicorn
+
+    from gateway.main import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()

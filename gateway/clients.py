@@ -1,0 +1,40 @@
+"""gRPC channels to the services, opened once per app and shared by every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from gateway.config import GatewaySettings
+from services.toolkit import tracing
+
+# Round robin matters in Kubernetes: with a headless Service and a "dns:///" target the channel
+# keeps a connection to every replica instead of pinning all calls to the first one it found.
+_CHANNEL_OPTIONS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+def _open(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        address, options=_CHANNEL_OPTIONS, interceptors=tracing.client_interceptors())
+
+
+@dataclass
+class ServiceChannels:
+    editor: grpc.aio.Channel
+    text: grpc.aio.Channel
+    image: grpc.aio.Channel
+
+    @classmethod
+    def open(cls, settings: GatewaySettings) -> ServiceChannels:
+        return cls(editor=_open(settings.editor_address), text=_open(settings.text_address),
+                   image=_open(settings.image_address))
+
+    async def close(self) -> None:
+        for channel in (self.editor, self.text, self.image):
+            await channel.close()

@@ -1,0 +1,145 @@
+"""Request dependencies shared by the routes: settings, service stubs, the current user, limits.
+
+Routes declare what they need with the `Annotated` aliases at the bottom, e.g.
+`async def list_objects(user: RateLimitedUser, editor: Editor) -> ...`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import grpc
+from cachetools import TTLCache
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from fabula.editor.v1 import editor_pb2, editor_pb2_grpc
+from gateway.clients import ServiceChannels
+from gateway.config import GatewaySettings
+from gateway.errors import ApiError, from_rpc_error
+
+
+@dataclass(frozen=True)
+class User:
+    """The caller, as the editor service knows them, with the token to forward on their behalf."""
+
+    user_id: str
+    username: str
+    token: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+
+class RateLimits:
+    """Per-user and per-address moving-window limits (in memory: one gateway replica's view)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.per_user: RateLimitItem = parse(settings.rate_limit)
+        self.per_address: RateLimitItem = parse(settings.anonymous_rate_limit)
+
+    async def check(self, item: RateLimitItem, key: str) -> None:
+        if await self._limiter.hit(item, key):
+            return
+        stats = await self._limiter.get_window_stats(item, key)
+        retry_after = max(1.0, stats.reset_time - time.time())
+        raise ApiError(429, f"rate limit of {item} exceeded; retry in {retry_after:.0f}s",
+                       retry_after_s=retry_after)
+
+
+class AuthCache:
+    """Remembers token → user for a few seconds so every request does not cost an extra RPC.
+
+    Only the rate-limit key relies on it: the editor service checks the token itself on every
+    storage call, so a revoked token is refused there at once.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self._users: TTLCache[str, User] = TTLCache(maxsize=100_000, ttl=ttl_s) if ttl_s > 0 else None
+
+    def get(self, token: str) -> User | None:
+        return self._users.get(self._key(token)) if self._users is not None else None
+
+    def put(self, user: User) -> None:
+        if self._users is not None:
+            self._users[self._key(user.token)] = user
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+
+def get_settings(request: Request) -> GatewaySettings:
+    return request.app.state.settings
+
+
+def get_channels(request: Request) -> ServiceChannels:
+    return request.app.state.channels
+
+
+def get_editor(channels: Annotated[ServiceChannels, Depends(get_channels)]) -> editor_pb2_grpc.EditorServiceStub:
+    return editor_pb2_grpc.EditorServiceStub(channels.editor)
+
+
+_bearer = HTTPBearer(auto_error=False, description="a session token from /user/login")
+
+
+def bearer_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    if credentials is None or not credentials.credentials:
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)", field="authorization")
+    return credentials.credentials
+
+
+async def current_user(
+    request: Request,
+    token: Annotated[str, Depends(bearer_token)],
+    editor: Annotated[editor_pb2_grpc.EditorServiceStub, Depends(get_editor)],
+    settings: Annotated[GatewaySettings, Depends(get_settings)],
+) -> User:
+    cache: AuthCache = request.app.state.auth_cache
+    user = cache.get(token)
+    if user is not None:
+        return user
+    try:
+        reply = await editor.Authenticate(
+            editor_pb2.AuthenticateRequest(),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=settings.request_timeout_s,
+        )
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
+    user = User(user_id=reply.user_id, username=reply.username, token=token)
+    cache.put(user)
+    return user
+
+
+async def rate_limited_user(request: Request, user: Annotated[User, Depends(current_user)]) -> User:
+    limits: RateLimits = request.app.state.rate_limits
+    await limits.check(limits.per_user, f"user:{user.user_id}")
+    return user
+
+
+async def rate_limited_address(request: Request) -> None:
+    """For calls made before login (register, login, salt): limit by client address."""
+    limits: RateLimits = request.app.state.rate_limits
+    address = request.client.host if request.client else "unknown"
+    await limits.check(limits.per_address, f"addr:{address}")
+
+
+Settings = Annotated[GatewaySettings, Depends(get_settings)]
+Channels = Annotated[ServiceChannels, Depends(get_channels)]
+Editor = Annotated[editor_pb2_grpc.EditorServiceStub, Depends(get_editor)]
+BearerToken = Annotated[str, Depends(bearer_token)]
+CurrentUser = Annotated[User, Depends(current_user)]
+RateLimitedUser = Annotated[User, Depends(rate_limited_user)]
+AddressLimited = Annotated[None, Depends(rate_limited_address)]

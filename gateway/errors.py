@@ -1,0 +1,131 @@
+"""The one place that turns failures into HTTP statuses and JSON bodies.
+
+Body shape everywhere (plain responses and SSE error events alike):
+`{"error": {"code": "INVALID_ARGUMENT", "message": "...", "field": "..."}}` — `field` only when
+one field is at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.toolkit.interceptor import read_error_detail
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    # 499 is the de-facto "client closed request" status; the client rarely sees it.
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+HTTP_CODE_NAMES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+class ApiError(Exception):
+    """An error the gateway itself decides (before or without calling a service)."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None,
+                 code: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.code = code or HTTP_CODE_NAMES.get(status, "ERROR")
+        self.retry_after_s = retry_after_s
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"error": error}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
+    """The HTTP view of a failed gRPC call, keeping the field and retry delay it carried."""
+    code = error.code()
+    status = HTTP_STATUS_BY_GRPC_CODE.get(code, 500)
+    detail, retry_after = read_error_detail(error)
+    if status == 500:
+        # Never leak a service's internals; the service logged the details.
+        log.error("service call failed: %s %s", code, error.details())
+        return ApiError(500, "internal error", code="INTERNAL")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ApiError(503, "service unavailable, try again shortly", code="UNAVAILABLE",
+                        retry_after_s=1.0)
+    return ApiError(status, error.details() or code.name, field=detail.field or None,
+                    code=code.name, retry_after_s=retry_after)
+
+
+def to_response(error: ApiError) -> JSONResponse:
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    return JSONResponse(error_body(error.code, error.message, error.field), status_code=error.status,
+                        headers=headers)
+
+
+def _validation_field(location: tuple[Any, ...]) -> str:
+    # FastAPI locations look like ("body", "sampling", "temperature"); the first part is where.
+    parts = [str(part) for part in location[1:]] if len(location) > 1 else [str(p) for p in location]
+    return ".".join(parts)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+        return to_response(error)
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def _rpc_error(_: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
+        return to_response(from_rpc_error(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        field = _validation_field(tuple(first.get("loc", ())))
+        message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg"))
+        return to_response(ApiError(400, message, field=field or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return to_response(ApiError(error.status_code, str(error.detail)))
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error in the gateway")
+        return to_response(ApiError(500, "internal error", code="INTERNAL"))

@@ -1,0 +1,48 @@
+"""Builds the gateway app; nothing else lives here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from gateway.clients import ServiceChannels
+from gateway.config import GatewaySettings
+from gateway.deps import AuthCache, RateLimits
+from gateway.errors import install_handlers
+from gateway.limits_middleware import BodyLimitMiddleware
+from gateway.routes import health
+
+ROUTERS = (health.router,)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.channels = ServiceChannels.open(settings)
+        try:
+            yield
+        finally:
+            await app.state.channels.close()
+
+    app = FastAPI(
+        title="Fabula",
+        version="0.1.0",
+        description="AI-assisted, illustrated, end-to-end encrypted storytelling.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.auth_cache = AuthCache(settings.auth_cache_s)
+    app.state.rate_limits = RateLimits(settings)
+    install_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["*"])
+    return app

@@ -1,0 +1,1 @@
+"""Fabula's gRPC services: one process per sub-package, sharing `services.toolkit`."""

@@ -1,0 +1,1 @@
+"""What every Fabula service shares: settings, logging, errors, health, tracing, metrics, serving."""

@@ -1,0 +1,123 @@
+"""Serving: one way to start a gRPC server, for processes and for in-process tests alike.
+
+A service hands over a `register(server)` callback that adds its servicers and returns the full
+names of the services it added. The toolkit adds what every service keeps: the exception and
+tracing interceptors, the standard health service (NOT_SERVING until the service says it is
+warm, NOT_SERVING again on SIGTERM), server reflection, and a graceful drain on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.toolkit import metrics, tracing
+from services.toolkit.interceptor import ExceptionInterceptor
+from services.toolkit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Register = Callable[[grpc.aio.Server], Iterable[str]]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it got, and the handle that flips its health."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        # "" is the whole server's status, which Kubernetes' gRPC probes ask for by default.
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+
+async def start_server(
+    register: Register,
+    address: str = "127.0.0.1:0",
+    *,
+    max_message_bytes: int = 32 * 1024 * 1024,
+    max_concurrent_rpcs: int | None = None,
+    serving: bool = True,
+) -> RunningServer:
+    """Start a server on `address` ("host:0" picks a free port) and return it with its port.
+
+    Tests call this with the default address; `serve` calls it with the configured one and
+    `serving=False`, flipping health to SERVING only after the models are warm.
+    """
+    server = grpc.aio.server(
+        interceptors=[*tracing.server_interceptors(), ExceptionInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
+    names = list(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {address}")
+    await server.start()
+    running = RunningServer(server=server, port=port, health=health_servicer, service_names=names)
+    await running.set_serving(serving)
+    return running
+
+
+async def serve(
+    settings: ServiceSettings,
+    register: Register,
+    *,
+    warm_up: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a service until SIGTERM/SIGINT, then drain in-flight calls for `settings.grace_s`."""
+    metrics.serve_metrics(settings.host.strip("[]") if settings.host != "[::]" else "::",
+                          settings.metrics_port)
+    running = await start_server(
+        register,
+        settings.address,
+        max_message_bytes=settings.max_message_bytes,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        serving=False,
+    )
+    log.info("gRPC listening on %s:%d", settings.host, running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if warm_up is not None:
+            await warm_up()
+        await running.set_serving(True)
+        log.info("serving (health SERVING)")
+        await stop.wait()
+        log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.grace_s)
+    finally:
+        await running.stop(settings.grace_s)
+        if on_shutdown is not None:
+            await on_shutdown()
+        log.info("stopped")
