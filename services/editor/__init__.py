@@ -1,0 +1,1 @@
+"""The editor service: accounts and end-to-end encrypted object storage (fabula.editor.v1)."""

@@ -1,0 +1,3 @@
+from services.editor.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Wires the editor together: storage from the registry, the domain objects, the servicer.
+
+Used alike by the process (`cli.py`) and by in-process tests (`embedded.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.editor.accounts import Accounts
+from services.editor.credentials import Credentials
+from services.editor.models import Clock, system_clock
+from services.editor.objects import Objects
+from services.editor.server import EditorServicer, make_register
+from services.editor.settings import EditorSettings
+from services.editor.storage import Storage, create_storage
+from services.editor.transfer import Transfers
+from services.toolkit.server import Register
+
+
+@dataclass
+class EditorApp:
+    settings: EditorSettings
+    storage: Storage
+    credentials: Credentials
+    accounts: Accounts
+    objects: Objects
+    transfers: Transfers
+    servicer: EditorServicer
+
+    @classmethod
+    def create(cls, settings: EditorSettings, clock: Clock = system_clock) -> EditorApp:
+        storage = create_storage(settings.database_url, pool_size=settings.database_pool_size,
+                                 connect_timeout_s=settings.database_connect_timeout_s)
+        credentials = Credentials(server_secret=settings.server_secret.get_secret_value(),
+                                  opslimit=settings.auth_hash_opslimit, memlimit=settings.auth_hash_memlimit,
+                                  max_concurrent=settings.max_concurrent_hashes)
+        accounts = Accounts(storage, settings, credentials, clock)
+        objects = Objects(storage, settings, clock)
+        transfers = Transfers(storage, settings, clock)
+        return cls(settings=settings, storage=storage, credentials=credentials, accounts=accounts,
+                   objects=objects, transfers=transfers, servicer=EditorServicer(accounts, objects, transfers))
+
+    @property
+    def register(self) -> Register:
+        return make_register(self.servicer)
+
+    async def open(self) -> None:
+        """Connect, migrate the schema, and compute the dummy hash before the first login."""
+        await self.storage.open()
+        await self.credentials.dummy_hash()
+
+    async def close(self) -> None:
+        await self.storage.close()

@@ -1,0 +1,101 @@
+"""Encrypted objects and the keystore: validated requests turned into conditional storage writes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+from services.editor import metrics, validation
+from services.editor.models import Clock, Keystore, ObjectMeta, ObjectType, Quota, StoredObject
+from services.editor.settings import EditorSettings
+from services.editor.storage.base import ObjectWrite, Storage, not_found
+from services.toolkit.errors import Conflict, InvalidArgument, ResourceExhausted
+
+_TOKEN_VERSION = "v1"
+
+
+def encode_page_token(type: ObjectType, last_id: str) -> str:
+    raw = f"{_TOKEN_VERSION}:{int(type)}:{last_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, type: ObjectType) -> str:
+    """The id after which the page starts; the token must come from a listing of the same type."""
+    if not token:
+        return ""
+    try:
+        if len(token) > 256:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        version, kind, last_id = raw.split(":", 2)
+        if version != _TOKEN_VERSION or not validation.ID_PATTERN.fullmatch(last_id):
+            raise ValueError("not a page token")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument("page_token", token, "is not a token returned by ListObjects") from None
+    if kind != str(int(type)):
+        raise InvalidArgument("page_token", token, "belongs to a listing of another type")
+    return last_id
+
+
+class Objects:
+    def __init__(self, storage: Storage, settings: EditorSettings, clock: Clock) -> None:
+        self._storage, self._settings, self._clock = storage, settings, clock
+        self.quota = Quota(max_objects=settings.max_objects_per_user, max_bytes=settings.max_bytes_per_user)
+
+    async def put(self, user_id: str, type_value: int, id: str, data: bytes, expected_index: int) -> ObjectMeta:
+        type_ = validation.object_type(type_value)
+        validation.object_id(id)
+        validation.blob(data, self._settings.max_object_bytes, "data")
+        write = ObjectWrite(type=type_, id=id, data=data, sha256=hashlib.sha256(data).digest())
+        try:
+            meta = await self._storage.put_object(user_id, write, expected_index, self.quota, self._clock())
+        except Conflict:
+            metrics.STALE_WRITES.labels(type_.path_name).inc()
+            raise
+        except ResourceExhausted as error:
+            metrics.QUOTA_REFUSALS.labels(error.reason).inc()
+            raise
+        metrics.OBJECT_WRITES.labels(type_.path_name, "create" if expected_index == 0 else "update").inc()
+        metrics.BYTES_WRITTEN.labels(type_.path_name).inc(len(data))
+        return meta
+
+    async def get(self, user_id: str, type_value: int, id: str) -> StoredObject:
+        type_ = validation.object_type(type_value)
+        validation.object_id(id)
+        stored = await self._storage.get_object(user_id, type_, id)
+        if stored is None:
+            raise not_found(f"{type_.path_name}/{id}")
+        return stored
+
+    async def list(self, user_id: str, type_value: int, page_size: int, page_token: str) -> tuple[list[ObjectMeta], str]:
+        type_ = validation.object_type(type_value)
+        size = validation.page_size(page_size, default=self._settings.default_page_size,
+                                    maximum=self._settings.max_page_size)
+        after = decode_page_token(page_token, type_)
+        # One extra row tells whether another page follows, without a second query.
+        rows = await self._storage.list_objects(user_id, type_, after, size + 1)
+        page = rows[:size]
+        next_token = encode_page_token(type_, page[-1].id) if len(rows) > size else ""
+        return page, next_token
+
+    async def delete(self, user_id: str, type_value: int, id: str, expected_index: int | None) -> None:
+        type_ = validation.object_type(type_value)
+        validation.object_id(id)
+        try:
+            await self._storage.delete_object(user_id, type_, id, expected_index)
+        except Conflict:
+            metrics.STALE_WRITES.labels(type_.path_name).inc()
+            raise
+        metrics.OBJECT_WRITES.labels(type_.path_name, "delete").inc()
+
+    async def get_keystore(self, user_id: str) -> Keystore:
+        return await self._storage.get_keystore(user_id)
+
+    async def put_keystore(self, user_id: str, data: bytes, expected_index: int) -> int:
+        validation.blob(data, self._settings.max_keystore_bytes, "keystore")
+        try:
+            return await self._storage.put_keystore(user_id, data, expected_index, self._clock())
+        except Conflict:
+            metrics.STALE_WRITES.labels("keystore").inc()
+            raise

@@ -1,0 +1,157 @@
+"""The gRPC servicer: protobuf in, domain call, protobuf out. No SQL and no crypto decisions here.
+
+The bearer token is read from the "authorization" metadata in one place, `_caller`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from fabula.editor.v1 import editor_pb2 as pb
+from fabula.editor.v1 import editor_pb2_grpc
+from services.editor.accounts import Accounts
+from services.editor.models import Account, KdfParams, ObjectMeta, Session
+from services.editor.objects import Objects
+from services.editor.transfer import Transfers
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
+
+
+def _timestamp(microseconds: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMicroseconds(microseconds)
+    return stamp
+
+
+def _session_pb(session: Session) -> pb.Session:
+    return pb.Session(token=session.token, expires_at=_timestamp(session.expires_at_us), user_id=session.user_id)
+
+
+def _kdf_pb(kdf: KdfParams) -> pb.KdfParams:
+    return pb.KdfParams(opslimit=kdf.opslimit, memlimit=kdf.memlimit)
+
+
+def _meta_pb(meta: ObjectMeta) -> pb.ObjectMeta:
+    return pb.ObjectMeta(id=meta.id, type=int(meta.type), size=meta.size, change_index=meta.change_index,
+                         created_at=_timestamp(meta.created_at_us), updated_at=_timestamp(meta.updated_at_us))
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str:
+    """The token of "authorization: Bearer <token>", or "" when there is none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
+    def __init__(self, accounts: Accounts, objects: Objects, transfers: Transfers) -> None:
+        self._accounts, self._objects, self._transfers = accounts, objects, transfers
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Account:
+        return await self._accounts.authenticate(bearer_token(context))
+
+    # Accounts and sessions.
+    async def GetSalt(self, request: pb.GetSaltRequest, context) -> pb.GetSaltResponse:
+        salt, kdf = await self._accounts.get_salt(request.username)
+        return pb.GetSaltResponse(salt=salt, kdf=_kdf_pb(kdf))
+
+    async def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
+        session = await self._accounts.register(request.username, request.salt, request.kdf.opslimit,
+                                                request.kdf.memlimit, request.auth_key, request.keystore)
+        return pb.RegisterResponse(session=_session_pb(session))
+
+    async def Login(self, request: pb.LoginRequest, context) -> pb.LoginResponse:
+        session = await self._accounts.login(request.username, request.auth_key)
+        return pb.LoginResponse(session=_session_pb(session))
+
+    async def Logout(self, request: pb.LogoutRequest, context) -> pb.LogoutResponse:
+        await self._caller(context)
+        await self._accounts.logout(bearer_token(context))
+        return pb.LogoutResponse()
+
+    async def Authenticate(self, request: pb.AuthenticateRequest, context) -> pb.AuthenticateResponse:
+        account = await self._caller(context)
+        return pb.AuthenticateResponse(user_id=account.user_id, username=account.username)
+
+    async def ChangePassword(self, request: pb.ChangePasswordRequest, context) -> pb.ChangePasswordResponse:
+        account = await self._caller(context)
+        session, index = await self._accounts.change_password(
+            account, old_auth_key=request.old_auth_key, new_salt=request.new_salt,
+            new_opslimit=request.new_kdf.opslimit, new_memlimit=request.new_kdf.memlimit,
+            new_auth_key=request.new_auth_key, keystore=request.keystore,
+            expected_keystore_index=request.expected_keystore_change_index)
+        return pb.ChangePasswordResponse(session=_session_pb(session), keystore_change_index=index)
+
+    async def DeleteAccount(self, request: pb.DeleteAccountRequest, context) -> pb.DeleteAccountResponse:
+        account = await self._caller(context)
+        deleted = await self._accounts.delete_account(account, request.auth_key)
+        return pb.DeleteAccountResponse(deleted_objects=deleted)
+
+    # Keystore.
+    async def GetKeystore(self, request: pb.GetKeystoreRequest, context) -> pb.GetKeystoreResponse:
+        account = await self._caller(context)
+        keystore = await self._objects.get_keystore(account.user_id)
+        return pb.GetKeystoreResponse(keystore=keystore.data, change_index=keystore.change_index,
+                                      updated_at=_timestamp(keystore.updated_at_us))
+
+    async def PutKeystore(self, request: pb.PutKeystoreRequest, context) -> pb.PutKeystoreResponse:
+        account = await self._caller(context)
+        index = await self._objects.put_keystore(account.user_id, request.keystore, request.expected_change_index)
+        return pb.PutKeystoreResponse(change_index=index)
+
+    # Objects.
+    async def PutObject(self, request: pb.PutObjectRequest, context) -> pb.PutObjectResponse:
+        account = await self._caller(context)
+        meta = await self._objects.put(account.user_id, request.type, request.id, request.data,
+                                       request.expected_change_index)
+        return pb.PutObjectResponse(meta=_meta_pb(meta))
+
+    async def GetObject(self, request: pb.GetObjectRequest, context) -> pb.GetObjectResponse:
+        account = await self._caller(context)
+        stored = await self._objects.get(account.user_id, request.type, request.id)
+        return pb.GetObjectResponse(meta=_meta_pb(stored.meta), data=stored.data)
+
+    async def ListObjects(self, request: pb.ListObjectsRequest, context) -> pb.ListObjectsResponse:
+        account = await self._caller(context)
+        page, next_token = await self._objects.list(account.user_id, request.type, request.page_size,
+                                                    request.page_token)
+        return pb.ListObjectsResponse(objects=[_meta_pb(meta) for meta in page], next_page_token=next_token)
+
+    async def DeleteObject(self, request: pb.DeleteObjectRequest, context) -> pb.DeleteObjectResponse:
+        account = await self._caller(context)
+        expected = request.expected_change_index if request.HasField("expected_change_index") else None
+        await self._objects.delete(account.user_id, request.type, request.id, expected)
+        return pb.DeleteObjectResponse()
+
+    # Export and import.
+    async def ExportAccount(self, request: pb.ExportAccountRequest, context) -> AsyncIterator[pb.ExportAccountResponse]:
+        account = await self._caller(context)
+        async for chunk in self._transfers.export(account.user_id):
+            yield pb.ExportAccountResponse(chunk=chunk)
+
+    async def ImportAccount(self, request_iterator, context) -> pb.ImportAccountResponse:
+        account = await self._caller(context)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                yield message.chunk
+
+        result = await self._transfers.import_(account.user_id, chunks())
+        return pb.ImportAccountResponse(imported_objects=result.imported_objects,
+                                        keystore_replaced=result.keystore_replaced)
+
+
+def make_register(servicer: EditorServicer):
+    """The `register(server)` callback the toolkit's server runner takes."""
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        editor_pb2_grpc.add_EditorServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return register

@@ -1,0 +1,202 @@
+"""SQLite back end: one file, WAL mode, every call in a thread so the event loop never blocks.
+
+Writes go through one connection on one thread, one transaction at a time (`BEGIN IMMEDIATE`
+also locks out any other process on the same file); reads use a small pool of read-only
+connections, which WAL lets run beside the writer, each seeing a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from services.editor.storage.sql import SqlStorage, Tx, UniqueViolation, not_open
+
+T = TypeVar("T")
+URL_PREFIX = "sqlite:///"
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA_V1 = (
+    """CREATE TABLE accounts (
+        user_id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        salt BLOB NOT NULL,
+        kdf_opslimit INTEGER NOT NULL,
+        kdf_memlimit INTEGER NOT NULL,
+        auth_hash BLOB NOT NULL,
+        created_us INTEGER NOT NULL,
+        object_count INTEGER NOT NULL,
+        bytes_stored INTEGER NOT NULL,
+        keystore BLOB NOT NULL,
+        keystore_change_index INTEGER NOT NULL,
+        keystore_updated_us INTEGER NOT NULL
+    )""",
+    """CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES accounts (user_id) ON DELETE CASCADE,
+        expires_us INTEGER NOT NULL,
+        created_us INTEGER NOT NULL
+    )""",
+    "CREATE INDEX sessions_by_user ON sessions (user_id)",
+    """CREATE TABLE objects (
+        user_id TEXT NOT NULL REFERENCES accounts (user_id) ON DELETE CASCADE,
+        type INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        change_index INTEGER NOT NULL,
+        sha256 BLOB NOT NULL,
+        created_us INTEGER NOT NULL,
+        updated_us INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (user_id, type, id)
+    )""",
+)
+
+
+def path_from_url(url: str) -> Path:
+    """`sqlite:///data/editor.db` is relative to the working directory; `sqlite:////abs.db` absolute."""
+    if not url.startswith(URL_PREFIX) or len(url) == len(URL_PREFIX):
+        raise ValueError(f"a SQLite database URL looks like sqlite:///path/to/editor.db, got {url!r}")
+    path = url[len(URL_PREFIX):]
+    if path == ":memory:" or path.startswith("file:"):
+        raise ValueError("the editor needs a durable SQLite file, not an in-memory database")
+    return Path(path)
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; this module says BEGIN and COMMIT itself.
+    # check_same_thread=False: a connection is used by one task at a time, from pool threads.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if read_only:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"could not switch {path} to WAL mode (got {mode!r})")
+        # FULL: every commit fsyncs the WAL before COMMIT returns. NORMAL would already survive
+        # SIGKILL of this process (the WAL is in the OS's hands before COMMIT returns), but not
+        # a power cut or kernel crash; an acknowledged write of someone's story must survive both.
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class _SqliteTx(Tx):
+    def __init__(self, conn: sqlite3.Connection, run: Callable[..., Any]) -> None:
+        self._conn, self._run = conn, run
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("%s", "?")
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        return await self._run(lambda: self._conn.execute(self._sql(sql), params).fetchone())
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return await self._run(lambda: self._conn.execute(self._sql(sql), params).fetchall())
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        def run() -> int:
+            try:
+                return self._conn.execute(self._sql(sql), params).rowcount
+            except sqlite3.IntegrityError as error:
+                if "UNIQUE" in str(error) or "PRIMARY KEY" in str(error):
+                    raise UniqueViolation(str(error)) from error
+                raise
+
+        return await self._run(run)
+
+
+def _finish(conn: sqlite3.Connection, commit: bool) -> None:
+    if conn.in_transaction:
+        conn.execute("COMMIT" if commit else "ROLLBACK")
+
+
+class SqliteStorage(SqlStorage):
+    MIGRATIONS = (SCHEMA_V1,)
+
+    def __init__(self, url: str, *, pool_size: int = 4, **_: Any) -> None:
+        self.path = path_from_url(url)
+        self._readers_count = max(1, pool_size)
+        self._writer: sqlite3.Connection | None = None
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._writer_lock = asyncio.Lock()
+        self._reader_threads = ThreadPoolExecutor(self._readers_count, thread_name_prefix="sqlite-reader")
+        self._readers: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
+        self._all_readers: list[sqlite3.Connection] = []
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({str(self.path)!r})"
+
+    async def _on(self, executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._on(self._writer_thread, lambda: _connect(self.path, read_only=False))
+        await self._migrate()
+        for _ in range(self._readers_count):
+            reader = await self._on(self._reader_threads, lambda: _connect(self.path, read_only=True))
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
+
+    async def close(self) -> None:
+        async with self._writer_lock:
+            if self._writer is not None:
+                await self._on(self._writer_thread, self._writer.close)
+                self._writer = None
+        for reader in self._all_readers:
+            await self._on(self._reader_threads, reader.close)
+        self._all_readers.clear()
+        self._writer_thread.shutdown(wait=True)
+        self._reader_threads.shutdown(wait=True)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[Tx]:
+        if self._writer is None:
+            raise not_open()
+        conn = self._writer
+        run = lambda call: self._on(self._writer_thread, call)  # noqa: E731
+        async with self._writer_lock:
+            # IMMEDIATE takes the write lock now, so no other process can write between our reads
+            # and our writes; within this process the lock above already serialises writers.
+            await run(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _SqliteTx(conn, run)
+            except BaseException:
+                # The single writer thread runs this after any statement still in flight.
+                await run(lambda: _finish(conn, commit=False))
+                raise
+            await run(lambda: _finish(conn, commit=True))
+
+    @asynccontextmanager
+    async def _read(self, snapshot: bool = False) -> AsyncIterator[Tx]:
+        if not self._all_readers:
+            raise not_open()
+        conn = await self._readers.get()
+        run = lambda call: self._on(self._reader_threads, call)  # noqa: E731
+        released = False
+
+        def release(_: object = None) -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._readers.put_nowait(conn)
+
+        try:
+            # A read transaction: every statement in it sees the same committed state (WAL snapshot).
+            await run(lambda: conn.execute("BEGIN"))
+            yield _SqliteTx(conn, run)
+        finally:
+            # End the transaction before the connection goes back to the pool, even when this
+            # task was cancelled while a statement was still running on a pool thread.
+            future = asyncio.get_running_loop().run_in_executor(
+                self._reader_threads, lambda: _finish(conn, commit=True))
+            future.add_done_callback(release)
+            await asyncio.shield(future)
