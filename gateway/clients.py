@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import grpc
 
+from fabula.editor.v1 import editor_pb2_grpc
 from gateway.config import GatewaySettings
 from services.toolkit import tracing
 
@@ -29,6 +31,11 @@ class ServiceChannels:
     editor: grpc.aio.Channel
     text: grpc.aio.Channel
     image: grpc.aio.Channel
+
+    @functools.cached_property
+    def editor_stub(self) -> editor_pb2_grpc.EditorServiceStub:
+        """Built once: a stub binds a callable per RPC, too much work to repeat per request."""
+        return editor_pb2_grpc.EditorServiceStub(self.editor)
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> ServiceChannels:

@@ -17,6 +17,8 @@ class GatewaySettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     otlp_endpoint: str = Field("", description="OTLP gRPC endpoint for traces; empty disables export")
+    trace_http_spans: bool = Field(False, description="record HTTP server spans even without an OTLP endpoint "
+                                                      "(they are always recorded with one)")
 
     # Where the services are. In Kubernetes use "dns:///name.namespace.svc:port" against a
     # headless Service so that round-robin spreads calls over every replica.
@@ -26,6 +28,9 @@ class GatewaySettings(BaseSettings):
 
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                 description="largest request body accepted (413 beyond)")
+    max_import_bytes: int = Field(1088 * 1024 * 1024, ge=1024,
+                                  description="largest archive POST /user/import accepts (413 beyond); "
+                                              "keep it at the editor's max_archive_bytes")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline forwarded to unary calls")
     stream_timeout_s: float = Field(600.0, gt=0, description="deadline forwarded to streaming calls")
     rate_limit: str = Field("600/minute", description="per-user limit, in the `limits` notation")

@@ -117,12 +117,22 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            # FastAPI locates a JSON syntax error by character offset; the body is what is wrong.
+            reason = (first.get("ctx") or {}).get("error", "")
+            return to_response(ApiError(400, f"body: invalid JSON ({reason})", field="body"))
         field = _validation_field(tuple(first.get("loc", ())))
-        message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg"))
+        # Our own validators' messages read "Value error, must be ..."; the prefix is noise.
+        text = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        message = f"{field}: {text}" if field else text
         return to_response(ApiError(400, message, field=field or None))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        # 413 comes from the body limit (limits_middleware.BodyTooLarge), 400 from FastAPI when a
+        # body cannot be decoded at all (not UTF-8): either way the body is at fault.
+        if error.status_code in (400, 413):
+            return to_response(ApiError(error.status_code, f"body: {error.detail}", field="body"))
         return to_response(ApiError(error.status_code, str(error.detail)))
 
     @app.exception_handler(Exception)

@@ -8,14 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from gateway import tracing
 from gateway.clients import ServiceChannels
 from gateway.config import GatewaySettings
 from gateway.deps import AuthCache, RateLimits
 from gateway.errors import install_handlers
 from gateway.limits_middleware import BodyLimitMiddleware
-from gateway.routes import health
+from gateway.routes import health, objects, transfer, user
 
-ROUTERS = (health.router,)
+ROUTERS = (health.router, user.router, objects.router, transfer.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -41,8 +42,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       limits_by_path={"/user/import": settings.max_import_bytes})
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
+    tracing.instrument(app, settings)
     return app

@@ -27,16 +27,31 @@ STOP_GRACE_S = 15.0
 class Process:
     name: str
     module: str
-    grpc_port: int | None = None  # None: an HTTP process (the gateway)
-    http_port: int | None = None
+    env_prefix: str
+    default_port: int
+    speaks_grpc: bool = True  # the gateway speaks HTTP
+
+    @property
+    def port(self) -> int:
+        # The same variable the process's own settings read, so an override moves both.
+        return int(os.environ.get(f"{self.env_prefix}PORT", self.default_port))
 
 
 PROCESSES = (
-    Process("editor", "services.editor", grpc_port=50051),
-    Process("text", "services.text", grpc_port=50052),
-    Process("image", "services.image", grpc_port=50053),
-    Process("gateway", "gateway", http_port=8000),
+    Process("editor", "services.editor", "FABULA_EDITOR_", 50051),
+    Process("text", "services.text", "FABULA_TEXT_", 50052),
+    Process("image", "services.image", "FABULA_IMAGE_", 50053),
+    Process("gateway", "gateway", "FABULA_GATEWAY_", 8000, speaks_grpc=False),
 )
+
+
+def _child_environment() -> dict[str, str]:
+    """Point the gateway at the services' ports unless the user pointed it elsewhere."""
+    env = dict(os.environ)
+    for process in PROCESSES:
+        if process.speaks_grpc:
+            env.setdefault(f"FABULA_GATEWAY_{process.name.upper()}_ADDRESS", f"127.0.0.1:{process.port}")
+    return env
 
 
 def _exists(process: Process) -> bool:
@@ -88,6 +103,7 @@ async def run(only: list[str] | None, ready_timeout_s: float) -> int:
     wanted = [p for p in PROCESSES if _exists(p) and (not only or p.name in only)]
     os.makedirs("data", exist_ok=True)
     children: dict[str, asyncio.subprocess.Process] = {}
+    env = _child_environment()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,16 +113,16 @@ async def run(only: list[str] | None, ready_timeout_s: float) -> int:
             # Each child gets its own process group so Ctrl-C reaches only this launcher, which
             # then stops the children in order with their drain grace.
             children[process.name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", process.module, start_new_session=True)
+                sys.executable, "-m", process.module, env=env, start_new_session=True)
         print("Starting Fabula:", ", ".join(p.name for p in wanted), flush=True)
         for process in wanted:
             child = children[process.name]
-            if process.grpc_port is not None:
-                ok = await _wait_grpc_serving(process.grpc_port, child, ready_timeout_s)
-                where = f"grpc://127.0.0.1:{process.grpc_port}"
+            if process.speaks_grpc:
+                ok = await _wait_grpc_serving(process.port, child, ready_timeout_s)
+                where = f"grpc://127.0.0.1:{process.port}"
             else:
-                ok = await _wait_http_live(process.http_port, child, ready_timeout_s)
-                where = f"http://127.0.0.1:{process.http_port}  (API docs: /docs)"
+                ok = await _wait_http_live(process.port, child, ready_timeout_s)
+                where = f"http://127.0.0.1:{process.port}  (API docs: /docs)"
             if not ok:
                 print(f"  {process.name} did not become ready (exit code {child.returncode})", flush=True)
                 return 1

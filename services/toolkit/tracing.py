@@ -38,7 +38,8 @@ def server_interceptors() -> list:
 
 
 def client_interceptors() -> list:
-    """Interceptors that send the current trace context with every outgoing gRPC call."""
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    """Interceptors that send the current trace context with every outgoing gRPC call (and keep
+    `call.cancel()` working; see client_tracing.py for why not OpenTelemetry's own)."""
+    from services.toolkit.client_tracing import TracingClientInterceptor
 
-    return list(aio_client_interceptors())
+    return [TracingClientInterceptor()]

@@ -1,0 +1,129 @@
+"""The account: salt, registration, sessions, password change, deletion and the keystore.
+
+Every call goes to the editor service with the configured deadline and is cancelled if the client
+disconnects. The server only ever sees keys derived from the password and ciphertext; see the
+SDK for the client side of the protocol.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from fabula.editor.v1 import editor_pb2
+from gateway.calls import unary
+from gateway.deps import AddressLimited, Editor, RateLimitedUser, Settings
+from gateway.schemas import (
+    ChangePasswordRequest,
+    ChangePasswordResponse,
+    DeleteAccountRequest,
+    DeleteAccountResponse,
+    Kdf,
+    KeystoreResponse,
+    LoginRequest,
+    MeResponse,
+    PutKeystoreRequest,
+    PutKeystoreResponse,
+    RegisterRequest,
+    SaltRequest,
+    SaltResponse,
+    SessionResponse,
+    error_responses,
+)
+
+router = APIRouter(prefix="/user", tags=["user"])
+
+_ANONYMOUS_ERRORS = error_responses(400, 429, 503, 504)
+_SIGNED_IN_ERRORS = error_responses(400, 401, 429, 503, 504)
+
+
+@router.post("/salt", response_model=SaltResponse, responses=_ANONYMOUS_ERRORS,
+             summary="The Argon2id salt and cost to derive a user's keys with")
+async def get_salt(body: SaltRequest, request: Request, _: AddressLimited, editor: Editor,
+                   settings: Settings) -> SaltResponse:
+    """For a username without an account the answer is a stable decoy, so it reveals nothing."""
+    reply = await unary(request, editor.GetSalt(editor_pb2.GetSaltRequest(username=body.username),
+                                                timeout=settings.request_timeout_s))
+    return SaltResponse(salt=reply.salt, kdf=Kdf.from_pb(reply.kdf))
+
+
+@router.post("/register", response_model=SessionResponse, status_code=status.HTTP_201_CREATED,
+             responses=error_responses(400, 409, 429, 503, 504), summary="Create an account")
+async def register(body: RegisterRequest, request: Request, _: AddressLimited, editor: Editor,
+                   settings: Settings) -> SessionResponse:
+    """Creates the account with its first keystore and returns a first session (409 if taken)."""
+    reply = await unary(request, editor.Register(body.to_pb(), timeout=settings.request_timeout_s))
+    return SessionResponse.from_pb(reply.session)
+
+
+@router.post("/login", response_model=SessionResponse, responses=error_responses(400, 401, 429, 503, 504),
+             summary="Exchange a username and authentication key for a session token")
+async def login(body: LoginRequest, request: Request, _: AddressLimited, editor: Editor,
+                settings: Settings) -> SessionResponse:
+    """A wrong key and an unknown username get the same 401, so neither reveals the other."""
+    reply = await unary(request, editor.Login(
+        editor_pb2.LoginRequest(username=body.username, auth_key=body.auth_key),
+        timeout=settings.request_timeout_s))
+    return SessionResponse.from_pb(reply.session)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+             responses=_SIGNED_IN_ERRORS, summary="Revoke the calling session")
+async def logout(request: Request, user: RateLimitedUser, editor: Editor, settings: Settings) -> Response:
+    await unary(request, editor.Logout(editor_pb2.LogoutRequest(), metadata=user.metadata,
+                                       timeout=settings.request_timeout_s))
+    request.app.state.auth_cache.forget(user.token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/me", response_model=MeResponse, responses=_SIGNED_IN_ERRORS, summary="Who the token belongs to")
+async def me(request: Request, user: RateLimitedUser, editor: Editor, settings: Settings) -> MeResponse:
+    # Asked of the editor every time (not the gateway's short auth cache), so that a session
+    # revoked on another device is refused here at once.
+    reply = await unary(request, editor.Authenticate(editor_pb2.AuthenticateRequest(), metadata=user.metadata,
+                                                     timeout=settings.request_timeout_s))
+    return MeResponse(user_id=reply.user_id, username=reply.username)
+
+
+@router.post("/change-password", response_model=ChangePasswordResponse,
+             responses=error_responses(400, 401, 409, 429, 503, 504),
+             summary="Replace the authentication key, salt and keystore; revokes every session")
+async def change_password(body: ChangePasswordRequest, request: Request, user: RateLimitedUser,
+                          editor: Editor, settings: Settings) -> ChangePasswordResponse:
+    """409 if the keystore changed since `expected_keystore_change_index`; nothing is written then."""
+    reply = await unary(request, editor.ChangePassword(body.to_pb(), metadata=user.metadata,
+                                                       timeout=settings.request_timeout_s))
+    request.app.state.auth_cache.forget(user.token)
+    session = SessionResponse.from_pb(reply.session)
+    return ChangePasswordResponse(**session.model_dump(), keystore_change_index=reply.keystore_change_index)
+
+
+@router.post("/delete", response_model=DeleteAccountResponse, responses=_SIGNED_IN_ERRORS,
+             summary="Delete the account, its keystore, every object and every session")
+async def delete_account(body: DeleteAccountRequest, request: Request, user: RateLimitedUser,
+                         editor: Editor, settings: Settings) -> DeleteAccountResponse:
+    reply = await unary(request, editor.DeleteAccount(
+        editor_pb2.DeleteAccountRequest(auth_key=body.auth_key), metadata=user.metadata,
+        timeout=settings.request_timeout_s))
+    request.app.state.auth_cache.forget(user.token)
+    return DeleteAccountResponse(deleted_objects=reply.deleted_objects)
+
+
+@router.get("/keystore", response_model=KeystoreResponse, responses=_SIGNED_IN_ERRORS,
+            summary="The account's encrypted keystore")
+async def get_keystore(request: Request, user: RateLimitedUser, editor: Editor,
+                       settings: Settings) -> KeystoreResponse:
+    reply = await unary(request, editor.GetKeystore(editor_pb2.GetKeystoreRequest(), metadata=user.metadata,
+                                                    timeout=settings.request_timeout_s))
+    return KeystoreResponse.from_pb(reply)
+
+
+@router.put("/keystore", response_model=PutKeystoreResponse,
+            responses=error_responses(400, 401, 409, 429, 503, 504),
+            summary="Replace the keystore if nobody changed it since `expected_change_index`")
+async def put_keystore(body: PutKeystoreRequest, request: Request, user: RateLimitedUser, editor: Editor,
+                       settings: Settings) -> PutKeystoreResponse:
+    """A stale `expected_change_index` is refused with 409 and nothing is overwritten."""
+    reply = await unary(request, editor.PutKeystore(
+        editor_pb2.PutKeystoreRequest(keystore=body.keystore, expected_change_index=body.expected_change_index),
+        metadata=user.metadata, timeout=settings.request_timeout_s))
+    return PutKeystoreResponse(change_index=reply.change_index)

@@ -1,0 +1,262 @@
+"""The public JSON bodies of the user API, and their conversion from the editor's protobuf.
+
+Only what a client needs appears here (never a hash, a token hash or a sha256 of stored data).
+Binary fields travel as standard base64 with padding; timestamps as RFC 3339 in UTC. Request
+models are strict: a number sent as a string or a boolean is refused naming the field, rather
+than guessed at. Unknown fields are ignored, so an older gateway accepts a newer client.
+
+The editor validates the meaning of every value (username rules, key lengths, id pattern); the
+gateway checks only what protobuf itself cannot carry (integer ranges, lone surrogates, base64),
+so that a bad request never turns into a crash on the way to the service.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+
+from fabula.editor.v1 import editor_pb2
+
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def _decode_base64(value: Any) -> bytes:
+    if isinstance(value, bytes):  # built in Python from a service's reply (JSON never gives bytes)
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be standard base64 (A-Z, a-z, 0-9, '+', '/', with '=' padding)") from None
+
+
+def _encode_base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _encodable_text(value: str) -> str:
+    # json.loads accepts "\ud800"; protobuf cannot encode a lone surrogate, so refuse it here.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+Base64Bytes = Annotated[
+    bytes,
+    PlainValidator(_decode_base64),
+    PlainSerializer(_encode_base64, return_type=str),
+    WithJsonSchema({"type": "string", "format": "byte", "contentEncoding": "base64"}),
+]
+Text = Annotated[str, AfterValidator(_encodable_text)]
+Uint32 = Annotated[int, Field(ge=0, le=UINT32_MAX)]
+Uint64 = Annotated[int, Field(ge=0, le=UINT64_MAX)]
+
+
+class ObjectKind(enum.StrEnum):
+    """The object type as it appears in paths and export archives."""
+
+    stories = "stories"
+    storycontent = "storycontent"
+    lorebooks = "lorebooks"
+    presets = "presets"
+    images = "images"
+
+    @property
+    def proto(self) -> int:
+        return _PROTO_BY_KIND[self]
+
+    @classmethod
+    def from_proto(cls, value: int) -> ObjectKind:
+        return _KIND_BY_PROTO[value]
+
+
+_PROTO_BY_KIND = {
+    ObjectKind.stories: editor_pb2.OBJECT_TYPE_STORY,
+    ObjectKind.storycontent: editor_pb2.OBJECT_TYPE_STORY_CONTENT,
+    ObjectKind.lorebooks: editor_pb2.OBJECT_TYPE_LOREBOOK,
+    ObjectKind.presets: editor_pb2.OBJECT_TYPE_PRESET,
+    ObjectKind.images: editor_pb2.OBJECT_TYPE_IMAGE,
+}
+_KIND_BY_PROTO = {proto: kind for kind, proto in _PROTO_BY_KIND.items()}
+
+
+def _time(timestamp: Timestamp) -> datetime:
+    return timestamp.ToDatetime(tzinfo=UTC)
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+# Requests -----------------------------------------------------------------------------------
+
+
+class Kdf(RequestBody):
+    """Argon2id cost in libsodium's units."""
+
+    opslimit: Uint32 = Field(description="passes (libsodium opslimit)")
+    memlimit: Uint64 = Field(description="memory in bytes (libsodium memlimit)")
+
+    def to_pb(self) -> editor_pb2.KdfParams:
+        return editor_pb2.KdfParams(opslimit=self.opslimit, memlimit=self.memlimit)
+
+    @classmethod
+    def from_pb(cls, kdf: editor_pb2.KdfParams) -> Kdf:
+        return cls(opslimit=kdf.opslimit, memlimit=kdf.memlimit)
+
+
+class SaltRequest(RequestBody):
+    username: Text
+
+
+class RegisterRequest(RequestBody):
+    username: Text = Field(description="1-64 characters, unique")
+    salt: Base64Bytes = Field(description="16 random bytes chosen by the client")
+    kdf: Kdf
+    auth_key: Base64Bytes = Field(description="32-byte key derived from the password (never the password)")
+    keystore: Base64Bytes = Field(description="the first keystore blob, encrypted by the client")
+
+    def to_pb(self) -> editor_pb2.RegisterRequest:
+        return editor_pb2.RegisterRequest(username=self.username, salt=self.salt, kdf=self.kdf.to_pb(),
+                                          auth_key=self.auth_key, keystore=self.keystore)
+
+
+class LoginRequest(RequestBody):
+    username: Text
+    auth_key: Base64Bytes
+
+
+class ChangePasswordRequest(RequestBody):
+    old_auth_key: Base64Bytes
+    new_salt: Base64Bytes
+    new_kdf: Kdf
+    new_auth_key: Base64Bytes
+    keystore: Base64Bytes = Field(description="the keystore with its master key re-wrapped for the new password")
+    expected_keystore_change_index: Uint64
+
+    def to_pb(self) -> editor_pb2.ChangePasswordRequest:
+        return editor_pb2.ChangePasswordRequest(
+            old_auth_key=self.old_auth_key, new_salt=self.new_salt, new_kdf=self.new_kdf.to_pb(),
+            new_auth_key=self.new_auth_key, keystore=self.keystore,
+            expected_keystore_change_index=self.expected_keystore_change_index)
+
+
+class DeleteAccountRequest(RequestBody):
+    auth_key: Base64Bytes = Field(description="the current authentication key, confirming the deletion")
+
+
+class PutKeystoreRequest(RequestBody):
+    keystore: Base64Bytes
+    expected_change_index: Uint64 = Field(description="the change index the new keystore is based on")
+
+
+class PutObjectRequest(RequestBody):
+    data: Base64Bytes = Field(description="the encrypted object")
+    expected_change_index: Uint64 = Field(
+        description="0 to create (409 if it exists); otherwise the stored change index (409 if stale)")
+
+
+# Responses ----------------------------------------------------------------------------------
+
+
+class SaltResponse(BaseModel):
+    salt: Base64Bytes
+    kdf: Kdf
+
+
+class SessionResponse(BaseModel):
+    token: str = Field(description="send as 'Authorization: Bearer <token>'")
+    expires_at: datetime
+    user_id: str
+
+    @classmethod
+    def from_pb(cls, session: editor_pb2.Session) -> SessionResponse:
+        return cls(token=session.token, expires_at=_time(session.expires_at), user_id=session.user_id)
+
+
+class ChangePasswordResponse(SessionResponse):
+    keystore_change_index: int
+
+
+class MeResponse(BaseModel):
+    user_id: str
+    username: str
+
+
+class DeleteAccountResponse(BaseModel):
+    deleted_objects: int
+
+
+class KeystoreResponse(BaseModel):
+    keystore: Base64Bytes
+    change_index: int
+    updated_at: datetime
+
+    @classmethod
+    def from_pb(cls, reply: editor_pb2.GetKeystoreResponse) -> KeystoreResponse:
+        return cls(keystore=reply.keystore, change_index=reply.change_index, updated_at=_time(reply.updated_at))
+
+
+class PutKeystoreResponse(BaseModel):
+    change_index: int
+
+
+class ObjectMeta(BaseModel):
+    id: str
+    type: ObjectKind
+    size: int = Field(description="bytes of encrypted data")
+    change_index: int = Field(description="incremented by every write; 1 after creation")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_pb(cls, meta: editor_pb2.ObjectMeta, **extra: Any) -> ObjectMeta:
+        return cls(id=meta.id, type=ObjectKind.from_proto(meta.type), size=meta.size,
+                   change_index=meta.change_index, created_at=_time(meta.created_at),
+                   updated_at=_time(meta.updated_at), **extra)
+
+
+class ObjectWithData(ObjectMeta):
+    data: Base64Bytes
+
+    @classmethod
+    def from_get(cls, reply: editor_pb2.GetObjectResponse) -> ObjectWithData:
+        return cls.from_pb(reply.meta, data=reply.data)
+
+
+class ObjectPage(BaseModel):
+    objects: list[ObjectMeta]
+    next_page_token: str = Field(description="pass as page_token for the next page; empty on the last")
+
+
+class ImportResponse(BaseModel):
+    imported_objects: int
+    keystore_replaced: bool
+
+
+# Errors (documentation only: gateway/errors.py builds these bodies) --------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="e.g. INVALID_ARGUMENT, UNAUTHENTICATED, ABORTED, RESOURCE_EXHAUSTED")
+    message: str
+    field: str | None = Field(None, description="dotted path of the request field at fault, when one is")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer with."""
+    return {status: {"model": ErrorBody} for status in statuses}

@@ -1,0 +1,94 @@
+"""A real gateway for tests: uvicorn on a free port in the test's event loop, and HTTP users.
+
+The gateway runs exactly as in production (uvicorn, the ASGI middleware stack, the lifespan that
+opens the gRPC channels); only the socket is bound here, to port 0, so tests never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+
+from gateway.config import GatewaySettings
+from gateway.main import create_app
+
+# Addresses where nothing listens: the user routes never need the text and image services.
+NOWHERE = "127.0.0.1:9"
+
+
+def gateway_settings(editor_address: str, **overrides: object) -> GatewaySettings:
+    values: dict[str, object] = dict(editor_address=editor_address, text_address=NOWHERE, image_address=NOWHERE,
+                                     rate_limit="100000/minute", anonymous_rate_limit="100000/minute",
+                                     request_timeout_s=10.0, stream_timeout_s=30.0)
+    values.update(overrides)
+    return GatewaySettings(**values)
+
+
+@dataclass
+class LiveGateway:
+    url: str
+    settings: GatewaySettings
+    server: uvicorn.Server
+
+
+@asynccontextmanager
+async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[LiveGateway]:
+    """uvicorn serving the gateway app on 127.0.0.1:<free port> until the block ends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # start-up failed: raise its error
+                raise RuntimeError("uvicorn exited before it started")
+            await asyncio.sleep(0.01)
+        yield LiveGateway(url=f"http://127.0.0.1:{port}", settings=settings, server=server)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class HttpUser:
+    username: str
+    auth_key: bytes
+    token: str
+    user_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def registration(username: str, auth_key: bytes | None = None) -> dict:
+    """A valid /user/register body (the keys are random: the server cannot tell them apart)."""
+    return {"username": username, "salt": b64(os.urandom(16)), "kdf": {"opslimit": 1, "memlimit": 8192},
+            "auth_key": b64(auth_key or os.urandom(32)), "keystore": b64(os.urandom(120))}
+
+
+async def register_user(client: httpx.AsyncClient, username: str) -> HttpUser:
+    body = registration(username)
+    reply = await client.post("/user/register", json=body)
+    assert reply.status_code == 201, reply.text
+    session = reply.json()
+    return HttpUser(username=username, auth_key=base64.b64decode(body["auth_key"]), token=session["token"],
+                    user_id=session["user_id"])

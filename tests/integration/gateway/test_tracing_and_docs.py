@@ -1,0 +1,95 @@
+"""The caller's W3C trace continues through the gateway into the editor; the API is documented."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN_ID = "00f067aa0ba902b7"
+
+CONTRACT = {
+    "/user/salt": {"post"}, "/user/register": {"post"}, "/user/login": {"post"}, "/user/logout": {"post"},
+    "/user/me": {"get"}, "/user/change-password": {"post"}, "/user/delete": {"post"},
+    "/user/keystore": {"get", "put"}, "/user/objects/{type}": {"get"},
+    "/user/objects/{type}/{id}": {"get", "put", "delete"}, "/user/export": {"get"}, "/user/import": {"post"},
+    "/health": {"get"}, "/health/live": {"get"}, "/metrics": {"get"},
+}
+
+
+@pytest.fixture
+def finished_spans():
+    """Every span ended during the test, from the gateway and the in-process editor alike."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        # What services.toolkit.tracing.setup_tracing installs in a process (without an exporter).
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+@pytest.mark.parametrize("http_spans", [False, True], ids=["propagation-only", "http-spans"])
+async def test_the_callers_trace_reaches_the_editor(editor, finished_spans, http_spans: bool):
+    traceparent = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
+    settings = gateway_settings(editor.address, trace_http_spans=http_spans)
+    async with serve_gateway(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
+        alice = await register_user(client, "alice")
+        reply = await client.get("/user/keystore", headers={**alice.headers, "traceparent": traceparent})
+        assert reply.status_code == 200
+
+        def spans_of_the_trace() -> dict:
+            return {span.context.span_id: span for span in finished_spans.get_finished_spans()
+                    if span.context.trace_id == int(TRACE_ID, 16)}
+
+        def editor_span():
+            return next((span for span in spans_of_the_trace().values() if span.kind == SpanKind.SERVER
+                         and span.name.endswith("EditorService/GetKeystore")), None)
+
+        for _ in range(200):  # spans end just after the answer; wait for them, not on their speed
+            if editor_span() is not None and len(spans_of_the_trace()) >= (3 if http_spans else 2):
+                break
+            await asyncio.sleep(0.02)
+
+    spans = spans_of_the_trace()
+    # editor server span -> gateway client span -> (the gateway's HTTP span ->) the caller's span.
+    span = editor_span()
+    assert span is not None, "the editor's span is not in the caller's trace"
+    client_span = spans[span.parent.span_id]
+    assert client_span.kind == SpanKind.CLIENT
+    chain = [client_span]
+    while chain[-1].parent.span_id in spans:
+        chain.append(spans[chain[-1].parent.span_id])
+    assert chain[-1].parent.span_id == int(CALLER_SPAN_ID, 16)
+    http = [span for span in chain if span.kind == SpanKind.SERVER]
+    assert len(http) == int(http_spans)
+    if http_spans:
+        assert http[0].name.startswith("GET /user/keystore")
+
+
+async def test_every_route_is_documented_with_public_models_only(client):
+    spec = (await client.get("/openapi.json")).json()
+    documented = {path: set(methods) for path, methods in spec["paths"].items()}
+    for path, methods in CONTRACT.items():
+        assert methods <= documented.get(path, set()), path
+    for path, methods in documented.items():
+        for method in methods:
+            assert spec["paths"][path][method].get("summary"), (path, method)
+
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["ObjectMeta"]["properties"]) == {"id", "type", "size", "change_index",
+                                                        "created_at", "updated_at"}
+    assert set(schemas["ObjectWithData"]["properties"]) == set(schemas["ObjectMeta"]["properties"]) | {"data"}
+    assert schemas["PutObjectRequest"]["properties"]["data"]["format"] == "byte"
+    assert (await client.get("/docs")).status_code == 200
