@@ -1,0 +1,69 @@
+"""The SDK's gRPC client, straight to the editor service: the same operations and the same
+errors as over HTTP, and the same data (written over one, read over the other)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fabula_sdk import (
+    AuthenticationError,
+    ConflictError,
+    DecryptionError,
+    FabulaClient,
+    InvalidRequestError,
+    MINIMUM_KDF,
+    NotFoundError,
+    ObjectType,
+    Stories,
+)
+from tests.e2e.conftest import PASSWORD, in_thread
+
+
+async def test_grpc_client_end_to_end(editor, connect, database, tmp_path):
+    def scenario():
+        with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF) as client:
+            with pytest.raises(InvalidRequestError) as bad:
+                client.register("", PASSWORD)
+            assert (bad.value.status, bad.value.field) == (400, "username")
+            client.register("grace", PASSWORD)
+            story = Stories(client).push("Told over gRPC.", title="Wire")
+            with pytest.raises(ConflictError) as stale:
+                client.put(ObjectType.STORY, story.id, b"x", expected_change_index=0)
+            assert (stale.value.status, stale.value.code, stale.value.field) == (409, "ABORTED", "expected_change_index")
+            with pytest.raises(NotFoundError):
+                client.get(ObjectType.PRESET, "missing")
+            assert [summary.title for summary in Stories(client).list()] == ["Wire"]
+
+            # Written over gRPC, read over HTTP through the gateway, and back.
+            over_http = connect()
+            over_http.login("grace", PASSWORD)
+            assert Stories(over_http).load(story.id).text == "Told over gRPC."
+            over_http.put(ObjectType.PRESET, "p", b"preset", expected_change_index=0)
+            assert client.get(ObjectType.PRESET, "p").plaintext == b"preset"
+
+            archive = client.export_archive(tmp_path / "grace.tar")
+            assert len(archive.objects) == 3
+            client.delete(ObjectType.PRESET, "p")
+            result = client.import_archive(tmp_path / "grace.tar", PASSWORD)
+            assert result.imported_objects == 3 and client.get(ObjectType.PRESET, "p").plaintext == b"preset"
+
+            client.change_password(PASSWORD, "new secret")
+            with pytest.raises(AuthenticationError):
+                connect().login("grace", PASSWORD)
+            assert Stories(client).load(story.id).text == "Told over gRPC."
+            user_id = client.user_id
+            client.logout()
+        return story, user_id
+
+    story, user_id = await in_thread(scenario)
+    blob = bytearray(database.object_data(user_id, ObjectType.STORY_CONTENT, story.content_id))
+    blob[-1] ^= 1
+    database.set_object_data(user_id, ObjectType.STORY_CONTENT, story.content_id, bytes(blob))
+
+    def read_tampered():
+        with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF) as client:
+            client.login("grace", "new secret")
+            with pytest.raises(DecryptionError):
+                Stories(client).load(story.id)
+
+    await in_thread(read_tampered)
