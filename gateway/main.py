@@ -14,9 +14,9 @@ from gateway.config import GatewaySettings
 from gateway.deps import AuthCache, RateLimits
 from gateway.errors import install_handlers
 from gateway.limits_middleware import BodyLimitMiddleware
-from gateway.routes import health, objects, transfer, user
+from gateway.routes import health, image, objects, text, transfer, user
 
-ROUTERS = (health.router, user.router, objects.router, transfer.router)
+ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

@@ -24,9 +24,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     has_cuda = None
     for item in items:
-        if "slow" in item.keywords and not SLOW_ENABLED:
+        if item.get_closest_marker("slow") and not SLOW_ENABLED:
             item.add_marker(skip_slow)
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             if has_cuda is None:
                 has_cuda = _has_cuda()
             if not has_cuda:

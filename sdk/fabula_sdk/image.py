@@ -1,0 +1,169 @@
+"""Image generation through the gateway: images at once, or progress (with previews) as they are
+denoised (Server-Sent Events), plus tokenizing prompts and listing models and samplers.
+
+    with ImageClient("http://127.0.0.1:8000", token) as ai:
+        for event in ai.stream(prompt="a lighthouse in a storm", seed=1, preview_every=5):
+            if isinstance(event, ImageProgress):
+                print(f"step {event.step}/{event.total_steps}")
+            elif isinstance(event, GeneratedImage):
+                open(f"out-{event.seed}.png", "wb").write(event.png)
+
+Options are the gateway's JSON body fields (its OpenAPI page, /docs): `action` (generate, img2img,
+inpaint, outpaint), `prompt`, `negative_prompt`, `negative_preset`, `quality_tags`, `width`,
+`height`, `steps`, `guidance_scale`, `guidance_rescale`, `sampler`, `noise_schedule`, `seed`,
+`n_images`, `preview_every`; for image actions `image` and `mask` as bytes (encoded here),
+`strength`, `extra_noise`, `mask_blur`, `masked_content`, `only_masked`, `only_masked_padding`,
+`left`/`right`/`top`/`bottom`. Failures raise the SDK's `ApiError` subclasses, also mid-stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from fabula_sdk.errors import TransportError, api_error
+from fabula_sdk.http_transport import DEFAULT_URL, error_from_response
+from fabula_sdk.text import _sse_events, _status_of
+
+
+@dataclass(frozen=True)
+class ImageAccepted:
+    """What the server will make: the seeds (the random one included), size, steps, and how the
+    prompt was read (token counts, chunks, any dropped words)."""
+
+    seeds: list[int]
+    width: int
+    height: int
+    steps: int
+    sampler: str
+    model: str
+    prompt: dict[str, Any]
+    negative_prompt: dict[str, Any]
+    queue_position: int = 0
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ImageAccepted:
+        return cls(**{key: body[key] for key in cls.__dataclass_fields__ if key in body})
+
+
+@dataclass(frozen=True)
+class ImageProgress:
+    step: int
+    total_steps: int
+    previews: list[bytes] = field(default_factory=list)  # low-resolution PNGs, when asked for
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    index: int
+    seed: int
+    width: int
+    height: int
+    png: bytes  # with the generation parameters in its "parameters" text chunk
+    parameters: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> GeneratedImage:
+        return cls(index=body["index"], seed=body["seed"], width=body["width"], height=body["height"],
+                   png=base64.b64decode(body["png"]), parameters=body["parameters"])
+
+
+@dataclass(frozen=True)
+class ImageFinished:
+    queue_seconds: float
+    generation_seconds: float
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    accepted: ImageAccepted
+    images: list[GeneratedImage]
+    queue_seconds: float
+    generation_seconds: float
+
+
+ImageEvent = ImageAccepted | ImageProgress | GeneratedImage | ImageFinished
+
+
+def _body(options: dict[str, Any]) -> dict[str, Any]:
+    body = dict(options)
+    for key in ("image", "mask"):
+        if isinstance(body.get(key), bytes | bytearray):
+            body[key] = base64.b64encode(body[key]).decode("ascii")
+    return body
+
+
+class ImageClient:
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout_s: float = 600.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers, transport=transport)
+
+    def __enter__(self) -> ImageClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=body, headers=headers)
+        except httpx.HTTPError as error:
+            raise TransportError(f"cannot reach {self._http.base_url}: {error}") from error
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    def generate(self, **options: Any) -> ImageResult:
+        """All images at once."""
+        body = self._request("POST", "/ai/generate-image", _body({**options, "response_format": "json"})).json()
+        return ImageResult(ImageAccepted.from_json(body["accepted"]),
+                           [GeneratedImage.from_json(item) for item in body["images"]],
+                           body["queue_seconds"], body["generation_seconds"])
+
+    def generate_zip(self, **options: Any) -> bytes:
+        """All images as one zip archive (image_<index>_<seed>.png each)."""
+        return self._request("POST", "/ai/generate-image", _body({**options, "response_format": "zip"})).content
+
+    def stream(self, **options: Any) -> Iterator[ImageEvent]:
+        """ImageAccepted, then ImageProgress per step, then a GeneratedImage per image, then
+        ImageFinished. Stopping the iteration closes the connection, which stops the denoising."""
+        try:
+            with self._http.stream("POST", "/ai/generate-image-stream", json=_body(options)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response)
+                for kind, data in _sse_events(response.iter_lines()):
+                    body = json.loads(data)
+                    if kind == "accepted":
+                        yield ImageAccepted.from_json(body)
+                    elif kind == "progress":
+                        yield ImageProgress(body["step"], body["total_steps"],
+                                            [base64.b64decode(p) for p in body.get("previews", [])])
+                    elif kind == "image":
+                        yield GeneratedImage.from_json(body)
+                    elif kind == "finished":
+                        yield ImageFinished(body["queue_seconds"], body["generation_seconds"])
+                        return
+                    elif kind == "error":
+                        error = body["error"]
+                        raise api_error(_status_of(error["code"]), error["code"], error["message"], error.get("field"))
+        except httpx.HTTPError as error:
+            raise TransportError(f"stream from {self._http.base_url} failed: {error}") from error
+
+    def tokenize(self, prompt: str, model: str = "", quality_tags: bool = False) -> dict[str, Any]:
+        """How the model reads `prompt`: token count, chunks (tokens and weights), dropped words."""
+        return self._request("POST", "/ai/image/tokenize",
+                             {"prompt": prompt, "model": model, "quality_tags": quality_tags}).json()
+
+    def models(self) -> dict[str, Any]:
+        """The models (defaults, quality tags, presets), the samplers and the limits."""
+        return self._request("GET", "/ai/image/models").json()

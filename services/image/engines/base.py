@@ -1,0 +1,100 @@
+"""The engine interface and its registry."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from services.image.models import LoadedModel
+    from services.image.settings import ImageSettings
+
+log = logging.getLogger(__name__)
+
+
+class EngineUnavailable(RuntimeError):
+    """This engine cannot run here (no GPU, TensorRT not installed, no built engines); says why."""
+
+
+class Engine(ABC):
+    """Runs one model's networks. Tensors go in and come out on the engine's device."""
+
+    name: ClassVar[str]
+    # Tried in this order by engine="auto" (highest first).
+    auto_priority: ClassVar[int] = 0
+
+    def __init__(self, model: LoadedModel, settings: ImageSettings, device: torch.device) -> None:
+        self.model = model
+        self.settings = settings
+        self.device = device
+
+    @classmethod
+    def unavailable_reason(cls, model: LoadedModel, settings: ImageSettings, device: torch.device) -> str | None:
+        """None if this engine can run the model here; otherwise why not."""
+        return None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.unet.dtype
+
+    @abstractmethod
+    def encode_text(self, index: int, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text encoder `index` on [batch, 77] ids: (hidden states, pooled or None)."""
+
+    @abstractmethod
+    def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+             added_cond_kwargs: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """The noise (or v) prediction."""
+
+    @abstractmethod
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (already divided by the VAE's scaling factor) to images in [-1, 1]."""
+
+    @abstractmethod
+    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] to unscaled latents (the latent distribution's mean)."""
+
+    def check_shape(self, images: int, height: int, width: int, chunks: int) -> str | None:
+        """None if a request of this shape can run; otherwise why not (engines with fixed
+        profiles refuse shapes outside them before any work starts)."""
+        return None
+
+    @property
+    def max_batch_images(self) -> int | None:
+        """The most images one UNet call may carry (None: no limit of the engine's own)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "device": str(self.device)}
+
+
+ENGINES: dict[str, type[Engine]] = {}
+
+
+def register_engine(cls: type[Engine]) -> type[Engine]:
+    ENGINES[cls.name] = cls
+    return cls
+
+
+def create_engine(model: LoadedModel, settings: ImageSettings, device: torch.device) -> Engine:
+    """The configured engine, or with engine="auto" the best one that can run here.
+
+    An engine named explicitly that cannot run is an error at start-up (with its reason); "auto"
+    falls back, logging why each better engine was passed over.
+    """
+    if settings.engine != "auto":
+        cls = ENGINES[settings.engine]
+        reason = cls.unavailable_reason(model, settings, device)
+        if reason is not None:
+            raise EngineUnavailable(f"engine {settings.engine!r} cannot run model {model.name}: {reason}")
+        return cls(model, settings, device)
+    for cls in sorted(ENGINES.values(), key=lambda c: -c.auto_priority):
+        reason = cls.unavailable_reason(model, settings, device)
+        if reason is None:
+            log.info("model %s: engine %s", model.name, cls.name)
+            return cls(model, settings, device)
+        log.info("model %s: engine %s passed over: %s", model.name, cls.name, reason)
+    raise EngineUnavailable(f"no engine can run model {model.name}")

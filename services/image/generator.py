@@ -1,0 +1,120 @@
+"""The image service's domain entry point: models, their pipelines and batchers, no gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import torch
+
+from services.image.batcher import Batcher, Handle
+from services.image.conditioning import CHUNK_TOKENS
+from services.image.engines import create_engine
+from services.image.events import Accepted, PromptReport
+from services.image.models import LoadedModel, load_model
+from services.image.params import RawRequest, check_inputs
+from services.image.pipeline import ImagePipeline, Job
+from services.image.prompts import join_tags
+from services.image.samplers import SAMPLERS
+from services.image.settings import ImageSettings
+from services.toolkit.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def torch_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+class ImageGenerator:
+    def __init__(self, settings: ImageSettings) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.dtype = torch_dtype(settings.dtype, self.device)
+        self.pipelines: dict[str, ImagePipeline] = {}
+        self.batchers: dict[str, Batcher] = {}
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+
+    @property
+    def default_model(self) -> str:
+        return self.settings.default_model_name
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        return {name: pipeline.model for name, pipeline in self.pipelines.items()}
+
+    def load(self) -> None:
+        """Load every configured model and its engine (blocking; call from a thread)."""
+        for name, options in self.settings.model_options().items():
+            model = load_model(name, options, cache_dir=self.settings.cache_dir, device=self.device, dtype=self.dtype)
+            self.add_model(model)
+
+    def add_model(self, model: LoadedModel) -> None:
+        engine = create_engine(model, self.settings, self.device)
+        pipeline = ImagePipeline(model, engine, self.settings.max_prompt_chunks)
+        self.pipelines[model.name] = pipeline
+        self.batchers[model.name] = Batcher(pipeline, max_batch_images=self.settings.max_batch_images,
+                                            max_queue=self.settings.max_queue)
+
+    async def warm_up(self) -> None:
+        """One small generation per model, so the first user does not pay for lazy set-up."""
+        if not self.settings.warmup_steps:
+            return
+        for name in self.pipelines:
+            raw = RawRequest(model=name, prompt="warm-up", width=64, height=64, steps=self.settings.warmup_steps,
+                             seed=0, sampler="euler")
+            _, handle = await self.submit(raw)
+            async for _ in handle:
+                pass
+            log.info("model %s warm", name)
+
+    async def submit(self, raw: RawRequest) -> tuple[Accepted, Handle]:
+        """Validate (off the event loop: images are decoded), queue, and return the first event."""
+        job = await asyncio.to_thread(self._job, raw)
+        pipeline = self.pipelines[job.request.model.name]
+        request = job.request
+        pipeline.check_shape(job)
+        handle, ahead = self.batchers[request.model.name].submit(job, asyncio.get_running_loop())
+        prompt, negative = pipeline.reports(job)
+        accepted = Accepted(seeds=request.seeds, width=job.request.width, height=job.request.height,
+                            steps=request.steps, sampler=request.sampler.name, model=request.model.name,
+                            prompt=prompt, negative_prompt=negative, queue_position=ahead)
+        return accepted, handle
+
+    def _job(self, raw: RawRequest) -> Job:
+        request = check_inputs(raw, self.models, self.default_model, self.settings)
+        return Job(request, self.pipelines[request.model.name].tokenize(request), emit=lambda event: None)
+
+    def tokenize(self, model_name: str, prompt: str, quality_tags: bool = False) -> PromptReport:
+        pipeline = self.pipelines.get(model_name or self.default_model)
+        if pipeline is None:
+            raise InvalidArgument("model", model_name, f"unknown model; choose from {', '.join(sorted(self.pipelines))}")
+        if len(prompt) > self.settings.max_prompt_chars:
+            raise InvalidArgument("prompt", prompt, f"must be at most {self.settings.max_prompt_chars} characters")
+        model = pipeline.model
+        if quality_tags and model.quality_tags:
+            prompt = (join_tags(model.quality_tags, prompt) if model.quality_tags_position == "prepend"
+                      else join_tags(prompt, model.quality_tags))
+        tokenizer = pipeline.tokenizers[0]
+        return PromptReport.build(tokenizer, tokenizer.tokenize(prompt), prompt)
+
+    @property
+    def chunk_tokens(self) -> int:
+        return CHUNK_TOKENS
+
+    @property
+    def samplers(self):
+        return SAMPLERS
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.stop()

@@ -1,0 +1,283 @@
+"""A generation request as domain values, and `check_inputs`: every field validated, with the
+field and its value named, before any model work. Defaults come from the model."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+
+from PIL import Image
+
+from services.image import images as pixels
+from services.image.models import LoadedModel
+from services.image.prompts import join_tags
+from services.image.samplers import EXPONENTIAL, KARRAS, NATIVE, SamplerSpec, find_sampler, SAMPLERS
+from services.image.settings import ImageSettings
+from services.toolkit.errors import InvalidArgument
+
+SEED_MAX = 2**32 - 1
+MAX_SIDE = 4096
+MAX_MASK_BLUR = 64
+MAX_PADDING = 1024
+MAX_OUTPAINT = 1024
+
+
+class Action(str, Enum):
+    TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
+    OUTPAINT = "outpaint"
+
+
+class MaskedContent(str, Enum):
+    ORIGINAL = "original"
+    FILL = "fill"
+    LATENT_NOISE = "latent_noise"
+    LATENT_NOTHING = "latent_nothing"
+
+
+@dataclass
+class RawRequest:
+    """What the caller sent, unvalidated (None = not given)."""
+
+    action: Action = Action.TXT2IMG
+    model: str = ""
+    prompt: str = ""
+    negative_prompt: str = ""
+    negative_preset: str = ""
+    quality_tags: bool | None = None
+    width: int = 0
+    height: int = 0
+    steps: int = 0
+    guidance_scale: float | None = None
+    guidance_rescale: float = 0.0
+    sampler: str = ""
+    noise_schedule: str = ""
+    seed: int | None = None
+    n_images: int = 0
+    preview_every: int = 0
+    image: bytes = b""
+    mask: bytes = b""
+    strength: float | None = None
+    extra_noise: float = 0.0
+    mask_blur: int | None = None
+    masked_content: str = ""
+    only_masked: bool = False
+    only_masked_padding: int | None = None
+    left: int = 0
+    right: int = 0
+    top: int = 0
+    bottom: int = 0
+
+
+@dataclass
+class Request:
+    """A validated request with every default resolved."""
+
+    action: Action
+    model: LoadedModel
+    prompt: str  # as the model sees it (quality tags added)
+    negative_prompt: str  # preset text added
+    user_prompt: str
+    user_negative_prompt: str
+    negative_preset: str
+    quality_tags: bool
+    width: int  # generation size
+    height: int
+    steps: int
+    guidance_scale: float
+    guidance_rescale: float
+    sampler: SamplerSpec
+    noise_schedule: str
+    seeds: list[int]
+    preview_every: int
+    strength: float = 1.0
+    extra_noise: float = 0.0
+    # Image actions: the (possibly extended) input and the mask of what is redrawn, at its own size.
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+    mask_blur: int = 0
+    masked_content: MaskedContent = MaskedContent.ORIGINAL
+    only_masked: bool = False
+    only_masked_padding: int = 32
+    outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)  # left, right, top, bottom
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.seeds)
+
+
+def _finite(field_name: str, value: float, low: float, high: float, *, low_open: bool = False) -> float:
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise InvalidArgument(field_name, value, f"must be a number in {bound}")
+    return float(value)
+
+
+def _side(field_name: str, value: int) -> int:
+    if value < 64 or value > MAX_SIDE or value % 64:
+        raise InvalidArgument(field_name, value, f"must be a multiple of 64 between 64 and {MAX_SIDE}")
+    return value
+
+
+def _fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """A generation size for an input image: its size scaled to fit max_pixels, in multiples of 64."""
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    fit_w = max(64, int(width * scale) // 64 * 64)
+    fit_h = max(64, int(height * scale) // 64 * 64)
+    return fit_w, fit_h
+
+
+def _schedule(raw: str, sampler: SamplerSpec) -> str:
+    name = raw or NATIVE
+    if name not in (NATIVE, KARRAS, EXPONENTIAL):
+        raise InvalidArgument("params.noise_schedule", raw, "must be native, karras or exponential")
+    if name not in sampler.schedules:
+        raise InvalidArgument("params.noise_schedule", name,
+                              f"sampler {sampler.name} offers only {', '.join(sampler.schedules)}")
+    return name
+
+
+def check_inputs(raw: RawRequest, models: dict[str, LoadedModel], default_model: str,
+                 settings: ImageSettings) -> Request:
+    """Validate and resolve `raw` (raising InvalidArgument naming the field and its value)."""
+    model = models.get(raw.model or default_model)
+    if model is None:
+        raise InvalidArgument("params.model", raw.model, f"unknown model; choose from {', '.join(sorted(models))}")
+    for name, text in (("params.prompt", raw.prompt), ("params.negative_prompt", raw.negative_prompt)):
+        if len(text) > settings.max_prompt_chars:
+            raise InvalidArgument(name, text, f"must be at most {settings.max_prompt_chars} characters")
+    preset_name = raw.negative_preset or model.default_negative_preset
+    if preset_name not in model.negative_presets:
+        raise InvalidArgument("params.negative_preset", raw.negative_preset,
+                              f"unknown preset; model {model.name} has {', '.join(sorted(model.negative_presets))}")
+    quality = True if raw.quality_tags is None else raw.quality_tags
+    prompt = raw.prompt
+    if quality and model.quality_tags:
+        prompt = (join_tags(model.quality_tags, raw.prompt) if model.quality_tags_position == "prepend"
+                  else join_tags(raw.prompt, model.quality_tags))
+    negative = join_tags(model.negative_presets[preset_name], raw.negative_prompt)
+
+    steps = raw.steps or model.defaults.steps
+    if not 1 <= steps <= settings.max_steps:
+        raise InvalidArgument("params.steps", raw.steps, f"must be between 1 and {settings.max_steps}")
+    guidance = model.defaults.guidance_scale if raw.guidance_scale is None else raw.guidance_scale
+    guidance = _finite("params.guidance_scale", guidance, 0.0, 50.0)
+    rescale = _finite("params.guidance_rescale", raw.guidance_rescale, 0.0, 1.0)
+    sampler = find_sampler(raw.sampler or model.defaults.sampler)
+    if sampler is None:
+        raise InvalidArgument("params.sampler", raw.sampler, f"unknown sampler; choose from {', '.join(SAMPLERS)}")
+    schedule = _schedule(raw.noise_schedule, sampler)
+    if raw.seed is not None and not 0 <= raw.seed <= SEED_MAX:
+        raise InvalidArgument("params.seed", raw.seed, f"must be between 0 and {SEED_MAX}")
+    seed = raw.seed if raw.seed is not None else secrets.randbelow(SEED_MAX + 1)
+    n_images = raw.n_images or 1
+    if not 1 <= n_images <= settings.max_images:
+        raise InvalidArgument("params.n_images", raw.n_images, f"must be between 1 and {settings.max_images}")
+    if raw.preview_every < 0 or raw.preview_every > settings.max_steps:
+        raise InvalidArgument("params.preview_every", raw.preview_every, f"must be between 0 and {settings.max_steps}")
+
+    request = Request(
+        action=raw.action, model=model, prompt=prompt, negative_prompt=negative, user_prompt=raw.prompt,
+        user_negative_prompt=raw.negative_prompt, negative_preset=preset_name, quality_tags=quality,
+        width=0, height=0, steps=steps, guidance_scale=guidance, guidance_rescale=rescale, sampler=sampler,
+        noise_schedule=schedule, seeds=[(seed + i) % (SEED_MAX + 1) for i in range(n_images)],
+        preview_every=raw.preview_every)
+    _CHECK_ACTION[raw.action](raw, request, settings)
+    if request.width * request.height > settings.max_pixels:
+        raise InvalidArgument("params.width", f"{request.width}x{request.height}",
+                              f"width x height must be at most {settings.max_pixels} pixels")
+    return request
+
+
+def _size(raw: RawRequest, request: Request, settings: ImageSettings, image: Image.Image | None) -> None:
+    if image is not None and not raw.width and not raw.height:
+        request.width, request.height = _fit_size(*image.size, settings.max_pixels)
+        return
+    request.width = _side("params.width", raw.width) if raw.width else request.model.defaults.width
+    request.height = _side("params.height", raw.height) if raw.height else request.model.defaults.height
+
+
+def _strength(raw: RawRequest, default: float, field_name: str) -> float:
+    return _finite(field_name, default if raw.strength is None else raw.strength, 0.0, 1.0, low_open=True)
+
+
+def _check_txt2img(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+    _size(raw, request, settings, None)
+
+
+def _check_img2img(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+    request.image = pixels.decode_image(raw.image, "img2img.image", max_pixels=settings.max_input_pixels)
+    request.strength = _strength(raw, 0.7, "img2img.strength")
+    request.extra_noise = _finite("img2img.extra_noise", raw.extra_noise, 0.0, 0.99)
+    _size(raw, request, settings, request.image)
+
+
+def _masked_content(raw: RawRequest, field_name: str, default: MaskedContent) -> MaskedContent:
+    if not raw.masked_content:
+        return default
+    try:
+        return MaskedContent(raw.masked_content)
+    except ValueError:
+        raise InvalidArgument(field_name, raw.masked_content,
+                              f"must be one of {', '.join(m.value for m in MaskedContent)}") from None
+
+
+def _mask_blur(value: int | None, default: int, field_name: str) -> int:
+    blur = default if value is None else value
+    if not 0 <= blur <= MAX_MASK_BLUR:
+        raise InvalidArgument(field_name, blur, f"must be between 0 and {MAX_MASK_BLUR}")
+    return blur
+
+
+def _check_inpaint(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+    request.image = pixels.decode_image(raw.image, "inpaint.image", max_pixels=settings.max_input_pixels)
+    mask = pixels.decode_image(raw.mask, "inpaint.mask", max_pixels=settings.max_input_pixels, mode="L")
+    if mask.size != request.image.size:
+        raise InvalidArgument("inpaint.mask", f"{mask.size[0]}x{mask.size[1]}",
+                              f"must be the image's size, {request.image.size[0]}x{request.image.size[1]}")
+    request.mask = pixels.binary_mask(mask)
+    if request.mask.getbbox() is None:
+        raise InvalidArgument("inpaint.mask", "all black", "selects no pixels to redraw (white is redrawn)")
+    request.strength = _strength(raw, 1.0, "inpaint.strength")
+    request.mask_blur = _mask_blur(raw.mask_blur, 0, "inpaint.mask_blur")
+    request.masked_content = _masked_content(raw, "inpaint.masked_content", MaskedContent.ORIGINAL)
+    request.only_masked = raw.only_masked
+    padding = 32 if raw.only_masked_padding is None else raw.only_masked_padding
+    if not 0 <= padding <= MAX_PADDING:
+        raise InvalidArgument("inpaint.only_masked_padding", padding, f"must be between 0 and {MAX_PADDING}")
+    request.only_masked_padding = padding
+    # Only-masked regions are generated at the full requested (or default) size.
+    _size(raw, request, settings, None if raw.only_masked else request.image)
+
+
+def _check_outpaint(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+    image = pixels.decode_image(raw.image, "outpaint.image", max_pixels=settings.max_input_pixels)
+    sides = {"left": raw.left, "right": raw.right, "top": raw.top, "bottom": raw.bottom}
+    for name, value in sides.items():
+        if not 0 <= value <= MAX_OUTPAINT:
+            raise InvalidArgument(f"outpaint.{name}", value, f"must be between 0 and {MAX_OUTPAINT} pixels")
+    if not any(sides.values()):
+        raise InvalidArgument("outpaint.left", 0, "at least one side must grow (left, right, top or bottom)")
+    width, height = image.size[0] + raw.left + raw.right, image.size[1] + raw.top + raw.bottom
+    if width * height > settings.max_input_pixels:
+        raise InvalidArgument("outpaint", f"{width}x{height}", f"the canvas must be at most "
+                                                                f"{settings.max_input_pixels} pixels")
+    request.mask_blur = _mask_blur(raw.mask_blur, 16, "outpaint.mask_blur")
+    canvas = pixels.outpaint_canvas(image, raw.left, raw.right, raw.top, raw.bottom, overlap=request.mask_blur)
+    request.image, request.mask = canvas.image, canvas.mask
+    request.outpaint = (raw.left, raw.right, raw.top, raw.bottom)
+    request.strength = _strength(raw, 1.0, "outpaint.strength")
+    request.masked_content = _masked_content(raw, "outpaint.masked_content", MaskedContent.FILL)
+    _size(raw, request, settings, request.image)
+
+
+_CHECK_ACTION = {
+    Action.TXT2IMG: _check_txt2img,
+    Action.IMG2IMG: _check_img2img,
+    Action.INPAINT: _check_inpaint,
+    Action.OUTPAINT: _check_outpaint,
+}

@@ -1,0 +1,426 @@
+"""The generation pipeline: a request becomes a `Job`, jobs are denoised (together), then decoded.
+
+`ImagePipeline.__call__` reads as diffusers' pipelines do, in numbered steps:
+1. check_inputs (params.check_inputs, plus the engine's shape limits) →
+2. encode_prompt → 3. prepare_timesteps → 4. prepare_latents → 5. the denoising loop →
+6. decode and postprocess (paste inpainted regions back, embed the parameters in the PNG).
+
+The batcher (batcher.py) runs the same steps, but step 5 one step at a time over every job that
+shares a shape: `denoise(jobs)` makes one UNet call for all of them, then each job applies its
+own guidance and its own scheduler. For a single job the arithmetic is exactly diffusers'
+StableDiffusionPipeline's, so the same seed gives the same pixels.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from services.image import images as pixels
+from services.image.conditioning import Conditioning, PromptTokenizer, TokenizedPrompt, encode
+from services.image.engines.base import Engine
+from services.image.events import Event, GeneratedImage, Progress, PromptReport
+from services.image.models import LoadedModel
+from services.image.params import Action, MaskedContent, Request
+from services.toolkit.errors import InvalidArgument
+
+VERSION = "fabula 0.1.0"
+
+
+@dataclass
+class Prompts:
+    """A request's prompt and negative prompt, tokenized once per tokenizer of the model."""
+
+    positive: list[TokenizedPrompt]
+    negative: list[TokenizedPrompt]
+
+    @property
+    def chunks(self) -> int:
+        return max(len(t.chunks) for t in (*self.positive, *self.negative))
+
+
+@dataclass
+class Region:
+    """The part of the input image that is generated (all of it, or the masked area plus padding)."""
+
+    box: tuple[int, int, int, int]
+    original: Image.Image  # the region of the input, at generation size
+    image: Image.Image  # what the masked area starts from (the original, or filled for FILL)
+    mask: Image.Image  # hard mask at generation size
+    composite: Image.Image  # blurred mask at the input's size, for pasting back
+
+
+@dataclass
+class Job:
+    """One request's state through the denoising loop (all of its images advance together)."""
+
+    request: Request
+    prompts: Prompts
+    emit: Callable[[Event], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    last_stepped: float = 0.0
+    # Set by ImagePipeline.prepare:
+    generators: list[torch.Generator] = field(default_factory=list)
+    embeds: torch.Tensor | None = None
+    added: dict[str, torch.Tensor] | None = None
+    scheduler: Any = None
+    timesteps: torch.Tensor | None = None
+    step_kwargs: dict[str, Any] = field(default_factory=dict)
+    latents: torch.Tensor | None = None
+    index: int = 0
+    do_cfg: bool = False
+    region: Region | None = None
+    image_latents: torch.Tensor | None = None  # the input's latents (inpainting keeps them outside the mask)
+    noise: torch.Tensor | None = None
+    latent_mask: torch.Tensor | None = None  # 1 = redraw
+    unet_extra: torch.Tensor | None = None  # inpainting UNets: mask and masked-image latents
+    preview_latents: torch.Tensor | None = None
+
+    @property
+    def n_images(self) -> int:
+        return self.request.n_images
+
+    @property
+    def rows(self) -> int:
+        return self.n_images * (2 if self.do_cfg else 1)
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.index >= self.total_steps
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with the same key can share a UNet call."""
+        return (self.latents.shape[2], self.latents.shape[3], self.embeds.shape[1], self.added is not None)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class ImagePipeline:
+    def __init__(self, model: LoadedModel, engine: Engine, max_chunks: int) -> None:
+        self.model = model
+        self.engine = engine
+        self.device = engine.device
+        self.tokenizers = [PromptTokenizer(t, max_chunks) for t in model.tokenizers]
+        self.image_processor = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
+        self.scaling_factor = model.vae.config.scaling_factor
+
+    # --- the whole pipeline for one request (tests, benchmarks, warm-up) ---
+
+    def __call__(self, request: Request, emit: Callable[[Event], None] | None = None) -> list[GeneratedImage]:
+        events: list[Event] = []
+        job = Job(request, self.tokenize(request), emit or events.append)
+        # 1. check_inputs (the request itself was checked by params.check_inputs)
+        self.check_shape(job)
+        # 2.-4. encode the prompts, set the timesteps, prepare the latents
+        self.prepare(job)
+        # 5. denoising loop
+        while not job.done:
+            self.denoise([job])
+        # 6. decode and postprocess
+        return self.finish(job)
+
+    def tokenize(self, request: Request) -> Prompts:
+        return Prompts([t.tokenize(request.prompt) for t in self.tokenizers],
+                       [t.tokenize(request.negative_prompt) for t in self.tokenizers])
+
+    def reports(self, job: Job) -> tuple[PromptReport, PromptReport]:
+        # The first tokenizer's view (SDXL's two CLIP tokenizers split text the same way).
+        tokenizer = self.tokenizers[0]
+        return (PromptReport.build(tokenizer, job.prompts.positive[0], job.request.prompt),
+                PromptReport.build(tokenizer, job.prompts.negative[0], job.request.negative_prompt))
+
+    def check_shape(self, job: Job) -> None:
+        request = job.request
+        reason = self.engine.check_shape(request.n_images, request.height, request.width, job.prompts.chunks)
+        if reason is not None:
+            raise InvalidArgument("params.width", f"{request.width}x{request.height}x{request.n_images}", reason)
+
+    def prepare(self, job: Job) -> None:
+        job.started = time.perf_counter()
+        job.generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.request.seeds]
+        self.encode_prompt(job)
+        self.prepare_timesteps(job)
+        self.prepare_latents(job)
+
+    # --- 2. encode_prompt ---
+
+    def encode_prompt(self, job: Job) -> None:
+        request, prompts = job.request, job.prompts
+        chunks = prompts.chunks
+        encoders = [lambda ids, i=i: self.engine.encode_text(i, ids) for i in range(len(self.tokenizers))]
+        positive = encode(self.tokenizers, encoders, prompts.positive, chunks)
+        job.do_cfg = request.guidance_scale > 1 and self.model.unet.config.time_cond_proj_dim is None
+        n = request.n_images
+        rows = [positive]
+        if job.do_cfg:
+            rows.insert(0, encode(self.tokenizers, encoders, prompts.negative, chunks))
+        # Negative rows first, then positive, each repeated per image, as diffusers orders them.
+        job.embeds = torch.cat([c.hidden.repeat(n, 1, 1) for c in rows]).to(self.device)
+        if self.model.family == "sdxl":
+            job.added = self._sdxl_added(request, rows, n)
+
+    def _sdxl_added(self, request: Request, rows: list[Conditioning], n: int) -> dict[str, torch.Tensor]:
+        # Micro-conditioning: original size, crop origin, target size (no crop).
+        size = [request.height, request.width]
+        time_ids = torch.tensor([size + [0, 0] + size], dtype=self.engine.dtype, device=self.device)
+        pooled = torch.cat([c.pooled.repeat(n, 1) for c in rows]).to(self.device, self.engine.dtype)
+        return {"text_embeds": pooled, "time_ids": time_ids.repeat(pooled.shape[0], 1)}
+
+    # --- 3. prepare_timesteps ---
+
+    def prepare_timesteps(self, job: Job) -> None:
+        request = job.request
+        scheduler = request.sampler.make(self.model.scheduler_config, request.noise_schedule, request.seeds)
+        scheduler.set_timesteps(request.steps, device=self.device)
+        timesteps = scheduler.timesteps
+        if request.action != Action.TXT2IMG and request.strength < 1.0:
+            # As diffusers' img2img: skip the noisiest steps; at least one step always runs.
+            kept = max(1, min(int(request.steps * request.strength), request.steps))
+            start = (request.steps - kept) * scheduler.order
+            timesteps = timesteps[start:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(start)
+        job.scheduler, job.timesteps = scheduler, timesteps
+        accepted = inspect.signature(scheduler.step).parameters
+        job.step_kwargs = {}
+        if "eta" in accepted:
+            job.step_kwargs["eta"] = 0.0
+        if "generator" in accepted:
+            job.step_kwargs["generator"] = job.generators
+
+    # --- 4. prepare_latents ---
+
+    def _noise(self, job: Job, channels: int = 4) -> torch.Tensor:
+        factor = self.model.vae_scale_factor
+        shape = (job.n_images, channels, job.request.height // factor, job.request.width // factor)
+        return randn_tensor(shape, generator=job.generators, device=self.device, dtype=self.engine.dtype)
+
+    def prepare_latents(self, job: Job) -> None:
+        request = job.request
+        channels = self.model.vae.config.latent_channels
+        noise = self._noise(job, channels)
+        if request.action == Action.TXT2IMG:
+            job.latents = noise * job.scheduler.init_noise_sigma
+            return
+        if request.action == Action.IMG2IMG:
+            start = self.encode_image(request.image.resize((request.width, request.height), Image.LANCZOS))
+            job.latents = self._noised(job, start.repeat(job.n_images, 1, 1, 1), noise)
+            return
+        self._prepare_inpainting(job, noise)
+
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        tensor = self.image_processor.preprocess(image, height=image.height, width=image.width)
+        return self.engine.vae_encode(tensor.to(self.device)) * self.scaling_factor
+
+    def _noised(self, job: Job, start: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        first = job.timesteps[:1].repeat(job.n_images)
+        latents = job.scheduler.add_noise(start, noise, first)
+        if job.request.extra_noise > 0:
+            # NovelAI's "noise": more noise than the strength implies, in units of this step's
+            # noise level (read off the scheduler, whatever its parameterisation).
+            level = job.scheduler.add_noise(torch.zeros_like(start[:1]), torch.ones_like(start[:1]), first[:1])
+            latents = latents + job.request.extra_noise * level * self._noise(job, start.shape[1])
+        return latents
+
+    def _prepare_inpainting(self, job: Job, noise: torch.Tensor) -> None:
+        request = job.request
+        job.region = region = self._region(request)
+        factor = self.model.vae_scale_factor
+        mask = torch.from_numpy(pixels.to_array(region.mask)).float().div(255)[None, None].to(self.device)
+        # A latent cell is redrawn if any pixel under it is (area mean > 0).
+        latent_size = (request.height // factor, request.width // factor)
+        job.latent_mask = (F.interpolate(mask, size=latent_size, mode="area") > 0).to(self.engine.dtype)
+        job.latent_mask = job.latent_mask.repeat(job.n_images, 1, 1, 1)
+        original = self.encode_image(region.original).repeat(job.n_images, 1, 1, 1)
+        job.image_latents, job.noise = original, noise
+        content = request.masked_content
+        if content in (MaskedContent.ORIGINAL, MaskedContent.FILL):
+            start = self.encode_image(region.image).repeat(job.n_images, 1, 1, 1) if content == MaskedContent.FILL \
+                else original
+        elif content == MaskedContent.LATENT_NOISE:
+            start = original * (1 - job.latent_mask) + noise * job.latent_mask
+        else:
+            start = original * (1 - job.latent_mask)
+        if content == MaskedContent.LATENT_NOISE and request.strength == 1.0:
+            job.latents = noise * job.scheduler.init_noise_sigma
+        else:
+            job.latents = self._noised(job, start, noise)
+        if self.model.inpainting_unet:
+            # Dedicated inpainting UNets see the mask and the image with the masked area blanked.
+            masked_image = self.image_processor.preprocess(region.original, height=request.height,
+                                                           width=request.width).to(self.device)
+            masked_image = masked_image * (mask < 0.5)
+            masked_latents = self.engine.vae_encode(masked_image) * self.scaling_factor
+            extra = torch.cat([job.latent_mask, masked_latents.repeat(job.n_images, 1, 1, 1)], dim=1)
+            job.unet_extra = torch.cat([extra] * 2) if job.do_cfg else extra
+
+    def _region(self, request: Request) -> Region:
+        image, mask = request.image, request.mask
+        composite = pixels.blur_mask(mask, request.mask_blur)
+        if request.only_masked:
+            bounds = composite.getbbox() or mask.getbbox()
+            box = pixels.expand_region(bounds, request.only_masked_padding, image.size,
+                                       request.width / request.height)
+        else:
+            box = (0, 0, *image.size)
+        size = (request.width, request.height)
+        crop_image = image.crop(box).resize(size, Image.LANCZOS)
+        crop_mask = pixels.binary_mask(mask.crop(box).resize(size, Image.BILINEAR))
+        filled = pixels.fill_masked(crop_image, crop_mask) if request.masked_content == MaskedContent.FILL \
+            else crop_image
+        return Region(box=box, original=crop_image, image=filled, mask=crop_mask, composite=composite)
+
+    # --- 5. one denoising step over several jobs ---
+
+    def denoise(self, jobs: list[Job]) -> None:
+        """One UNet call for every job (they share a key), then each job's own step."""
+        inputs, timesteps = [], []
+        for job in jobs:
+            t = job.timesteps[job.index]
+            latent_input = torch.cat([job.latents] * 2) if job.do_cfg else job.latents
+            latent_input = job.scheduler.scale_model_input(latent_input, t)
+            if job.unet_extra is not None:
+                latent_input = torch.cat([latent_input, job.unet_extra], dim=1)
+            inputs.append(latent_input)
+            timesteps.append(t)
+        if len(jobs) == 1:
+            sample, embeds, added, timestep = inputs[0], jobs[0].embeds, jobs[0].added, timesteps[0]
+        else:
+            sample = torch.cat(inputs)
+            embeds = torch.cat([job.embeds for job in jobs])
+            added = None if jobs[0].added is None else {
+                key: torch.cat([job.added[key] for job in jobs]) for key in jobs[0].added}
+            if all(bool(t == timesteps[0]) and t.dtype == timesteps[0].dtype for t in timesteps):
+                timestep = timesteps[0]
+            else:
+                # Jobs at different steps share the call: one timestep per row.
+                timestep = torch.cat([t.float().reshape(1).expand(job.rows) for t, job in zip(timesteps, jobs)])
+        noise_pred = self.engine.unet(sample, timestep, embeds, added)
+        offset = 0
+        for job, t in zip(jobs, timesteps):
+            self._step(job, t, noise_pred[offset:offset + job.rows])
+            offset += job.rows
+
+    def _step(self, job: Job, t: torch.Tensor, noise_pred: torch.Tensor) -> None:
+        request = job.request
+        if job.do_cfg:
+            uncond, text = noise_pred.chunk(2)
+            noise_pred = uncond + request.guidance_scale * (text - uncond)
+            if request.guidance_rescale > 0:
+                noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=request.guidance_rescale)
+        output = job.scheduler.step(noise_pred, t, job.latents, **job.step_kwargs, return_dict=True)
+        job.latents = output.prev_sample
+        job.preview_latents = getattr(output, "pred_original_sample", None)
+        if job.latent_mask is not None and not self.model.inpainting_unet:
+            # Keep the unmasked area on the input's own trajectory (diffusers' inpainting blend).
+            proper = job.image_latents
+            if job.index < len(job.timesteps) - 1:
+                proper = job.scheduler.add_noise(proper, job.noise, job.timesteps[job.index + 1:job.index + 2])
+            job.latents = (1 - job.latent_mask) * proper + job.latent_mask * job.latents
+        job.index += 1
+        job.last_stepped = time.perf_counter()
+        previews: list[bytes] = []
+        every = request.preview_every
+        if every and job.index % every == 0 and not job.done:
+            source = job.preview_latents if job.preview_latents is not None else job.latents
+            previews = pixels.preview_pngs(source, self.model.family)
+        job.emit(Progress(job.index, job.total_steps, previews))
+
+    # --- 6. decode and postprocess ---
+
+    def finish(self, job: Job) -> list[GeneratedImage]:
+        request = job.request
+        decoded = self.engine.vae_decode(job.latents / self.scaling_factor)
+        frames = self.image_processor.postprocess(decoded.float() if decoded.dtype == torch.bfloat16 else decoded,
+                                                  output_type="pil", do_denormalize=[True] * decoded.shape[0])
+        results = []
+        for index, (frame, seed) in enumerate(zip(frames, request.seeds)):
+            if job.region is not None:
+                frame = self._paste(job.region, request.image, frame)
+            parameters = self.parameters_text(request, seed)
+            png = pixels.encode_png(frame, {"parameters": parameters,
+                                            "fabula": json.dumps(self.parameters_json(request, seed))})
+            image = GeneratedImage(index, seed, png, parameters, frame.width, frame.height)
+            job.emit(image)
+            results.append(image)
+        return results
+
+    @staticmethod
+    def _paste(region: Region, original: Image.Image, generated: Image.Image) -> Image.Image:
+        left, top, right, bottom = region.box
+        result = original.copy()
+        patch = generated.resize((right - left, bottom - top), Image.LANCZOS)
+        result.paste(patch, (left, top), mask=region.composite.crop(region.box))
+        return result
+
+    def parameters_json(self, request: Request, seed: int) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "action": request.action.value, "prompt": request.user_prompt,
+            "negative_prompt": request.user_negative_prompt, "negative_preset": request.negative_preset,
+            "quality_tags": request.quality_tags, "effective_prompt": request.prompt,
+            "effective_negative_prompt": request.negative_prompt, "width": request.width, "height": request.height,
+            "steps": request.steps, "guidance_scale": request.guidance_scale,
+            "guidance_rescale": request.guidance_rescale, "sampler": request.sampler.name,
+            "noise_schedule": request.noise_schedule, "seed": seed, "model": self.model.name,
+            "model_hash": self.model.short_hash, "version": VERSION,
+        }
+        if request.action != Action.TXT2IMG:
+            values.update(strength=request.strength)
+        if request.action == Action.IMG2IMG:
+            values.update(extra_noise=request.extra_noise)
+        if request.action in (Action.INPAINT, Action.OUTPAINT):
+            values.update(mask_blur=request.mask_blur, masked_content=request.masked_content.value)
+        if request.action == Action.INPAINT:
+            values.update(only_masked=request.only_masked, only_masked_padding=request.only_masked_padding)
+        if request.action == Action.OUTPAINT:
+            values.update(dict(zip(("left", "right", "top", "bottom"), request.outpaint)))
+        return values
+
+    def parameters_text(self, request: Request, seed: int) -> str:
+        fields: dict[str, Any] = {
+            "Steps": request.steps, "Sampler": request.sampler.display_name,
+            "Schedule type": {"native": "Automatic", "karras": "Karras", "exponential": "Exponential"}[
+                request.noise_schedule],
+            "CFG scale": _number(request.guidance_scale), "Seed": seed, "Size": f"{request.width}x{request.height}",
+            "Model hash": self.model.short_hash, "Model": self.model.name,
+        }
+        if request.guidance_rescale:
+            fields["CFG Rescale"] = _number(request.guidance_rescale)
+        if request.action != Action.TXT2IMG:
+            fields["Denoising strength"] = _number(request.strength)
+        if request.extra_noise:
+            fields["Extra noise"] = _number(request.extra_noise)
+        if request.action in (Action.INPAINT, Action.OUTPAINT):
+            fields["Mask blur"] = request.mask_blur
+            fields["Masked content"] = request.masked_content.value.replace("_", " ")
+        if request.action == Action.INPAINT and request.only_masked:
+            fields["Inpaint area"] = "Only masked"
+            fields["Masked area padding"] = request.only_masked_padding
+        if request.action == Action.OUTPAINT:
+            fields["Outpaint"] = "left {} right {} top {} bottom {}".format(*request.outpaint)
+        fields["Version"] = VERSION
+        return pixels.format_parameters(request.prompt, request.negative_prompt, fields)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"

@@ -1,0 +1,94 @@
+"""The image service's settings (env prefix FABULA_IMAGE_, or CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.toolkit.settings import ServiceSettings
+
+DEFAULT_MODEL_SOURCE = "builtin:tiny-sd"
+
+
+class ModelOptions(BaseModel):
+    """One served model: where it is and its per-model defaults (all optional but `source`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="a diffusers folder, a single-file .safetensors checkpoint, or builtin:tiny-sd")
+    family: Literal["auto", "sd1", "sdxl"] = "auto"
+    config: str | None = Field(None, description="a local diffusers folder whose configs a single-file "
+                                                 "checkpoint uses (no hub access)")
+    quality_tags: str | None = Field(None, description="tags the quality toggle adds; None = the family's")
+    quality_tags_position: Literal["prepend", "append"] | None = None
+    negative_presets: dict[str, str] | None = Field(None, description="undesired-content presets; None = NovelAI's")
+    default_negative_preset: str | None = None
+    width: int | None = Field(None, ge=64, le=4096, multiple_of=64)
+    height: int | None = Field(None, ge=64, le=4096, multiple_of=64)
+    steps: int | None = Field(None, ge=1, le=500)
+    guidance_scale: float | None = Field(None, ge=0, le=50)
+    sampler: str | None = None
+
+
+class ImageSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FABULA_IMAGE_", extra="ignore")
+
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    models: dict[str, str | ModelOptions] = Field(
+        default_factory=lambda: {"tiny-sd": DEFAULT_MODEL_SOURCE},
+        description='name → source or options, as JSON in the environment, e.g. {"anime": "/models/anime", '
+                    '"furry": {"source": "/models/furry.safetensors", "quality_tags": "best quality"}}')
+    default_model: str = Field("", description="model used when a request names none; empty = the first")
+    cache_dir: Path = Field(Path("~/.cache/fabula/image").expanduser(),
+                            description="where the built-in model is built and model hashes are remembered")
+    engine_dir: Path | None = Field(None, description="TensorRT engines and ONNX exports; None = cache_dir/engines")
+    engine: Literal["auto", "eager", "compiled", "tensorrt"] = Field(
+        "auto", description="'auto': tensorrt when installed with built engines on a GPU, else compiled on a "
+                            "GPU, else eager")
+    engine_profiles: list[str] = Field(
+        default_factory=lambda: ["1-4x512-1024"],
+        description="TensorRT optimisation profiles, each 'minbatch-maxbatch x minsize-maxsize' in pixels "
+                    "(make engines builds one engine per model and profile)")
+    device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="'auto': float16 on a GPU, float32 on a CPU")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
+    max_batch_images: int = Field(8, ge=1, le=64, description="images denoised together in one UNet call")
+    max_queue: int = Field(16, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")
+    max_pixels: int = Field(1024 * 1024, ge=64 * 64, description="largest width x height generated")
+    max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, description="largest uploaded image (or outpainted canvas)")
+    max_steps: int = Field(150, ge=1, le=1000)
+    max_images: int = Field(8, ge=1, le=64, description="images per request")
+    max_prompt_chars: int = Field(20_000, ge=1)
+    max_prompt_chunks: int = Field(4, ge=1, le=32,
+                                   description="77-token chunks a prompt may use; further words are dropped "
+                                               "and reported")
+    warmup_steps: int = Field(1, ge=0, description="denoising steps run per model at start-up before SERVING")
+
+    @field_validator("models")
+    @classmethod
+    def _at_least_one(cls, models: dict) -> dict:
+        if not models:
+            raise ValueError("at least one model is needed")
+        return models
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> ImageSettings:
+        if self.default_model and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of models {sorted(self.models)}")
+        return self
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or next(iter(self.models))
+
+    def model_options(self) -> dict[str, ModelOptions]:
+        return {name: value if isinstance(value, ModelOptions) else ModelOptions(source=value)
+                for name, value in self.models.items()}
+
+    @property
+    def engines_path(self) -> Path:
+        return self.engine_dir or self.cache_dir / "engines"

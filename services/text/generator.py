@@ -1,0 +1,175 @@
+"""The text service's domain facade: models with their engines and context builders, presets,
+and the request preparation that runs before any model work (validation, preset resolution,
+prompt assembly). No gRPC here; `server.py` converts to and from protobuf around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fabula.text.v1 import text_pb2
+from services.text.context import BuiltContext, ContextBuilder, StoryContext
+from services.text.engine import Engine, EngineConfig, GenerationHandle
+from services.text.models import LoadedModel, load_model
+from services.text.params import GenerationParams, Limits
+from services.text.presets_store import Preset, find, load_presets
+from services.text.sequence import GenerationRequest
+from services.text.settings import TextSettings
+from services.toolkit.errors import InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
+
+MAX_DETOKENIZE_IDS = 1 << 20
+MAX_COUNT_TEXTS = 1024
+
+
+@dataclass
+class ModelRuntime:
+    model: LoadedModel
+    engine: Engine
+    builder: ContextBuilder
+
+
+@dataclass
+class Prepared:
+    runtime: ModelRuntime
+    request: GenerationRequest
+    context: BuiltContext | None
+
+
+def _offsets_function(tokenizer):
+    def offsets(text: str) -> list[tuple[int, int]]:
+        return list(tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    return offsets
+
+
+class TextGenerator:
+    def __init__(self, settings: TextSettings) -> None:
+        self.settings = settings
+        self.presets = load_presets(settings.presets_dir)
+        find(self.presets, settings.default_preset, "default_preset")
+        self.limits = Limits(max_new_tokens=settings.max_new_tokens, max_prompt_chars=settings.max_prompt_chars)
+        self.runtimes: dict[str, ModelRuntime] = {}
+        self.default_model = settings.default_model_name
+        if self.default_model not in settings.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models {list(settings.models)}")
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load every model and start its engine (blocking: run it in a thread)."""
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        config = EngineConfig(max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
+                              prefill_chunk_tokens=self.settings.prefill_chunk_tokens)
+        for name, source in self.settings.models.items():
+            model = load_model(name, source, cache_dir=self.settings.cache_dir, device=self.settings.device,
+                               dtype=self.settings.dtype, quantization=self.settings.quantization)
+            self.add_model(model, config)
+
+    def add_model(self, model: LoadedModel, config: EngineConfig) -> None:
+        builder = ContextBuilder(model.encode, lambda ids, m=model: m.tokenizer.decode(ids, skip_special_tokens=False),
+                                 _offsets_function(model.tokenizer), model.context_window)
+        engine = Engine(model, config)
+        engine.start()
+        self.runtimes[model.name] = ModelRuntime(model, engine, builder)
+
+    async def warm_up(self) -> None:
+        """One short generation per model, so the first request does not pay for lazy set-up."""
+        for name in self.runtimes:
+            if self.settings.warmup_tokens == 0:
+                continue
+            started = time.perf_counter()
+            spec = text_pb2.GenerationSpec(model=name, prompt="Once upon a time",
+                                           max_new_tokens=self.settings.warmup_tokens, seed=0)
+            handle = await self.start(spec)
+            async for _ in handle:
+                pass
+            log.info("model %s warm in %.2fs", name, time.perf_counter() - started)
+
+    def close(self) -> None:
+        for runtime in self.runtimes.values():
+            runtime.engine.stop()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def runtime(self, name: str, field: str = "spec.model") -> ModelRuntime:
+        name = name or self.default_model
+        if not self.runtimes:
+            raise Unavailable("the models are still loading; retry shortly")
+        if name not in self.runtimes:
+            raise InvalidArgument(field, name, f"unknown model; served: {', '.join(self.runtimes)}")
+        return self.runtimes[name]
+
+    def prepare(self, spec: text_pb2.GenerationSpec) -> Prepared:
+        """Validate and resolve a request, then tokenize or build its prompt. Cheap checks first;
+        nothing here runs the model."""
+        preset = find(self.presets, spec.preset or self.settings.default_preset)
+        params = GenerationParams.from_pb(spec, preset.sampling, self.limits)
+        runtime = self.runtime(spec.model)
+        model = runtime.model
+        params.check_against_vocab(model.vocab_size)
+        built: BuiltContext | None = None
+        input_kind = spec.WhichOneof("input")
+        if input_kind == "context":
+            story = StoryContext.from_pb(spec.context, self.limits.max_prompt_chars)
+            built = runtime.builder.build(story, params.max_new_tokens)
+            prompt_ids = built.prompt_ids
+        else:
+            prompt = spec.prompt
+            if len(prompt) > self.limits.max_prompt_chars:
+                raise InvalidArgument("spec.prompt", prompt, f"at most {self.limits.max_prompt_chars} characters")
+            prompt_ids = model.encode(prompt)
+            if len(prompt_ids) >= model.context_window:
+                raise InvalidArgument("spec.prompt", f"{len(prompt_ids)} tokens",
+                                      f"longer than the model's context window ({model.context_window} tokens, "
+                                      "one at least kept for the continuation); send a StoryContext to have it trimmed")
+        if not prompt_ids:
+            bos = model.tokenizer.bos_token_id
+            if bos is None:
+                raise InvalidArgument("spec.prompt", "", "must not be empty for this model (it has no start token)")
+            prompt_ids = [bos]
+        return Prepared(runtime, GenerationRequest(prompt_ids=prompt_ids, params=params), built)
+
+    async def start(self, spec: text_pb2.GenerationSpec) -> GenerationHandle:
+        prepared = await asyncio.to_thread(self.prepare, spec)
+        return self.submit(prepared)
+
+    def submit(self, prepared: Prepared) -> GenerationHandle:
+        return prepared.runtime.engine.submit(prepared.request)
+
+    # --- tokens --------------------------------------------------------------------------------
+
+    def tokenize(self, model_name: str, text: str) -> tuple[list[int], list[str]]:
+        model = self.runtime(model_name, "model").model
+        if len(text) > self.limits.max_prompt_chars:
+            raise InvalidArgument("text", text, f"at most {self.limits.max_prompt_chars} characters")
+        ids = model.encode(text)
+        return ids, [model.decode([token]) for token in ids]
+
+    def detokenize(self, model_name: str, token_ids: list[int]) -> str:
+        model = self.runtime(model_name, "model").model
+        if len(token_ids) > MAX_DETOKENIZE_IDS:
+            raise InvalidArgument("token_ids", len(token_ids), f"at most {MAX_DETOKENIZE_IDS} ids")
+        for index, token in enumerate(token_ids):
+            if token >= model.vocab_size:
+                raise InvalidArgument(f"token_ids[{index}]", token,
+                                      f"must be below the vocabulary size {model.vocab_size}")
+        return model.decode(token_ids)
+
+    def count_tokens(self, model_name: str, texts: list[str]) -> list[int]:
+        model = self.runtime(model_name, "model").model
+        if len(texts) > MAX_COUNT_TEXTS:
+            raise InvalidArgument("texts", len(texts), f"at most {MAX_COUNT_TEXTS} texts")
+        for index, text in enumerate(texts):
+            if len(text) > self.limits.max_prompt_chars:
+                raise InvalidArgument(f"texts[{index}]", text, f"at most {self.limits.max_prompt_chars} characters")
+        return [len(model.encode(text)) for text in texts]
+
+    def list_presets(self) -> list[Preset]:
+        return sorted(self.presets.values(), key=lambda preset: preset.name)

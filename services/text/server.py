@@ -1,0 +1,72 @@
+"""The gRPC servicer: converts protobuf to domain calls and back, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+
+from fabula.text.v1 import text_pb2, text_pb2_grpc
+from services.text.generator import TextGenerator
+
+SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextService"].full_name
+
+
+class TextServicer(text_pb2_grpc.TextServiceServicer):
+    def __init__(self, generator: TextGenerator) -> None:
+        self.generator = generator
+
+    async def Generate(self, request: text_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+                       ) -> text_pb2.GenerateResponse:
+        prepared = await asyncio.to_thread(self.generator.prepare, request.spec)
+        handle = self.generator.submit(prepared)
+        async for _ in handle:
+            pass
+        stats = handle.stats
+        response = text_pb2.GenerateResponse(text=stats.text, token_ids=stats.token_ids, stats=stats.to_pb())
+        if prepared.context is not None:
+            response.context_report.CopyFrom(prepared.context.to_pb())
+        return response
+
+    async def GenerateStream(self, request: text_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[text_pb2.GenerateStreamResponse]:
+        prepared = await asyncio.to_thread(self.generator.prepare, request.spec)
+        handle = self.generator.submit(prepared)
+        if prepared.context is not None:
+            yield text_pb2.GenerateStreamResponse(context_report=prepared.context.to_pb())
+        # Leaving this generator early (the client went away, the deadline passed) closes the
+        # handle's iterator, which cancels the sequence in the engine.
+        async for piece in handle:
+            yield text_pb2.GenerateStreamResponse(piece=piece.to_pb())
+        yield text_pb2.GenerateStreamResponse(final=handle.stats.to_pb())
+
+    async def Tokenize(self, request: text_pb2.TokenizeRequest, context) -> text_pb2.TokenizeResponse:
+        ids, texts = await asyncio.to_thread(self.generator.tokenize, request.model, request.text)
+        return text_pb2.TokenizeResponse(token_ids=ids, token_texts=texts)
+
+    async def Detokenize(self, request: text_pb2.DetokenizeRequest, context) -> text_pb2.DetokenizeResponse:
+        text = await asyncio.to_thread(self.generator.detokenize, request.model, list(request.token_ids))
+        return text_pb2.DetokenizeResponse(text=text)
+
+    async def CountTokens(self, request: text_pb2.CountTokensRequest, context) -> text_pb2.CountTokensResponse:
+        counts = await asyncio.to_thread(self.generator.count_tokens, request.model, list(request.texts))
+        return text_pb2.CountTokensResponse(counts=counts)
+
+    async def ListModels(self, request: text_pb2.ListModelsRequest, context) -> text_pb2.ListModelsResponse:
+        return text_pb2.ListModelsResponse(models=[
+            runtime.model.to_pb(is_default=name == self.generator.default_model)
+            for name, runtime in self.generator.runtimes.items()])
+
+    async def ListPresets(self, request: text_pb2.ListPresetsRequest, context) -> text_pb2.ListPresetsResponse:
+        return text_pb2.ListPresetsResponse(presets=[preset.to_pb() for preset in self.generator.list_presets()])
+
+
+def registrar(generator: TextGenerator):
+    """The `register` callback the toolkit's server takes."""
+
+    def register(server: grpc.aio.Server) -> Iterable[str]:
+        text_pb2_grpc.add_TextServiceServicer_to_server(TextServicer(generator), server)
+        return [SERVICE_NAME]
+
+    return register

@@ -1,0 +1,77 @@
+"""The SDK's TextClient and `fabula generate` against the real gateway and text service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from fabula_sdk.cli import app
+from fabula_sdk.errors import InvalidRequestError
+from fabula_sdk.session_store import SavedSession, SessionStore
+from fabula_sdk.text import ContextReport, GenerationStats, TextClient, TextPiece
+from services.editor.embedded import embedded_editor, fast_settings
+from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
+
+
+@pytest.fixture
+async def live(tmp_path, text_service, tiny_model):
+    async with embedded_editor(fast_settings(f"sqlite:///{tmp_path / 'editor.db'}")) as editor, \
+            text_service([tiny_model]) as text:
+        settings = gateway_settings(editor.address, text_address=f"127.0.0.1:{text.server.port}")
+        async with serve_gateway(settings) as gateway, httpx.AsyncClient(base_url=gateway.url) as client:
+            user = await register_user(client, "sdkwriter")
+            yield gateway.url, user
+
+
+OPTIONS = dict(prompt="The knight", max_new_tokens=15, min_new_tokens=15, seed=4, preset="neutral")
+
+
+async def test_text_client_generate_and_stream(live):
+    url, user = live
+
+    def run():
+        with TextClient(url, user.token) as ai:
+            whole = ai.generate(**OPTIONS)
+            events = list(ai.stream(**OPTIONS))
+            context_events = list(ai.stream(context={"story": "A dragon slept."}, max_new_tokens=3, seed=1))
+            try:
+                ai.generate(**{**OPTIONS, "sampling": {"top_p": 7}})
+            except InvalidRequestError as error:
+                refused = error
+            return whole, events, context_events, refused, ai.models(), ai.tokenize("The dragon")
+
+    whole, events, context_events, refused, models, (ids, texts) = await asyncio.to_thread(run)
+    pieces = [e for e in events if isinstance(e, TextPiece)]
+    assert "".join(p.text for p in pieces) == whole.text
+    assert isinstance(events[-1], GenerationStats) and events[-1].completion_tokens == 15
+    assert isinstance(context_events[0], ContextReport) and context_events[0].prompt == "A dragon slept."
+    assert refused.field == "sampling.top_p" and refused.status == 400
+    assert models[0]["name"] == "tiny"
+    assert len(ids) == len(texts) > 0
+
+
+async def test_cli_generate_streams_to_the_terminal(live, tmp_path):
+    url, user = live
+    home = tmp_path / "home"
+    SessionStore(home).save(SavedSession(url=url, username=user.username, user_id=user.user_id, token=user.token,
+                                         master_key=os.urandom(32)))
+
+    def run(*args):
+        return CliRunner().invoke(app, ["--home", str(home), "generate", *args])
+
+    result = await asyncio.to_thread(run, "The knight", "-n", "15", "--min-new-tokens", "15", "--seed", "4",
+                                     "--preset", "neutral")
+    assert result.exit_code == 0, result.output
+
+    def expected():
+        with TextClient(url, user.token) as ai:
+            return ai.generate(**OPTIONS).text
+
+    assert (await asyncio.to_thread(expected)) in result.stdout
+    assert "length; 15 tokens" in result.stderr
+    bad = await asyncio.to_thread(run, "x", "--temperature", "-1")
+    assert bad.exit_code == 1 and "temperature" in bad.stderr
