@@ -22,6 +22,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# Lorebook keys use the `regex` package rather than `re` for its per-search timeout: a user's
+# pattern with catastrophic backtracking must end in a clear error, not a stalled worker.
+import regex
+
 from fabula.text.v1 import text_pb2
 from services.toolkit.errors import InvalidArgument
 
@@ -29,6 +33,7 @@ DEFAULT_AUTHORS_NOTE_DEPTH = 3
 MAX_LOREBOOK_ENTRIES = 512
 MAX_KEYS_PER_ENTRY = 64
 MAX_KEY_CHARS = 256
+REGEX_TIMEOUT_S = 0.05
 MAX_PART_CHARS = 50_000  # memory, author's note, each lorebook entry's text
 # A boundary the story may be cut after: a newline, or sentence-ending punctuation (with closing
 # quotes or brackets) followed by whitespace.
@@ -48,7 +53,7 @@ class LoreEntry:
     insertion_position: int = 0
     token_budget: int = 0
     disabled: bool = False
-    patterns: tuple[re.Pattern[str], ...] = field(default=(), compare=False, repr=False)
+    patterns: tuple[regex.Pattern[str], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -134,18 +139,18 @@ def check_inputs(context: StoryContext, max_story_chars: int, prefix: str) -> St
             key_where = f"{where}.keys[{key_index}]"
             if not key or len(key) > MAX_KEY_CHARS:
                 raise InvalidArgument(key_where, key, f"must be 1 to {MAX_KEY_CHARS} characters")
-            flags = 0 if entry.case_sensitive else re.IGNORECASE
-            source = key if entry.regex_keys else re.escape(key)
+            flags = regex.VERSION0 | (0 if entry.case_sensitive else regex.IGNORECASE)
+            source = key if entry.regex_keys else regex.escape(key)
             try:
-                patterns.append(re.compile(source, flags))
-            except re.error as error:
+                patterns.append(regex.compile(source, flags))
+            except regex.error as error:
                 raise InvalidArgument(key_where, key, f"invalid regular expression: {error}") from None
         checked.append(_replace_patterns(entry, tuple(patterns)))
     return StoryContext(context.story, context.memory, context.authors_note, context.authors_note_depth,
                         tuple(checked), context.max_context_tokens)
 
 
-def _replace_patterns(entry: LoreEntry, patterns: tuple[re.Pattern[str], ...]) -> LoreEntry:
+def _replace_patterns(entry: LoreEntry, patterns: tuple[regex.Pattern[str], ...]) -> LoreEntry:
     values = {name: getattr(entry, name) for name in entry.__dataclass_fields__}
     values["patterns"] = patterns
     return LoreEntry(**values)
@@ -157,7 +162,7 @@ def _replace_patterns(entry: LoreEntry, patterns: tuple[re.Pattern[str], ...]) -
 def triggered_entries(context: StoryContext) -> tuple[list[tuple[LoreEntry, str]], list[ReportEntry]]:
     """(entry, why) for each entry that fires, and report lines for those that do not."""
     fired, report = [], []
-    for entry in context.lorebook:
+    for index, entry in enumerate(context.lorebook):
         source = f"lorebook:{entry.name}"
         if entry.disabled:
             report.append(ReportEntry(source, False, "disabled"))
@@ -166,13 +171,26 @@ def triggered_entries(context: StoryContext) -> tuple[list[tuple[LoreEntry, str]
             fired.append((entry, "always on"))
             continue
         scanned = context.story[-entry.scan_depth_chars:] if entry.scan_depth_chars else context.story
-        hit = next((key for key, pattern in zip(entry.keys, entry.patterns) if pattern.search(scanned)), None)
+        hit = _first_matching_key(entry, index, scanned)
         if hit is None:
             depth = f"last {entry.scan_depth_chars} characters" if entry.scan_depth_chars else "story"
             report.append(ReportEntry(source, False, f"no key matched in the {depth}"))
         else:
             fired.append((entry, f"key {hit!r} matched"))
     return fired, report
+
+
+def _first_matching_key(entry: LoreEntry, index: int, scanned: str) -> str | None:
+    for key_index, (key, pattern) in enumerate(zip(entry.keys, entry.patterns)):
+        try:
+            if pattern.search(scanned, timeout=REGEX_TIMEOUT_S):
+                return key
+        except TimeoutError:
+            # A user's regex with catastrophic backtracking must not hold a worker thread.
+            raise InvalidArgument(f"spec.context.lorebook[{index}].keys[{key_index}]", key,
+                                  f"regular expression took longer than {REGEX_TIMEOUT_S * 1000:.0f} ms "
+                                  "to scan the story; simplify it") from None
+    return None
 
 
 # --- 3-5. budget, trimming, assembly -----------------------------------------------------------

@@ -118,6 +118,17 @@ def test_invalid_regex_names_the_key(builder):
     assert raised.value.field == "spec.context.lorebook[0].keys[1]"
 
 
+def test_catastrophic_regex_is_refused_not_left_running(builder):
+    # (a|aa)+$ against many a's followed by a mismatch backtracks exponentially; without the
+    # timeout this search would run for longer than the universe has existed.
+    lore = [entry(name="ok", text="t", keys=["calm"], regex_keys=True),
+            entry(name="evil", text="t", keys=["calm", r"(a|aa)+$"], regex_keys=True)]
+    with pytest.raises(InvalidArgument) as raised:
+        builder.build(story(story="a" * 40 + "!", lorebook=lore), max_new_tokens=10)
+    assert raised.value.field == "spec.context.lorebook[1].keys[1]"
+    assert "took longer" in raised.value.message
+
+
 def test_entry_token_budget_and_insertion_order_under_a_tight_budget(builder, tiny_tokenizer):
     long_text = "The ancient order of the sea keeps many secrets. " * 10
     lore = [
