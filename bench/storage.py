@@ -1,11 +1,17 @@
 """Storage: saves and loads of 64 KiB encrypted stories, full HTTP stack against the back end alone.
 
 The full stack is what a client meets: a real gateway process (uvicorn) in front of a real editor
-process on SQLite, driven by httpx clients over keep-alive connections, one user (logged in once)
-per client. The back end alone is the editor's storage object in this process, on its own SQLite
+process on SQLite, driven by aiohttp clients over keep-alive connections (one connection and one
+user, logged in once, per client). The back end alone is the editor's storage object in this process, on its own SQLite
 file with the same settings, doing the same writes and reads. Both run at 1 and 16 concurrent
 clients, alternating in rounds so that machine noise hits both alike; ratios are full-stack ops/s
 divided by back-end ops/s.
+
+The load generator shares the machine's cores with the stack, so it does as little as it can per
+request: stories are sealed once with the real SDK and their JSON bodies built once (only the
+change index differs between saves), and aiohttp costs a fraction of httpx's CPU per request.
+Where the cores went is reported beside the speeds: CPU milliseconds per operation of the
+client, the gateway and the editor processes (figures `*_cpu_ms_*`).
 
 The editor runs with production settings except the Argon2id cost of hashing authentication
 keys (libsodium's minimum; it is paid once per login, never per operation measured here), and
@@ -15,7 +21,9 @@ the gateway's per-user rate limit is raised above what 16 clients can do.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -29,10 +37,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+import pybase64
 
 from bench.common import percentile
+
+if TYPE_CHECKING:
+    import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 STORY_BYTES = 64 * 1024
@@ -61,14 +74,34 @@ def sealed_story(story_id: str) -> tuple[bytes, bool]:
     return blob, True
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU time of a process (this one by default); None where /proc is missing."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
 @dataclass
 class Measurement:
     latencies_s: list[float] = field(default_factory=list)
     ops_per_s: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds, all rounds
 
-    def add_round(self, latencies: list[float], wall_s: float) -> None:
+    def add_round(self, latencies: list[float], wall_s: float, cpu_s: dict[str, float]) -> None:
         self.latencies_s += latencies
         self.ops_per_s.append(len(latencies) / wall_s)
+        for name, seconds in cpu_s.items():
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + seconds
+
+    def cpu_ms_per_op(self, name: str) -> float:
+        return self.cpu_s[name] * 1000 / len(self.latencies_s)
 
     @property
     def ops(self) -> float:
@@ -86,12 +119,20 @@ class Client:
     story_ids: list[str]
     blobs: dict[str, bytes]
     indexes: dict[str, int] = field(default_factory=dict)
-    http: httpx.AsyncClient | None = None
+    http: aiohttp.ClientSession | None = None
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    # Each story's save body up to the change index: '{"data":"<base64>","expected_change_index":'
+    body_prefixes: dict[str, bytes] = field(default_factory=dict)
     user_id: str = ""
 
 
-async def _run_round(clients: list[Client], ops_per_client: int,
-                     operation: Callable[[Client, str], Awaitable[None]]) -> tuple[list[float], float]:
+async def _run_round(clients: list[Client], ops_per_client: int, operation: Callable[[Client, str], Awaitable[None]],
+                     processes: dict[str, int | None] | None = None,
+                     ) -> tuple[list[float], float, dict[str, float]]:
+    """Latencies, wall time, and CPU seconds used meanwhile by `processes` (name -> pid, None for
+    this process)."""
+    processes = processes or {}
     latencies: list[float] = []
 
     async def drive(client: Client) -> None:
@@ -101,9 +142,16 @@ async def _run_round(clients: list[Client], ops_per_client: int,
             await operation(client, story_id)
             latencies.append(time.perf_counter() - started)
 
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     started = time.perf_counter()
     await asyncio.gather(*(drive(client) for client in clients))
-    return latencies, time.perf_counter() - started
+    wall = time.perf_counter() - started
+    cpu_used = {}
+    for name, pid in processes.items():
+        before, after = cpu_before[name], cpu_seconds(pid)
+        if before is not None and after is not None:
+            cpu_used[name] = after - before
+    return latencies, wall, cpu_used
 
 
 # The full stack -------------------------------------------------------------------------------
@@ -115,9 +163,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class Stack:
+    url: str
+    pids: dict[str, int]  # "gateway" / "editor" -> process id
+
+
 @contextmanager
-def running_stack(workdir: Path) -> Iterator[str]:
-    """The editor and gateway processes on free ports; yields the gateway's URL."""
+def running_stack(workdir: Path) -> Iterator[Stack]:
+    """The editor and gateway processes on free ports."""
     editor_port, gateway_port = _free_port(), _free_port()
     env = {
         **os.environ,
@@ -142,7 +196,7 @@ def running_stack(workdir: Path) -> Iterator[str]:
                                                   stdout=log, stderr=subprocess.STDOUT))
             url = f"http://127.0.0.1:{gateway_port}"
             _wait_until_ready(url, processes, log_path)
-            yield url
+            yield Stack(url=url, pids={"editor": processes[0].pid, "gateway": processes[1].pid})
         finally:
             for process in processes:
                 if process.poll() is None:
@@ -170,35 +224,44 @@ def _wait_until_ready(url: str, processes: list[subprocess.Popen], log_path: Pat
 
 
 async def _http_setup(url: str, clients: list[Client]) -> None:
-    import base64
+    import aiohttp
 
     for client in clients:
-        client.http = httpx.AsyncClient(base_url=url, timeout=60.0, limits=httpx.Limits(max_connections=1))
-        reply = await client.http.post("/user/register", json={
+        # One keep-alive connection per client, as one browser tab or SDK client would hold.
+        client.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
+                                            timeout=aiohttp.ClientTimeout(total=60.0))
+        client.url = f"{url}/user/objects/stories/"
+        async with client.http.post(f"{url}/user/register", json={
             "username": client.name, "salt": base64.b64encode(os.urandom(16)).decode(),
             "kdf": {"opslimit": 1, "memlimit": 8192}, "auth_key": base64.b64encode(os.urandom(32)).decode(),
-            "keystore": base64.b64encode(os.urandom(200)).decode()})
-        reply.raise_for_status()
-        client.http.headers["Authorization"] = f"Bearer {reply.json()['token']}"
+            "keystore": base64.b64encode(os.urandom(200)).decode()}) as reply:
+            reply.raise_for_status()
+            token = (await reply.json())["token"]
+        client.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         for story_id in client.story_ids:
+            data = base64.b64encode(client.blobs[story_id]).decode()
+            client.body_prefixes[story_id] = f'{{"data":"{data}","expected_change_index":'.encode()
             await _http_save(client, story_id)
 
 
 async def _http_save(client: Client, story_id: str) -> None:
-    import base64
-
     expected = client.indexes.get(story_id, 0)
-    reply = await client.http.put(f"/user/objects/stories/{story_id}", json={
-        "data": base64.b64encode(client.blobs[story_id]).decode(), "expected_change_index": expected})
-    if reply.status_code not in (200, 201):
-        raise RuntimeError(f"save failed: {reply.status_code} {reply.text}")
-    client.indexes[story_id] = reply.json()["change_index"]
+    body = client.body_prefixes[story_id] + b"%d}" % expected
+    async with client.http.put(client.url + story_id, data=body, headers=client.headers) as reply:
+        answer = await reply.read()
+        if reply.status not in (200, 201):
+            raise RuntimeError(f"save failed: {reply.status} {answer[:200]!r}")
+    client.indexes[story_id] = json.loads(answer)["change_index"]
 
 
 async def _http_load(client: Client, story_id: str) -> None:
-    reply = await client.http.get(f"/user/objects/stories/{story_id}")
-    if reply.status_code != 200 or reply.json()["size"] != len(client.blobs[story_id]):
-        raise RuntimeError(f"load failed: {reply.status_code} {reply.text[:200]}")
+    async with client.http.get(client.url + story_id, headers=client.headers) as reply:
+        answer = await reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"load failed: {reply.status} {answer[:200]!r}")
+    # What a client does with the answer short of decrypting it: parse it, check the data came.
+    if len(pybase64.b64decode(json.loads(answer)["data"])) != len(client.blobs[story_id]):
+        raise RuntimeError("load failed: the data is not the story's")
 
 
 # The back end alone ---------------------------------------------------------------------------
@@ -268,7 +331,7 @@ def _clients(prefix: str, count: int) -> tuple[list[Client], bool]:
     return clients, sealed_by_sdk
 
 
-async def _measure(workdir: Path, url: str) -> tuple[dict[str, Measurement], bool]:
+async def _measure(workdir: Path, stack: Stack) -> tuple[dict[str, Measurement], bool]:
     most = max(CONCURRENCY)
     http_clients, sealed_by_sdk = _clients("bench-http", most)
     backend_clients, _ = _clients("bench-backend", most)
@@ -276,7 +339,10 @@ async def _measure(workdir: Path, url: str) -> tuple[dict[str, Measurement], boo
         backend_client.blobs = http_client.blobs  # the very same ciphertexts on both paths
     backend = Backend(f"sqlite:///{workdir / 'backend.db'}")
     await backend.setup(backend_clients)
-    await _http_setup(url, http_clients)
+    await _http_setup(stack.url, http_clients)
+    # Whose CPU each path's rounds are charged with: the bench process is the HTTP clients' (or,
+    # for the back end, the storage's own) CPU.
+    processes = {"http": {"client": None, **stack.pids}, "backend": {"backend": None}}
     operations = {
         ("http", "save"): _http_save, ("http", "load"): _http_load,
         ("backend", "save"): backend.save, ("backend", "load"): backend.load,
@@ -290,17 +356,22 @@ async def _measure(workdir: Path, url: str) -> tuple[dict[str, Measurement], boo
                     await _run_round(clients[:concurrency], 5, operations[target, kind])
                 for _ in range(ROUNDS):
                     for target, clients in (("backend", backend_clients), ("http", http_clients)):
-                        latencies, wall = await _run_round(clients[:concurrency], OPS_PER_CLIENT[concurrency],
-                                                           operations[target, kind])
-                        results.setdefault(f"{target}_{kind}_{concurrency}", Measurement()).add_round(latencies, wall)
+                        latencies, wall, cpu = await _run_round(clients[:concurrency], OPS_PER_CLIENT[concurrency],
+                                                                operations[target, kind], processes[target])
+                        results.setdefault(f"{target}_{kind}_{concurrency}", Measurement()).add_round(
+                            latencies, wall, cpu)
                 line = ", ".join(f"{target} {results[f'{target}_{kind}_{concurrency}'].ops:.0f} ops/s "
                                  f"p99 {results[f'{target}_{kind}_{concurrency}'].ms(0.99):.1f} ms"
                                  for target in ("backend", "http"))
-                print(f"   {kind}s at {concurrency:2d} clients: {line}", flush=True)
+                cpu = ", ".join(f"{name} {measurement.cpu_ms_per_op(name):.2f}"
+                                for measurement in (results[f"http_{kind}_{concurrency}"],)
+                                for name in measurement.cpu_s)
+                print(f"   {kind}s at {concurrency:2d} clients: {line}; full stack CPU ms/op: {cpu}", flush=True)
     finally:
         await backend.storage.close()
         for client in http_clients:
-            await client.http.aclose()
+            if client.http is not None:
+                await client.http.close()
     return results, sealed_by_sdk
 
 
@@ -314,10 +385,13 @@ def _report(results: dict[str, Measurement], sealed_by_sdk: bool, load_average: 
                 figures[f"{target}_{kind}_ops_s_{concurrency}"] = round(measurement.ops, 1)
                 figures[f"{target}_{kind}_p50_ms_{concurrency}"] = round(measurement.ms(0.50), 2)
                 figures[f"{target}_{kind}_p99_ms_{concurrency}"] = round(measurement.ms(0.99), 2)
+                for name in measurement.cpu_s:
+                    figures[f"{target}_{kind}_cpu_ms_{name}_{concurrency}"] = round(measurement.cpu_ms_per_op(name), 3)
             ratios[f"http_vs_backend_{kind}s_{concurrency}"] = round(
                 results[f"http_{kind}_{concurrency}"].ops / results[f"backend_{kind}_{concurrency}"].ops, 3)
-    rows = ["| clients | operation | full stack ops/s | back end ops/s | ratio | full stack p50 / p99 ms |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| clients | operation | full stack ops/s | back end ops/s | ratio | full stack p50 / p99 ms "
+            "| CPU ms/op: client + gateway + editor (back end alone) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for concurrency in CONCURRENCY:
         for kind in ("save", "load"):
             rows.append(
@@ -325,22 +399,32 @@ def _report(results: dict[str, Measurement], sealed_by_sdk: bool, load_average: 
                 f"| {figures[f'backend_{kind}_ops_s_{concurrency}']:.0f} "
                 f"| {ratios[f'http_vs_backend_{kind}s_{concurrency}']:.2f} "
                 f"| {figures[f'http_{kind}_p50_ms_{concurrency}']:.1f} "
-                f"/ {figures[f'http_{kind}_p99_ms_{concurrency}']:.1f} |")
+                f"/ {figures[f'http_{kind}_p99_ms_{concurrency}']:.1f} | {_cpu_cell(figures, kind, concurrency)} |")
     summary = (
         f"Saves and loads of {STORY_BYTES // 1024} KiB encrypted stories "
         f"({'sealed by the SDK' if sealed_by_sdk else 'random bytes: the SDK was not importable'}): "
-        "the full stack (httpx → uvicorn gateway process → editor process → SQLite) against the editor's "
+        "the full stack (aiohttp clients → uvicorn gateway process → editor process → SQLite) against the editor's "
         f"storage back end alone, in-process, on the same machine in the same run ({ROUNDS} alternating rounds; "
         "ops/s is the median round, percentiles pool every round). The load generator, gateway and editor "
-        "share this machine's cores; its 1-minute load average (other work included) was "
-        f"{load_average[0]:.1f} at the start and {load_average[1]:.1f} at the end.\n\n" + "\n".join(rows))
+        f"share this machine's {os.cpu_count()} cores; its 1-minute load average (other work included) was "
+        f"{load_average[0]:.1f} at the start and {load_average[1]:.1f} at the end. CPU ms/op is each process's "
+        "user + system CPU time over the measured rounds divided by the operations done, which other work on "
+        "the machine disturbs far less than it does speeds.\n\n" + "\n".join(rows))
     return {"figures": figures, "ratios": ratios, "summary": summary}
+
+
+def _cpu_cell(figures: dict[str, float], kind: str, concurrency: int) -> str:
+    parts = [figures.get(f"http_{kind}_cpu_ms_{name}_{concurrency}") for name in ("client", "gateway", "editor")]
+    backend = figures.get(f"backend_{kind}_cpu_ms_backend_{concurrency}")
+    if None in parts or backend is None:
+        return "n/a"
+    return " + ".join(f"{part:.2f}" for part in parts) + f" ({backend:.2f})"
 
 
 def run() -> dict:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fabula-bench-storage-") as directory:
         workdir = Path(directory)
-        with running_stack(workdir) as url:
-            results, sealed_by_sdk = asyncio.run(_measure(workdir, url))
+        with running_stack(workdir) as stack:
+            results, sealed_by_sdk = asyncio.run(_measure(workdir, stack))
     return _report(results, sealed_by_sdk, (load_before, os.getloadavg()[0]))

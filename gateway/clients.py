@@ -9,6 +9,7 @@ import grpc
 
 from fabula.editor.v1 import editor_pb2_grpc
 from gateway.config import GatewaySettings
+from gateway.tracing import records_call_spans
 from services.toolkit import tracing
 
 # Round robin matters in Kubernetes: with a headless Service and a "dns:///" target the channel
@@ -21,9 +22,9 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def _open(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        address, options=_CHANNEL_OPTIONS, interceptors=tracing.client_interceptors())
+def _open(address: str, settings: GatewaySettings) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS,
+                                     interceptors=tracing.client_interceptors(records_call_spans(settings)))
 
 
 @dataclass
@@ -39,8 +40,8 @@ class ServiceChannels:
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> ServiceChannels:
-        return cls(editor=_open(settings.editor_address), text=_open(settings.text_address),
-                   image=_open(settings.image_address))
+        return cls(editor=_open(settings.editor_address, settings), text=_open(settings.text_address, settings),
+                   image=_open(settings.image_address, settings))
 
     async def close(self) -> None:
         for channel in (self.editor, self.text, self.image):

@@ -89,7 +89,9 @@ class AuthCache:
 
 
 # Dependencies are `async def` even when they never await: FastAPI runs a plain `def` dependency
-# in a worker thread, which costs more than the whole route on the hot path.
+# in a worker thread, which costs more than the whole route on the hot path. They also read the
+# app's state from `request` themselves rather than depend on one another: FastAPI resolves every
+# node of a dependency tree on every request, at a cost comparable to a node's own work.
 async def get_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
@@ -98,17 +100,16 @@ async def get_channels(request: Request) -> ServiceChannels:
     return request.app.state.channels
 
 
-async def get_editor(channels: Annotated[ServiceChannels, Depends(get_channels)]) -> editor_pb2_grpc.EditorServiceStub:
-    return channels.editor_stub
+async def get_editor(request: Request) -> editor_pb2_grpc.EditorServiceStub:
+    return request.app.state.channels.editor_stub
 
 
 _TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{1,1024}")
 _bearer = HTTPBearer(auto_error=False, description="a session token from /user/login")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def bearer_token(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "authorization: missing bearer token (Authorization: Bearer <token>)",
                        field="authorization")
@@ -118,21 +119,22 @@ async def bearer_token(
     return credentials.credentials
 
 
-async def current_user(
-    request: Request,
-    token: Annotated[str, Depends(bearer_token)],
-    editor: Annotated[editor_pb2_grpc.EditorServiceStub, Depends(get_editor)],
-    settings: Annotated[GatewaySettings, Depends(get_settings)],
-) -> User:
-    cache: AuthCache = request.app.state.auth_cache
+async def bearer_token(credentials: Credentials) -> str:
+    return _token(credentials)
+
+
+async def _user(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User:
+    token = _token(credentials)
+    state = request.app.state
+    cache: AuthCache = state.auth_cache
     user = cache.get(token)
     if user is not None:
         return user
     try:
-        reply = await editor.Authenticate(
+        reply = await state.channels.editor_stub.Authenticate(
             editor_pb2.AuthenticateRequest(),
             metadata=(("authorization", f"Bearer {token}"),),
-            timeout=settings.request_timeout_s,
+            timeout=state.settings.request_timeout_s,
         )
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
@@ -141,7 +143,12 @@ async def current_user(
     return user
 
 
-async def rate_limited_user(request: Request, user: Annotated[User, Depends(current_user)]) -> User:
+async def current_user(request: Request, credentials: Credentials) -> User:
+    return await _user(request, credentials)
+
+
+async def rate_limited_user(request: Request, credentials: Credentials) -> User:
+    user = await _user(request, credentials)
     limits: RateLimits = request.app.state.rate_limits
     await limits.check(limits.per_user, f"user:{user.user_id}")
     return user

@@ -35,6 +35,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         description="AI-assisted, illustrated, end-to-end encrypted storytelling.",
         lifespan=lifespan,
+        telemetry=tracing.fastapi_telemetry(settings),
     )
     app.state.settings = settings
     app.state.auth_cache = AuthCache(settings.auth_cache_s)

@@ -18,6 +18,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import pybase64
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
@@ -33,13 +34,21 @@ def _decode_base64(value: Any) -> bytes:
     if not isinstance(value, str):
         raise ValueError("must be a base64 string")
     try:
+        # pybase64 (SIMD) decodes a 64 KiB story some 30 times faster than the standard library,
+        # which cost more CPU than the rest of the gateway's work on a save. It refuses a few
+        # oddities the standard library takes (extra '=' after a full group, e.g. "AAAA===="),
+        # so those are decided by the standard library: what is accepted does not change.
+        return pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("must be standard base64 (A-Z, a-z, 0-9, '+', '/', with '=' padding)") from None
 
 
 def _encode_base64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
+    return pybase64.b64encode_as_string(value)  # the standard library's output, some 50 times faster
 
 
 def _encodable_text(value: str) -> str:

@@ -5,7 +5,9 @@ With an OTLP endpoint (or `trace_http_spans`), OpenTelemetry's FastAPI instrumen
 a server span per request. Without one, those spans would be built and dropped on every request
 (about a third of the gateway's CPU per call, measured with bench/storage.py), so a small
 middleware only puts the incoming `traceparent`/`tracestate` into the context; the gRPC client
-interceptor (services/toolkit/client_tracing.py) carries it on to the services either way.
+interceptor (services/toolkit/client_tracing.py) carries it on to the services either way. For
+the same reason FastAPI's own native telemetry is turned off then, and the gRPC calls carry the
+context without a CLIENT span of their own when this process exports nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +17,24 @@ from opentelemetry import context, propagate
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import GatewaySettings
+from services.toolkit import tracing as toolkit_tracing
 
 _NOT_TRACED = "/health,/metrics"
+
+
+def records_http_spans(settings: GatewaySettings) -> bool:
+    return bool(settings.otlp_endpoint or settings.trace_http_spans)
+
+
+def records_call_spans(settings: GatewaySettings) -> bool:
+    """Whether each gRPC call gets a CLIENT span (its trace context travels either way)."""
+    return records_http_spans(settings) or toolkit_tracing.records_spans()
+
+
+def fastapi_telemetry(settings: GatewaySettings) -> dict:
+    """FastAPI's own (native) OpenTelemetry: it records a server span per request whenever a tracer
+    provider is installed, exporter or not. Spans, when wanted, come from `instrument` below."""
+    return {} if records_http_spans(settings) else {"tracing": False}
 
 
 class TraceContextMiddleware:
@@ -44,7 +62,7 @@ class TraceContextMiddleware:
 
 
 def instrument(app: FastAPI, settings: GatewaySettings) -> None:
-    if settings.otlp_endpoint or settings.trace_http_spans:
+    if records_http_spans(settings):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         # The per-message receive/send spans are noise.

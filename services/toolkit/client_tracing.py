@@ -1,4 +1,5 @@
-"""The gRPC client side of tracing: a CLIENT span per call, and W3C trace context in its metadata.
+"""The gRPC client side of tracing: W3C trace context in every call's metadata, and a CLIENT span
+per call when spans are recorded (`record_spans`; see tracing.client_interceptors).
 
 OpenTelemetry's own aio client interceptors await the whole call inside the interceptor (to read
 its status). While they do, `call.cancel()` cancels only the interceptor, never the RPC, so a
@@ -36,12 +37,15 @@ class TracingClientInterceptor(
     grpc.aio.StreamUnaryClientInterceptor,
     grpc.aio.StreamStreamClientInterceptor,
 ):
-    def __init__(self) -> None:
+    def __init__(self, record_spans: bool = True) -> None:
+        self._record_spans = record_spans
         self._tracer = trace.get_tracer(__name__)
         # Done callbacks only schedule the span's ending; keep the tasks referenced until done.
         self._finishing: set[asyncio.Task[None]] = set()
 
     async def _intercept(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        if not self._record_spans:
+            return await continuation(self._with_context(details), request)
         method = _method_name(details.method)
         service, _, name = method.strip("/").partition("/")
         span = self._tracer.start_span(method, kind=SpanKind.CLIENT, attributes={
@@ -58,6 +62,17 @@ class TracingClientInterceptor(
             raise
         call.add_done_callback(lambda done: self._schedule_finish(span, done))
         return call
+
+    @staticmethod
+    def _with_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        """`details` plus the current trace context (the caller's traceparent), without a span."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if not carrier:
+            return details
+        metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), *carrier.items())
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                          details.wait_for_ready)
 
     def _schedule_finish(self, span: Span, call: grpc.aio.Call) -> None:
         task = asyncio.get_running_loop().create_task(_finish(span, call))

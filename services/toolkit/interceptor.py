@@ -72,6 +72,11 @@ def _split(full_method: str) -> tuple[str, str]:
 class ExceptionInterceptor(grpc.aio.ServerInterceptor):
     """Maps `FabulaError` to its status code; any other exception is logged and made INTERNAL."""
 
+    def __init__(self) -> None:
+        # The wrapped handler of each method, built on its first call: wrapping costs more than
+        # the rest of this interceptor, and a method's handler never changes once registered.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -80,7 +85,15 @@ class ExceptionInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, method = _split(handler_call_details.method)
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, handler_call_details.method)
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, method = _split(full_method)
         if service.startswith("grpc."):
             # Health and reflection are grpc's own; leave them as they are.
             return handler

@@ -6,6 +6,7 @@ size, tokens/s, ...) and these appear on the same `/metrics` page.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from prometheus_client import Counter, Histogram, start_http_server
@@ -25,9 +26,17 @@ RPC_SECONDS = Histogram(
 )
 
 
+@functools.cache
+def _rpc_children(service: str, method: str, code: str) -> tuple[Counter, Histogram]:
+    # `labels()` checks and looks up its label values under a lock on every call; the set of
+    # (service, method, code) is small and fixed, so each call's children are found once.
+    return RPC_REQUESTS.labels(service, method, code), RPC_SECONDS.labels(service, method)
+
+
 def record_rpc(service: str, method: str, code: str, seconds: float) -> None:
-    RPC_REQUESTS.labels(service, method, code).inc()
-    RPC_SECONDS.labels(service, method).observe(seconds)
+    requests, duration = _rpc_children(service, method, code)
+    requests.inc()
+    duration.observe(seconds)
 
 
 def serve_metrics(host: str, port: int) -> None:

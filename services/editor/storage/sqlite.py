@@ -3,18 +3,25 @@
 Writes go through one connection on one thread, one transaction at a time (`BEGIN IMMEDIATE`
 also locks out any other process on the same file); reads use a small pool of read-only
 connections, which WAL lets run beside the writer, each seeing a consistent snapshot.
+
+The frequent operations (object reads and writes, session checks) run whole in one hop to a
+connection's thread instead of one hop per statement: each hop costs about as much CPU as the
+statement it carries (see `_in_one_hop`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.editor.models import Account, ObjectMeta, ObjectType, Quota, StoredObject
+from services.editor.storage.base import ObjectWrite
 from services.editor.storage.sql import SqlStorage, Tx, UniqueViolation, not_open
 
 T = TypeVar("T")
@@ -118,6 +125,21 @@ def _finish(conn: sqlite3.Connection, commit: bool) -> None:
         conn.execute("COMMIT" if commit else "ROLLBACK")
 
 
+async def _at_once(call: Callable[[], T]) -> T:
+    """A transaction's `run` when the transaction already runs on its connection's thread."""
+    return call()
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (every await in it completes at once) on this thread."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("an operation run in one hop tried to wait for something")
+
+
 class SqliteStorage(SqlStorage):
     MIGRATIONS = (SCHEMA_V1,)
 
@@ -130,6 +152,8 @@ class SqliteStorage(SqlStorage):
         self._reader_threads = ThreadPoolExecutor(self._readers_count, thread_name_prefix="sqlite-reader")
         self._readers: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
         self._all_readers: list[sqlite3.Connection] = []
+        # On a pool thread running a whole operation (`_in_one_hop`): the connection it runs on.
+        self._hop = threading.local()
 
     def __repr__(self) -> str:
         return f"SqliteStorage({str(self.path)!r})"
@@ -157,8 +181,60 @@ class SqliteStorage(SqlStorage):
         self._writer_thread.shutdown(wait=True)
         self._reader_threads.shutdown(wait=True)
 
+    # One hop per operation ------------------------------------------------------------------
+    # The shared SQL code awaits each statement. Run on the connection's own thread with a `Tx`
+    # whose statements execute at once (`_at_once`), such an operation never suspends, so it runs
+    # to its end in the one hop that carries it there (`_run_to_end`). Transactions stay exactly
+    # as they were (BEGIN IMMEDIATE ... COMMIT with synchronous=FULL; one reader snapshot).
+
+    async def _in_one_hop(self, write: bool, operation: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        if write:
+            if self._writer is None:
+                raise not_open()
+            conn = self._writer
+            # The lock keeps this hop out of the middle of a statement-by-statement transaction
+            # on the same connection; one writer thread runs the queued hops in order.
+            async with self._writer_lock:
+                return await loop.run_in_executor(self._writer_thread, self._run_on, conn, operation, args)
+        if not self._all_readers:
+            raise not_open()
+        conn = await self._readers.get()
+        future = loop.run_in_executor(self._reader_threads, self._run_on, conn, operation, args)
+        # Back to the pool only once the thread is done with it, even if this task is cancelled.
+        future.add_done_callback(lambda _: self._readers.put_nowait(conn))
+        return await asyncio.shield(future)
+
+    def _run_on(self, conn: sqlite3.Connection, operation: Callable[..., Coroutine[Any, Any, T]],
+                args: tuple[Any, ...]) -> T:
+        self._hop.conn = conn
+        try:
+            return _run_to_end(operation(*args))
+        finally:
+            self._hop.conn = None
+
+    async def put_object(self, user_id: str, write: ObjectWrite, expected_index: int, quota: Quota,
+                         now_us: int) -> ObjectMeta:
+        return await self._in_one_hop(True, super().put_object, user_id, write, expected_index, quota, now_us)
+
+    async def get_object(self, user_id: str, type: ObjectType, id: str) -> StoredObject | None:
+        return await self._in_one_hop(False, super().get_object, user_id, type, id)
+
+    async def account_for_session(self, token_hash: bytes, now_us: int) -> Account | None:
+        return await self._in_one_hop(False, super().account_for_session, token_hash, now_us)
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Tx]:
+        conn = getattr(self._hop, "conn", None)
+        if conn is not None:  # already on the writer thread, inside `_in_one_hop`
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(conn, _at_once)
+            except BaseException:
+                _finish(conn, commit=False)
+                raise
+            _finish(conn, commit=True)
+            return
         if self._writer is None:
             raise not_open()
         conn = self._writer
@@ -177,6 +253,14 @@ class SqliteStorage(SqlStorage):
 
     @asynccontextmanager
     async def _read(self, snapshot: bool = False) -> AsyncIterator[Tx]:
+        conn = getattr(self._hop, "conn", None)
+        if conn is not None:  # already on a reader thread, inside `_in_one_hop`
+            conn.execute("BEGIN")
+            try:
+                yield _SqliteTx(conn, _at_once)
+            finally:
+                _finish(conn, commit=True)
+            return
         if not self._all_readers:
             raise not_open()
         conn = await self._readers.get()
