@@ -14,7 +14,7 @@ IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 .PHONY: install proto run test test-all bench engines clean images images-cpu images-gpu k8s-check constraints
 
-install: $(STAMP) $(CHECKOV)
+install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,11 +47,11 @@ $(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
 run: install proto
 	$(PY) -m services.stack
 
-test: install proto
+test: install proto $(CHECKOV)
 	$(PY) -m pytest -q
 
 # Also the tests marked slow (minutes on a CPU).
-test-all: install proto
+test-all: install proto $(CHECKOV)
 	FABULA_SLOW_TESTS=1 $(PY) -m pytest -q
 
 bench: install proto
@@ -78,7 +78,7 @@ images-gpu:
 	docker build -f docker/image.Dockerfile --target gpu -t fabula-image:$(IMAGE_TAG)-gpu .
 
 # Renders every overlay and checks it: schema, policies, checkov, hadolint, the real processes.
-k8s-check: install proto
+k8s-check: install proto $(CHECKOV)
 	$(PY) -m pytest -q tests/deploy
 
 # The images pin every transitive dependency to what the tests ran against; run after changing
