@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import zipfile
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import grpc
@@ -26,8 +25,9 @@ from fabula.image.v1 import image_pb2, image_pb2_grpc
 from gateway.calls import DisconnectWatch, unary
 from gateway.clients import ServiceChannels
 from gateway.deps import RateLimitedUser, Settings, get_channels
-from gateway.errors import ApiError, error_body, from_rpc_error
+from gateway.errors import ApiError, from_rpc_error
 from gateway.schemas import Base64Bytes, RequestBody, Text, Uint32, error_responses
+from gateway.sse import relay_stream
 
 router = APIRouter(prefix="/ai", tags=["image"])
 
@@ -324,29 +324,7 @@ def _event(message: image_pb2.GenerateResponse) -> dict[str, str]:
 async def generate_image_stream(body: GenerateImageBody, user: RateLimitedUser, image: ImageService,
                                 settings: Settings) -> EventSourceResponse:
     call = _start(image, body, settings)
-    try:
-        # The first event comes after validation: a bad request is a plain 400, not a stream.
-        first = await call.read()
-    except grpc.aio.AioRpcError as error:
-        raise _api_error(error) from None
-    if first is grpc.aio.EOF:
-        raise ApiError(500, "the image service closed the stream without an answer", code="INTERNAL")
-
-    async def events() -> AsyncIterator[dict[str, str]]:
-        try:
-            yield _event(first)
-            while (message := await call.read()) is not grpc.aio.EOF:
-                yield _event(message)
-        except grpc.aio.AioRpcError as error:
-            api_error = _api_error(error)
-            yield {"event": "error", "data": json.dumps(error_body(api_error.code, api_error.message,
-                                                                   api_error.field))}
-        finally:
-            # The client went away (sse-starlette cancels this generator) or the stream ended:
-            # either way the denoising must stop.
-            call.cancel()
-
-    return EventSourceResponse(events(), ping=15)
+    return await relay_stream(call, _event, _api_error, "image")
 
 
 @router.post("/image/tokenize", response_model=TokenizeImageResult, responses=ERRORS,

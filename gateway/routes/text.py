@@ -15,7 +15,6 @@ same JSON body as any error response. A client that disconnects cancels the gene
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import grpc
@@ -27,8 +26,9 @@ from fabula.text.v1 import text_pb2, text_pb2_grpc
 from gateway.calls import unary
 from gateway.clients import ServiceChannels
 from gateway.deps import RateLimitedUser, Settings, get_channels
-from gateway.errors import ApiError, error_body, from_rpc_error
+from gateway.errors import ApiError, from_rpc_error
 from gateway.schemas import RequestBody, Text, Uint32, Uint64, error_responses
+from gateway.sse import relay_stream
 
 router = APIRouter(prefix="/ai", tags=["text"])
 
@@ -309,28 +309,7 @@ def _event(message: text_pb2.GenerateStreamResponse) -> dict[str, str]:
 async def generate_stream(body: GenerateBody, user: RateLimitedUser, text: TextService,
                           settings: Settings) -> EventSourceResponse:
     call = text.GenerateStream(text_pb2.GenerateStreamRequest(spec=body.to_pb()), timeout=settings.stream_timeout_s)
-    try:
-        first = await call.read()
-    except grpc.aio.AioRpcError as error:
-        raise _api_error(error) from None
-    if first is grpc.aio.EOF:
-        raise ApiError(502, "the text service closed the stream without an answer", code="INTERNAL")
-
-    async def events() -> AsyncIterator[dict[str, str]]:
-        try:
-            yield _event(first)
-            while (message := await call.read()) is not grpc.aio.EOF:
-                yield _event(message)
-        except grpc.aio.AioRpcError as error:
-            api_error = _api_error(error)
-            yield {"event": "error",
-                   "data": json.dumps(error_body(api_error.code, api_error.message, api_error.field))}
-        finally:
-            # The client went away (sse-starlette cancels this generator) or the stream ended:
-            # either way the generation must not go on.
-            call.cancel()
-
-    return EventSourceResponse(events(), ping=15)
+    return await relay_stream(call, _event, _api_error, "text")
 
 
 @router.post("/tokenize", response_model=TokenizeResult, responses=ERRORS,
