@@ -19,16 +19,11 @@ inpaint, outpaint), `prompt`, `negative_prompt`, `negative_preset`, `quality_tag
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from fabula_sdk.errors import TransportError, api_error
-from fabula_sdk.http_transport import DEFAULT_URL, error_from_response
-from fabula_sdk.text import _sse_events, _status_of
+from fabula_sdk.ai_http import AiHttpClient
 
 
 @dataclass(frozen=True)
@@ -98,30 +93,7 @@ def _body(options: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-class ImageClient:
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout_s: float = 600.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers, transport=transport)
-
-    def __enter__(self) -> ImageClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as error:
-            raise TransportError(f"cannot reach {self._http.base_url}: {error}") from error
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        return response
-
+class ImageClient(AiHttpClient):
     def generate(self, **options: Any) -> ImageResult:
         """All images at once."""
         body = self._request("POST", "/ai/generate-image", _body({**options, "response_format": "json"})).json()
@@ -136,28 +108,17 @@ class ImageClient:
     def stream(self, **options: Any) -> Iterator[ImageEvent]:
         """ImageAccepted, then ImageProgress per step, then a GeneratedImage per image, then
         ImageFinished. Stopping the iteration closes the connection, which stops the denoising."""
-        try:
-            with self._http.stream("POST", "/ai/generate-image-stream", json=_body(options)) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise error_from_response(response)
-                for kind, data in _sse_events(response.iter_lines()):
-                    body = json.loads(data)
-                    if kind == "accepted":
-                        yield ImageAccepted.from_json(body)
-                    elif kind == "progress":
-                        yield ImageProgress(body["step"], body["total_steps"],
-                                            [base64.b64decode(p) for p in body.get("previews", [])])
-                    elif kind == "image":
-                        yield GeneratedImage.from_json(body)
-                    elif kind == "finished":
-                        yield ImageFinished(body["queue_seconds"], body["generation_seconds"])
-                        return
-                    elif kind == "error":
-                        error = body["error"]
-                        raise api_error(_status_of(error["code"]), error["code"], error["message"], error.get("field"))
-        except httpx.HTTPError as error:
-            raise TransportError(f"stream from {self._http.base_url} failed: {error}") from error
+        for kind, body in self._events("/ai/generate-image-stream", _body(options)):
+            if kind == "accepted":
+                yield ImageAccepted.from_json(body)
+            elif kind == "progress":
+                yield ImageProgress(body["step"], body["total_steps"],
+                                    [base64.b64decode(p) for p in body.get("previews", [])])
+            elif kind == "image":
+                yield GeneratedImage.from_json(body)
+            elif kind == "finished":
+                yield ImageFinished(body["queue_seconds"], body["generation_seconds"])
+                return
 
     def tokenize(self, prompt: str, model: str = "", quality_tags: bool = False) -> dict[str, Any]:
         """How the model reads `prompt`: token count, chunks (tokens and weights), dropped words."""

@@ -15,15 +15,11 @@ lorebook, ...). Failures raise the SDK's `ApiError` subclasses, also when they a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from fabula_sdk.errors import TransportError, api_error
-from fabula_sdk.http_transport import DEFAULT_URL, error_from_response
+from fabula_sdk.ai_http import AiHttpClient
 
 
 @dataclass(frozen=True)
@@ -81,47 +77,9 @@ class Generation:
 StreamEvent = TextPiece | GenerationStats | ContextReport
 
 
-def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs from Server-Sent Event lines."""
-    kind, data = "message", []
-    for line in lines:
-        if not line:
-            if data:
-                yield kind, "\n".join(data)
-            kind, data = "message", []
-        elif line.startswith(":"):
-            continue  # a keep-alive comment
-        elif line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield kind, "\n".join(data)
-
-
-class TextClient:
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout_s: float = 600.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers, transport=transport)
-
-    def __enter__(self) -> TextClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
+class TextClient(AiHttpClient):
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.HTTPError as error:
-            raise TransportError(f"cannot reach {self._http.base_url}: {error}") from error
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        return response.json()
+        return self._request(method, path, body).json()
 
     def generate(self, **options: Any) -> Generation:
         """The whole continuation at once."""
@@ -135,25 +93,14 @@ class TextClient:
         """The continuation as it is written: a ContextReport first (for story contexts), then
         TextPieces, then GenerationStats. Stopping the iteration closes the connection, which
         stops the generation on the server."""
-        try:
-            with self._http.stream("POST", "/ai/generate-stream", json=options) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise error_from_response(response)
-                for kind, data in _sse_events(response.iter_lines()):
-                    body = json.loads(data)
-                    if kind == "piece":
-                        yield TextPiece(body["text"], list(body["token_ids"]))
-                    elif kind == "context":
-                        yield ContextReport.from_json(body)
-                    elif kind == "final":
-                        yield GenerationStats.from_json(body)
-                        return
-                    elif kind == "error":
-                        error = body["error"]
-                        raise api_error(_status_of(error["code"]), error["code"], error["message"], error.get("field"))
-        except httpx.HTTPError as error:
-            raise TransportError(f"stream from {self._http.base_url} failed: {error}") from error
+        for kind, body in self._events("/ai/generate-stream", options):
+            if kind == "piece":
+                yield TextPiece(body["text"], list(body["token_ids"]))
+            elif kind == "context":
+                yield ContextReport.from_json(body)
+            elif kind == "final":
+                yield GenerationStats.from_json(body)
+                return
 
     def tokenize(self, text: str, model: str = "") -> tuple[list[int], list[str]]:
         body = self._call("POST", "/ai/tokenize", {"text": text, "model": model})
@@ -164,12 +111,3 @@ class TextClient:
 
     def presets(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/ai/presets"))
-
-
-_STATUS_BY_CODE = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
-                   "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
-
-
-def _status_of(code: str) -> int:
-    """An error event carries the gateway's code only; map it back to the HTTP status it stands for."""
-    return _STATUS_BY_CODE.get(code, 500)
