@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -75,6 +76,23 @@ def path_from_url(url: str) -> Path:
     return Path(path)
 
 
+def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
+    # Switching a fresh file to WAL needs an exclusive lock. When replicas start together, SQLite
+    # may answer "database is locked" at once instead of calling the busy handler (it does so when
+    # waiting could deadlock: this connection already holds a shared lock), so wait here instead.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    if mode.lower() != "wal":
+        raise RuntimeError(f"could not switch {path} to WAL mode (got {mode!r})")
+
+
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; this module says BEGIN and COMMIT itself.
     # check_same_thread=False: a connection is used by one task at a time, from pool threads.
@@ -84,9 +102,7 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     if read_only:
         conn.execute("PRAGMA query_only = ON")
     else:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"could not switch {path} to WAL mode (got {mode!r})")
+        _switch_to_wal(conn, path)
         # FULL: every commit fsyncs the WAL before COMMIT returns. NORMAL would already survive
         # SIGKILL of this process (the WAL is in the OS's hands before COMMIT returns), but not
         # a power cut or kernel crash; an acknowledged write of someone's story must survive both.
