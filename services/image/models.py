@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from services.image.settings import DEFAULT_MODEL_SOURCE, ModelOptions
+from services.image.settings import ModelOptions
 from services.toolkit.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ class LoadedModel:
         if self.family == "sdxl":
             return StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoders[0],
                                              text_encoder_2=self.text_encoders[1], tokenizer=self.tokenizers[0],
-                                             tokenizer_2=self.tokenizers[1], unet=self.unet, scheduler=scheduler)
+                                             tokenizer_2=self.tokenizers[1], unet=self.unet, scheduler=scheduler,
+                                             # else installing invisible-watermark would change the pixels
+                                             add_watermarker=False)
         return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0],
                                        unet=self.unet, scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
@@ -104,12 +106,13 @@ class LoadedModel:
 def resolve_source(source: str, cache_dir: Path) -> Path:
     """The path of a model source; builds the built-in model on first use."""
     if source.startswith(BUILTIN_PREFIX):
-        name = source.removeprefix(BUILTIN_PREFIX)
-        if name != DEFAULT_MODEL_SOURCE.removeprefix(BUILTIN_PREFIX):
-            raise FailedPrecondition(f"unknown built-in model {source!r}; the built-in one is {DEFAULT_MODEL_SOURCE}")
-        from services.image.tiny import build_tiny_sd
+        from services.image.tiny import BUILTIN_MODELS
 
-        return build_tiny_sd(cache_dir / "models" / name)
+        name = source.removeprefix(BUILTIN_PREFIX)
+        if name not in BUILTIN_MODELS:
+            raise FailedPrecondition(f"unknown built-in model {source!r}; the built-in ones are "
+                                     f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}")
+        return BUILTIN_MODELS[name](cache_dir / "models" / name)
     path = Path(source).expanduser()
     if not path.exists():
         raise FailedPrecondition(f"model source {source!r} does not exist")
@@ -174,8 +177,13 @@ def load_model(name: str, options: ModelOptions, *, cache_dir: Path, device: tor
         if path.is_dir():
             pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, **extra)
         elif path.suffix == ".safetensors":
-            if options.config:
-                extra["config"] = options.config
+            # The file holds weights only. Without `config`, diffusers downloads the configs from the
+            # hub even with local_files_only=True, so refuse before it tries.
+            if not options.config:
+                raise FailedPrecondition(
+                    f"model {name}: {path} is a single-file checkpoint; set the model's `config` to a local "
+                    f"diffusers folder of the same architecture ({family}), or a builtin: model of it")
+            extra["config"] = str(resolve_source(options.config, cache_dir))
             pipe = pipeline_class.from_single_file(str(path), local_files_only=True, **extra)
         else:
             raise FailedPrecondition(f"model {name}: {path} is neither a diffusers folder nor a .safetensors file")

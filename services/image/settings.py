@@ -18,10 +18,12 @@ class ModelOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(description="a diffusers folder, a single-file .safetensors checkpoint, or builtin:tiny-sd")
+    source: str = Field(description="a diffusers folder, a single-file .safetensors checkpoint, or "
+                                    "builtin:tiny-sd / builtin:tiny-sdxl")
     family: Literal["auto", "sd1", "sdxl"] = "auto"
-    config: str | None = Field(None, description="a local diffusers folder whose configs a single-file "
-                                                 "checkpoint uses (no hub access)")
+    config: str | None = Field(None, description="a single-file checkpoint's configs (it holds only weights): a "
+                                                 "local diffusers folder of the same architecture, or builtin:<name>; "
+                                                 "required, as no hub is reachable")
     quality_tags: str | None = Field(None, description="tags the quality toggle adds; None = the family's")
     quality_tags_position: Literal["prepend", "append"] | None = None
     negative_presets: dict[str, str] | None = Field(None, description="undesired-content presets; None = NovelAI's")

@@ -1,4 +1,4 @@
-"""The default model: a tiny Stable Diffusion 1.x architecture, built from a fixed seed.
+"""The built-in models: tiny Stable Diffusion 1.x and SDXL architectures, built from a fixed seed.
 
 No machine that builds or tests Fabula can download weights (DESIGN.md, "Models, offline"), so
 the default model is made here, deterministically, and saved in diffusers format on first use:
@@ -9,6 +9,12 @@ are noise, but every stage of the real pipeline runs on it.
 The shapes are chosen for speed on a CPU: the VAE has four blocks (8x down-sampling, like real
 SD), and the UNet keeps attention off its highest-resolution level, so that a 512x512 image
 (64x64 latents) takes seconds rather than minutes per step.
+
+`tiny-sdxl` is the same idea for the SDXL family, so that its code paths (two text encoders,
+the penultimate hidden states of both concatenated, the pooled projection of the second, size
+micro-conditioning through `addition_embed_type="text_time"`) run somewhere: the two encoders
+have different widths (as CLIP-L and OpenCLIP-bigG do; diffusers' single-file loader tells them
+apart by width), and the second tokenizer pads with "!" as SDXL's does.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the recipe below changes: a folder built from another recipe is rebuilt.
 RECIPE_VERSION = 2
+SDXL_RECIPE_VERSION = 1
 STAMP_FILE = "fabula_tiny.json"
 DEFAULT_SEED = 20240501
 
@@ -82,15 +89,18 @@ def write_clip_tokenizer(folder: Path) -> None:
                                        encoding="utf-8")
 
 
-def clip_tokenizer(folder: Path | None = None):
-    """A transformers CLIPTokenizer with CLIP's real vocabulary (49408 tokens)."""
+def clip_tokenizer(folder: Path | None = None, *, pad_token: str = EOS):
+    """A transformers CLIPTokenizer with CLIP's real vocabulary (49408 tokens).
+
+    SD 1.x pads with the end token; SDXL's second tokenizer (OpenCLIP's) pads with "!" (id 0).
+    """
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as scratch:
         where = Path(scratch) if folder is None else folder
         write_clip_tokenizer(where)
         tokenizer = CLIPTokenizer(str(where / "vocab.json"), str(where / "merges.txt"), bos_token=BOS,
-                                  eos_token=EOS, pad_token=EOS, unk_token=EOS, model_max_length=77)
+                                  eos_token=EOS, pad_token=pad_token, unk_token=EOS, model_max_length=77)
         if folder is not None:
             tokenizer.save_pretrained(folder)
         return tokenizer
@@ -127,26 +137,57 @@ def _components(seed: int, tokenizer, *, inpainting: bool):
     return text_encoder, unet, vae, scheduler
 
 
-def build_tiny_sd(folder: Path, seed: int = DEFAULT_SEED, *, inpainting: bool = False) -> Path:
-    """Build the tiny model into `folder` (diffusers format) unless a matching build is there."""
-    from diffusers import StableDiffusionPipeline
+def _sdxl_components(seed: int, tokenizer, tokenizer_2):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    # Two widths, as CLIP-L (768) and OpenCLIP-bigG (1280): diffusers' single-file loader picks a
+    # checkpoint's encoder for each text_encoder by its width, so equal widths would be ambiguous.
+    hidden, hidden_2, time_embed = 32, 64, 8
+
+    def text_config(tok, width: int, act: str) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width,
+                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                              projection_dim=width, hidden_act=act, bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_config(tokenizer, hidden, "quick_gelu"))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(tokenizer_2, hidden_2, "gelu"))
+    torch.manual_seed(seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
+        # SDXL: both encoders' hidden states side by side, linear projections in the transformers,
+        # and the added embedding of the pooled text (hidden_2) and six size numbers.
+        cross_attention_dim=hidden + hidden_2, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed, projection_class_embeddings_input_dim=6 * time_embed + hidden_2)
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=32, sample_size=1024,
+        scaling_factor=0.13025, force_upcast=True)  # SDXL VAE's scaling factor and upcast flag
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    return text_encoder, text_encoder_2, unet, vae, scheduler
+
+
+def _build(folder: Path, stamp: dict, make_pipeline) -> Path:
+    """Save `make_pipeline()` into `folder` (diffusers format) unless a build with this stamp is there."""
     folder = Path(folder)
-    stamp = {"recipe": RECIPE_VERSION, "seed": seed, "inpainting": inpainting}
     if (folder / STAMP_FILE).is_file() and json.loads((folder / STAMP_FILE).read_text()) == stamp:
         return folder
-    log.info("building the tiny default model into %s (seed %d)", folder, seed)
+    log.info("building the tiny model %s into %s (seed %d)", stamp.get("family", "sd1"), folder, stamp["seed"])
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the target and renamed into place, so a crash never leaves half a model that
     # the stamp check would accept, and two processes building at once do not collide.
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        tokenizer = clip_tokenizer()
-        text_encoder, unet, vae, scheduler = _components(seed, tokenizer, inpainting=inpainting)
-        pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                           scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                           requires_safety_checker=False)
-        pipeline.save_pretrained(scratch, safe_serialization=True)
+        make_pipeline().save_pretrained(scratch, safe_serialization=True)
         (scratch / STAMP_FILE).write_text(json.dumps(stamp))
         if folder.exists():
             shutil.rmtree(folder)
@@ -154,3 +195,35 @@ def build_tiny_sd(folder: Path, seed: int = DEFAULT_SEED, *, inpainting: bool = 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder
+
+
+def build_tiny_sd(folder: Path, seed: int = DEFAULT_SEED, *, inpainting: bool = False) -> Path:
+    """Build the tiny SD 1.x model into `folder` (diffusers format) unless a matching build is there."""
+    from diffusers import StableDiffusionPipeline
+
+    def make():
+        tokenizer = clip_tokenizer()
+        text_encoder, unet, vae, scheduler = _components(seed, tokenizer, inpainting=inpainting)
+        return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+
+    return _build(folder, {"recipe": RECIPE_VERSION, "seed": seed, "inpainting": inpainting}, make)
+
+
+def build_tiny_sdxl(folder: Path, seed: int = DEFAULT_SEED) -> Path:
+    """Build the tiny SDXL model into `folder` (StableDiffusionXLPipeline layout)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    def make():
+        tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer(pad_token="!")
+        text_encoder, text_encoder_2, unet, vae, scheduler = _sdxl_components(seed, tokenizer, tokenizer_2)
+        return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                         scheduler=scheduler, add_watermarker=False)
+
+    return _build(folder, {"recipe": SDXL_RECIPE_VERSION, "family": "sdxl", "seed": seed}, make)
+
+
+# `builtin:<name>` sources: name → builder(folder).
+BUILTIN_MODELS = {"tiny-sd": build_tiny_sd, "tiny-sdxl": build_tiny_sdxl}

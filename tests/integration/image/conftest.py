@@ -1,4 +1,4 @@
-"""The image service in-process on a free port, over the tiny seeded SD-1.x model."""
+"""The image service in-process on a free port, over the tiny seeded SD-1.x (and SDXL) models."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from services.image.generator import ImageGenerator
 from services.image.models import LoadedModel, load_model
 from services.image.server import registrar
 from services.image.settings import ImageSettings, ModelOptions
-from services.image.tiny import build_tiny_sd
+from services.image.tiny import build_tiny_sd, build_tiny_sdxl
 from services.toolkit.server import RunningServer, start_server
 
 
@@ -63,6 +63,18 @@ def tiny_model(tiny_folder, tmp_path_factory) -> LoadedModel:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return load_model("tiny", ModelOptions(source=str(tiny_folder)), cache_dir=tmp_path_factory.mktemp("image-cache"),
                       device=torch.device("cpu"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("image-models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tiny_sdxl_folder, tmp_path_factory) -> LoadedModel:
+    return load_model("xl", ModelOptions(source=str(tiny_sdxl_folder)),
+                      cache_dir=tmp_path_factory.mktemp("image-cache"), device=torch.device("cpu"),
+                      dtype=torch.float32)
 
 
 @pytest.fixture
