@@ -77,7 +77,9 @@ class Int8DynamicLinear(nn.Module):
         flat = x.reshape(-1, shape[-1])
         if flat.dtype != torch.float32:
             flat = flat.float()
-        row_scale = torch.linalg.vector_norm(flat, ord=float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)
+        # max |x| per row: abs().amax() is exact like an inf-norm and, on CPUs, several times faster
+        # than linalg.vector_norm(ord=inf) for more than one row.
+        row_scale = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
         rows = torch.cat([flat / row_scale, self.calibration])
         # reduce_range: 7-bit activations, as fbgemm needs on AVX2 (its u8 x s8 pair sums saturate
         # 16 bits with full-range activations).
