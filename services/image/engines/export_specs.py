@@ -10,6 +10,8 @@ sizes. It knows nothing of TensorRT's API (tensorrt/engine.py) or of where files
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -66,32 +68,40 @@ class Profile:
                 and all(self.min_size <= side <= self.max_size for side in (height, width)))
 
 
-class NetworkSpec:
+class NetworkSpec(ABC):
+    """What exporting one network (CLIP, UNet, VAE decoder) needs; one subclass per network."""
+
     name: str
 
+    @abstractmethod
     def inputs(self, model: LoadedModel) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def outputs(self, model: LoadedModel) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def axes(self, model: LoadedModel) -> dict[str, dict[int, str]]:
         """Dynamic axes of every input and output (ONNX export)."""
-        raise NotImplementedError
+        ...
 
     def applies(self, model: LoadedModel) -> bool:
         return True
 
+    @abstractmethod
     def module(self, model: LoadedModel) -> torch.nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def sample_inputs(self, model: LoadedModel, batch: int, height: int, width: int, chunks: int,
                       device: torch.device) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def shapes(self, model: LoadedModel, profile: Profile) -> dict[str, ShapeRange]:
         """(min, opt, max) of every input for the profile."""
-        raise NotImplementedError
+        ...
 
 
 def _latent_range(model: LoadedModel, profile: Profile) -> tuple[int, int, int]:
