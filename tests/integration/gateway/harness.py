@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -92,3 +93,18 @@ async def register_user(client: httpx.AsyncClient, username: str) -> HttpUser:
     session = reply.json()
     return HttpUser(username=username, auth_key=base64.b64decode(body["auth_key"]), token=session["token"],
                     user_id=session["user_id"])
+
+
+def events_of(body: str) -> list[tuple[str, dict]]:
+    """The (event, JSON data) pairs of a server-sent-events body, in order."""
+    events = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        kind, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                kind = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data.append(line.removeprefix("data:").strip())
+        if kind:
+            events.append((kind, json.loads("\n".join(data))))
+    return events

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import zipfile
 from contextlib import asynccontextmanager
 
@@ -17,7 +16,7 @@ from PIL import Image
 
 from services.editor.embedded import embedded_editor, fast_settings
 from services.image.images import parse_parameters
-from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
+from tests.integration.gateway.harness import events_of, gateway_settings, register_user, serve_gateway
 from tests.integration.image.conftest import png_bytes, running_image_service
 
 
@@ -36,20 +35,6 @@ async def stack(tmp_path, tiny_model, **image_options):
 async def ai(tmp_path, tiny_model):
     async with stack(tmp_path, tiny_model) as running:
         yield running
-
-
-def events_of(body: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        kind, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                kind = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data.append(line.removeprefix("data:").strip())
-        if kind:
-            events.append((kind, json.loads("\n".join(data))))
-    return events
 
 
 BODY = {"prompt": "a lighthouse, {storm}", "width": 64, "height": 64, "steps": 2, "seed": 42, "sampler": "euler"}

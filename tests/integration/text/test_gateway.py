@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from services.editor.embedded import embedded_editor, fast_settings
-from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
+from tests.integration.gateway.harness import events_of, gateway_settings, register_user, serve_gateway
 
 
 @asynccontextmanager
@@ -30,20 +30,6 @@ async def stack(tmp_path, text_service, models, gateway_overrides=None, **text_o
 async def ai(tmp_path, text_service, tiny_model):
     async with stack(tmp_path, text_service, [tiny_model]) as running:
         yield running
-
-
-def events_of(body: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        kind, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                kind = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data.append(line.removeprefix("data:").strip())
-        if kind:
-            events.append((kind, json.loads("\n".join(data))))
-    return events
 
 
 BODY = {"prompt": "The knight", "max_new_tokens": 20, "min_new_tokens": 20, "seed": 9, "preset": "neutral"}
