@@ -25,11 +25,7 @@ import base64
 import hashlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -43,11 +39,11 @@ import httpx
 import pybase64
 
 from bench.common import percentile
+from bench.processes import cpu_seconds, free_port, running_processes
 
 if TYPE_CHECKING:
     import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
 STORY_BYTES = 64 * 1024
 STORIES_PER_CLIENT = 4
 CONCURRENCY = (1, 16)
@@ -72,20 +68,6 @@ def sealed_story(story_id: str) -> tuple[bytes, bool]:
     blob = seal_object(os.urandom(32), SdkObjectType.STORY, story_id, os.urandom(STORY_BYTES - OVERHEAD_BYTES),
                        revision=1)
     return blob, True
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int | None = None) -> float | None:
-    """User + system CPU time of a process (this one by default); None where /proc is missing."""
-    if pid is None:
-        return time.process_time()
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 @dataclass
@@ -157,12 +139,6 @@ async def _run_round(clients: list[Client], ops_per_client: int, operation: Call
 # The full stack -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Stack:
     url: str
@@ -172,9 +148,8 @@ class Stack:
 @contextmanager
 def running_stack(workdir: Path) -> Iterator[Stack]:
     """The editor and gateway processes on free ports."""
-    editor_port, gateway_port = _free_port(), _free_port()
+    editor_port, gateway_port = free_port(), free_port()
     env = {
-        **os.environ,
         "FABULA_EDITOR_PORT": str(editor_port),
         "FABULA_EDITOR_METRICS_PORT": "0",
         "FABULA_EDITOR_DATABASE_URL": f"sqlite:///{workdir / 'stack.db'}",
@@ -187,40 +162,17 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
         "FABULA_GATEWAY_ANONYMOUS_RATE_LIMIT": "10000000/minute",
         "FABULA_GATEWAY_LOG_LEVEL": "WARNING",
     }
-    log_path = workdir / "stack.log"
-    processes: list[subprocess.Popen] = []
-    with open(log_path, "wb") as log:
-        try:
-            for module in ("services.editor", "gateway"):
-                processes.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env,
-                                                  stdout=log, stderr=subprocess.STDOUT))
-            url = f"http://127.0.0.1:{gateway_port}"
-            _wait_until_ready(url, processes, log_path)
-            yield Stack(url=url, pids={"editor": processes[0].pid, "gateway": processes[1].pid})
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    url = f"http://127.0.0.1:{gateway_port}"
 
-
-def _wait_until_ready(url: str, processes: list[subprocess.Popen], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if any(process.poll() is not None for process in processes):
-            break
+    def serving() -> bool:
         try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:  # 200 once the editor serves
-                return
+            return httpx.get(f"{url}/health", timeout=1.0).status_code == 200  # 200 once the editor serves
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the stack did not start; its log:\n{log_path.read_text()[-3000:]}")
+            return False
+
+    with running_processes(["services.editor", "gateway"], env, workdir / "stack.log", serving,
+                           START_TIMEOUT_S) as (editor, gateway):
+        yield Stack(url=url, pids={"editor": editor.pid, "gateway": gateway.pid})
 
 
 async def _http_setup(url: str, clients: list[Client]) -> None:

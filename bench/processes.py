@@ -1,0 +1,86 @@
+"""Fabula's processes as a deployment runs them (`python -m <module>`), for benchmarks that
+measure the real thing: free ports, starting and stopping, waiting until ready, CPU time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU time of a process (this one by default); None where /proc is missing."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@contextmanager
+def running_processes(modules: list[str], env: dict[str, str], log_path: Path, is_ready: Callable[[], bool],
+                      start_timeout_s: float = 60.0) -> Iterator[list[subprocess.Popen]]:
+    """Start `python -m module` for each module (with `env` over this process's environment), wait
+    until `is_ready()` is true, and stop them all with SIGTERM (then SIGKILL) at the end."""
+    processes: list[subprocess.Popen] = []
+    with open(log_path, "wb") as log:
+        try:
+            for module in modules:
+                processes.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env={**os.environ, **env},
+                                                  stdout=log, stderr=subprocess.STDOUT))
+            _wait_until_ready(is_ready, processes, log_path, start_timeout_s)
+            yield processes
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _wait_until_ready(is_ready: Callable[[], bool], processes: list[subprocess.Popen], log_path: Path,
+                      timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(process.poll() is not None for process in processes):
+            break
+        if is_ready():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{' and '.join(str(p.args[-1]) for p in processes)} did not start; the log:\n"
+                       f"{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def grpc_serving(address: str) -> bool:
+    """Whether the gRPC server at `address` answers its standard health check with SERVING (the
+    services do once their models are loaded and warmed up)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
