@@ -5,9 +5,10 @@ Each loop iteration:
 1. drops cancelled sequences (a client that went away frees its slot within one step);
 2. admits waiting requests while the batch has room and processes one chunk of one new prompt
    (long prompts are processed in chunks so the running batch is never stalled for long);
-3. runs one decode step for every running sequence at once: one forward pass over the batch,
-   each row with its own position and attention mask (`BatchKVCache`), then each sequence draws
-   its next token with its own sampling parameters and its own seeded generator.
+3. runs one decode step for every running sequence at once: one forward pass over the batch
+   (`decode_step.py`), each row with its own position and attention mask (`BatchKVCache`), then
+   each sequence draws its next token with its own sampling parameters and its own seeded
+   generator.
 
 The asyncio side talks to the thread through a bounded queue (full → RESOURCE_EXHAUSTED at once)
 and gets `Piece`s and a final `Stats` back through `loop.call_soon_threadsafe`.
@@ -27,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from services.text import metrics
+from services.text.decode_step import decode_step_for
 from services.text.kv_cache import BatchKVCache
 from services.text.models import LoadedModel
 from services.text.sequence import FinishReason, GenerationRequest, Piece, Sequence, Stats
@@ -100,6 +102,7 @@ class Engine:
         self._cache = BatchKVCache(
             num_layers=model.num_layers, kv_heads=model.kv_heads, head_dim=model.head_dim,
             dtype=model.dtype, device=model.device, max_rows=config.max_batch_size)
+        self._step = decode_step_for(model.model, self._cache)
         self.steps = 0  # decode steps run (tests and metrics read it)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -226,13 +229,12 @@ class Engine:
     def _decode_step(self) -> None:
         rows = self._running
         device = self.model.device
-        tokens = torch.tensor([[seq.pending_token] for seq in rows], dtype=torch.long, device=device)
-        positions = torch.tensor([[seq.fed] for seq in rows], dtype=torch.long, device=device)
+        tokens = torch.tensor([seq.pending_token for seq in rows], dtype=torch.long, device=device)
+        positions = torch.tensor([seq.fed for seq in rows], dtype=torch.long, device=device)
         mask = self._cache.prepare_step()
-        out = self.model.model(input_ids=tokens, position_ids=positions, attention_mask=mask,
-                               past_key_values=self._cache, use_cache=True)
+        logits = self._step(tokens, positions, mask)
         self._cache.finish_step()
-        logits = out.logits[:, -1].float().to("cpu")
+        logits = logits.float().to("cpu")
         self.steps += 1
         metrics.BATCH_SIZE.labels(self.model.name).observe(len(rows))
         now = time.perf_counter()

@@ -205,7 +205,7 @@ def load_model(name: str, source: str, *, cache_dir: Path, device: str = "auto",
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from services.text.quantize import choose_mode, quantize_linears
+    from services.text.quantize import choose_mode, fuse_projections, quantize_linears
 
     path = resolve_source(source)
     loader = loader_for(path)
@@ -220,6 +220,8 @@ def load_model(name: str, source: str, *, cache_dir: Path, device: str = "auto",
     if mode is not None:
         quantize_linears(model, mode)
         weights = f"{mode}/{weights}"
+    else:
+        fuse_projections(model)
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     context_window = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length)

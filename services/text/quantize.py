@@ -121,8 +121,8 @@ def choose_mode(requested: str, device: torch.device) -> str | None:
     return requested
 
 
-# Linear layers of one module that always read the same input: quantised as one matrix, so a
-# decode step runs one GEMM (and one activation quantisation) instead of three or two.
+# Linear layers of one module that always read the same input: run as one matrix (quantised or
+# not), so a decode step runs one GEMM (and one activation quantisation) instead of three or two.
 FUSABLE_GROUPS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
@@ -159,7 +159,7 @@ class FusedMember(nn.Module):
         return self.shared.part(x, self.index)
 
 
-def _fuse_groups(parent: nn.Module, replace, dtype: torch.dtype) -> int:
+def _fuse_groups(parent: nn.Module, replace, dtype: torch.dtype | None) -> int:
     fused_count = 0
     for group in FUSABLE_GROUPS:
         members = [getattr(parent, name, None) for name in group]
@@ -179,6 +179,13 @@ def _as_linear(weight: torch.Tensor) -> nn.Linear:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight = nn.Parameter(weight, requires_grad=False)
     return linear
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse the groups in FUSABLE_GROUPS into plain float linears, without quantising (GPUs, or
+    `quantization=none`): one matrix product per group, as the quantised modes get. Returns how
+    many layers were fused."""
+    return sum(_fuse_groups(parent, lambda linear, dtype: linear, None) for parent in list(model.modules()))
 
 
 def quantize_linears(model: nn.Module, mode: str) -> int:
