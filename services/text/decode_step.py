@@ -8,13 +8,20 @@ The engine calls a `DecodeStep` once per step; `decode_step_for` picks the imple
   SmolLM2-135M (masks, cache bookkeeping, dispatch layers), each costing microseconds of Python
   and dispatch, against some 8 ms of matrix products. Here a layer is ~30 operations: the fused
   QKV and gate/up projections (`quantize.FusedMember`), one rotary embedding for queries and keys
-  together, attention as two batched products with grouped-query heads in place (no
-  `repeat_kv` copies and no SDPA kernel set-up, which costs more than it saves for one query
-  token), and the key/value write straight into the batch cache.
+  together, the key/value write straight into the batch cache, and attention row by row (below).
 - `TransformersDecodeStep` for every other architecture: the model's own forward over the same
   cache.
 
-Both compute the same function: tests check the Llama step against transformers' forward.
+Both compute the same function: tests check each against the model's full forward.
+
+Attention runs one row at a time, over exactly that row's own cache columns. Attending over the
+batch's shared span at once also sums a shorter row's leading masked columns, and how a kernel
+groups the terms of its sums then depends on the batch's layout: the row's logits change in their
+last bits, and with int8 activations such a bit now and then changes a drawn token. With
+transformers' batched attention, 7 of the benchmark's 8 seeded requests drew different text
+batched than alone; row by row, none does (tested: a row's logits are bit-identical alone and in
+a batch). The price: at long contexts with many rows, per-row kernels use the two cores less
+well than one batched kernel (see docs/text.md).
 """
 
 from __future__ import annotations
@@ -91,27 +98,40 @@ class LlamaDecodeStep:
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         rows = tokens.shape[0]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        group = heads // kv_heads
         rotated = (heads + kv_heads) * head_dim  # queries and keys lead the fused QKV output
         half = head_dim // 2
         hidden = self.embedding[tokens]
         cos, sin = self.rotary(hidden, positions[:, None])  # [rows, 1, head_dim]
-        # Additive attention bias [rows, 1, 1, width]: 0 where a row may attend, -inf elsewhere.
-        bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(~mask, float("-inf"))
+        spans = _row_spans(mask)
         for index, (norm_in, qkv_proj, o_proj, norm_post, gate_up_proj, down_proj, scaling) in enumerate(self.layers):
             qkv = qkv_proj(F.rms_norm(hidden, (self.hidden_size,), norm_in, self.eps))
             qk = qkv[:, :rotated].view(rows, heads + kv_heads, head_dim)
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            # Query head h reads key/value head h // group, as repeat_kv would lay them out.
-            queries = qk[:, :heads].view(rows, kv_heads, group, head_dim)
             keys, values = self.cache.write(index, qk[:, heads:, None], qkv[:, rotated:].view(rows, kv_heads, 1, head_dim))
-            scores = torch.matmul(queries, keys.transpose(-1, -2)).mul_(scaling).add_(bias)
-            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-            attended = torch.matmul(weights, values).view(rows, heads * head_dim)
-            hidden = hidden + o_proj(attended)
+            attended = _attend_each_row(qk[:, :heads, None], keys, values, mask, spans, scaling)
+            hidden = hidden + o_proj(attended.view(rows, heads * head_dim))
             gate, up = gate_up_proj(F.rms_norm(hidden, (self.hidden_size,), norm_post, self.eps)).chunk(2, dim=-1)
             hidden = hidden + down_proj(F.silu(gate) * up)
         return self.head(F.rms_norm(hidden, (self.hidden_size,), self.final_norm, self.eps))
+
+
+def _row_spans(mask: torch.Tensor) -> list[tuple[int, bool]]:
+    """Per row: its first valid column, and whether masked columns (a backtrack's) follow it."""
+    flat = mask.view(mask.shape[0], -1)
+    firsts = torch.argmax(flat.to(torch.uint8), dim=1).tolist()
+    counts = flat.sum(dim=1).tolist()
+    return [(first, count != flat.shape[1] - first) for first, count in zip(firsts, counts)]
+
+
+def _attend_each_row(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                     spans: list[tuple[int, bool]], scaling: float) -> torch.Tensor:
+    """queries [rows, heads, 1, head_dim]; keys, values [rows, kv_heads, width, head_dim]. SDPA
+    handles grouped-query heads in place (no repeat_kv copies)."""
+    return torch.cat([
+        F.scaled_dot_product_attention(
+            queries[row: row + 1], keys[row: row + 1, :, first:], values[row: row + 1, :, first:],
+            attn_mask=mask[row: row + 1, :, :, first:] if holes else None, scale=scaling, enable_gqa=True)
+        for row, (first, holes) in enumerate(spans)])
 
 
 def decode_step_for(model: nn.Module, cache: BatchKVCache) -> DecodeStep:

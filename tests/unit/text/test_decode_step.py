@@ -74,6 +74,50 @@ def test_each_row_gets_the_logits_of_its_own_full_sequence(step_class):
 
 
 @torch.inference_mode()
+def test_a_rows_logits_are_bit_identical_alone_and_in_a_batch_with_int8_linears():
+    # Seeded generation must not depend on who else is served: the batch's other rows have longer
+    # and shorter histories, so this row sits right-aligned behind masked columns in the batch.
+    # (Float GEMMs pick their kernels by row count, so only the int8 CPU path is exact.)
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("fbgemm (x86) only")
+    model = tiny_llama(seed=5, fuse=False)
+    quantize_linears(model, "int8-dynamic")
+    alone = decode_rows(model, LlamaDecodeStep, [PROMPTS[2]], [NEXT[2]])
+    batched = decode_rows(model, LlamaDecodeStep, PROMPTS, NEXT)
+    for step_alone, step_batched in zip(alone, batched):
+        assert torch.equal(step_alone[0], step_batched[2])
+
+
+@torch.inference_mode()
+def test_columns_taken_back_are_never_attended_again():
+    # A backtrack (banned string) masks out a row's last cache columns and feeds a token again at
+    # the same position: the result is the full forward of the sequence without the dropped token.
+    model = tiny_llama(seed=2)
+    cache = BatchKVCache(num_layers=3, kv_heads=2, head_dim=16, dtype=torch.float32,
+                         device=torch.device("cpu"), max_rows=4)
+    for prompt in PROMPTS[:2]:
+        prefill = DynamicCache()
+        model(input_ids=torch.tensor([prompt]), past_key_values=prefill, use_cache=True)
+        cache.add_row(prefill, len(prompt))
+    step = LlamaDecodeStep(model, cache)
+    lengths = [len(p) for p in PROMPTS[:2]]
+
+    def feed(tokens, positions):
+        mask = cache.prepare_step()
+        column = cache.column_of_last()
+        logits = step(torch.tensor(tokens), torch.tensor(positions), mask)
+        cache.finish_step()
+        return logits, column
+
+    feed([30, 40], lengths)
+    _, dropped = feed([31, 41], [lengths[0] + 1, lengths[1] + 1])
+    cache.mask_out(0, [dropped])  # row 0 takes back token 31; row 1 keeps 41
+    logits, _ = feed([32, 42], [lengths[0] + 1, lengths[1] + 2])
+    torch.testing.assert_close(logits[0], full_forward_logits(model, PROMPTS[0] + [30, 32]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[1], full_forward_logits(model, PROMPTS[1] + [40, 41, 42]), rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
 def test_llama_step_matches_the_transformers_forward_with_int8_linears():
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         pytest.skip("fbgemm (x86) only")
