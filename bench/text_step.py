@@ -110,14 +110,3 @@ def run() -> dict:
     )
     return {"figures": figures, "ratios": ratios, "summary": summary}
 
-
-if __name__ == "__main__":
-    import sys
-
-    from bench import common
-
-    result = run()
-    path = common.write_result("text_step", result, "python -m bench text_step")
-    for name, value in result["ratios"].items():
-        print(f"{name} = {value:.3f}")
-    print(f"wrote {path} and {common.regenerate_results_md()}", file=sys.stderr)
