@@ -33,6 +33,21 @@ def test_dynamic_int8_is_close_to_float_and_batch_invariant():
     assert torch.allclose(alone, reference, rtol=0.05, atol=0.05 * reference.abs().max().item())
 
 
+@needs_fbgemm
+def test_dynamic_int8_rows_of_one_sign_are_batch_invariant():
+    # Without the constant range columns, a batch of non-negative rows would be quantised over
+    # [0, 1] and a lone row over [min, 1]: different grids, different outputs.
+    torch.backends.quantized.engine = "fbgemm"
+    linear = layer(seed=3)
+    quantized = Int8DynamicLinear(linear.weight, None)
+    x = torch.rand(1, 64) + 0.5
+    others = torch.rand(5, 64) * torch.tensor([[0.2], [1], [4], [9], [30]])
+    with torch.no_grad():
+        alone = quantized(x)
+        assert torch.equal(quantized(torch.cat([others, x]))[-1], alone[0])
+        assert torch.equal(quantized(-torch.cat([x, others]))[0], quantized(-x)[0])
+
+
 def test_weight_only_int8_is_close_to_float():
     linear = layer(1)
     quantized = Int8WeightOnlyLinear(linear.weight, linear.bias, torch.float32)
