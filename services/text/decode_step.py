@@ -6,9 +6,13 @@ The engine calls a `DecodeStep` once per step; `decode_step_for` picks the imple
   written out as the few tensor operations it needs. Decoding a small model on a CPU is bound by
   how many operations run, not by arithmetic: transformers' forward runs about 2,400 per step for
   SmolLM2-135M (masks, cache bookkeeping, dispatch layers), each costing microseconds of Python
-  and dispatch, against some 8 ms of matrix products. Here a layer is ~30 operations: the fused
+  and dispatch, against some 12 ms of matrix products. Here a layer is ~30 operations: the fused
   QKV and gate/up projections (`quantize.FusedMember`), one rotary embedding for queries and keys
   together, the key/value write straight into the batch cache, and attention row by row (below).
+  The layers are compiled with TorchScript, whose interpreter runs them without the Python
+  interpreter between operations: half the step time for one row on the build machines
+  (`python -m bench text_step`). torch.compile, the supported successor, was measured slower for
+  this step (docs/text.md); if scripting fails the same code runs eagerly.
 - `TransformersDecodeStep` for every other architecture: the model's own forward over the same
   cache.
 
@@ -26,7 +30,9 @@ well than one batched kernel (see docs/text.md).
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+import warnings
+from typing import List, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,8 @@ from torch import nn
 
 from services.text.kv_cache import BatchKVCache
 from services.text.quantize import FusedMember
+
+log = logging.getLogger(__name__)
 
 
 class DecodeStep(Protocol):
@@ -71,67 +79,124 @@ def llama_step_unsupported(model: nn.Module) -> str | None:
 
 class LlamaDecodeStep:
     """See the module docstring. Reads the weights of a loaded (and possibly quantised) transformers
-    Llama model; holds no copies of them."""
+    Llama model; holds no copies of them. `script=False` runs the layers eagerly (tests compare the
+    two)."""
 
-    def __init__(self, model: nn.Module, cache: BatchKVCache) -> None:
+    def __init__(self, model: nn.Module, cache: BatchKVCache, script: bool = True) -> None:
         reason = llama_step_unsupported(model)
         if reason is not None:
             raise ValueError(f"LlamaDecodeStep cannot run this model: {reason}")
-        config, inner = model.config, model.model
+        inner = model.model
         self.cache = cache
+        self.embedding = inner.embed_tokens.weight
+        self.rotary = inner.rotary_emb  # knows the model's RoPE variant and scaling
+        layers = _LlamaLayers(model)
+        self.scripted = False
+        if script:
+            try:
+                with warnings.catch_warnings():
+                    # torch.jit is deprecated in favour of torch.compile, which is slower for this
+                    # step on CPUs (docs/text.md); torch is pinned, and eager is the fallback.
+                    warnings.simplefilter("ignore", FutureWarning)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    layers = torch.jit.script(layers)
+                self.scripted = True
+            except Exception as error:  # noqa: BLE001 - any failure leaves the eager step, which is correct
+                log.warning("decode step runs eagerly: TorchScript could not compile it (%s)", error)
+        self.layers = layers
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embedding[tokens]
+        cos, sin = self.rotary(hidden, positions[:, None])  # [rows, 1, head_dim]
+        cache = self.cache
+        firsts, holes = _row_spans(mask, cache.start)
+        return self.layers(hidden, cos, sin, cache.keys_buf, cache.values_buf, cache.start, cache.end, mask,
+                           firsts, holes)
+
+
+class _LlamaLayer(nn.Module):
+    """One decoder layer's weights (shared with the model, not copied)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.norm_in = layer.input_layernorm.weight
+        self.qkv_proj = layer.self_attn.q_proj.shared.fused
+        self.o_proj = layer.self_attn.o_proj
+        self.norm_post = layer.post_attention_layernorm.weight
+        self.gate_up_proj = layer.mlp.gate_proj.shared.fused
+        self.down_proj = layer.mlp.down_proj
+        self.scaling = float(layer.self_attn.scaling)
+
+
+class _LlamaLayers(nn.Module):
+    """Every decoder layer, the final norm and the output head, written in the subset of Python
+    TorchScript compiles (typed arguments; tensors, ints and lists only)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.hidden_size = config.hidden_size
-        self.eps = config.rms_norm_eps
-        self.embedding = inner.embed_tokens.weight
-        self.rotary = inner.rotary_emb  # knows the model's RoPE variant and scaling
-        self.final_norm = inner.norm.weight
+        self.eps = float(config.rms_norm_eps)
+        self.layers = nn.ModuleList([_LlamaLayer(layer) for layer in model.model.layers])
+        self.final_norm = model.model.norm.weight
         self.head = model.lm_head
-        self.layers = [
-            (layer.input_layernorm.weight, layer.self_attn.q_proj.shared.fused, layer.self_attn.o_proj,
-             layer.post_attention_layernorm.weight, layer.mlp.gate_proj.shared.fused, layer.mlp.down_proj,
-             layer.self_attn.scaling)
-            for layer in inner.layers
-        ]
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        rows = tokens.shape[0]
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys_buf: List[torch.Tensor],
+                values_buf: List[torch.Tensor], start: int, end: int, mask: torch.Tensor, firsts: List[int],
+                holes: List[bool]) -> torch.Tensor:
+        """keys_buf/values_buf: `BatchKVCache`'s per-layer buffers, valid in columns [start, end);
+        this step writes column `end` and attends up to it; mask covers [start, end]; firsts and
+        holes: see `_row_spans`."""
+        rows = hidden.shape[0]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         rotated = (heads + kv_heads) * head_dim  # queries and keys lead the fused QKV output
         half = head_dim // 2
-        hidden = self.embedding[tokens]
-        cos, sin = self.rotary(hidden, positions[:, None])  # [rows, 1, head_dim]
-        spans = _row_spans(mask)
-        for index, (norm_in, qkv_proj, o_proj, norm_post, gate_up_proj, down_proj, scaling) in enumerate(self.layers):
-            qkv = qkv_proj(F.rms_norm(hidden, (self.hidden_size,), norm_in, self.eps))
+        normalized_shape = [self.hidden_size]
+        index = 0
+        for layer in self.layers:
+            qkv = layer.qkv_proj(F.rms_norm(hidden, normalized_shape, layer.norm_in, self.eps))
             qk = qkv[:, :rotated].view(rows, heads + kv_heads, head_dim)
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            keys, values = self.cache.write(index, qk[:, heads:, None], qkv[:, rotated:].view(rows, kv_heads, 1, head_dim))
-            attended = _attend_each_row(qk[:, :heads, None], keys, values, mask, spans, scaling)
-            hidden = hidden + o_proj(attended.view(rows, heads * head_dim))
-            gate, up = gate_up_proj(F.rms_norm(hidden, (self.hidden_size,), norm_post, self.eps)).chunk(2, dim=-1)
-            hidden = hidden + down_proj(F.silu(gate) * up)
-        return self.head(F.rms_norm(hidden, (self.hidden_size,), self.final_norm, self.eps))
+            qk = qk * cos + torch.cat((-qk[:, :, half:], qk[:, :, :half]), dim=-1) * sin
+            # The cache write of `BatchKVCache.write`: column `end` of every running row.
+            keys, values = keys_buf[index], values_buf[index]
+            keys[:rows, :, end] = qk[:, heads:]
+            values[:rows, :, end] = qkv[:, rotated:].view(rows, kv_heads, head_dim)
+            attended = _attend_each_row(qk[:, :heads, None], keys, values, mask, start, end, firsts, holes,
+                                        layer.scaling)
+            hidden = hidden + layer.o_proj(attended.view(rows, heads * head_dim))
+            gate, up = layer.gate_up_proj(F.rms_norm(hidden, normalized_shape, layer.norm_post, self.eps)).chunk(2, dim=-1)
+            hidden = hidden + layer.down_proj(F.silu(gate) * up)
+            index += 1
+        return self.head(F.rms_norm(hidden, normalized_shape, self.final_norm, self.eps))
 
 
-def _row_spans(mask: torch.Tensor) -> list[tuple[int, bool]]:
-    """Per row: its first valid column, and whether masked columns (a backtrack's) follow it."""
+def _row_spans(mask: torch.Tensor, start: int) -> tuple[list[int], list[bool]]:
+    """Per row of the step's mask [rows, 1, 1, width] (whose first column is buffer column
+    `start`): its first valid buffer column, and whether masked columns (a backtrack's) follow it."""
     flat = mask.view(mask.shape[0], -1)
     firsts = torch.argmax(flat.to(torch.uint8), dim=1).tolist()
     counts = flat.sum(dim=1).tolist()
-    return [(first, count != flat.shape[1] - first) for first, count in zip(firsts, counts)]
+    return [start + first for first in firsts], [count != flat.shape[1] - first for first, count in zip(firsts, counts)]
 
 
 def _attend_each_row(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                     spans: list[tuple[int, bool]], scaling: float) -> torch.Tensor:
-    """queries [rows, heads, 1, head_dim]; keys, values [rows, kv_heads, width, head_dim]. SDPA
-    handles grouped-query heads in place (no repeat_kv copies)."""
-    return torch.cat([
-        F.scaled_dot_product_attention(
-            queries[row: row + 1], keys[row: row + 1, :, first:], values[row: row + 1, :, first:],
-            attn_mask=mask[row: row + 1, :, :, first:] if holes else None, scale=scaling, enable_gqa=True)
-        for row, (first, holes) in enumerate(spans)])
+                     start: int, end: int, firsts: List[int], holes: List[bool], scaling: float) -> torch.Tensor:
+    """queries [rows, heads, 1, head_dim]; keys, values: a layer's cache buffers
+    [max_rows, kv_heads, capacity, head_dim], row r valid in columns [firsts[r], end]. SDPA handles
+    grouped-query heads in place (no repeat_kv copies)."""
+    outputs: List[torch.Tensor] = []
+    for row in range(queries.shape[0]):
+        first = firsts[row]
+        row_mask: Optional[torch.Tensor] = None
+        if holes[row]:
+            row_mask = mask[row: row + 1, :, :, first - start:]
+        outputs.append(F.scaled_dot_product_attention(
+            queries[row: row + 1], keys[row: row + 1, :, first: end + 1], values[row: row + 1, :, first: end + 1],
+            attn_mask=row_mask, scale=scaling, enable_gqa=True))
+    return torch.cat(outputs)
 
 
 def decode_step_for(model: nn.Module, cache: BatchKVCache) -> DecodeStep:

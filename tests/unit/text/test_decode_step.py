@@ -88,6 +88,24 @@ def test_a_rows_logits_are_bit_identical_alone_and_in_a_batch_with_int8_linears(
         assert torch.equal(step_alone[0], step_batched[2])
 
 
+@pytest.mark.parametrize("quantization", [None, "int8-dynamic"])
+@torch.inference_mode()
+def test_the_scripted_step_computes_exactly_what_the_eager_one_does(quantization):
+    if quantization and "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("fbgemm (x86) only")
+    model = tiny_llama(seed=4, fuse=quantization is None)
+    if quantization:
+        quantize_linears(model, quantization)
+    cache = BatchKVCache(num_layers=3, kv_heads=2, head_dim=16, dtype=torch.float32,
+                         device=torch.device("cpu"), max_rows=2)
+    assert LlamaDecodeStep(model, cache).scripted  # the fast path must not fall back silently
+    assert not LlamaDecodeStep(model, cache, script=False).scripted
+    scripted = decode_rows(model, LlamaDecodeStep, PROMPTS, NEXT)
+    eager = decode_rows(model, lambda m, c: LlamaDecodeStep(m, c, script=False), PROMPTS, NEXT)
+    for ours, theirs in zip(scripted, eager):
+        assert torch.equal(ours, theirs)
+
+
 @torch.inference_mode()
 def test_columns_taken_back_are_never_attended_again():
     # A backtrack (banned string) masks out a row's last cache columns and feeds a token again at
