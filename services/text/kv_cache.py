@@ -17,6 +17,8 @@ Removing a finished row moves the last row into its place (one row copied, not t
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -29,7 +31,10 @@ class _BatchLayer(CacheLayerMixin):
 
     def __init__(self, owner: BatchKVCache, index: int) -> None:
         super().__init__()
-        self.owner, self.index = owner, index
+        # A weak reference: with a strong one, cache and layers form a cycle that only the cycle
+        # collector frees, so a dropped cache's buffers (hundreds of MB at long contexts) could
+        # linger until it happens to run.
+        self.owner, self.index = weakref.proxy(owner), index
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
