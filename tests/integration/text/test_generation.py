@@ -6,8 +6,10 @@ import asyncio
 
 import grpc
 import pytest
+import torch
 
 from fabula.text.v1 import text_pb2
+from services.text.sequence import Sequence
 
 PROMPT = "Once upon a time, the knight"
 
@@ -115,6 +117,17 @@ async def test_end_of_text_and_min_length(tiny_service):
                                     logit_bias=push_eos)
     assert final.finish_reason == text_pb2.FINISH_REASON_END_OF_TEXT and len(ids) == 6
     assert eos not in ids
+
+
+async def test_a_position_where_every_token_is_banned_ends_the_text(tiny_service):
+    prepared = tiny_service.generator.prepare(spec(preset="balanced", max_new_tokens=4, min_new_tokens=0, seed=1))
+    model = prepared.runtime.model
+    seq = Sequence(prepared.request, model)
+    banned = torch.full((model.vocab_size,), float("-inf"))
+    assert seq.next_token(banned) in model.eos_token_ids
+    one_left = banned.clone()
+    one_left[7] = 0.0
+    assert seq.next_token(one_left) == 7
 
 
 async def test_logit_bias_steers_every_token(tiny_service):
