@@ -1,6 +1,7 @@
-"""The text engine's decode step alone: the written-out Llama step against transformers' forward.
+"""The text engine's decode step alone: the written-out Llama step (TorchScript, and the same code
+eagerly) against transformers' forward.
 
-Both run SmolLM2-135M as the service loads it (int8 linears on an x86 CPU) over the same batch
+All run SmolLM2-135M as the service loads it (int8 linears on an x86 CPU) over the same batch
 cache, in the benchmark's process, in alternating rounds (this machine is shared and noisy): per
 (batch rows, context length) the median time of one decode step. Also counted: over 40 steps, how
 often a row's logits differ (in any bit) between running alone and in a batch with 7 rows of other
@@ -66,8 +67,12 @@ def run() -> dict:
 
     from services.text.decode_step import LlamaDecodeStep, TransformersDecodeStep
     from services.text.models import load_model
+    from services.toolkit.memory import map_large_buffers_separately
 
-    kinds = {"llama_step": LlamaDecodeStep, "transformers": TransformersDecodeStep}
+    map_large_buffers_separately()  # many caches of 0.1-1.5 GB come and go (toolkit/memory.py)
+    kinds = {"llama_step": LlamaDecodeStep,
+             "llama_step_eager": lambda model, cache: LlamaDecodeStep(model, cache, script=False),
+             "transformers": TransformersDecodeStep}
     with tempfile.TemporaryDirectory() as cache_dir, torch.inference_mode():
         model = load_model("smollm2", "builtin:smollm2", cache_dir=Path(cache_dir))
         figures: dict[str, float] = {}
@@ -85,10 +90,11 @@ def run() -> dict:
                     times[kind].append((time.perf_counter() - started) / STEPS * 1000)
             for kind in kinds:
                 figures[f"{kind}_ms_rows{rows}_ctx{length}"] = statistics.median(times[kind])
-            ratios[f"llama_step_vs_transformers_rows{rows}_ctx{length}"] = statistics.median(
-                theirs / ours for theirs, ours in zip(times["transformers"], times["llama_step"]))
-            print(f"   rows {rows}, context {length}: llama step {figures[f'llama_step_ms_rows{rows}_ctx{length}']:.1f} ms, "
-                  f"transformers {figures[f'transformers_ms_rows{rows}_ctx{length}']:.1f} ms", flush=True)
+            for reference in ("transformers", "llama_step_eager"):
+                ratios[f"llama_step_vs_{reference}_rows{rows}_ctx{length}"] = statistics.median(
+                    theirs / ours for theirs, ours in zip(times[reference], times["llama_step"]))
+            print(f"   rows {rows}, context {length}: " + ", ".join(
+                f"{kind} {figures[f'{kind}_ms_rows{rows}_ctx{length}']:.1f} ms" for kind in kinds), flush=True)
 
         prompts = _prompts(8, 40, seed=7)
         tokens = [[200 + column + row for row in range(8)] for column in range(INVARIANCE_STEPS)]
@@ -101,10 +107,11 @@ def run() -> dict:
         figures["threads"] = torch.get_num_threads()
     summary = (
         f"One decode step of SmolLM2-135M ({model.weights}) over the engine's batch cache: "
-        f"`LlamaDecodeStep` (written out, attention row by row) against `TransformersDecodeStep` "
-        f"(transformers' forward), in the benchmark's process, median of {ROUNDS} alternating rounds of "
-        f"{STEPS} steps; ratio = transformers time / written-out time (above 1: the written-out step is "
-        f"faster). Rows have contexts of the given length plus 7 tokens per row. "
+        f"`LlamaDecodeStep` (written out, attention row by row, compiled with TorchScript) against the "
+        f"same code run eagerly (`llama_step_eager`) and against `TransformersDecodeStep` (transformers' "
+        f"forward), in the benchmark's process, median of {ROUNDS} alternating rounds of {STEPS} steps; "
+        f"ratio = the reference's time / the scripted step's time (above 1: the scripted step is faster). "
+        f"Rows have contexts of the given length plus 7 tokens per row. "
         f"`*_steps_batched_differs_from_alone`: of {INVARIANCE_STEPS} steps, how many gave a row different "
         f"logits (any bit) in a batch of 8 than alone (0 = seeded output cannot change with the batch)."
     )
