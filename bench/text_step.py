@@ -67,9 +67,7 @@ def run() -> dict:
 
     from services.text.decode_step import LlamaDecodeStep, TransformersDecodeStep
     from services.text.models import load_model
-    from services.toolkit.memory import map_large_buffers_separately
 
-    map_large_buffers_separately()  # many caches of 0.1-1.5 GB come and go (toolkit/memory.py)
     kinds = {"llama_step": LlamaDecodeStep,
              "llama_step_eager": lambda model, cache: LlamaDecodeStep(model, cache, script=False),
              "transformers": TransformersDecodeStep}

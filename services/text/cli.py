@@ -8,7 +8,6 @@ import asyncio
 import logging
 
 from services.text.settings import TextSettings
-from services.toolkit.memory import map_large_buffers_separately
 from services.toolkit.model_service import add_common_flags, serve_generator, settings_overrides, start_logging
 
 log = logging.getLogger("services.text")
@@ -35,5 +34,4 @@ async def run(settings: TextSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     start_logging(settings, "fabula-text", log, settings.models)
-    map_large_buffers_separately()  # KV caches come and go in many sizes (toolkit/memory.py)
     asyncio.run(run(settings))

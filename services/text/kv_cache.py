@@ -66,13 +66,20 @@ class BatchKVCache(Cache):
         self.rows = 0
         self.start = 0
         self.end = 0
-        self.keys_buf = [self._empty(initial_capacity) for _ in range(num_layers)]
-        self.values_buf = [self._empty(initial_capacity) for _ in range(num_layers)]
+        self.num_layers = num_layers
+        self.keys_buf, self.values_buf = self._empty(initial_capacity)
         self.mask = torch.zeros(max_rows, initial_capacity, dtype=torch.bool, device=device)
 
-    def _empty(self, capacity: int) -> torch.Tensor:
-        return torch.zeros(self.max_rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype,
-                           device=self.device)
+    def _empty(self, capacity: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Zeroed key and value buffers for every layer, as views of one allocation.
+
+        One allocation, not one per layer: per-layer buffers of a few MB to tens of MB come from
+        glibc's heap, where caches of changing sizes fragment it (resident memory grew by hundreds
+        of MB per replaced cache); the whole cache is far above glibc's mmap threshold (32 MB at
+        most), so it gets its own mapping and goes back to the system when freed."""
+        storage = torch.zeros(2, self.num_layers, self.max_rows, self.kv_heads, capacity, self.head_dim,
+                              dtype=self.dtype, device=self.device)
+        return list(storage[0].unbind(0)), list(storage[1].unbind(0))
 
     @property
     def width(self) -> int:
@@ -163,11 +170,11 @@ class BatchKVCache(Cache):
             self.mask[:, :width] = self.mask[:, self.start: self.end].clone()
             self.mask[:, width:] = False
         else:
-            for buffers in (self.keys_buf, self.values_buf):
+            fresh_keys, fresh_values = self._empty(capacity)
+            for buffers, fresh in ((self.keys_buf, fresh_keys), (self.values_buf, fresh_values)):
                 for layer, buf in enumerate(buffers):
-                    fresh = self._empty(capacity)
-                    fresh[:, :, left_room: left_room + width] = buf[:, :, self.start: self.end]
-                    buffers[layer] = fresh
+                    fresh[layer][:, :, left_room: left_room + width] = buf[:, :, self.start: self.end]
+            self.keys_buf, self.values_buf = fresh_keys, fresh_values
             mask = torch.zeros(self.max_rows, capacity, dtype=torch.bool, device=self.device)
             mask[:, left_room: left_room + width] = self.mask[:, self.start: self.end]
             self.mask = mask
