@@ -11,7 +11,8 @@ Each loop iteration:
    generator.
 
 The asyncio side talks to the thread through a bounded queue (full → RESOURCE_EXHAUSTED at once)
-and gets `Piece`s and a final `Stats` back through `loop.call_soon_threadsafe`.
+and gets `Piece`s and a final `Stats` back through `loop.call_soon_threadsafe`, once per loop
+iteration for all of them (`Engine._flush`).
 """
 
 from __future__ import annotations
@@ -63,10 +64,6 @@ class GenerationHandle:
         self._events: asyncio.Queue[Piece | Stats | Exception] = asyncio.Queue()
         self.stats: Stats | None = None
 
-    def _post(self, event: Piece | Stats | Exception) -> None:
-        # Called from the engine thread.
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-
     def cancel(self) -> None:
         self.seq.cancelled = True
         self._engine.wake()
@@ -99,6 +96,7 @@ class Engine:
         self._wakeup = threading.Condition(self._lock)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._outbox: list[tuple[GenerationHandle, Piece | Stats | Exception]] = []  # see _flush
         self._cache = BatchKVCache(
             num_layers=model.num_layers, kv_heads=model.kv_heads, head_dim=model.head_dim,
             dtype=model.dtype, device=model.device, max_rows=config.max_batch_size)
@@ -174,7 +172,9 @@ class Engine:
             except Exception as error:
                 log.exception("engine step failed; failing the requests in flight")
                 self._fail_all(RuntimeError(f"generation failed: {type(error).__name__}"))
+            self._flush()
         self._fail_all(Unavailable("the text service is shutting down"))
+        self._flush()
 
     def _admit_locked(self) -> None:
         while self._waiting and len(self._running) + len(self._prefilling) < self.config.max_batch_size:
@@ -271,7 +271,7 @@ class Engine:
     def _publish(self, seq: Sequence) -> None:
         piece = seq.take_piece()
         if piece is not None:
-            self._handles[id(seq)]._post(piece)
+            self._outbox.append((self._handles[id(seq)], piece))
 
     def _finish(self, seq: Sequence) -> None:
         self._publish(seq)
@@ -279,7 +279,26 @@ class Engine:
         stats = seq.stats()
         metrics.record_finish(self.model.name, stats)
         if handle is not None:
-            handle._post(stats)
+            self._outbox.append((handle, stats))
+
+    def _flush(self) -> None:
+        """Hand this iteration's pieces and results to the asyncio side, one wake-up per event loop.
+
+        Not one `call_soon_threadsafe` per piece: each wakes the event loop's thread in the middle
+        of the step's sampling, where it waits for the GIL the engine thread holds, and the engine
+        then for it. Handed over together, they are delivered while the next step runs its forward
+        pass, which releases the GIL."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GenerationHandle, Piece | Stats | Exception]]] = {}
+        for handle, event in self._outbox:
+            by_loop.setdefault(handle._loop, []).append((handle, event))
+        self._outbox = []
+        for loop, events in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, events)
+            except RuntimeError:  # that loop is closed: nobody is left to read its events
+                log.debug("dropped %d events for a closed event loop", len(events))
 
     @torch.inference_mode()
     def _fail_all(self, error: Exception) -> None:
@@ -294,7 +313,13 @@ class Engine:
             seq.cancel(now)
             handle = self._handles.pop(id(seq), None)
             if handle is not None:
-                handle._post(error)
+                self._outbox.append((handle, error))
         self._prefilling.clear()
         while self._running:
             self._remove_row(len(self._running) - 1)
+
+
+def _deliver(events: list[tuple[GenerationHandle, Piece | Stats | Exception]]) -> None:
+    """On the event loop: queue each event for its handle's reader."""
+    for handle, event in events:
+        handle._events.put_nowait(event)

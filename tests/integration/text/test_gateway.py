@@ -137,9 +137,11 @@ async def test_disconnecting_stops_the_generation(tmp_path, text_service, tiny_m
         assert engine.running == 0
 
 
-async def test_deadline_mid_stream_is_an_error_event(tmp_path, text_service, tiny_model):
-    async with stack(tmp_path, text_service, [tiny_model], gateway_overrides={"stream_timeout_s": 0.5}) as (client, _):
-        long = {**BODY, "max_new_tokens": 1000, "min_new_tokens": 1000, "prompt": "x"}
+async def test_deadline_mid_stream_is_an_error_event(tmp_path, text_service, tiny_long_model):
+    # A long context window and many tokens, so the stream is still going when the deadline comes.
+    async with stack(tmp_path, text_service, [tiny_long_model], gateway_overrides={"stream_timeout_s": 0.5},
+                     max_new_tokens=12000) as (client, _):
+        long = {**BODY, "max_new_tokens": 12000, "min_new_tokens": 12000, "prompt": "x"}
         events = events_of((await client.post("/ai/generate-stream", json=long)).text)
         assert events[-1][0] == "error"
         assert events[-1][1]["error"]["code"] == "DEADLINE_EXCEEDED"
