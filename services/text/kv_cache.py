@@ -1,4 +1,5 @@
-"""The batch's key/value cache: one preallocated buffer per layer shared by every running sequence.
+"""The batch's key/value cache: preallocated buffers for every layer (views of one allocation),
+shared by every running sequence.
 
 Layout per layer: keys and values `[max_rows, kv_heads, capacity, head_dim]`. Rows are the running
 sequences (row i of the batch is row i of the buffer); columns are cache slots. Every decode step
