@@ -20,13 +20,12 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Lorebook keys use the `regex` package rather than `re` for its per-search timeout: a user's
 # pattern with catastrophic backtracking must end in a clear error, not a stalled worker.
 import regex
 
-from fabula.text.v1 import text_pb2
 from services.toolkit.errors import InvalidArgument
 
 DEFAULT_AUTHORS_NOTE_DEPTH = 3
@@ -65,26 +64,6 @@ class StoryContext:
     lorebook: tuple[LoreEntry, ...] = ()
     max_context_tokens: int = 0
 
-    @classmethod
-    def from_pb(cls, message: text_pb2.StoryContext, max_story_chars: int,
-                prefix: str = "spec.context.") -> StoryContext:
-        context = cls(
-            story=message.story,
-            memory=message.memory,
-            authors_note=message.authors_note,
-            authors_note_depth=(message.authors_note_depth if message.HasField("authors_note_depth")
-                                else DEFAULT_AUTHORS_NOTE_DEPTH),
-            lorebook=tuple(LoreEntry(
-                name=entry.name or f"entry {index}", text=entry.text, keys=tuple(entry.keys),
-                regex_keys=entry.regex_keys, case_sensitive=entry.case_sensitive,
-                scan_depth_chars=entry.scan_depth_chars, always_on=entry.always_on,
-                insertion_order=entry.insertion_order, insertion_position=entry.insertion_position,
-                token_budget=entry.token_budget, disabled=entry.disabled,
-            ) for index, entry in enumerate(message.lorebook)),
-            max_context_tokens=message.max_context_tokens,
-        )
-        return check_inputs(context, max_story_chars, prefix)
-
 
 @dataclass
 class ReportEntry:
@@ -94,10 +73,6 @@ class ReportEntry:
     tokens: int = 0
     trimmed_tokens: int = 0
 
-    def to_pb(self) -> text_pb2.ContextReportEntry:
-        return text_pb2.ContextReportEntry(source=self.source, included=self.included, reason=self.reason,
-                                           tokens=self.tokens, trimmed_tokens=self.trimmed_tokens)
-
 
 @dataclass
 class BuiltContext:
@@ -106,16 +81,13 @@ class BuiltContext:
     budget: int
     entries: list[ReportEntry]
 
-    def to_pb(self) -> text_pb2.ContextReport:
-        return text_pb2.ContextReport(entries=[entry.to_pb() for entry in self.entries],
-                                      prompt_tokens=len(self.prompt_ids), budget_tokens=self.budget,
-                                      prompt=self.prompt)
-
 
 # --- 1. inputs ---------------------------------------------------------------------------------
 
 
-def check_inputs(context: StoryContext, max_story_chars: int, prefix: str) -> StoryContext:
+def check_inputs(context: StoryContext, max_story_chars: int, prefix: str = "spec.context.") -> StoryContext:
+    """The context with its sizes checked, its keys compiled and every entry named (an unnamed
+    one after its place in the lorebook, for the report)."""
     if len(context.story) > max_story_chars:
         raise InvalidArgument(f"{prefix}story", context.story, f"at most {max_story_chars} characters")
     for name in ("memory", "authors_note"):
@@ -145,15 +117,8 @@ def check_inputs(context: StoryContext, max_story_chars: int, prefix: str) -> St
                 patterns.append(regex.compile(source, flags))
             except regex.error as error:
                 raise InvalidArgument(key_where, key, f"invalid regular expression: {error}") from None
-        checked.append(_replace_patterns(entry, tuple(patterns)))
-    return StoryContext(context.story, context.memory, context.authors_note, context.authors_note_depth,
-                        tuple(checked), context.max_context_tokens)
-
-
-def _replace_patterns(entry: LoreEntry, patterns: tuple[regex.Pattern[str], ...]) -> LoreEntry:
-    values = {name: getattr(entry, name) for name in entry.__dataclass_fields__}
-    values["patterns"] = patterns
-    return LoreEntry(**values)
+        checked.append(replace(entry, name=entry.name or f"entry {index}", patterns=tuple(patterns)))
+    return replace(context, lorebook=tuple(checked))
 
 
 # --- 2. lorebook triggers ----------------------------------------------------------------------

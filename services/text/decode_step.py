@@ -4,15 +4,15 @@ The engine calls a `DecodeStep` once per step; `decode_step_for` picks the imple
 
 - `LlamaDecodeStep` for Llama-architecture models (SmolLM2, Llama 2/3, TinyLlama, ...): the step
   written out as the few tensor operations it needs. Decoding a small model on a CPU is bound by
-  how many operations run, not by arithmetic: transformers' forward runs about 2,400 per step for
-  SmolLM2-135M (masks, cache bookkeeping, dispatch layers), each costing microseconds of Python
-  and dispatch, against some 12 ms of matrix products. Here a layer is ~30 operations: the fused
-  QKV and gate/up projections (`quantize.FusedMember`), one rotary embedding for queries and keys
-  together, the key/value write straight into the batch cache, and attention row by row (below).
-  The layers are compiled with TorchScript, whose interpreter runs them without the Python
-  interpreter between operations: half the step time for one row on the build machines
-  (`python -m bench text_step`). torch.compile, the supported successor, was measured slower for
-  this step (docs/text.md); if scripting fails the same code runs eagerly.
+  how many operations run, not by arithmetic: transformers' forward runs thousands of small
+  operators per step (masks, cache bookkeeping, dispatch layers), and their Python and dispatch
+  overhead adds up to as much as the matrix products. Here a layer is a few dozen operations: the
+  fused QKV and gate/up projections (`quantize.FusedMember`), one rotary embedding for queries and
+  keys together, the key/value write straight into the batch cache, and attention row by row
+  (below). The layers are compiled with TorchScript, whose interpreter runs them without the Python
+  interpreter between operations (`python -m bench text_step` compares the three; figures in
+  docs/text.md). torch.compile, the supported successor, is slower for this step (docs/text.md);
+  if scripting fails the same code runs eagerly.
 - `TransformersDecodeStep` for every other architecture: the model's own forward over the same
   cache.
 
@@ -21,11 +21,10 @@ Both compute the same function: tests check each against the model's full forwar
 Attention runs one row at a time, over exactly that row's own cache columns. Attending over the
 batch's shared span at once also sums a shorter row's leading masked columns, and how a kernel
 groups the terms of its sums then depends on the batch's layout: the row's logits change in their
-last bits, and with int8 activations such a bit now and then changes a drawn token. With
-transformers' batched attention, 7 of the benchmark's 8 seeded requests drew different text
-batched than alone; row by row, none does (tested: a row's logits are bit-identical alone and in
-a batch). The price: at long contexts with many rows, per-row kernels use the two cores less
-well than one batched kernel (see docs/text.md).
+last bits, and with int8 activations such a bit now and then changes a drawn token, so seeded
+requests would draw different text batched than alone. Row by row they do not (tested: a row's
+logits are bit-identical alone and in a batch). The price: at long contexts with many rows,
+per-row kernels use the cores less well than one batched kernel (see docs/text.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The text service's domain facade: models with their engines and context builders, presets,
 and the request preparation that runs before any model work (validation, preset resolution,
-prompt assembly). No gRPC here; `server.py` converts to and from protobuf around it.
+prompt assembly). No gRPC here; `server.py` and `wire.py` convert to and from protobuf around it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fabula.text.v1 import text_pb2
-from services.text.context import BuiltContext, ContextBuilder, StoryContext
+from services.text.context import BuiltContext, ContextBuilder, check_inputs
 from services.text.engine import Engine, EngineConfig, GenerationHandle
 from services.text.models import LoadedModel, load_model
-from services.text.params import GenerationParams, Limits
+from services.text.params import GenerationParams, GenerationSpec, Limits
 from services.text.presets_store import Preset, find, load_presets
 from services.text.sequence import GenerationRequest
 from services.text.settings import TextSettings
@@ -85,8 +84,8 @@ class TextGenerator:
             if self.settings.warmup_tokens == 0:
                 continue
             started = time.perf_counter()
-            spec = text_pb2.GenerationSpec(model=name, prompt="Once upon a time",
-                                           max_new_tokens=self.settings.warmup_tokens, seed=0)
+            spec = GenerationSpec(model=name, prompt="Once upon a time",
+                                  max_new_tokens=self.settings.warmup_tokens, seed=0)
             handle = await self.start(spec)
             async for _ in handle:
                 pass
@@ -106,18 +105,17 @@ class TextGenerator:
             raise InvalidArgument(field, name, f"unknown model; served: {', '.join(self.runtimes)}")
         return self.runtimes[name]
 
-    def prepare(self, spec: text_pb2.GenerationSpec) -> Prepared:
+    def prepare(self, spec: GenerationSpec) -> Prepared:
         """Validate and resolve a request, then tokenize or build its prompt. Cheap checks first;
         nothing here runs the model."""
         preset = find(self.presets, spec.preset or self.settings.default_preset)
-        params = GenerationParams.from_pb(spec, preset.sampling, self.limits)
+        params = GenerationParams.from_spec(spec, preset.sampling, self.limits)
         runtime = self.runtime(spec.model)
         model = runtime.model
         params.check_against_vocab(model.vocab_size)
         built: BuiltContext | None = None
-        input_kind = spec.WhichOneof("input")
-        if input_kind == "context":
-            story = StoryContext.from_pb(spec.context, self.limits.max_prompt_chars)
+        if spec.context is not None:
+            story = check_inputs(spec.context, self.limits.max_prompt_chars, "spec.context.")
             built = runtime.builder.build(story, params.max_new_tokens)
             prompt_ids = built.prompt_ids
         else:
@@ -136,7 +134,7 @@ class TextGenerator:
             prompt_ids = [bos]
         return Prepared(runtime, GenerationRequest(prompt_ids=prompt_ids, params=params), built)
 
-    async def start(self, spec: text_pb2.GenerationSpec) -> GenerationHandle:
+    async def start(self, spec: GenerationSpec) -> GenerationHandle:
         prepared = await asyncio.to_thread(self.prepare, spec)
         return self.submit(prepared)
 

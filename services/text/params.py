@@ -1,8 +1,14 @@
 """A generation request as the domain sees it: resolved against a preset, validated field by field.
 
-`GenerationParams.from_pb` converts and validates in one pass (every error names the request
-field and its value), before any model work. Checks that need the model (token ids within the
-vocabulary) are in `check_against_vocab`, run once the model is known.
+`GenerationSpec` is the request as the client sent it (`wire.spec_from_pb` builds it);
+`GenerationParams.from_spec` validates it in one pass (every error names the request field and its
+value), before any model work. Checks that need the model (token ids within the vocabulary) are in
+`check_against_vocab`, run once the model is known.
+
+The numeric sampling controls are declared once, on `SamplingParams`: each field's neutral value
+(the value that turns the control off, also its default), its allowed range and what it does.
+`SAMPLING_FIELDS` is read from those declarations; validation, the samplers' "is this control off"
+checks and the protobuf translation all read it.
 """
 
 from __future__ import annotations
@@ -10,39 +16,42 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from enum import IntEnum
+from enum import Enum
 from typing import Any
 
 import torch
 
-from fabula.text.v1 import text_pb2
+from services.text.context import StoryContext
 from services.toolkit.errors import InvalidArgument
 
 
-class SamplerName(IntEnum):
-    """The orderable warpers; values are the protobuf enum's."""
+class SamplerName(Enum):
+    """The orderable warpers, named as requests and preset files name them."""
 
-    TEMPERATURE = text_pb2.SAMPLER_TEMPERATURE
-    TOP_K = text_pb2.SAMPLER_TOP_K
-    TOP_P = text_pb2.SAMPLER_TOP_P
-    TOP_A = text_pb2.SAMPLER_TOP_A
-    TYPICAL_P = text_pb2.SAMPLER_TYPICAL_P
-    TAIL_FREE = text_pb2.SAMPLER_TAIL_FREE
-    MIN_P = text_pb2.SAMPLER_MIN_P
+    TEMPERATURE = "temperature"
+    TOP_K = "top_k"
+    TOP_P = "top_p"
+    TOP_A = "top_a"
+    TYPICAL_P = "typical_p"
+    TAIL_FREE = "tail_free"
+    MIN_P = "min_p"
 
     @property
     def key(self) -> str:
-        return self.name.lower()
+        return self.value
 
     @classmethod
-    def parse(cls, value: str | int, field_name: str) -> SamplerName:
-        try:
-            if isinstance(value, str):
+    def parse(cls, value: Any, field_name: str) -> SamplerName:
+        """A sampler from its name ("top_p", "SAMPLER_TOP_P"); anything else is refused."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
                 return cls[value.upper().removeprefix("SAMPLER_")]
-            return cls(value)
-        except (KeyError, ValueError):
-            names = ", ".join(name.key for name in cls)
-            raise InvalidArgument(field_name, value, f"unknown sampler; one of {names}") from None
+            except KeyError:
+                pass
+        names = ", ".join(name.key for name in cls)
+        raise InvalidArgument(field_name, value, f"unknown sampler; one of {names}")
 
 
 # KoboldCpp's default order: temperature first, then the truncations from coarse to fine.
@@ -75,21 +84,29 @@ class Range:
             raise InvalidArgument(field_name, value, f"must be within {left}{self.low:g}, {self.high:g}{right}")
 
 
-# Each numeric sampling field: its neutral value (the control is off) and its allowed range.
-NUMERIC_FIELDS: dict[str, tuple[float, Range]] = {
-    "temperature": (1.0, Range(0, 100)),
-    "top_k": (0, Range(0, 1 << 20, integer=True)),
-    "top_p": (1.0, Range(0, 1, low_open=True)),
-    "top_a": (0.0, Range(0, 1)),
-    "typical_p": (1.0, Range(0, 1, low_open=True)),
-    "tail_free": (1.0, Range(0, 1, low_open=True)),
-    "min_p": (0.0, Range(0, 1)),
-    "repetition_penalty": (1.0, Range(0, 10, low_open=True)),
-    "repetition_penalty_range": (0, Range(0, 1 << 20, integer=True)),
-    "repetition_penalty_slope": (0.0, Range(0, 10)),
-    "frequency_penalty": (0.0, Range(-2, 2)),
-    "presence_penalty": (0.0, Range(-2, 2)),
-}
+@dataclass(frozen=True)
+class SamplingField:
+    """One numeric sampling control: the value that turns it off, the values it may take, and
+    what it does."""
+
+    neutral: float
+    allowed: Range
+    doc: str
+
+    def is_neutral(self, value: float) -> bool:
+        """Whether `value` leaves the control off (validated values only reach it)."""
+        return value == self.neutral
+
+
+def _control(neutral: float, allowed: Range, doc: str) -> Any:
+    """A `SamplingParams` field whose default is its neutral value, with its range and doc."""
+    return field(default=neutral, metadata={"control": SamplingField(neutral, allowed, doc)})
+
+
+# A temperature of exactly this value means greedy decoding: only the most likely token.
+GREEDY_TEMPERATURE = 0.0
+
+MAX_TOKEN_COUNT = 1 << 20
 
 BIAS_RANGE = Range(-100, 100)
 
@@ -98,18 +115,25 @@ BIAS_RANGE = Range(-100, 100)
 class SamplingParams:
     """Resolved sampling controls (neutral values where the control is off)."""
 
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    top_a: float = 0.0
-    typical_p: float = 1.0
-    tail_free: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    repetition_penalty_range: int = 0
-    repetition_penalty_slope: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
+    temperature: float = _control(1.0, Range(0, 100), "divides the logits; 0 is greedy decoding")
+    top_k: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
+                          "keeps the k most likely tokens; 0 is off")
+    top_p: float = _control(1.0, Range(0, 1, low_open=True),
+                            "nucleus: keeps the most likely tokens holding this much of the mass")
+    top_a: float = _control(0.0, Range(0, 1), "keeps tokens with p >= top_a * p_max^2")
+    typical_p: float = _control(1.0, Range(0, 1, low_open=True),
+                                "locally typical: keeps the tokens nearest the entropy, up to this mass")
+    tail_free: float = _control(1.0, Range(0, 1, low_open=True),
+                                "tail-free z: cuts where the curvature of the sorted probabilities reaches z")
+    min_p: float = _control(0.0, Range(0, 1), "keeps tokens with p >= min_p * p_max")
+    repetition_penalty: float = _control(1.0, Range(0, 10, low_open=True),
+                                         "divides positive (multiplies negative) logits of tokens in the range")
+    repetition_penalty_range: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
+                                             "how many recent context tokens the penalties see; 0 is all")
+    repetition_penalty_slope: float = _control(0.0, Range(0, 10),
+                                               "fades the repetition penalty towards the range's older end; 0 is flat")
+    frequency_penalty: float = _control(0.0, Range(-2, 2), "subtracted once per occurrence in the range")
+    presence_penalty: float = _control(0.0, Range(-2, 2), "subtracted once if the token occurs in the range")
     repetition_penalty_whitelist: tuple[int, ...] = ()
     order: tuple[tuple[SamplerName, bool], ...] = DEFAULT_ORDER
     whitelist_tensor: torch.Tensor | None = field(default=None, compare=False, repr=False)
@@ -119,14 +143,19 @@ class SamplingParams:
             object.__setattr__(self, "whitelist_tensor",
                                torch.tensor(self.repetition_penalty_whitelist, dtype=torch.long))
 
+    def is_off(self, name: str) -> bool:
+        """Whether the numeric control `name` is at its neutral value."""
+        return SAMPLING_FIELDS[name].is_neutral(getattr(self, name))
+
     @property
     def has_penalties(self) -> bool:
-        return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
+        return not (self.is_off("repetition_penalty") and self.is_off("frequency_penalty")
+                    and self.is_off("presence_penalty"))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], field_prefix: str,
                      base: SamplingParams | None = None) -> SamplingParams:
-        """Validate a plain mapping (a preset file, or a request converted to one) over `base`."""
+        """Validate a plain mapping (a preset file, or a request's set fields) over `base`."""
         base = base or cls()
         # "sampler_order" is the request's (and preset files') name for `order`.
         known = ({f.name for f in fields(cls)} - {"whitelist_tensor", "order"}) | {"sampler_order"}
@@ -137,8 +166,8 @@ class SamplingParams:
         resolved: dict[str, Any] = {}
         for name, value in values.items():
             where = f"{field_prefix}{name}"
-            if name in NUMERIC_FIELDS:
-                NUMERIC_FIELDS[name][1].check(where, value)
+            if name in SAMPLING_FIELDS:
+                SAMPLING_FIELDS[name].allowed.check(where, value)
                 resolved[name] = value
             elif name == "repetition_penalty_whitelist":
                 ids = tuple(value)
@@ -150,37 +179,15 @@ class SamplingParams:
                 resolved["order"] = parse_order(value, where)
         return replace(base, **resolved, whitelist_tensor=None)
 
-    @classmethod
-    def from_pb(cls, message: text_pb2.SamplingParameters, field_prefix: str,
-                base: SamplingParams | None = None) -> SamplingParams:
-        values: dict[str, Any] = {}
-        for name in NUMERIC_FIELDS:
-            if message.HasField(name):
-                values[name] = getattr(message, name)
-        if message.repetition_penalty_whitelist:
-            values["repetition_penalty_whitelist"] = list(message.repetition_penalty_whitelist)
-        if message.sampler_order:
-            values["sampler_order"] = [
-                {"sampler": step.sampler, "enabled": step.enabled if step.HasField("enabled") else True}
-                for step in message.sampler_order
-            ]
-        return cls.from_mapping(values, field_prefix, base)
 
-    def to_pb(self) -> text_pb2.SamplingParameters:
-        message = text_pb2.SamplingParameters(
-            repetition_penalty_whitelist=list(self.repetition_penalty_whitelist),
-            sampler_order=[text_pb2.SamplerStep(sampler=int(name), enabled=enabled)
-                           for name, enabled in self.order],
-        )
-        for name in NUMERIC_FIELDS:
-            setattr(message, name, getattr(self, name))
-        return message
+# The numeric sampling controls, read from `SamplingParams`' declarations: name → neutral value,
+# allowed range, doc.
+SAMPLING_FIELDS: dict[str, SamplingField] = {
+    f.name: f.metadata["control"] for f in fields(SamplingParams) if "control" in f.metadata}
 
-    def to_dict(self) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in NUMERIC_FIELDS}
-        values["repetition_penalty_whitelist"] = list(self.repetition_penalty_whitelist)
-        values["sampler_order"] = [{"sampler": name.key, "enabled": enabled} for name, enabled in self.order]
-        return values
+
+def is_greedy(temperature: float) -> bool:
+    return temperature == GREEDY_TEMPERATURE
 
 
 def parse_order(steps: Sequence[Any], field_name: str) -> tuple[tuple[SamplerName, bool], ...]:
@@ -223,6 +230,26 @@ DEFAULT_MAX_NEW_TOKENS = 40
 
 
 @dataclass(frozen=True)
+class GenerationSpec:
+    """A generation request as the client sent it, before validation: `None` where an optional
+    field was left unset, `sampling` holding only the sampling fields the request set (by their
+    request names), so that a preset supplies the rest."""
+
+    model: str = ""
+    prompt: str = ""
+    context: StoryContext | None = None  # when set, the prompt is built from it instead
+    preset: str = ""
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    max_new_tokens: int | None = None
+    min_new_tokens: int = 0
+    stop_sequences: tuple[str, ...] = ()
+    banned_strings: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    phrase_bias: tuple[tuple[str, float], ...] = ()  # (phrase, bias)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     """Everything about a generation except its input text."""
 
@@ -236,10 +263,10 @@ class GenerationParams:
     seed: int | None = None
 
     @classmethod
-    def from_pb(cls, spec: text_pb2.GenerationSpec, base_sampling: SamplingParams, limits: Limits,
-                prefix: str = "spec.") -> GenerationParams:
-        sampling = SamplingParams.from_pb(spec.sampling, f"{prefix}sampling.", base_sampling)
-        max_new = spec.max_new_tokens if spec.HasField("max_new_tokens") else DEFAULT_MAX_NEW_TOKENS
+    def from_spec(cls, spec: GenerationSpec, base_sampling: SamplingParams, limits: Limits,
+                  prefix: str = "spec.") -> GenerationParams:
+        sampling = SamplingParams.from_mapping(spec.sampling, f"{prefix}sampling.", base_sampling)
+        max_new = spec.max_new_tokens if spec.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS
         if not 1 <= max_new <= limits.max_new_tokens:
             raise InvalidArgument(f"{prefix}max_new_tokens", max_new,
                                   f"must be within [1, {limits.max_new_tokens}]")
@@ -251,13 +278,13 @@ class GenerationParams:
         if len(spec.logit_bias) > limits.max_logit_biases:
             raise InvalidArgument(f"{prefix}logit_bias", len(spec.logit_bias),
                                   f"at most {limits.max_logit_biases} entries")
-        for index, entry in enumerate(spec.logit_bias):
-            BIAS_RANGE.check(f"{prefix}logit_bias[{index}].bias", entry.bias)
-        phrases = _check_strings([entry.phrase for entry in spec.phrase_bias], f"{prefix}phrase_bias", limits,
+        for index, (_, bias) in enumerate(spec.logit_bias):
+            BIAS_RANGE.check(f"{prefix}logit_bias[{index}].bias", bias)
+        phrases = _check_strings([phrase for phrase, _ in spec.phrase_bias], f"{prefix}phrase_bias", limits,
                                  item_field="phrase")
-        for index, entry in enumerate(spec.phrase_bias):
-            BIAS_RANGE.check(f"{prefix}phrase_bias[{index}].bias", entry.bias)
-        if spec.HasField("seed") and spec.seed > limits.max_seed:
+        for index, (_, bias) in enumerate(spec.phrase_bias):
+            BIAS_RANGE.check(f"{prefix}phrase_bias[{index}].bias", bias)
+        if spec.seed is not None and spec.seed > limits.max_seed:
             raise InvalidArgument(f"{prefix}seed", spec.seed, f"must be within [0, {limits.max_seed}]")
         return cls(
             sampling=sampling,
@@ -265,9 +292,9 @@ class GenerationParams:
             min_new_tokens=spec.min_new_tokens,
             stop_sequences=stops,
             banned_strings=banned,
-            logit_bias=tuple((entry.token_id, entry.bias) for entry in spec.logit_bias),
-            phrase_bias=tuple(zip(phrases, (entry.bias for entry in spec.phrase_bias))),
-            seed=spec.seed if spec.HasField("seed") else None,
+            logit_bias=tuple(spec.logit_bias),
+            phrase_bias=tuple(zip(phrases, (bias for _, bias in spec.phrase_bias))),
+            seed=spec.seed,
         )
 
     def check_against_vocab(self, vocab_size: int, prefix: str = "spec.") -> None:

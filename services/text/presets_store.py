@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from fabula.text.v1 import text_pb2
 from services.text.params import SamplingParams
 from services.toolkit.errors import InvalidArgument
 
@@ -17,9 +16,6 @@ class Preset:
     name: str
     description: str
     sampling: SamplingParams
-
-    def to_pb(self) -> text_pb2.Preset:
-        return text_pb2.Preset(name=self.name, description=self.description, sampling=self.sampling.to_pb())
 
 
 def load_presets(extra_dir: Path | None = None) -> dict[str, Preset]:

@@ -1,14 +1,9 @@
 """Int8 linear layers for CPUs, chosen from a registry (`MODES`).
 
 Decoding a small model on a CPU is bound by reading weights (every token reads each once), and on
-CPUs without native bf16 instructions (AVX2 only, like the build machines) bf16 matmuls are slow
-beyond one row. Measured here on SmolLM2-135M's shapes, the linear layers of one decode step
-(weights cold in memory, 2 threads):
-
-| rows | bf16 | fp32 | int8 weight-only (bf16 act.) | int8 dynamic (fbgemm) |
-| --- | --- | --- | --- | --- |
-| 1 | 31 ms | 68 ms | 26 ms | 27 ms |
-| 8 | 251 ms | 173 ms | 53 ms | 30 ms |
+CPUs without native bf16 instructions (AVX2 only) bf16 matmuls are slow beyond one row; int8
+weights halve the bytes read, and fbgemm's integer GEMM keeps a batch of rows cheap (docs/text.md
+compares the modes on SmolLM2-135M's shapes).
 
 - `int8-dynamic` (x86 with fbgemm): weights int8 per output channel; activations quantised to
   uint8 on the fly and multiplied in integer arithmetic (exact), so batching costs little.
@@ -17,7 +12,7 @@ beyond one row. Measured here on SmolLM2-135M's shapes, the linear layers of one
   to max |x| = 1 and two input columns holding 1 and -1 are appended (their weights are zero): the
   batch's range is then always [-1, 1], every row is quantised on the same grid as when alone, and
   the integer products are exact, so each row's output is the same whatever the batch. (An extra
-  calibration row did the same at the cost of one more row per GEMM: 15-30% slower at 1-8 rows.)
+  calibration row would do the same, but costs one more row in every GEMM.)
 - `int8-weight-only` (other CPUs): weights int8 per output channel, activations bf16
   (`_weight_int8pack_mm`).
 """
@@ -81,8 +76,8 @@ class Int8DynamicLinear(nn.Module):
         flat = x.reshape(-1, shape[-1])
         if flat.dtype != torch.float32:
             flat = flat.float()
-        # max |x| per row: abs().amax() is exact like an inf-norm and, on CPUs, several times faster
-        # than linalg.vector_norm(ord=inf) for more than one row.
+        # max |x| per row: abs().amax() is exact like an inf-norm and, on CPUs, cheaper than
+        # linalg.vector_norm(ord=inf) for more than one row.
         row_scale = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
         rows = torch.cat([flat / row_scale, self.range_columns.expand(flat.shape[0], -1)], dim=1)
         # reduce_range: 7-bit activations, as fbgemm needs on AVX2 (its u8 x s8 pair sums saturate

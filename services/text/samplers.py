@@ -18,9 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
-from services.text.params import SamplerName, SamplingParams
+from services.text.params import SAMPLING_FIELDS, SamplerName, SamplingParams, is_greedy
 
 NEG_INF = float("-inf")
+
+
+def _off(name: str, value: float) -> bool:
+    """Whether a sampler's value is its neutral one (`SamplingParams` declares them): it then
+    changes nothing and is skipped."""
+    return SAMPLING_FIELDS[name].is_neutral(value)
 
 
 @dataclass
@@ -61,18 +67,18 @@ class Candidates:
 
 
 def apply_temperature(cand: Candidates, temperature: float) -> Candidates:
-    if temperature == 0:
+    if is_greedy(temperature):
         # Greedy: only the most likely token stays (the set is sorted, so it is the first).
         return cand.keep_first(1)
     return Candidates(cand.ids, cand.logits / temperature)
 
 
 def apply_top_k(cand: Candidates, top_k: int) -> Candidates:
-    return cand.keep_first(top_k) if top_k > 0 else cand
+    return cand if _off("top_k", top_k) else cand.keep_first(top_k)
 
 
 def apply_top_p(cand: Candidates, top_p: float) -> Candidates:
-    if top_p >= 1:
+    if _off("top_p", top_p):
         return cand
     cumulative = torch.cumsum(cand.probs(), dim=-1)
     # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is
@@ -82,7 +88,7 @@ def apply_top_p(cand: Candidates, top_p: float) -> Candidates:
 
 
 def apply_top_a(cand: Candidates, top_a: float) -> Candidates:
-    if top_a <= 0:
+    if _off("top_a", top_a):
         return cand
     probs = cand.probs()
     threshold = top_a * float(probs[0]) ** 2
@@ -90,7 +96,7 @@ def apply_top_a(cand: Candidates, top_a: float) -> Candidates:
 
 
 def apply_min_p(cand: Candidates, min_p: float) -> Candidates:
-    if min_p <= 0:
+    if _off("min_p", min_p):
         return cand
     probs = cand.probs()
     return cand.keep_first(int((probs >= min_p * float(probs[0])).sum()))
@@ -99,7 +105,7 @@ def apply_min_p(cand: Candidates, min_p: float) -> Candidates:
 def apply_typical_p(cand: Candidates, typical_p: float) -> Candidates:
     """Locally typical sampling (Meister et al.): keep the tokens whose surprisal is closest to
     the entropy, until they hold `typical_p` of the mass."""
-    if typical_p >= 1 or len(cand) == 1:
+    if _off("typical_p", typical_p) or len(cand) == 1:
         return cand
     log_probs = torch.log_softmax(cand.logits, dim=-1)
     probs = log_probs.exp()
@@ -116,7 +122,7 @@ def apply_typical_p(cand: Candidates, typical_p: float) -> Candidates:
 def apply_tail_free(cand: Candidates, z: float) -> Candidates:
     """Tail-free sampling (Trenton Bricken): find where the sorted probability curve flattens,
     through the normalised absolute second derivative, and cut the tail after `z` of it."""
-    if z >= 1 or len(cand) <= 2:
+    if _off("tail_free", z) or len(cand) <= 2:
         return cand
     probs = cand.probs()
     curvature = probs.diff().diff().abs()
@@ -131,21 +137,22 @@ def apply_tail_free(cand: Candidates, z: float) -> Candidates:
 
 Warper = Callable[[Candidates, SamplingParams], Candidates]
 
-# The registry: a sampler's name → how it runs and when it is a no-op (so it can be skipped).
-WARPERS: dict[SamplerName, tuple[Warper, Callable[[SamplingParams], bool]]] = {
-    SamplerName.TEMPERATURE: (lambda c, p: apply_temperature(c, p.temperature), lambda p: p.temperature == 1),
-    SamplerName.TOP_K: (lambda c, p: apply_top_k(c, p.top_k), lambda p: p.top_k == 0),
-    SamplerName.TOP_P: (lambda c, p: apply_top_p(c, p.top_p), lambda p: p.top_p >= 1),
-    SamplerName.TOP_A: (lambda c, p: apply_top_a(c, p.top_a), lambda p: p.top_a <= 0),
-    SamplerName.TYPICAL_P: (lambda c, p: apply_typical_p(c, p.typical_p), lambda p: p.typical_p >= 1),
-    SamplerName.TAIL_FREE: (lambda c, p: apply_tail_free(c, p.tail_free), lambda p: p.tail_free >= 1),
-    SamplerName.MIN_P: (lambda c, p: apply_min_p(c, p.min_p), lambda p: p.min_p <= 0),
+# The registry: a sampler's name → how it runs. A sampler's name is also its value's field in
+# `SamplingParams`, whose neutral value says when it is off.
+WARPERS: dict[SamplerName, Warper] = {
+    SamplerName.TEMPERATURE: lambda c, p: apply_temperature(c, p.temperature),
+    SamplerName.TOP_K: lambda c, p: apply_top_k(c, p.top_k),
+    SamplerName.TOP_P: lambda c, p: apply_top_p(c, p.top_p),
+    SamplerName.TOP_A: lambda c, p: apply_top_a(c, p.top_a),
+    SamplerName.TYPICAL_P: lambda c, p: apply_typical_p(c, p.typical_p),
+    SamplerName.TAIL_FREE: lambda c, p: apply_tail_free(c, p.tail_free),
+    SamplerName.MIN_P: lambda c, p: apply_min_p(c, p.min_p),
 }
 
 
 def active_warpers(params: SamplingParams) -> list[SamplerName]:
     """The warpers that will change something, in the order the request asked for."""
-    return [name for name, enabled in params.order if enabled and not WARPERS[name][1](params)]
+    return [name for name, enabled in params.order if enabled and not params.is_off(name.key)]
 
 
 # The first truncation can usually be found among the most likely few hundred tokens; these
@@ -193,7 +200,7 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> Candidates:
     # must see the tempered distribution).
     index = 0
     while index < len(steps) and steps[index] == SamplerName.TEMPERATURE:
-        if params.temperature == 0:
+        if is_greedy(params.temperature):
             best = torch.argmax(logits)
             return Candidates(best.reshape(1), logits[best].reshape(1))
         logits = logits / params.temperature
@@ -202,11 +209,11 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> Candidates:
         return Candidates(torch.arange(logits.shape[0]), logits)
     cand = _leading_truncation(logits, steps[index], params)
     if cand is None:
-        cand = WARPERS[steps[index]][0](Candidates.from_logits(logits), params)
+        cand = WARPERS[steps[index]](Candidates.from_logits(logits), params)
     for name in steps[index + 1:]:
         if len(cand) == 1:
             break
-        cand = WARPERS[name][0](cand, params)
+        cand = WARPERS[name](cand, params)
     return cand
 
 
@@ -227,7 +234,7 @@ def draw(cand: Candidates, generator: torch.Generator) -> int:
 def repetition_window(context: Sequence[int] | torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The most recent `repetition_penalty_range` tokens of the context (all when 0)."""
     tokens = torch.as_tensor(context, dtype=torch.long)
-    if params.repetition_penalty_range > 0:
+    if not params.is_off("repetition_penalty_range"):
         tokens = tokens[-params.repetition_penalty_range:]
     return tokens
 
@@ -238,7 +245,7 @@ def slope_factors(length: int, params: SamplingParams) -> torch.Tensor:
     KoboldAI's slope: a sigmoid-like ramp over the configured range, 0 at the oldest end and 1 at
     the newest, sharper as the slope grows; slope 0 gives every position full strength.
     """
-    if params.repetition_penalty_slope == 0 or params.repetition_penalty_range <= 1:
+    if params.is_off("repetition_penalty_slope") or params.repetition_penalty_range <= 1:
         return torch.ones(length)
     span = params.repetition_penalty_range
     ramp = torch.arange(span, dtype=torch.float32) / (span - 1) * 2 - 1
@@ -263,14 +270,14 @@ def apply_penalties(logits: torch.Tensor, context: Sequence[int] | torch.Tensor,
         return logits
     tokens, inverse, counts = torch.unique(window, return_inverse=True, return_counts=True)
     values = logits[tokens]
-    if params.repetition_penalty != 1:
+    if not params.is_off("repetition_penalty"):
         # A token seen at several positions gets the strongest factor among them.
         penalty_at = 1 + strengths * (params.repetition_penalty - 1)
         reduce = "amax" if params.repetition_penalty > 1 else "amin"
         factor = torch.ones(tokens.shape[0]).scatter_reduce(0, inverse, penalty_at, reduce=reduce,
                                                               include_self=False)
         values = torch.where(values > 0, values / factor, values * factor)
-    if params.frequency_penalty or params.presence_penalty:
+    if not (params.is_off("frequency_penalty") and params.is_off("presence_penalty")):
         values = values - params.frequency_penalty * counts.to(values.dtype) - params.presence_penalty
     logits[tokens] = values
     return logits

@@ -1,4 +1,5 @@
-"""The gRPC servicer: converts protobuf to domain calls and back, nothing more."""
+"""The gRPC servicer: each RPC translates its request with `wire.py`, calls the domain, and wraps
+the translated results in the RPC's response messages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from fabula.text.v1 import text_pb2, text_pb2_grpc
+from services.text import wire
 from services.text.generator import TextGenerator
 
 SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextService"].full_name
@@ -19,27 +21,28 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
 
     async def Generate(self, request: text_pb2.GenerateRequest, context: grpc.aio.ServicerContext
                        ) -> text_pb2.GenerateResponse:
-        prepared = await asyncio.to_thread(self.generator.prepare, request.spec)
+        prepared = await asyncio.to_thread(self.generator.prepare, wire.spec_from_pb(request.spec))
         handle = self.generator.submit(prepared)
         async for _ in handle:
             pass
         stats = handle.stats
-        response = text_pb2.GenerateResponse(text=stats.text, token_ids=stats.token_ids, stats=stats.to_pb())
+        response = text_pb2.GenerateResponse(text=stats.text, token_ids=stats.token_ids,
+                                             stats=wire.stats_to_pb(stats))
         if prepared.context is not None:
-            response.context_report.CopyFrom(prepared.context.to_pb())
+            response.context_report.CopyFrom(wire.context_report_to_pb(prepared.context))
         return response
 
     async def GenerateStream(self, request: text_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[text_pb2.GenerateStreamResponse]:
-        prepared = await asyncio.to_thread(self.generator.prepare, request.spec)
+        prepared = await asyncio.to_thread(self.generator.prepare, wire.spec_from_pb(request.spec))
         handle = self.generator.submit(prepared)
         if prepared.context is not None:
-            yield text_pb2.GenerateStreamResponse(context_report=prepared.context.to_pb())
+            yield text_pb2.GenerateStreamResponse(context_report=wire.context_report_to_pb(prepared.context))
         # Leaving this generator early (the client went away, the deadline passed) closes the
         # handle's iterator, which cancels the sequence in the engine.
         async for piece in handle:
-            yield text_pb2.GenerateStreamResponse(piece=piece.to_pb())
-        yield text_pb2.GenerateStreamResponse(final=handle.stats.to_pb())
+            yield text_pb2.GenerateStreamResponse(piece=wire.piece_to_pb(piece))
+        yield text_pb2.GenerateStreamResponse(final=wire.stats_to_pb(handle.stats))
 
     async def Tokenize(self, request: text_pb2.TokenizeRequest, context) -> text_pb2.TokenizeResponse:
         ids, texts = await asyncio.to_thread(self.generator.tokenize, request.model, request.text)
@@ -55,11 +58,12 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
 
     async def ListModels(self, request: text_pb2.ListModelsRequest, context) -> text_pb2.ListModelsResponse:
         return text_pb2.ListModelsResponse(models=[
-            runtime.model.to_pb(is_default=name == self.generator.default_model)
+            wire.model_info_to_pb(runtime.model, is_default=name == self.generator.default_model)
             for name, runtime in self.generator.runtimes.items()])
 
     async def ListPresets(self, request: text_pb2.ListPresetsRequest, context) -> text_pb2.ListPresetsResponse:
-        return text_pb2.ListPresetsResponse(presets=[preset.to_pb() for preset in self.generator.list_presets()])
+        return text_pb2.ListPresetsResponse(presets=[wire.preset_to_pb(preset)
+                                                     for preset in self.generator.list_presets()])
 
 
 def registrar(generator: TextGenerator):

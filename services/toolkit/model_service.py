@@ -75,9 +75,9 @@ async def run_in_passing_thread(function: Callable[[], T]) -> T:
     (libgomp) keeps a pool of worker threads for each thread that has run a parallel operator, for
     as long as that thread lives, and once a process holds more of them than it has CPUs, every
     pool's workers sleep between operators instead of spinning, so each parallel operator pays a
-    wake-up. Measured on a 2-core machine: an add over 200,000 floats took 54 instead of 10 µs, the
-    text decode step twice as long, while the executor's thread that had loaded the model lived on.
-    This thread exits, and its pool with it, leaving the engine threads' pools alone."""
+    wake-up for as long as the executor's thread that loaded the model lives on (docs/text.md has
+    the figures). This thread exits, and its pool with it, leaving the engine threads' pools
+    alone."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="passing") as executor:
         return await asyncio.get_running_loop().run_in_executor(executor, function)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fabula.text.v1 import text_pb2
+from services.text import wire
 from services.text.sequence import Sequence
 
 PROMPT = "Once upon a time, the knight"
@@ -120,7 +121,8 @@ async def test_end_of_text_and_min_length(tiny_service):
 
 
 async def test_a_position_where_every_token_is_banned_ends_the_text(tiny_service):
-    prepared = tiny_service.generator.prepare(spec(preset="balanced", max_new_tokens=4, min_new_tokens=0, seed=1))
+    prepared = tiny_service.generator.prepare(
+        wire.spec_from_pb(spec(preset="balanced", max_new_tokens=4, min_new_tokens=0, seed=1)))
     model = prepared.runtime.model
     seq = Sequence(prepared.request, model)
     banned = torch.full((model.vocab_size,), float("-inf"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fabula.text.v1 import text_pb2
-from services.text.context import ContextBuilder, StoryContext
+from services.text import wire
+from services.text.context import ContextBuilder, StoryContext, check_inputs
 from services.toolkit.errors import InvalidArgument
 
 SENTENCES = [f"Sentence number {i} tells of the knight and the sea." for i in range(40)]
@@ -24,7 +25,7 @@ def builder(tiny_tokenizer):
 
 
 def story(**fields) -> StoryContext:
-    return StoryContext.from_pb(text_pb2.StoryContext(**fields), max_story_chars=100_000)
+    return check_inputs(wire.story_context_from_pb(text_pb2.StoryContext(**fields)), max_story_chars=100_000)
 
 
 def entry(**fields) -> text_pb2.LorebookEntry:

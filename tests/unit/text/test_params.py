@@ -1,4 +1,6 @@
-"""Request validation: every bad value is refused before model work, naming the field and value."""
+"""Request validation: every bad value is refused before model work, naming the field and value.
+
+Requests are built as protobuf messages and translated by `wire.spec_from_pb`, as the server does."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import math
 import pytest
 
 from fabula.text.v1 import text_pb2
-from services.text.params import GenerationParams, Limits, SamplingParams
+from services.text import wire
+from services.text.params import GenerationParams, Limits, SamplerName, SamplingParams
 from services.text.presets_store import find, load_presets
 from services.toolkit.errors import InvalidArgument
 
@@ -15,7 +18,8 @@ LIMITS = Limits(max_new_tokens=100)
 
 
 def parse(**spec_fields) -> GenerationParams:
-    return GenerationParams.from_pb(text_pb2.GenerationSpec(**spec_fields), SamplingParams(), LIMITS)
+    spec = wire.spec_from_pb(text_pb2.GenerationSpec(**spec_fields))
+    return GenerationParams.from_spec(spec, SamplingParams(), LIMITS)
 
 
 @pytest.mark.parametrize(("sampling", "field"), [
@@ -56,7 +60,8 @@ def test_unbalanced_sampler_order_is_refused(order):
 def test_full_permutation_with_disabled_steps_is_accepted():
     steps = [text_pb2.SamplerStep(sampler=s, enabled=s % 2 == 0) for s in (7, 6, 5, 4, 3, 2, 1)]
     params = parse(sampling=text_pb2.SamplingParameters(sampler_order=steps))
-    assert [int(name) for name, _ in params.sampling.order] == [7, 6, 5, 4, 3, 2, 1]
+    assert [wire.SAMPLER_TO_PB[name] for name, _ in params.sampling.order] == [7, 6, 5, 4, 3, 2, 1]
+    assert params.sampling.order[0][0] is SamplerName.MIN_P
     assert [enabled for _, enabled in params.sampling.order] == [False, True, False, True, False, True, False]
 
 
@@ -79,8 +84,9 @@ def test_bad_lengths_and_lists_name_the_field(fields, field):
 def test_unset_fields_take_the_preset_values_and_set_ones_override():
     presets = load_presets()
     base = find(presets, "balanced").sampling
-    params = GenerationParams.from_pb(
-        text_pb2.GenerationSpec(sampling=text_pb2.SamplingParameters(temperature=0.3)), base, LIMITS)
+    params = GenerationParams.from_spec(
+        wire.spec_from_pb(text_pb2.GenerationSpec(sampling=text_pb2.SamplingParameters(temperature=0.3))),
+        base, LIMITS)
     assert params.sampling.temperature == pytest.approx(0.3)
     assert params.sampling.top_p == base.top_p != 1.0
 

@@ -1,0 +1,138 @@
+"""Every translation between `fabula.text.v1` messages and the text service's domain types.
+
+Plain functions, `x_from_pb(message)` and `x_to_pb(value)`. Translation only: validation (and the
+error that names a request field) happens in the domain, so a value the domain does not know (a
+sampler number from a newer client) passes through as it is and is refused there by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fabula.text.v1 import text_pb2
+from services.text.context import BuiltContext, LoreEntry, ReportEntry, StoryContext
+from services.text.models import LoadedModel
+from services.text.params import SAMPLING_FIELDS, GenerationSpec, SamplerName, SamplingParams
+from services.text.presets_store import Preset
+from services.text.sequence import FinishReason, Piece, Stats
+
+SAMPLER_FROM_PB: dict[int, SamplerName] = {
+    text_pb2.SAMPLER_TEMPERATURE: SamplerName.TEMPERATURE,
+    text_pb2.SAMPLER_TOP_K: SamplerName.TOP_K,
+    text_pb2.SAMPLER_TOP_P: SamplerName.TOP_P,
+    text_pb2.SAMPLER_TOP_A: SamplerName.TOP_A,
+    text_pb2.SAMPLER_TYPICAL_P: SamplerName.TYPICAL_P,
+    text_pb2.SAMPLER_TAIL_FREE: SamplerName.TAIL_FREE,
+    text_pb2.SAMPLER_MIN_P: SamplerName.MIN_P,
+}
+SAMPLER_TO_PB: dict[SamplerName, int] = {name: number for number, name in SAMPLER_FROM_PB.items()}
+
+FINISH_REASON_TO_PB: dict[FinishReason, int] = {
+    FinishReason.LENGTH: text_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP_SEQUENCE: text_pb2.FINISH_REASON_STOP_SEQUENCE,
+    FinishReason.END_OF_TEXT: text_pb2.FINISH_REASON_END_OF_TEXT,
+    FinishReason.CANCELLED: text_pb2.FINISH_REASON_CANCELLED,
+}
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def sampling_from_pb(message: text_pb2.SamplingParameters) -> dict[str, Any]:
+    """The sampling fields the request set, by their request names (unset ones are left to the
+    preset). The message's optional numeric fields carry the names of `SAMPLING_FIELDS`."""
+    values: dict[str, Any] = {name: getattr(message, name) for name in SAMPLING_FIELDS if message.HasField(name)}
+    if message.repetition_penalty_whitelist:
+        values["repetition_penalty_whitelist"] = list(message.repetition_penalty_whitelist)
+    if message.sampler_order:
+        values["sampler_order"] = [
+            {"sampler": SAMPLER_FROM_PB.get(step.sampler, step.sampler),
+             "enabled": step.enabled if step.HasField("enabled") else True}
+            for step in message.sampler_order
+        ]
+    return values
+
+
+def lore_entry_from_pb(message: text_pb2.LorebookEntry) -> LoreEntry:
+    return LoreEntry(
+        name=message.name, text=message.text, keys=tuple(message.keys), regex_keys=message.regex_keys,
+        case_sensitive=message.case_sensitive, scan_depth_chars=message.scan_depth_chars,
+        always_on=message.always_on, insertion_order=message.insertion_order,
+        insertion_position=message.insertion_position, token_budget=message.token_budget,
+        disabled=message.disabled)
+
+
+def story_context_from_pb(message: text_pb2.StoryContext) -> StoryContext:
+    """The story parts, unchecked (`context.check_inputs` checks them)."""
+    depth = {"authors_note_depth": message.authors_note_depth} if message.HasField("authors_note_depth") else {}
+    return StoryContext(
+        story=message.story, memory=message.memory, authors_note=message.authors_note,
+        lorebook=tuple(lore_entry_from_pb(entry) for entry in message.lorebook),
+        max_context_tokens=message.max_context_tokens, **depth)
+
+
+def spec_from_pb(message: text_pb2.GenerationSpec) -> GenerationSpec:
+    return GenerationSpec(
+        model=message.model,
+        prompt=message.prompt,
+        context=story_context_from_pb(message.context) if message.WhichOneof("input") == "context" else None,
+        preset=message.preset,
+        sampling=sampling_from_pb(message.sampling),
+        max_new_tokens=message.max_new_tokens if message.HasField("max_new_tokens") else None,
+        min_new_tokens=message.min_new_tokens,
+        stop_sequences=tuple(message.stop_sequences),
+        banned_strings=tuple(message.banned_strings),
+        logit_bias=tuple((entry.token_id, entry.bias) for entry in message.logit_bias),
+        phrase_bias=tuple((entry.phrase, entry.bias) for entry in message.phrase_bias),
+        seed=message.seed if message.HasField("seed") else None,
+    )
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def sampling_to_pb(sampling: SamplingParams) -> text_pb2.SamplingParameters:
+    message = text_pb2.SamplingParameters(
+        repetition_penalty_whitelist=list(sampling.repetition_penalty_whitelist),
+        sampler_order=[text_pb2.SamplerStep(sampler=SAMPLER_TO_PB[name], enabled=enabled)
+                       for name, enabled in sampling.order],
+    )
+    for name in SAMPLING_FIELDS:
+        setattr(message, name, getattr(sampling, name))
+    return message
+
+
+def preset_to_pb(preset: Preset) -> text_pb2.Preset:
+    return text_pb2.Preset(name=preset.name, description=preset.description,
+                           sampling=sampling_to_pb(preset.sampling))
+
+
+def model_info_to_pb(model: LoadedModel, is_default: bool) -> text_pb2.ModelInfo:
+    return text_pb2.ModelInfo(name=model.name, source=model.source, context_window=model.context_window,
+                              vocab_size=model.vocab_size, dtype=model.weights, device=str(model.device),
+                              is_default=is_default, architecture=model.architecture)
+
+
+def report_entry_to_pb(entry: ReportEntry) -> text_pb2.ContextReportEntry:
+    return text_pb2.ContextReportEntry(source=entry.source, included=entry.included, reason=entry.reason,
+                                       tokens=entry.tokens, trimmed_tokens=entry.trimmed_tokens)
+
+
+def context_report_to_pb(built: BuiltContext) -> text_pb2.ContextReport:
+    return text_pb2.ContextReport(entries=[report_entry_to_pb(entry) for entry in built.entries],
+                                  prompt_tokens=len(built.prompt_ids), budget_tokens=built.budget,
+                                  prompt=built.prompt)
+
+
+def piece_to_pb(piece: Piece) -> text_pb2.TextPiece:
+    return text_pb2.TextPiece(text=piece.text, token_ids=piece.token_ids)
+
+
+def stats_to_pb(stats: Stats) -> text_pb2.GenerationStats:
+    return text_pb2.GenerationStats(
+        finish_reason=FINISH_REASON_TO_PB[stats.finish_reason], prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens, seed=stats.seed,
+        time_to_first_token_ms=stats.time_to_first_token_ms, total_ms=stats.total_ms,
+        queue_ms=stats.queue_ms, tokens_per_second=stats.tokens_per_second,
+        stop_sequence=stats.stop_sequence, model=stats.model)
+
