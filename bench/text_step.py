@@ -1,4 +1,4 @@
-"""The text engine's decode step alone: the written-out Llama step (TorchScript, and the same code
+"""The text scheduler's decode step alone: the written-out Llama step (TorchScript, and the same code
 eagerly) against transformers' forward.
 
 All run SmolLM2-135M as the service loads it (int8 linears on an x86 CPU) over the same batch
@@ -104,7 +104,7 @@ def run() -> dict:
         figures["invariance_steps"] = INVARIANCE_STEPS
         figures["threads"] = torch.get_num_threads()
     summary = (
-        f"One decode step of SmolLM2-135M ({model.weights}) over the engine's batch cache: "
+        f"One decode step of SmolLM2-135M ({model.weights}) over the scheduler's batch cache: "
         f"`LlamaDecodeStep` (written out, attention row by row, compiled with TorchScript) against the "
         f"same code run eagerly (`llama_step_eager`) and against `TransformersDecodeStep` (transformers' "
         f"forward), in the benchmark's process, median of {ROUNDS} alternating rounds of {STEPS} steps; "

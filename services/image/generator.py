@@ -83,7 +83,7 @@ class ImageGenerator:
         pipeline = self.pipelines[job.request.model.name]
         request = job.request
         pipeline.check_shape(job)
-        handle, ahead = self.batchers[request.model.name].submit(job, asyncio.get_running_loop())
+        handle, ahead = self.batchers[request.model.name].submit(job)
         prompt, negative = pipeline.reports(job)
         accepted = Accepted(seeds=request.seeds, width=job.request.width, height=job.request.height,
                             steps=request.steps, sampler=request.sampler.name, model=request.model.name,

@@ -1,6 +1,6 @@
 """One decode step for the whole running batch: `(tokens [B], positions [B], mask) -> logits [B, V]`.
 
-The engine calls a `DecodeStep` once per step; `decode_step_for` picks the implementation:
+The scheduler calls a `DecodeStep` once per step; `decode_step_for` picks the implementation:
 
 - `LlamaDecodeStep` for Llama-architecture models (SmolLM2, Llama 2/3, TinyLlama, ...): the step
   written out as the few tensor operations it needs. Decoding a small model on a CPU is bound by

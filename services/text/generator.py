@@ -1,4 +1,4 @@
-"""The text service's domain facade: models with their engines and context builders, presets,
+"""The text service's domain facade: models with their schedulers and context builders, presets,
 and the request preparation that runs before any model work (validation, preset resolution,
 prompt assembly). No gRPC here; `server.py` and `wire.py` convert to and from protobuf around it.
 """
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from services.text.context import BuiltContext, ContextBuilder, check_inputs
-from services.text.engine import Engine, EngineConfig, GenerationHandle
 from services.text.models import LoadedModel, load_model
 from services.text.params import GenerationParams, GenerationSpec, Limits
 from services.text.presets_store import Preset, find, load_presets
+from services.text.scheduler import GenerationHandle, Scheduler, SchedulerConfig
 from services.text.sequence import GenerationRequest
 from services.text.settings import TextSettings
 from services.toolkit.errors import InvalidArgument, Unavailable
@@ -30,7 +30,7 @@ MAX_COUNT_TEXTS = 1024
 @dataclass
 class ModelRuntime:
     model: LoadedModel
-    engine: Engine
+    scheduler: Scheduler
     builder: ContextBuilder
 
 
@@ -61,22 +61,20 @@ class TextGenerator:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load every model and start its engine (blocking: run it in a thread)."""
+        """Load every model and build its scheduler (blocking: run it in a thread)."""
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        config = EngineConfig(max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
-                              prefill_chunk_tokens=self.settings.prefill_chunk_tokens)
+        config = SchedulerConfig(max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
+                                 prefill_chunk_tokens=self.settings.prefill_chunk_tokens)
         for name, source in self.settings.models.items():
             model = load_model(name, source, cache_dir=self.settings.cache_dir, device=self.settings.device,
                                dtype=self.settings.dtype, quantization=self.settings.quantization)
             self.add_model(model, config)
 
-    def add_model(self, model: LoadedModel, config: EngineConfig) -> None:
+    def add_model(self, model: LoadedModel, config: SchedulerConfig) -> None:
         builder = ContextBuilder(model.encode, lambda ids, m=model: m.tokenizer.decode(ids, skip_special_tokens=False),
                                  _offsets_function(model.tokenizer), model.context_window)
-        engine = Engine(model, config)
-        engine.start()
-        self.runtimes[model.name] = ModelRuntime(model, engine, builder)
+        self.runtimes[model.name] = ModelRuntime(model, Scheduler(model, config), builder)
 
     async def warm_up(self) -> None:
         """One short generation per model, so the first request does not pay for lazy set-up."""
@@ -93,7 +91,7 @@ class TextGenerator:
 
     def close(self) -> None:
         for runtime in self.runtimes.values():
-            runtime.engine.stop()
+            runtime.scheduler.stop()
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -139,7 +137,7 @@ class TextGenerator:
         return self.submit(prepared)
 
     def submit(self, prepared: Prepared) -> GenerationHandle:
-        return prepared.runtime.engine.submit(prepared.request)
+        return prepared.runtime.scheduler.submit(prepared.request)
 
     # --- tokens --------------------------------------------------------------------------------
 

@@ -156,7 +156,7 @@ def pick_dtype(requested: str, device: torch.device, quantization: str | None) -
 
 @dataclass
 class LoadedModel:
-    """A model ready to run, with what the engine and the context builder need to know."""
+    """A model ready to run, with what the scheduler and the context builder need to know."""
 
     name: str
     source: str

@@ -1,28 +1,24 @@
-"""Continuous batching: one thread per model runs the decode loop; requests join and leave between
-steps.
+"""Continuous batching: the scheduler runs each model's decode loop on that model's worker
+thread (`services/toolkit/worker.py`); requests join and leave between steps.
 
 Each loop iteration:
-1. drops cancelled sequences (a client that went away frees its slot within one step);
-2. admits waiting requests while the batch has room and processes one chunk of one new prompt
-   (long prompts are processed in chunks so the running batch is never stalled for long);
+1. takes the waiting requests the batch has room for (the worker hands them over);
+2. drops cancelled sequences (a client that went away frees its slot within one step) and
+   processes one chunk of one new prompt (long prompts are processed in chunks so the running
+   batch is never stalled for long);
 3. runs one decode step for every running sequence at once: one forward pass over the batch
    (`decode_step.py`), each row with its own position and attention mask (`BatchKVCache`), then
    each sequence draws its next token with its own sampling parameters and its own seeded
    generator.
 
-The asyncio side talks to the thread through a bounded queue (full → RESOURCE_EXHAUSTED at once)
-and gets `Piece`s and a final `Stats` back through `loop.call_soon_threadsafe`, once per loop
-iteration for all of them (`Engine._flush`).
+The worker owns the bounded queue (full → RESOURCE_EXHAUSTED at once), cancellation and the
+hand-over of `Piece`s and the final `Stats` to the event loop, once per iteration for all of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import logging
-import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import torch
@@ -32,14 +28,14 @@ from services.text import metrics
 from services.text.decode_step import decode_step_for
 from services.text.kv_cache import BatchKVCache
 from services.text.models import LoadedModel
-from services.text.sequence import FinishReason, GenerationRequest, Piece, Sequence, Stats
-from services.toolkit.errors import ResourceExhausted, Unavailable
+from services.text.sequence import GenerationRequest, Piece, Sequence, Stats
+from services.toolkit.worker import Handle, QueueMetrics, Worker
 
-log = logging.getLogger(__name__)
+GenerationHandle = Handle[Sequence, Piece, Stats]
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class SchedulerConfig:
     max_batch_size: int = 16
     max_queue: int = 64
     prefill_chunk_tokens: int = 512
@@ -54,135 +50,78 @@ class _Prefill:
         self.done = 0
 
 
-class GenerationHandle:
-    """The asyncio side of one request: iterate it for pieces, then `stats`; `cancel()` stops it."""
+class Scheduler:
+    """One model's continuous-batching decode loop, run by a `Worker`."""
 
-    def __init__(self, seq: Sequence, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
-        self.seq = seq
-        self._engine = engine
-        self._loop = loop
-        self._events: asyncio.Queue[Piece | Stats | Exception] = asyncio.Queue()
-        self.stats: Stats | None = None
-
-    def cancel(self) -> None:
-        self.seq.cancelled = True
-        self._engine.wake()
-
-    async def __aiter__(self) -> AsyncIterator[Piece]:
-        try:
-            while True:
-                event = await self._events.get()
-                if isinstance(event, Stats):
-                    self.stats = event
-                    return
-                if isinstance(event, Exception):
-                    self.stats = None
-                    raise event
-                yield event
-        finally:
-            if self.stats is None:
-                self.cancel()
-
-
-class Engine:
-    def __init__(self, model: LoadedModel, config: EngineConfig) -> None:
+    def __init__(self, model: LoadedModel, config: SchedulerConfig) -> None:
         self.model = model
         self.config = config
-        self._waiting: collections.deque[tuple[Sequence, GenerationHandle]] = collections.deque()
-        self._handles: dict[int, GenerationHandle] = {}
         self._prefilling: collections.deque[_Prefill] = collections.deque()
         self._running: list[Sequence] = []  # index i is row i of the cache
-        self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._outbox: list[tuple[GenerationHandle, Piece | Stats | Exception]] = []  # see _flush
         self._cache = BatchKVCache(
             num_layers=model.num_layers, kv_heads=model.kv_heads, head_dim=model.head_dim,
             dtype=model.dtype, device=model.device, max_rows=config.max_batch_size)
         self._step = decode_step_for(model.model, self._cache)
         self.steps = 0  # decode steps run (tests and metrics read it)
-
-    # --- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.model.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._wakeup:
-            self._stopping = True
-            self._wakeup.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def wake(self) -> None:
-        with self._wakeup:
-            self._wakeup.notify()
+        self._worker: Worker[Sequence, Piece, Stats] = Worker(
+            self, service="text", model=model.name, capacity=config.max_batch_size, max_queue=config.max_queue,
+            metrics=QueueMetrics(metrics.QUEUE_DEPTH.labels(model.name), metrics.REJECTED.labels(model.name)))
 
     # --- the asyncio side ------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> GenerationHandle:
         """Queue a request; RESOURCE_EXHAUSTED at once when the queue is full."""
-        seq = Sequence(request, self.model)
-        handle = GenerationHandle(seq, self, asyncio.get_running_loop())
-        with self._wakeup:
-            if self._stopping:
-                raise Unavailable("the text service is shutting down")
-            # Room is the free batch slots plus the queue; a request that can start at once is
-            # never refused, even with max_queue 0.
-            in_flight = len(self._waiting) + len(self._running) + len(self._prefilling)
-            if in_flight >= self.config.max_batch_size + self.config.max_queue:
-                metrics.REJECTED.labels(self.model.name).inc()
-                raise ResourceExhausted(
-                    f"generation queue is full ({self.config.max_queue} waiting); retry shortly",
-                    retry_after_s=1.0, reason="QUEUE_FULL")
-            self._waiting.append((seq, handle))
-            self._handles[id(seq)] = handle
-            metrics.QUEUE_DEPTH.labels(self.model.name).set(len(self._waiting))
-            self._wakeup.notify()
-        return handle
+        return self._worker.submit(Sequence(request, self.model))
+
+    def stop(self) -> None:
+        self._worker.stop()
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return self._worker.queue_depth
 
     @property
-    def running(self) -> int:
-        return len(self._running) + len(self._prefilling)
+    def active(self) -> int:
+        """Sequences in the batch: processing their prompt or decoding."""
+        return self._worker.active
 
-    # --- the engine thread -----------------------------------------------------------------
+    # --- the domain loop, on the worker thread ----------------------------------------------
 
-    def _loop(self) -> None:
-        torch.set_grad_enabled(False)
-        while True:
-            with self._wakeup:
-                while not self._stopping and not (self._waiting or self._prefilling or self._running):
-                    self._wakeup.wait()
-                if self._stopping:
-                    break
-                self._admit_locked()
-            try:
-                with torch.inference_mode():
-                    self._drop_cancelled()
-                    if self._prefilling:
-                        self._prefill_chunk(self._prefilling[0])
-                    if self._running:
-                        self._decode_step()
-            except Exception as error:
-                log.exception("engine step failed; failing the requests in flight")
-                self._fail_all(RuntimeError(f"generation failed: {type(error).__name__}"))
-            self._flush()
-        self._fail_all(Unavailable("the text service is shutting down"))
-        self._flush()
+    def weight(self, seq: Sequence) -> int:
+        return 1
 
-    def _admit_locked(self) -> None:
-        while self._waiting and len(self._running) + len(self._prefilling) < self.config.max_batch_size:
-            seq, _ = self._waiting.popleft()
+    def admit(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
             seq.started = time.perf_counter()
             metrics.QUEUE_SECONDS.labels(self.model.name).observe(seq.started - seq.request.arrived)
             self._prefilling.append(_Prefill(seq))
-        metrics.QUEUE_DEPTH.labels(self.model.name).set(len(self._waiting))
+
+    @torch.inference_mode()
+    def iterate(self) -> None:
+        self._drop_cancelled()
+        if self._prefilling:
+            self._prefill_chunk(self._prefilling[0])
+        if self._running:
+            self._decode_step()
+
+    def mark_cancelled(self, seq: Sequence) -> None:
+        seq.cancelled = True
+
+    def withdraw(self, seq: Sequence) -> None:
+        seq.cancel(time.perf_counter())
+        self._finish(seq)
+
+    @torch.inference_mode()
+    def reset(self) -> None:
+        now = time.perf_counter()
+        for seq in [p.seq for p in self._prefilling] + self._running:
+            seq.cancel(now)
+        self._prefilling.clear()
+        while self._running:
+            self._remove_row(len(self._running) - 1)
+
+    def retry_after_s(self) -> float:
+        return 1.0
 
     def _drop_cancelled(self) -> None:
         now = time.perf_counter()
@@ -195,11 +134,6 @@ class Engine:
             if seq.cancelled:
                 seq.cancel(now)
                 self._remove_row(row)
-                self._finish(seq)
-        with self._lock:
-            for seq, handle in [item for item in self._waiting if item[0].cancelled]:
-                self._waiting.remove((seq, handle))
-                seq.cancel(now)
                 self._finish(seq)
 
     def _prefill_chunk(self, prefill: _Prefill) -> None:
@@ -271,55 +205,10 @@ class Engine:
     def _publish(self, seq: Sequence) -> None:
         piece = seq.take_piece()
         if piece is not None:
-            self._outbox.append((self._handles[id(seq)], piece))
+            self._worker.emit(seq, piece)
 
     def _finish(self, seq: Sequence) -> None:
         self._publish(seq)
-        handle = self._handles.pop(id(seq), None)
         stats = seq.stats()
         metrics.record_finish(self.model.name, stats)
-        if handle is not None:
-            self._outbox.append((handle, stats))
-
-    def _flush(self) -> None:
-        """Hand this iteration's pieces and results to the asyncio side, one wake-up per event loop.
-
-        Not one `call_soon_threadsafe` per piece: each wakes the event loop's thread in the middle
-        of the step's sampling, where it waits for the GIL the engine thread holds, and the engine
-        then for it. Handed over together, they are delivered while the next step runs its forward
-        pass, which releases the GIL."""
-        if not self._outbox:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GenerationHandle, Piece | Stats | Exception]]] = {}
-        for handle, event in self._outbox:
-            by_loop.setdefault(handle._loop, []).append((handle, event))
-        self._outbox = []
-        for loop, events in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, events)
-            except RuntimeError:  # that loop is closed: nobody is left to read its events
-                log.debug("dropped %d events for a closed event loop", len(events))
-
-    @torch.inference_mode()
-    def _fail_all(self, error: Exception) -> None:
-        """After an unexpected failure (a bug, out of memory) or on shutdown: fail every request in
-        flight with `error` and start over with an empty batch, so one bad step cannot wedge the
-        service."""
-        now = time.perf_counter()
-        with self._lock:
-            waiting = [seq for seq, _ in self._waiting]
-            self._waiting.clear()
-        for seq in [p.seq for p in self._prefilling] + list(self._running) + waiting:
-            seq.cancel(now)
-            handle = self._handles.pop(id(seq), None)
-            if handle is not None:
-                self._outbox.append((handle, error))
-        self._prefilling.clear()
-        while self._running:
-            self._remove_row(len(self._running) - 1)
-
-
-def _deliver(events: list[tuple[GenerationHandle, Piece | Stats | Exception]]) -> None:
-    """On the event loop: queue each event for its handle's reader."""
-    for handle, event in events:
-        handle._events.put_nowait(event)
+        self._worker.finish(seq, stats)

@@ -1,4 +1,4 @@
-"""One request's generation state inside the engine: its tokens, its own generator, the logit
+"""One request's generation state inside the scheduler: its tokens, its own generator, the logit
 pipeline it runs every step, and the text it has shown so far."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Stats:
 
 @dataclass
 class GenerationRequest:
-    """What the engine runs: prompt tokens and validated parameters."""
+    """What the scheduler runs: prompt tokens and validated parameters."""
 
     prompt_ids: list[int]
     params: GenerationParams

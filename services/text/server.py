@@ -25,7 +25,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         handle = self.generator.submit(prepared)
         async for _ in handle:
             pass
-        stats = handle.stats
+        stats = handle.result
         response = text_pb2.GenerateResponse(text=stats.text, token_ids=stats.token_ids,
                                              stats=wire.stats_to_pb(stats))
         if prepared.context is not None:
@@ -39,10 +39,10 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         if prepared.context is not None:
             yield text_pb2.GenerateStreamResponse(context_report=wire.context_report_to_pb(prepared.context))
         # Leaving this generator early (the client went away, the deadline passed) closes the
-        # handle's iterator, which cancels the sequence in the engine.
+        # handle's iterator, which cancels the sequence in the scheduler.
         async for piece in handle:
             yield text_pb2.GenerateStreamResponse(piece=wire.piece_to_pb(piece))
-        yield text_pb2.GenerateStreamResponse(final=wire.stats_to_pb(handle.stats))
+        yield text_pb2.GenerateStreamResponse(final=wire.stats_to_pb(handle.result))
 
     async def Tokenize(self, request: text_pb2.TokenizeRequest, context) -> text_pb2.TokenizeResponse:
         ids, texts = await asyncio.to_thread(self.generator.tokenize, request.model, request.text)

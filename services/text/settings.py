@@ -30,7 +30,7 @@ class TextSettings(ServiceSettings):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
     max_batch_size: int = Field(16, ge=1, le=256, description="sequences decoded together per model")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")
-    prefill_chunk_tokens: int = Field(512, ge=16, description="prompt tokens processed per engine step")
+    prefill_chunk_tokens: int = Field(512, ge=16, description="prompt tokens processed per scheduler step")
     max_new_tokens: int = Field(1024, ge=1, description="the largest max_new_tokens a request may ask for")
     max_prompt_chars: int = Field(200_000, ge=1, description="longest prompt or story accepted, in characters")
     default_preset: str = Field("balanced", description="preset used when a request names none")

@@ -76,8 +76,8 @@ async def run_in_passing_thread(function: Callable[[], T]) -> T:
     as long as that thread lives, and once a process holds more of them than it has CPUs, every
     pool's workers sleep between operators instead of spinning, so each parallel operator pays a
     wake-up for as long as the executor's thread that loaded the model lives on (docs/text.md has
-    the figures). This thread exits, and its pool with it, leaving the engine threads' pools
-    alone."""
+    the figures). This thread exits, and its pool with it, leaving the model worker
+    threads' pools alone."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="passing") as executor:
         return await asyncio.get_running_loop().run_in_executor(executor, function)
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from fabula.text.v1 import text_pb2_grpc
-from services.text.engine import EngineConfig
+from services.text.scheduler import SchedulerConfig
 from services.text.generator import TextGenerator
 from services.text.models import LoadedModel, load_model
 from services.text.server import registrar
@@ -27,8 +27,8 @@ class RunningText:
     server: RunningServer
     channel: grpc.aio.Channel
 
-    def engine(self, name: str | None = None):
-        return self.generator.runtime(name or "").engine
+    def scheduler(self, name: str | None = None):
+        return self.generator.runtime(name or "").scheduler
 
 
 @asynccontextmanager
@@ -37,7 +37,7 @@ async def running_text_service(models: list[LoadedModel], *, max_batch_size: int
     settings = TextSettings(models={model.name: model.source for model in models}, max_batch_size=max_batch_size,
                             max_queue=max_queue, max_new_tokens=max_new_tokens, warmup_tokens=2)
     generator = TextGenerator(settings)
-    config = EngineConfig(max_batch_size=max_batch_size, max_queue=max_queue, prefill_chunk_tokens=prefill_chunk_tokens)
+    config = SchedulerConfig(max_batch_size=max_batch_size, max_queue=max_queue, prefill_chunk_tokens=prefill_chunk_tokens)
     for model in models:
         generator.add_model(model, config)
     server = await start_server(registrar(generator), serving=False)

@@ -123,18 +123,18 @@ async def test_full_queue_is_429_with_retry_after(tmp_path, text_service, tiny_l
 
 async def test_disconnecting_stops_the_generation(tmp_path, text_service, tiny_model):
     async with stack(tmp_path, text_service, [tiny_model], max_batch_size=2) as (client, text):
-        engine = text.engine()
+        scheduler = text.scheduler()
         long = {**BODY, "max_new_tokens": 400, "min_new_tokens": 400}
         async with client.stream("POST", "/ai/generate-stream", json=long) as reply:
             async for line in reply.aiter_lines():
                 if line.startswith("event: piece"):
                     break
-            assert engine.running == 1
+            assert scheduler.active == 1
         for _ in range(1000):
-            if engine.running == 0:
+            if scheduler.active == 0:
                 break
             await asyncio.sleep(0.01)
-        assert engine.running == 0
+        assert scheduler.active == 0
 
 
 async def test_deadline_mid_stream_is_an_error_event(tmp_path, text_service, tiny_long_model):

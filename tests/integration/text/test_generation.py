@@ -63,7 +63,7 @@ async def test_seeded_output_is_the_same_when_batched_with_other_requests(tiny_s
     batched = await asyncio.gather(*others[:3], stream(tiny_service.stub, max_new_tokens=30, seed=42,
                                                         preset="balanced"), *others[3:])
     assert batched[3][1] == solo[1]
-    assert tiny_service.engine().steps > 0
+    assert tiny_service.scheduler().steps > 0
 
 
 async def test_unset_seed_is_reported_and_replays(tiny_service):

@@ -37,14 +37,14 @@ async def wait_until(predicate, timeout_s=10.0):
 
 async def test_cancelling_a_stream_frees_its_slot_within_a_step(text_service, tiny_long_model):
     async with text_service([tiny_long_model], max_batch_size=1, max_queue=4) as running:
-        engine = running.engine()
+        scheduler = running.scheduler()
         call = stream_call(running.stub, seed=1, **LONG)
         await first_piece(call)
-        assert engine.running == 1
-        steps_at_cancel = engine.steps
+        assert scheduler.active == 1
+        steps_at_cancel = scheduler.steps
         call.cancel()
-        await wait_until(lambda: engine.running == 0)
-        assert engine.steps - steps_at_cancel <= 2
+        await wait_until(lambda: scheduler.active == 0)
+        assert scheduler.steps - steps_at_cancel <= 2
         # The one slot is free: the next request runs to its end.
         reply = await running.stub.Generate(text_pb2.GenerateRequest(spec=text_pb2.GenerationSpec(
             prompt="x", max_new_tokens=5, min_new_tokens=5, seed=1)))
@@ -53,22 +53,22 @@ async def test_cancelling_a_stream_frees_its_slot_within_a_step(text_service, ti
 
 async def test_deadline_cancels_the_generation(text_service, tiny_long_model):
     async with text_service([tiny_long_model], max_batch_size=1, max_queue=4) as running:
-        engine = running.engine()
+        scheduler = running.scheduler()
         long = dict(LONG, prompt="x")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await running.stub.Generate(text_pb2.GenerateRequest(spec=text_pb2.GenerationSpec(seed=1, **long)),
                                         timeout=0.3)
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await wait_until(lambda: engine.running == 0)
+        await wait_until(lambda: scheduler.active == 0)
 
 
 async def test_a_full_queue_answers_resource_exhausted_at_once(text_service, tiny_long_model):
     async with text_service([tiny_long_model], max_batch_size=1, max_queue=1) as running:
-        engine = running.engine()
+        scheduler = running.scheduler()
         busy = stream_call(running.stub, seed=1, **LONG)
         await first_piece(busy)
         queued = stream_call(running.stub, seed=2, **LONG)
-        await wait_until(lambda: engine.queue_depth == 1)
+        await wait_until(lambda: scheduler.queue_depth == 1)
         started = asyncio.get_running_loop().time()
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await running.stub.Generate(text_pb2.GenerateRequest(spec=text_pb2.GenerationSpec(seed=3, **LONG)))
@@ -80,7 +80,7 @@ async def test_a_full_queue_answers_resource_exhausted_at_once(text_service, tin
         # The queued request gets the slot once the busy one is gone.
         assert (await first_piece(queued)) is not None
         queued.cancel()
-        await wait_until(lambda: engine.running == 0 and engine.queue_depth == 0)
+        await wait_until(lambda: scheduler.active == 0 and scheduler.queue_depth == 0)
 
 
 def _order(samplers):
@@ -120,7 +120,7 @@ async def test_hostile_inputs_are_invalid_argument_naming_the_field(tiny_service
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
         detail, _ = read_error_detail(raised.value)
         assert detail.field.startswith(field), (detail.field, raised.value.details())
-    assert tiny_service.engine().running == 0
+    assert tiny_service.scheduler().active == 0
 
 
 async def _drain(call):
@@ -142,8 +142,8 @@ async def test_token_calls_validate_too(tiny_service):
 
 
 async def test_health_is_not_serving_until_the_model_is_warm(tiny_model):
-    from services.text.engine import EngineConfig
     from services.text.generator import TextGenerator
+    from services.text.scheduler import SchedulerConfig
     from services.text.settings import TextSettings
     from services.toolkit.server import start_server
 
@@ -160,7 +160,7 @@ async def test_health_is_not_serving_until_the_model_is_warm(tiny_model):
             await text_pb2_grpc.TextServiceStub(channel).Generate(text_pb2.GenerateRequest(
                 spec=text_pb2.GenerationSpec(prompt="x")))
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        generator.add_model(tiny_model, EngineConfig())
+        generator.add_model(tiny_model, SchedulerConfig())
         await generator.warm_up()
         await server.set_serving(True)
         status = (await health.Check(health_pb2.HealthCheckRequest(service=""))).status
