@@ -60,7 +60,7 @@ bench: install proto
 
 # TensorRT engines are built ahead of time, never on a user's request (GPU machines only).
 engines: install proto
-	$(PY) -m services.image.engines.build_all
+	$(PY) -m services.image.backends.tensorrt.build_all
 
 # Container images (docker/, docs/deploy.md); they need a Docker engine, the tests do not.
 images: images-cpu images-gpu

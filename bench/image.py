@@ -41,7 +41,7 @@ NEGATIVE = "blurry"
 
 
 def _service_env(port: int) -> dict[str, str]:
-    return {"FABULA_IMAGE_PORT": str(port), "FABULA_IMAGE_ENGINE": "eager", "FABULA_IMAGE_WARMUP_STEPS": "1",
+    return {"FABULA_IMAGE_PORT": str(port), "FABULA_IMAGE_BACKEND": "eager", "FABULA_IMAGE_WARMUP_STEPS": "1",
             "FABULA_IMAGE_MAX_BATCH_IMAGES": str(CONCURRENT), "FABULA_IMAGE_MAX_QUEUE": str(CONCURRENT),
             "FABULA_IMAGE_METRICS_PORT": "0", "FABULA_IMAGE_LOG_LEVEL": "WARNING"}
 
@@ -144,7 +144,7 @@ async def _measure() -> dict:
     }
     summary = (
         f"Tiny SD-1.x default model (8x VAE, attention off the top UNet level), {SIZE}x{SIZE}, {STEPS} Euler "
-        f"steps, guidance {GUIDANCE}, CPU, eager engine, {torch.get_num_threads()} torch threads on each side. "
+        f"steps, guidance {GUIDANCE}, CPU, eager back end, {torch.get_num_threads()} torch threads on each side. "
         f"Overhead: median of {ROUNDS} alternating rounds, the image service in its own process (`python -m "
         f"services.image`; gRPC streaming, PNG with metadata) against StableDiffusionPipeline on the same "
         f"components in the benchmark's process; `service_vs_direct` = direct wall time / service wall time "

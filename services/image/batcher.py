@@ -34,8 +34,8 @@ class Batcher:
     def __init__(self, pipeline: ImagePipeline, *, max_batch_images: int, max_queue: int) -> None:
         self.pipeline = pipeline
         self.model = pipeline.model.name
-        engine_limit = pipeline.engine.max_batch_images
-        self.max_batch_images = min(max_batch_images, engine_limit) if engine_limit else max_batch_images
+        backend_limit = pipeline.backend.max_batch_images
+        self.max_batch_images = min(max_batch_images, backend_limit) if backend_limit else max_batch_images
         self._active: list[Job] = []
         self.unet_calls = 0  # for tests and benchmarks: work actually done
         self._worker: worker.Worker[Job, Event, None] = worker.Worker(

@@ -16,7 +16,7 @@ log = logging.getLogger("services.image")
 def parse_args(argv: list[str] | None = None) -> ImageSettings:
     parser = argparse.ArgumentParser(prog="python -m services.image", description="Fabula image generation service")
     add_common_flags(parser, "a diffusers folder, a .safetensors file, builtin:tiny-sd or builtin:tiny-sdxl")
-    parser.add_argument("--engine", choices=["auto", "eager", "compiled", "tensorrt"])
+    parser.add_argument("--backend", choices=["auto", "eager", "compiled", "tensorrt"])
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--max-batch-images", type=int)
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ import torch
 
 from services.image.batcher import Batcher, Handle
 from services.image.conditioning import CHUNK_TOKENS
-from services.image.engines import create_engine
+from services.image.backends import create_backend
 from services.image.events import Accepted, PromptReport
 from services.image.models import LoadedModel, load_model
 from services.image.params import RawRequest, check_inputs
@@ -53,14 +53,14 @@ class ImageGenerator:
         return {name: pipeline.model for name, pipeline in self.pipelines.items()}
 
     def load(self) -> None:
-        """Load every configured model and its engine (blocking; call from a thread)."""
+        """Load every configured model and its back end (blocking; call from a thread)."""
         for name, options in self.settings.model_options().items():
             model = load_model(name, options, cache_dir=self.settings.cache_dir, device=self.device, dtype=self.dtype)
             self.add_model(model)
 
     def add_model(self, model: LoadedModel) -> None:
-        engine = create_engine(model, self.settings, self.device)
-        pipeline = ImagePipeline(model, engine, self.settings.max_prompt_chunks)
+        backend = create_backend(model, self.settings, self.device)
+        pipeline = ImagePipeline(model, backend, self.settings.max_prompt_chunks)
         self.pipelines[model.name] = pipeline
         self.batchers[model.name] = Batcher(pipeline, max_batch_images=self.settings.max_batch_images,
                                             max_queue=self.settings.max_queue)

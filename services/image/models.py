@@ -2,7 +2,7 @@
 
 A `LoadedModel` holds the PyTorch components (tokenizers, text encoders, UNet, VAE, the
 scheduler config) and what requests need to know about it (family, defaults, quality tags,
-presets, hash); engines (engines/) decide how the components run.
+presets, hash); back ends (backends/) decide how the components run.
 """
 
 from __future__ import annotations

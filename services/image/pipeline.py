@@ -1,7 +1,7 @@
 """The generation pipeline: a request becomes a `Job`, jobs are denoised (together), then decoded.
 
 `ImagePipeline.__call__` reads as diffusers' pipelines do, in numbered steps:
-1. check_inputs (params.check_inputs, plus the engine's shape limits) →
+1. check_inputs (params.check_inputs, plus the back end's shape limits) →
 2. encode_prompt → 3. prepare_timesteps → 4. prepare_latents → 5. the denoising loop →
 6. decode and postprocess (paste inpainted regions back, embed the parameters in the PNG).
 
@@ -13,6 +13,7 @@ StableDiffusionPipeline's, so the same seed gives the same pixels.
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import json
 import threading
@@ -30,13 +31,14 @@ from PIL import Image
 
 from services.image import images as pixels
 from services.image.conditioning import Conditioning, PromptTokenizer, TokenizedPrompt, encode
-from services.image.engines.base import Engine
+from services.image.backends.base import Backend
 from services.image.events import Event, GeneratedImage, Progress, PromptReport
 from services.image.models import LoadedModel
 from services.image.params import Action, MaskedContent, Request
 from services.toolkit.errors import InvalidArgument
 
-VERSION = "fabula 0.1.0"
+# Written into every image's parameters, so an image says which release made it.
+VERSION = f"fabula {importlib.metadata.version('fabula')}"
 
 
 @dataclass
@@ -116,10 +118,10 @@ class Job:
 
 
 class ImagePipeline:
-    def __init__(self, model: LoadedModel, engine: Engine, max_chunks: int) -> None:
+    def __init__(self, model: LoadedModel, backend: Backend, max_chunks: int) -> None:
         self.model = model
-        self.engine = engine
-        self.device = engine.device
+        self.backend = backend
+        self.device = backend.device
         self.tokenizers = [PromptTokenizer(t, max_chunks) for t in model.tokenizers]
         self.image_processor = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
         self.scaling_factor = model.vae.config.scaling_factor
@@ -151,7 +153,7 @@ class ImagePipeline:
 
     def check_shape(self, job: Job) -> None:
         request = job.request
-        reason = self.engine.check_shape(request.n_images, request.height, request.width, job.prompts.chunks)
+        reason = self.backend.check_shape(request.n_images, request.height, request.width, job.prompts.chunks)
         if reason is not None:
             raise InvalidArgument("params.width", f"{request.width}x{request.height}x{request.n_images}", reason)
 
@@ -167,7 +169,7 @@ class ImagePipeline:
     def encode_prompt(self, job: Job) -> None:
         request, prompts = job.request, job.prompts
         chunks = prompts.chunks
-        encoders = [lambda ids, i=i: self.engine.encode_text(i, ids) for i in range(len(self.tokenizers))]
+        encoders = [lambda ids, i=i: self.backend.encode_text(i, ids) for i in range(len(self.tokenizers))]
         positive = encode(self.tokenizers, encoders, prompts.positive, chunks)
         job.do_cfg = request.guidance_scale > 1 and self.model.unet.config.time_cond_proj_dim is None
         n = request.n_images
@@ -182,8 +184,8 @@ class ImagePipeline:
     def _sdxl_added(self, request: Request, rows: list[Conditioning], n: int) -> dict[str, torch.Tensor]:
         # Micro-conditioning: original size, crop origin, target size (no crop).
         size = [request.height, request.width]
-        time_ids = torch.tensor([size + [0, 0] + size], dtype=self.engine.dtype, device=self.device)
-        pooled = torch.cat([c.pooled.repeat(n, 1) for c in rows]).to(self.device, self.engine.dtype)
+        time_ids = torch.tensor([size + [0, 0] + size], dtype=self.backend.dtype, device=self.device)
+        pooled = torch.cat([c.pooled.repeat(n, 1) for c in rows]).to(self.device, self.backend.dtype)
         return {"text_embeds": pooled, "time_ids": time_ids.repeat(pooled.shape[0], 1)}
 
     # --- 3. prepare_timesteps ---
@@ -213,7 +215,7 @@ class ImagePipeline:
     def _noise(self, job: Job, channels: int = 4) -> torch.Tensor:
         factor = self.model.vae_scale_factor
         shape = (job.n_images, channels, job.request.height // factor, job.request.width // factor)
-        return randn_tensor(shape, generator=job.generators, device=self.device, dtype=self.engine.dtype)
+        return randn_tensor(shape, generator=job.generators, device=self.device, dtype=self.backend.dtype)
 
     def prepare_latents(self, job: Job) -> None:
         request = job.request
@@ -230,7 +232,7 @@ class ImagePipeline:
 
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         tensor = self.image_processor.preprocess(image, height=image.height, width=image.width)
-        return self.engine.vae_encode(tensor.to(self.device)) * self.scaling_factor
+        return self.backend.vae_encode(tensor.to(self.device)) * self.scaling_factor
 
     def _noised(self, job: Job, start: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         first = job.timesteps[:1].repeat(job.n_images)
@@ -249,7 +251,7 @@ class ImagePipeline:
         mask = torch.from_numpy(pixels.to_array(region.mask)).float().div(255)[None, None].to(self.device)
         # A latent cell is redrawn if any pixel under it is (area mean > 0).
         latent_size = (request.height // factor, request.width // factor)
-        job.latent_mask = (F.interpolate(mask, size=latent_size, mode="area") > 0).to(self.engine.dtype)
+        job.latent_mask = (F.interpolate(mask, size=latent_size, mode="area") > 0).to(self.backend.dtype)
         job.latent_mask = job.latent_mask.repeat(job.n_images, 1, 1, 1)
         original = self.encode_image(region.original).repeat(job.n_images, 1, 1, 1)
         job.image_latents, job.noise = original, noise
@@ -270,7 +272,7 @@ class ImagePipeline:
             masked_image = self.image_processor.preprocess(region.original, height=request.height,
                                                            width=request.width).to(self.device)
             masked_image = masked_image * (mask < 0.5)
-            masked_latents = self.engine.vae_encode(masked_image) * self.scaling_factor
+            masked_latents = self.backend.vae_encode(masked_image) * self.scaling_factor
             extra = torch.cat([job.latent_mask, masked_latents.repeat(job.n_images, 1, 1, 1)], dim=1)
             job.unet_extra = torch.cat([extra] * 2) if job.do_cfg else extra
 
@@ -315,7 +317,7 @@ class ImagePipeline:
             else:
                 # Jobs at different steps share the call: one timestep per row.
                 timestep = torch.cat([t.float().reshape(1).expand(job.rows) for t, job in zip(timesteps, jobs)])
-        noise_pred = self.engine.unet(sample, timestep, embeds, added)
+        noise_pred = self.backend.unet(sample, timestep, embeds, added)
         offset = 0
         for job, t in zip(jobs, timesteps):
             self._step(job, t, noise_pred[offset:offset + job.rows])
@@ -350,7 +352,7 @@ class ImagePipeline:
 
     def finish(self, job: Job) -> list[GeneratedImage]:
         request = job.request
-        decoded = self.engine.vae_decode(job.latents / self.scaling_factor)
+        decoded = self.backend.vae_decode(job.latents / self.scaling_factor)
         frames = self.image_processor.postprocess(decoded.float() if decoded.dtype == torch.bfloat16 else decoded,
                                                   output_type="pil", do_denormalize=[True] * decoded.shape[0])
         results = []

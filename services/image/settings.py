@@ -47,9 +47,9 @@ class ImageSettings(ServiceSettings):
     cache_dir: Path = Field(Path("~/.cache/fabula/image").expanduser(),
                             description="where the built-in model is built and model hashes are remembered")
     engine_dir: Path | None = Field(None, description="TensorRT engines and ONNX exports; None = cache_dir/engines")
-    engine: Literal["auto", "eager", "compiled", "tensorrt"] = Field(
-        "auto", description="'auto': tensorrt when installed with built engines on a GPU, else compiled on a "
-                            "GPU, else eager")
+    backend: Literal["auto", "eager", "compiled", "tensorrt"] = Field(
+        "auto", description="how the networks run; 'auto': tensorrt when installed with built engines on a GPU, "
+                            "else compiled on a GPU, else eager")
     engine_profiles: list[str] = Field(
         default_factory=lambda: ["1-4x512-1024"],
         description="TensorRT optimisation profiles, each 'minbatch-maxbatch x minsize-maxsize' in pixels "

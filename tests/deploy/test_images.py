@@ -34,7 +34,7 @@ ENTRY_MODULES = {
     "gateway": ["gateway.__main__", "gateway.main"],
     "editor": ["services.editor.__main__", "services.editor.app"],
     "text": ["services.text.__main__", "services.text.generator", "services.text.server"],
-    "image": ["services.image.__main__", "services.image.engines.build_all"],
+    "image": ["services.image.__main__", "services.image.backends.tensorrt.build_all"],
 }
 # Importable only on GPU machines, from the images' GPU extras.
 GPU_ONLY_MODULES = {"tensorrt": "tensorrt"}

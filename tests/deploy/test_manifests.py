@@ -210,7 +210,7 @@ def test_settings_parse_from_the_manifest_environment(overlay: str, process: str
     settings = _manifest_settings(overlay, process, container, monkeypatch)
     assert settings.host == "0.0.0.0"
     if process == "image":
-        from services.image.engines.tensorrt_engine import profiles
+        from services.image.backends.tensorrt.backend import profiles
 
         assert profiles(settings), "no TensorRT engine profile"  # each one parses
 
@@ -227,8 +227,8 @@ def test_the_engine_job_builds_what_the_image_service_looks_up(overlay: str) -> 
     job_env, image_env = (container_env(overlay, c.spec) for c in (job, image))
     image_keys = {k: v for k, v in image_env.items() if k.startswith("FABULA_IMAGE_")}
     assert {k: v for k, v in job_env.items() if k.startswith("FABULA_IMAGE_")} == image_keys
-    assert image_keys["FABULA_IMAGE_ENGINE"] == "tensorrt"
-    assert job.spec["command"] == ["python", "-m", "services.image.engines.build_all"]
+    assert image_keys["FABULA_IMAGE_BACKEND"] == "tensorrt"
+    assert job.spec["command"] == ["python", "-m", "services.image.backends.tensorrt.build_all"]
     assert not job.spec.get("args"), "build_all's flags (--model, --dry-run) are for hand runs; the Job builds all"
     engine_dir = image_env.get("FABULA_IMAGE_ENGINE_DIR")
     assert engine_dir, "the image pods need FABULA_IMAGE_ENGINE_DIR on the engine volume the Job writes"

@@ -35,7 +35,7 @@ class RunningImage:
 
 @asynccontextmanager
 async def running_image_service(models: list[LoadedModel], tmp: Path, **overrides):
-    values = dict(models={model.name: model.source for model in models}, cache_dir=tmp, engine="eager",
+    values = dict(models={model.name: model.source for model in models}, cache_dir=tmp, backend="eager",
                   warmup_steps=0, max_batch_images=8, max_queue=8)
     values.update(overrides)
     settings = ImageSettings(**values)

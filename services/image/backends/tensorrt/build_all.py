@@ -5,7 +5,7 @@ ConfigMap builds exactly the engines the service will look for. Engines already 
 (same key: weights, network, profile, precision, GPU, TensorRT version) are kept. On a machine
 without a CUDA GPU or without TensorRT it stops with a message saying so.
 
-    python -m services.image.engines.build_all [--model NAME ...] [--dry-run]
+    python -m services.image.backends.tensorrt.build_all [--model NAME ...] [--dry-run]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-log = logging.getLogger("services.image.engines.build_all")
+log = logging.getLogger("services.image.backends.tensorrt.build_all")
 
 
 def _fail(message: str) -> int:
@@ -23,7 +23,7 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.image.engines.build_all", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m services.image.backends.tensorrt.build_all", description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="only this model (repeatable); default: every model")
     parser.add_argument("--dry-run", action="store_true", help="list the engines that would be built")
     args = parser.parse_args(argv)
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = ImageSettings()
     setup_logging(settings.log_level, settings.log_json)
     try:
-        from services.image.engines.tensorrt.engine import tensorrt_version
+        from services.image.backends.tensorrt.engine import tensorrt_version
 
         version = tensorrt_version()
     except ImportError as error:
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         return _fail("TensorRT engines are built on the GPU they will run on, and this machine has no CUDA GPU")
     device = torch.device(settings.device if settings.device.startswith("cuda") else "cuda")
-    from services.image.engines.export_specs import Profile
-    from services.image.engines.onnx_export import export_onnx
-    from services.image.engines.tensorrt.engine import TrtEngine
-    from services.image.engines.tensorrt.paths import onnx_path, timing_cache_path
-    from services.image.engines.tensorrt_engine import plan_engines, precision
+    from services.image.backends.export_specs import Profile
+    from services.image.backends.onnx_export import export_onnx
+    from services.image.backends.tensorrt.engine import TrtEngine
+    from services.image.backends.tensorrt.paths import onnx_path, timing_cache_path
+    from services.image.backends.tensorrt.backend import plan_engines, precision
     from services.image.models import load_model
 
     try:

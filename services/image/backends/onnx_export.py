@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from services.image.engines.export_specs import NetworkSpec
+from services.image.backends.export_specs import NetworkSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Engines up to TensorRT: ONNX exports run with onnxruntime against PyTorch, profiles, the engine
-cache key, registry selection and the ahead-of-time build command. (TensorRT itself needs an
+"""Back ends up to TensorRT: ONNX exports run with onnxruntime against PyTorch, profiles, the engine
+cache key, registry selection and the ahead-of-time engine build command. (TensorRT itself needs an
 NVIDIA GPU; those tests are marked gpu.)"""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from services.image.engines import ENGINES, EngineUnavailable, create_engine
-from services.image.engines.export_specs import NETWORKS, Profile, networks_for
-from services.image.engines.onnx_export import export_onnx
-from services.image.engines.tensorrt.paths import EngineKey, engine_path, onnx_path
-from services.image.engines.tensorrt_engine import plan_engines
+from services.image.backends import BACKENDS, BackendUnavailable, create_backend
+from services.image.backends.export_specs import NETWORKS, Profile, networks_for
+from services.image.backends.onnx_export import export_onnx
+from services.image.backends.tensorrt.backend import plan_engines
+from services.image.backends.tensorrt.paths import EngineKey, engine_path, onnx_path
 from services.image.settings import ImageSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -91,22 +91,22 @@ def test_plan_covers_every_network_and_profile(tiny_model, tmp_path) -> None:
 
 
 def test_registry_auto_falls_back_to_eager_on_a_cpu(tiny_model, tmp_path, caplog) -> None:
-    assert set(ENGINES) == {"eager", "compiled", "tensorrt"}
-    settings = ImageSettings(cache_dir=tmp_path, engine="auto")
+    assert set(BACKENDS) == {"eager", "compiled", "tensorrt"}
+    settings = ImageSettings(cache_dir=tmp_path, backend="auto")
     with caplog.at_level("INFO"):
-        engine = create_engine(tiny_model, settings, torch.device("cpu"))
-    assert engine.name == "eager"
+        backend = create_backend(tiny_model, settings, torch.device("cpu"))
+    assert backend.name == "eager"
     assert "tensorrt passed over: TensorRT needs a CUDA GPU" in caplog.text
 
 
-def test_registry_refuses_an_explicit_engine_that_cannot_run(tiny_model, tmp_path) -> None:
-    with pytest.raises(EngineUnavailable, match="engine 'tensorrt' cannot run model tiny: TensorRT needs a CUDA GPU"):
-        create_engine(tiny_model, ImageSettings(cache_dir=tmp_path, engine="tensorrt"), torch.device("cpu"))
+def test_registry_refuses_an_explicit_backend_that_cannot_run(tiny_model, tmp_path) -> None:
+    with pytest.raises(BackendUnavailable, match="backend 'tensorrt' cannot run model tiny: TensorRT needs a CUDA GPU"):
+        create_backend(tiny_model, ImageSettings(cache_dir=tmp_path, backend="tensorrt"), torch.device("cpu"))
 
 
 def test_tensorrt_reports_missing_engines_not_a_build(tiny_model, tmp_path) -> None:
-    reason = ENGINES["tensorrt"].unavailable_reason(tiny_model, ImageSettings(engine_dir=tmp_path),
-                                                    torch.device("cuda"))
+    reason = BACKENDS["tensorrt"].unavailable_reason(tiny_model, ImageSettings(engine_dir=tmp_path),
+                                                     torch.device("cuda"))
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -116,7 +116,7 @@ def test_tensorrt_reports_missing_engines_not_a_build(tiny_model, tmp_path) -> N
 
 
 def test_make_engines_without_tensorrt_fails_with_a_message(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "services.image.engines.build_all"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "services.image.backends.tensorrt.build_all"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "FABULA_IMAGE_CACHE_DIR": str(tmp_path)})
     try:
@@ -129,10 +129,10 @@ def test_make_engines_without_tensorrt_fails_with_a_message(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_engine_matches_eager(tiny_model, tmp_path) -> None:
-    settings = ImageSettings(cache_dir=tmp_path, engine="compiled")
-    compiled = create_engine(tiny_model, settings, torch.device("cpu"))
-    eager = create_engine(tiny_model, settings.model_copy(update={"engine": "eager"}), torch.device("cpu"))
+def test_compiled_backend_matches_eager(tiny_model, tmp_path) -> None:
+    settings = ImageSettings(cache_dir=tmp_path, backend="compiled")
+    compiled = create_backend(tiny_model, settings, torch.device("cpu"))
+    eager = create_backend(tiny_model, settings.model_copy(update={"backend": "eager"}), torch.device("cpu"))
     sample, timestep, embeds = NETWORKS["unet"].sample_inputs(tiny_model, 2, 64, 64, 1, torch.device("cpu"))
     torch.testing.assert_close(compiled.unet(sample, timestep, embeds, None), eager.unet(sample, timestep, embeds, None),
                                rtol=1e-3, atol=1e-4)
@@ -141,7 +141,7 @@ def test_compiled_engine_matches_eager(tiny_model, tmp_path) -> None:
 @pytest.mark.gpu
 def test_tensorrt_engine_builds_and_matches_pytorch(tiny_model, tmp_path) -> None:
     pytest.importorskip("tensorrt")
-    from services.image.engines.tensorrt.engine import TrtEngine
+    from services.image.backends.tensorrt.engine import TrtEngine
 
     model = tiny_model
     spec = NETWORKS["unet"]

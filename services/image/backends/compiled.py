@@ -4,7 +4,7 @@
 cost that dominates small batches; shapes are kept static (`dynamic=False`) so each shape gets a
 graph, and the recompile limit is raised so that a handful of sizes do not fall back to eager.
 On a CPU the same code compiles with Inductor's C++ backend (no graphs); "auto" only picks this
-engine on a GPU, where it pays for its compile time.
+back end on a GPU, where it pays for its compile time.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import logging
 
 import torch
 
-from services.image.engines.base import register_engine
-from services.image.engines.eager import EagerEngine
+from services.image.backends.base import register_backend
+from services.image.backends.eager import EagerBackend
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 RECOMPILE_LIMIT = 64
 
 
-@register_engine
-class CompiledEngine(EagerEngine):
+@register_backend
+class CompiledBackend(EagerBackend):
     name = "compiled"
     auto_priority = 10
 
@@ -38,7 +38,7 @@ class CompiledEngine(EagerEngine):
 
     @classmethod
     def unavailable_reason(cls, model, settings, device) -> str | None:
-        if settings.engine == "auto" and device.type != "cuda":
+        if settings.backend == "auto" and device.type != "cuda":
             return "picked automatically only on a GPU (on a CPU compiling costs more than it saves)"
         return None
 

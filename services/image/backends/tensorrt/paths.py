@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.image.engines.export_specs import Profile
+from services.image.backends.export_specs import Profile
 
 
 @dataclass(frozen=True)

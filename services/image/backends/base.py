@@ -1,4 +1,4 @@
-"""The engine interface and its registry."""
+"""The back-end interface and its registry."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class EngineUnavailable(RuntimeError):
-    """This engine cannot run here (no GPU, TensorRT not installed, no built engines); says why."""
+class BackendUnavailable(RuntimeError):
+    """This back end cannot run here (no GPU, TensorRT not installed, no built engines); says why."""
 
 
-class Engine(ABC):
-    """Runs one model's networks. Tensors go in and come out on the engine's device."""
+class Backend(ABC):
+    """Runs one model's networks. Tensors go in and come out on the back end's device."""
 
     name: ClassVar[str]
-    # Tried in this order by engine="auto" (highest first).
+    # Tried in this order by backend="auto" (highest first).
     auto_priority: ClassVar[int] = 0
 
     def __init__(self, model: LoadedModel, settings: ImageSettings, device: torch.device) -> None:
@@ -33,7 +33,7 @@ class Engine(ABC):
 
     @classmethod
     def unavailable_reason(cls, model: LoadedModel, settings: ImageSettings, device: torch.device) -> str | None:
-        """None if this engine can run the model here; otherwise why not."""
+        """None if this back end can run the model here; otherwise why not."""
         return None
 
     @property
@@ -58,43 +58,43 @@ class Engine(ABC):
         """Images in [-1, 1] to unscaled latents (the latent distribution's mean)."""
 
     def check_shape(self, images: int, height: int, width: int, chunks: int) -> str | None:
-        """None if a request of this shape can run; otherwise why not (engines with fixed
+        """None if a request of this shape can run; otherwise why not (back ends with fixed
         profiles refuse shapes outside them before any work starts)."""
         return None
 
     @property
     def max_batch_images(self) -> int | None:
-        """The most images one UNet call may carry (None: no limit of the engine's own)."""
+        """The most images one UNet call may carry (None: no limit of the back end's own)."""
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "device": str(self.device)}
+        return {"backend": self.name, "device": str(self.device)}
 
 
-ENGINES: dict[str, type[Engine]] = {}
+BACKENDS: dict[str, type[Backend]] = {}
 
 
-def register_engine(cls: type[Engine]) -> type[Engine]:
-    ENGINES[cls.name] = cls
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    BACKENDS[cls.name] = cls
     return cls
 
 
-def create_engine(model: LoadedModel, settings: ImageSettings, device: torch.device) -> Engine:
-    """The configured engine, or with engine="auto" the best one that can run here.
+def create_backend(model: LoadedModel, settings: ImageSettings, device: torch.device) -> Backend:
+    """The configured back end, or with backend="auto" the best one that can run here.
 
-    An engine named explicitly that cannot run is an error at start-up (with its reason); "auto"
-    falls back, logging why each better engine was passed over.
+    A back end named explicitly that cannot run is an error at start-up (with its reason); "auto"
+    falls back, logging why each better back end was passed over.
     """
-    if settings.engine != "auto":
-        cls = ENGINES[settings.engine]
+    if settings.backend != "auto":
+        cls = BACKENDS[settings.backend]
         reason = cls.unavailable_reason(model, settings, device)
         if reason is not None:
-            raise EngineUnavailable(f"engine {settings.engine!r} cannot run model {model.name}: {reason}")
+            raise BackendUnavailable(f"backend {settings.backend!r} cannot run model {model.name}: {reason}")
         return cls(model, settings, device)
-    for cls in sorted(ENGINES.values(), key=lambda c: -c.auto_priority):
+    for cls in sorted(BACKENDS.values(), key=lambda c: -c.auto_priority):
         reason = cls.unavailable_reason(model, settings, device)
         if reason is None:
-            log.info("model %s: engine %s", model.name, cls.name)
+            log.info("model %s: backend %s", model.name, cls.name)
             return cls(model, settings, device)
-        log.info("model %s: engine %s passed over: %s", model.name, cls.name, reason)
-    raise EngineUnavailable(f"no engine can run model {model.name}")
+        log.info("model %s: backend %s passed over: %s", model.name, cls.name, reason)
+    raise BackendUnavailable(f"no backend can run model {model.name}")

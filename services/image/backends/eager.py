@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from services.image.engines.base import Engine, register_engine
+from services.image.backends.base import Backend, register_backend
 
 
-@register_engine
-class EagerEngine(Engine):
+@register_backend
+class EagerBackend(Backend):
     name = "eager"
     auto_priority = 0
 

@@ -1,7 +1,7 @@
-"""The `tensorrt` engine: the model's networks as prebuilt TensorRT engines (GPU only).
+"""The `tensorrt` back end: the model's networks as prebuilt TensorRT engines (GPU only).
 
-Engines are built ahead of time by `make engines` (services/image/engines/build_all.py) and only
-loaded here: a missing engine makes this engine unavailable (engine="auto" then falls back to
+Engines are built ahead of time by `make engines` (build_all.py beside this file) and only
+loaded here: a missing engine makes this back end unavailable (backend="auto" then falls back to
 compiled/eager, logging why), never a build on a user's request. One engine per network and
 configured profile; each call runs on the engine whose profile covers its shape, and shapes no
 profile covers are refused at validation.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from services.image.engines.base import Engine, register_engine
-from services.image.engines.export_specs import NetworkSpec, Profile, networks_for
-from services.image.engines.tensorrt.paths import EngineKey, engine_path
+from services.image.backends.base import Backend, register_backend
+from services.image.backends.export_specs import NetworkSpec, Profile, networks_for
+from services.image.backends.tensorrt.paths import EngineKey, engine_path
 
 
 @dataclass
@@ -45,8 +45,8 @@ def plan_engines(model, settings, compute_capability: tuple[int, int], trt_versi
     return planned
 
 
-@register_engine
-class TensorRTEngine(Engine):
+@register_backend
+class TensorRTBackend(Backend):
     name = "tensorrt"
     auto_priority = 20
 
@@ -55,7 +55,7 @@ class TensorRTEngine(Engine):
         if device.type != "cuda":
             return "TensorRT needs a CUDA GPU"
         try:
-            from services.image.engines.tensorrt.engine import tensorrt_version
+            from services.image.backends.tensorrt.engine import tensorrt_version
 
             version = tensorrt_version()
         except ImportError as error:
@@ -68,7 +68,7 @@ class TensorRTEngine(Engine):
 
     def __init__(self, model, settings, device) -> None:
         super().__init__(model, settings, device)
-        from services.image.engines.tensorrt.engine import TrtEngine, tensorrt_version
+        from services.image.backends.tensorrt.engine import TrtEngine, tensorrt_version
 
         self._engines: dict[str, list[tuple[Profile, TrtEngine]]] = {}
         for planned in plan_engines(model, settings, torch.cuda.get_device_capability(device), tensorrt_version()):

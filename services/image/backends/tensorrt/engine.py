@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from services.image.engines.export_specs import ShapeRange
+from services.image.backends.export_specs import ShapeRange
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,142 @@
+"""Every translation between `fabula.image.v1` messages and the image service's domain values.
+
+Requests become `RawRequest`s (unvalidated: params.check_inputs names the field that is wrong,
+including enum numbers this build does not know); domain events, prompt reports and the served
+models become response messages. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fabula.image.v1 import image_pb2
+from services.image.events import Accepted, Event, Finished, GeneratedImage, Progress, PromptReport
+from services.image.params import Action, RawRequest
+
+if TYPE_CHECKING:
+    from services.image.generator import ImageGenerator
+    from services.image.pipeline import ImagePipeline
+    from services.image.samplers import SamplerSpec
+
+# Domain names (as params.py and the PNG parameters spell them) ⇄ protobuf enum numbers; ""
+# is "not given", which validation resolves to the model's default.
+NOISE_SCHEDULES = {"": image_pb2.NOISE_SCHEDULE_UNSPECIFIED, "native": image_pb2.NOISE_SCHEDULE_NATIVE,
+                   "karras": image_pb2.NOISE_SCHEDULE_KARRAS,
+                   "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL}
+MASKED_CONTENTS = {"": image_pb2.MASKED_CONTENT_UNSPECIFIED, "original": image_pb2.MASKED_CONTENT_ORIGINAL,
+                   "fill": image_pb2.MASKED_CONTENT_FILL, "latent_noise": image_pb2.MASKED_CONTENT_LATENT_NOISE,
+                   "latent_nothing": image_pb2.MASKED_CONTENT_LATENT_NOTHING}
+_NOISE_SCHEDULE_NAMES = {number: name for name, number in NOISE_SCHEDULES.items()}
+_MASKED_CONTENT_NAMES = {number: name for name, number in MASKED_CONTENTS.items()}
+
+
+def _enum_name(names: dict[int, str], number: int) -> str:
+    # An enum number this build does not know stays visible, so validation can name it.
+    return names.get(number, f"<unknown {number}>")
+
+
+def _optional(message, field: str):
+    """The field's value if the caller set it, else None (proto3 `optional` fields)."""
+    return getattr(message, field) if message.HasField(field) else None
+
+
+# --- requests ---
+
+def raw_request_from_pb(message: image_pb2.GenerateRequest) -> RawRequest:
+    params = message.params
+    raw = RawRequest(
+        model=params.model, prompt=params.prompt, negative_prompt=params.negative_prompt,
+        negative_preset=params.negative_preset, quality_tags=_optional(params, "quality_tags"),
+        width=params.width, height=params.height, steps=params.steps,
+        guidance_scale=_optional(params, "guidance_scale"), guidance_rescale=params.guidance_rescale,
+        sampler=params.sampler, noise_schedule=_enum_name(_NOISE_SCHEDULE_NAMES, params.noise_schedule),
+        seed=_optional(params, "seed"), n_images=params.n_images, preview_every=params.preview_every)
+    action = message.WhichOneof("action")
+    if action == "img2img":
+        source = message.img2img
+        raw.action, raw.image, raw.extra_noise = Action.IMG2IMG, source.image, source.extra_noise
+        raw.strength = _optional(source, "strength")
+    elif action == "inpaint":
+        source = message.inpaint
+        raw.action, raw.image, raw.mask, raw.mask_blur = Action.INPAINT, source.image, source.mask, source.mask_blur
+        raw.strength = _optional(source, "strength")
+        raw.masked_content = _enum_name(_MASKED_CONTENT_NAMES, source.masked_content)
+        raw.only_masked = source.only_masked
+        raw.only_masked_padding = _optional(source, "only_masked_padding")
+    elif action == "outpaint":
+        source = message.outpaint
+        raw.action, raw.image = Action.OUTPAINT, source.image
+        raw.left, raw.right, raw.top, raw.bottom = source.left, source.right, source.top, source.bottom
+        raw.mask_blur = _optional(source, "mask_blur")
+        raw.strength = _optional(source, "strength")
+        raw.masked_content = _enum_name(_MASKED_CONTENT_NAMES, source.masked_content)
+    return raw
+
+
+def tokenize_args_from_pb(message: image_pb2.TokenizeRequest) -> tuple[str, str, bool]:
+    """(model name, prompt, whether to add the model's quality tags)."""
+    return message.model, message.prompt, bool(_optional(message, "quality_tags"))
+
+
+# --- responses ---
+
+def prompt_report_to_pb(report: PromptReport) -> image_pb2.PromptReport:
+    return image_pb2.PromptReport(
+        token_count=report.token_count, dropped_words=report.dropped_words, effective_prompt=report.effective_prompt,
+        chunks=[image_pb2.PromptChunk(token_ids=chunk["token_ids"], tokens=chunk["tokens"], weights=chunk["weights"],
+                                      text=chunk["text"]) for chunk in report.chunks])
+
+
+def event_to_pb(event: Event) -> image_pb2.GenerateResponse:
+    """One streamed `GenerateResponse` per domain event."""
+    if isinstance(event, Accepted):
+        return image_pb2.GenerateResponse(accepted=image_pb2.Accepted(
+            seeds=event.seeds, width=event.width, height=event.height, steps=event.steps, sampler=event.sampler,
+            model=event.model, prompt=prompt_report_to_pb(event.prompt),
+            negative_prompt=prompt_report_to_pb(event.negative_prompt), queue_position=event.queue_position))
+    if isinstance(event, Progress):
+        return image_pb2.GenerateResponse(progress=image_pb2.Progress(
+            step=event.step, total_steps=event.total_steps, previews=event.previews))
+    if isinstance(event, GeneratedImage):
+        return image_pb2.GenerateResponse(image=image_pb2.Image(
+            index=event.index, seed=event.seed, png=event.png, parameters=event.parameters, width=event.width,
+            height=event.height))
+    if isinstance(event, Finished):
+        return image_pb2.GenerateResponse(finished=image_pb2.Finished(
+            queue_seconds=event.queue_seconds, generation_seconds=event.generation_seconds))
+    raise TypeError(f"no GenerateResponse for {type(event).__name__}")
+
+
+def tokenize_response_to_pb(report: PromptReport, *, chunk_tokens: int, max_chunks: int
+                            ) -> image_pb2.TokenizeResponse:
+    return image_pb2.TokenizeResponse(prompt=prompt_report_to_pb(report), chunk_tokens=chunk_tokens,
+                                      max_chunks=max_chunks)
+
+
+def model_info_to_pb(name: str, pipeline: ImagePipeline, *, is_default: bool) -> image_pb2.ModelInfo:
+    model = pipeline.model
+    defaults = model.defaults
+    return image_pb2.ModelInfo(
+        name=name, family=model.family, is_default=is_default, default_width=defaults.width,
+        default_height=defaults.height, default_steps=defaults.steps,
+        default_guidance_scale=defaults.guidance_scale, default_sampler=defaults.sampler,
+        quality_tags=model.quality_tags, quality_tags_position=model.quality_tags_position,
+        negative_presets=[image_pb2.NegativePreset(name=preset, text=text)
+                          for preset, text in model.negative_presets.items()],
+        default_negative_preset=model.default_negative_preset, inpainting_unet=model.inpainting_unet,
+        # The message's field is still called `engine`; it carries the back end's name.
+        engine=pipeline.backend.name, hash=model.short_hash)
+
+
+def sampler_info_to_pb(spec: SamplerSpec) -> image_pb2.SamplerInfo:
+    return image_pb2.SamplerInfo(name=spec.name, display_name=spec.display_name,
+                                 noise_schedules=[NOISE_SCHEDULES[schedule] for schedule in spec.schedules])
+
+
+def list_models_response_to_pb(generator: ImageGenerator) -> image_pb2.ListModelsResponse:
+    settings = generator.settings
+    return image_pb2.ListModelsResponse(
+        models=[model_info_to_pb(name, pipeline, is_default=name == generator.default_model)
+                for name, pipeline in generator.pipelines.items()],
+        samplers=[sampler_info_to_pb(spec) for spec in generator.samplers.values()],
+        max_pixels=settings.max_pixels, max_steps=settings.max_steps, max_images=settings.max_images)
