@@ -1,68 +1,40 @@
 """The storytelling context builder: story + memory + author's note + lorebook → one prompt that
-fits the budget, and a report of what went in and why.
+fits the budget, and a report of what went in and why. docs/text.md ("Context building") states
+the rules a client can predict the prompt from; in short:
 
-Steps (each its own function):
-1. `check_inputs`: sizes, regular expressions, depths — before any tokenizing.
-2. `triggered_entries`: which lorebook entries fire (always-on, or a key found in the scanned end
-   of the story; literal or regex, case-sensitive or not).
-3. Budget: memory and the author's note are placed first (trimmed only if they alone exceed the
-   budget), then triggered entries by descending insertion order, each cut to its own token
-   budget, while they fit; the story gets what is left.
-4. `trim_story`: the story keeps its newest part, cut on a newline or sentence boundary (mid-
-   sentence only when a single sentence is longer than the room).
-5. `assemble`: memory, then entries placed before the story, then the story's lines with entries
-   and the author's note inserted the configured number of lines from its end. The result is
-   tokenized once more and, should joining have changed the count, the story is trimmed further.
+1. `check_inputs` (story_context.py): sizes, references, regular expressions; every part's
+   settings resolved.
+2. `activate` (lorebook.py): which lorebook entries are in play, and why.
+3. Sub-contexts: a category with `create_subcontext` assembles its activated entries into one text
+   first (steps 4-5 on those entries alone), which then takes part as one part.
+4. Budget, in descending `budget_priority`: every part's reserved tokens are set aside first; then
+   each part is trimmed to the smaller of its `token_budget` and the room left (the budget minus
+   what is placed and what other parts still hold reserved), in its trim direction, never finer
+   than its maximum trim type.
+5. Insertion, in the same order (key-relative entries last): each part goes into the context
+   built so far at its insertion position, counted in its insertion type's units.
+The assembled prompt is tokenized once more; should joining have raised the count past the
+budget, steps 4-5 run again with the budget lowered by the excess.
 """
 
 from __future__ import annotations
 
-import bisect
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-# Lorebook keys use the `regex` package rather than `re` for its per-search timeout: a user's
-# pattern with catastrophic backtracking must end in a clear error, not a stalled worker.
-import regex
-
+from services.text.context_units import Trimmed, insert, trim_to_fit
+from services.text.lorebook import REGEX_TIMEOUT_S, Activation, activate
+from services.text.story_context import (DEFAULT_AUTHORS_NOTE_DEPTH, MAX_KEY_CHARS, MAX_KEYS_PER_ENTRY,
+                                         MAX_LOREBOOK_ENTRIES, MAX_PART_CHARS, ContextConfig, LoreCategory,
+                                         LoreEntry, StoryContext, check_inputs)
 from services.toolkit.errors import InvalidArgument
 
-DEFAULT_AUTHORS_NOTE_DEPTH = 3
-MAX_LOREBOOK_ENTRIES = 512
-MAX_KEYS_PER_ENTRY = 64
-MAX_KEY_CHARS = 256
-REGEX_TIMEOUT_S = 0.05
-MAX_PART_CHARS = 50_000  # memory, author's note, each lorebook entry's text
-# A boundary the story may be cut after: a newline, or sentence-ending punctuation (with closing
-# quotes or brackets) followed by whitespace.
-_BOUNDARY = re.compile(r"\n|[.!?…][\"'”’)\]]*\s")
+__all__ = ["BuiltContext", "ContextBuilder", "ContextConfig", "DEFAULT_AUTHORS_NOTE_DEPTH", "LoreCategory",
+           "LoreEntry", "MAX_KEYS_PER_ENTRY", "MAX_KEY_CHARS", "MAX_LOREBOOK_ENTRIES", "MAX_PART_CHARS",
+           "REGEX_TIMEOUT_S", "ReportEntry", "StoryContext", "check_inputs"]
 
-
-@dataclass(frozen=True)
-class LoreEntry:
-    name: str
-    text: str
-    keys: tuple[str, ...]
-    regex_keys: bool = False
-    case_sensitive: bool = False
-    scan_depth_chars: int = 0
-    always_on: bool = False
-    insertion_order: int = 0
-    insertion_position: int = 0
-    token_budget: int = 0
-    disabled: bool = False
-    patterns: tuple[regex.Pattern[str], ...] = field(default=(), compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class StoryContext:
-    story: str
-    memory: str = ""
-    authors_note: str = ""
-    authors_note_depth: int = DEFAULT_AUTHORS_NOTE_DEPTH
-    lorebook: tuple[LoreEntry, ...] = ()
-    max_context_tokens: int = 0
+# Rounds of re-assembly when joining parts raised the token count past the budget.
+_REASSEMBLY_ROUNDS = 8
 
 
 @dataclass
@@ -82,83 +54,26 @@ class BuiltContext:
     entries: list[ReportEntry]
 
 
-# --- 1. inputs ---------------------------------------------------------------------------------
+@dataclass
+class Part:
+    """One piece of the context as the budget and insertion steps see it."""
+
+    source: str  # its name in the report
+    text: str
+    config: ContextConfig  # resolved: no field is None
+    activation: str = ""  # why a lorebook entry or sub-context is in play
+    key_at: int | None = None  # a key-relative entry: where its key starts in the story
+    is_story: bool = False
+    entry_index: int | None = None  # a lorebook entry: its place in the lorebook
+    members: list[ReportEntry] = field(default_factory=list)  # a sub-context's entries' rows
+    member_parts: list[Part] = field(default_factory=list)  # ... and the entries, in the same order
 
 
-def check_inputs(context: StoryContext, max_story_chars: int, prefix: str = "spec.context.") -> StoryContext:
-    """The context with its sizes checked, its keys compiled and every entry named (an unnamed
-    one after its place in the lorebook, for the report)."""
-    if len(context.story) > max_story_chars:
-        raise InvalidArgument(f"{prefix}story", context.story, f"at most {max_story_chars} characters")
-    for name in ("memory", "authors_note"):
-        if len(getattr(context, name)) > MAX_PART_CHARS:
-            raise InvalidArgument(f"{prefix}{name}", getattr(context, name), f"at most {MAX_PART_CHARS} characters")
-    if context.authors_note_depth > 10_000:
-        raise InvalidArgument(f"{prefix}authors_note_depth", context.authors_note_depth, "at most 10000 lines")
-    if len(context.lorebook) > MAX_LOREBOOK_ENTRIES:
-        raise InvalidArgument(f"{prefix}lorebook", len(context.lorebook), f"at most {MAX_LOREBOOK_ENTRIES} entries")
-    checked = []
-    for index, entry in enumerate(context.lorebook):
-        where = f"{prefix}lorebook[{index}]"
-        if len(entry.text) > MAX_PART_CHARS:
-            raise InvalidArgument(f"{where}.text", entry.text, f"at most {MAX_PART_CHARS} characters")
-        if len(entry.keys) > MAX_KEYS_PER_ENTRY:
-            raise InvalidArgument(f"{where}.keys", len(entry.keys), f"at most {MAX_KEYS_PER_ENTRY} keys")
-        if not entry.keys and not entry.always_on and not entry.disabled:
-            raise InvalidArgument(f"{where}.keys", [], "an entry that is not always on needs at least one key")
-        patterns = []
-        for key_index, key in enumerate(entry.keys):
-            key_where = f"{where}.keys[{key_index}]"
-            if not key or len(key) > MAX_KEY_CHARS:
-                raise InvalidArgument(key_where, key, f"must be 1 to {MAX_KEY_CHARS} characters")
-            flags = regex.VERSION0 | (0 if entry.case_sensitive else regex.IGNORECASE)
-            source = key if entry.regex_keys else regex.escape(key)
-            try:
-                patterns.append(regex.compile(source, flags))
-            except regex.error as error:
-                raise InvalidArgument(key_where, key, f"invalid regular expression: {error}") from None
-        checked.append(replace(entry, name=entry.name or f"entry {index}", patterns=tuple(patterns)))
-    return replace(context, lorebook=tuple(checked))
-
-
-# --- 2. lorebook triggers ----------------------------------------------------------------------
-
-
-def triggered_entries(context: StoryContext) -> tuple[list[tuple[LoreEntry, str]], list[ReportEntry]]:
-    """(entry, why) for each entry that fires, and report lines for those that do not."""
-    fired, report = [], []
-    for index, entry in enumerate(context.lorebook):
-        source = f"lorebook:{entry.name}"
-        if entry.disabled:
-            report.append(ReportEntry(source, False, "disabled"))
-            continue
-        if entry.always_on:
-            fired.append((entry, "always on"))
-            continue
-        scanned = context.story[-entry.scan_depth_chars:] if entry.scan_depth_chars else context.story
-        hit = _first_matching_key(entry, index, scanned)
-        if hit is None:
-            depth = f"last {entry.scan_depth_chars} characters" if entry.scan_depth_chars else "story"
-            report.append(ReportEntry(source, False, f"no key matched in the {depth}"))
-        else:
-            fired.append((entry, f"key {hit!r} matched"))
-    return fired, report
-
-
-def _first_matching_key(entry: LoreEntry, index: int, scanned: str) -> str | None:
-    for key_index, (key, pattern) in enumerate(zip(entry.keys, entry.patterns)):
-        try:
-            if pattern.search(scanned, timeout=REGEX_TIMEOUT_S):
-                return key
-        except TimeoutError:
-            # A user's regex with catastrophic backtracking must not hold a worker thread.
-            raise InvalidArgument(f"spec.context.lorebook[{index}].keys[{key_index}]", key,
-                                  f"regular expression took longer than {REGEX_TIMEOUT_S * 1000:.0f} ms "
-                                  "to scan the story; simplify it") from None
-    return None
-
-
-# --- 3-5. budget, trimming, assembly -----------------------------------------------------------
+@dataclass
+class Placement:
+    part: Part
+    row: ReportEntry
+    kept: Trimmed | None = None  # None: left out
 
 
 class ContextBuilder:
@@ -184,124 +99,168 @@ class ContextBuilder:
             return context.max_context_tokens
         return room
 
-    def _fit(self, text: str, room: int) -> tuple[str, int, int]:
-        """Cut `text` to at most `room` tokens from its end; returns (text, tokens, trimmed)."""
-        ids = self.encode(text)
-        if len(ids) <= room:
-            return text, len(ids), 0
-        kept = self.decode(ids[:room]) if room > 0 else ""
-        return kept, len(self.encode(kept)), len(ids) - room
+    def count(self, text: str) -> int:
+        return len(self.encode(text)) if text else 0
 
     def build(self, context: StoryContext, max_new_tokens: int) -> BuiltContext:
+        """`context` must have passed `check_inputs` (its settings resolved, keys compiled)."""
         budget = self.budget_for(context, max_new_tokens)
-        report: list[ReportEntry] = []
-        room = budget
-
-        memory, memory_tokens, memory_trimmed = self._fit(context.memory, room)
-        room -= memory_tokens
-        if context.memory:
-            report.append(ReportEntry("memory", bool(memory), "always included" if not memory_trimmed
-                                      else "trimmed: longer than the whole budget", memory_tokens, memory_trimmed))
-        note, note_tokens, note_trimmed = self._fit(context.authors_note, room)
-        room -= note_tokens
-        if context.authors_note:
-            report.append(ReportEntry("authors_note", bool(note),
-                                      f"inserted {context.authors_note_depth} lines from the end" if not note_trimmed
-                                      else "trimmed: no room left in the budget", note_tokens, note_trimmed))
-
-        fired, not_fired = triggered_entries(context)
-        placed: list[tuple[LoreEntry, str]] = []
-        for entry, why in sorted(fired, key=lambda item: -item[0].insertion_order):
-            source = f"lorebook:{entry.name}"
-            text, tokens, trimmed = self._fit(entry.text, entry.token_budget or len(self.encode(entry.text)))
-            if tokens > room:
-                report.append(ReportEntry(source, False, f"{why}, but did not fit the budget "
-                                          f"({tokens} tokens, {room} left)", 0, tokens + trimmed))
-                continue
-            room -= tokens
-            placed.append((entry, text))
-            reason = why + (f"; cut to its token budget of {entry.token_budget}" if trimmed else "")
-            report.append(ReportEntry(source, True, reason, tokens, trimmed))
-        report.extend(not_fired)
-
-        # The story gets the rest; joining parts with newlines can change counts slightly, so the
-        # assembled prompt is measured and the story trimmed again until it fits.
-        story_room = room
-        for _ in range(8):
-            story, story_tokens, story_trimmed, cut_mid_sentence = self.trim_story(context.story, story_room)
-            prompt = assemble(memory, note, context.authors_note_depth, placed, story)
+        active, inactive = activate(context)
+        parts, subcontext_rows = self._parts(context, active, budget)
+        effective = budget
+        for _ in range(_REASSEMBLY_ROUNDS):
+            prompt, placements = self.assemble(parts, effective)
             prompt_ids = self.encode(prompt)
-            if len(prompt_ids) <= budget or story_room <= 0:
+            if len(prompt_ids) <= budget or effective <= 0:
                 break
-            story_room -= len(prompt_ids) - budget
+            effective = max(effective - (len(prompt_ids) - budget), 0)
         if len(prompt_ids) > budget:
-            # Only possible when memory, note and entries alone overflow after joining.
+            # Only possible when a tokenizer's joins keep adding tokens round after round.
             prompt_ids = prompt_ids[-budget:]
             prompt = self.decode(prompt_ids)
-        if story_trimmed:
-            reason = ("trimmed from the oldest side" +
-                      (" mid-sentence: no sentence or line boundary fit" if cut_mid_sentence
-                       else " at a sentence/line boundary"))
-        else:
-            reason = "included whole"
-        report.append(ReportEntry("story", bool(story), reason if context.story else "empty", story_tokens,
-                                  story_trimmed))
-        return BuiltContext(prompt=prompt, prompt_ids=prompt_ids, budget=budget, entries=report)
+        return BuiltContext(prompt=prompt, prompt_ids=prompt_ids, budget=budget,
+                            entries=self._report(context, placements, inactive, subcontext_rows))
 
-    def trim_story(self, story: str, room: int) -> tuple[str, int, int, bool]:
-        """The newest part of `story` within `room` tokens, cut at a boundary.
-        Returns (text, its tokens, tokens trimmed, whether it had to cut mid-sentence)."""
-        offsets = self.offsets(story)
-        total = len(offsets)
-        if total <= room:
-            return story, total, 0, False
-        if room <= 0:
-            return "", 0, total, False
-        # The first character the kept part may start at: the start of the room-th last token.
-        earliest = offsets[total - room][0]
-        boundary = None
-        for match in _BOUNDARY.finditer(story, earliest):
-            boundary = match.end()
-            # Skip whitespace after the boundary: a story part does not start with a space.
-            while boundary < len(story) and story[boundary] in " \t":
-                boundary += 1
-            break
-        if boundary is not None and boundary < len(story):
-            kept = story[boundary:]
-            mid_sentence = False
-        else:
-            kept = story[earliest:]
-            mid_sentence = True
-        starts = [start for start, _ in offsets]
-        kept_tokens = total - bisect.bisect_left(starts, len(story) - len(kept))
-        return kept, kept_tokens, total - kept_tokens, mid_sentence
+    # --- parts -------------------------------------------------------------------------------
 
+    def _parts(self, context: StoryContext, active: dict[int, Activation],
+               budget: int) -> tuple[list[Part], list[ReportEntry]]:
+        """The parts in tie order (memory, lorebook entries and sub-contexts in lorebook order,
+        story, author's note), and report rows of sub-contexts with no activated entry."""
+        subcontexts = {category.id: category for category in context.lorebook_categories
+                       if category.create_subcontext and category.enabled}
+        members: dict[str, list[Part]] = {category_id: [] for category_id in subcontexts}
+        parts = [Part("memory", context.memory, context.memory_config)]
+        for index, entry in enumerate(context.lorebook):
+            if index not in active:
+                continue
+            activation = active[index]
+            part = Part(f"lorebook:{entry.name}", entry.text, entry.context_config, activation.reason,
+                        activation.key_at if entry.key_relative else None, entry_index=index)
+            if entry.category in subcontexts:
+                if not members[entry.category]:
+                    # The sub-context takes its place among the parts at its first entry.
+                    parts.append(Part(f"subcontext:{subcontexts[entry.category].name}", "",
+                                      subcontexts[entry.category].subcontext_config))
+                # Inside a sub-context there is no story to count from.
+                part.key_at = None
+                members[entry.category].append(part)
+            else:
+                parts.append(part)
+        parts.append(Part("story", context.story, context.story_config, is_story=True))
+        parts.append(Part("authors_note", context.authors_note, context.authors_note_config))
+        empty_rows = []
+        for category_id, category in subcontexts.items():
+            source = f"subcontext:{category.name}"
+            if not members[category_id]:
+                empty_rows.append(ReportEntry(source, False, "no entry of the category activated"))
+                continue
+            sub_budget = category.subcontext_config.token_budget or budget
+            text, placements = self.assemble(members[category_id], sub_budget)
+            part = next(part for part in parts if part.source == source)
+            part.text = text
+            part.activation = (f"{len(members[category_id])} activated "
+                               f"entr{'y' if len(members[category_id]) == 1 else 'ies'} of category "
+                               f"{category.name!r}")
+            part.members = [placement.row for placement in placements]
+            part.member_parts = [placement.part for placement in placements]
+        return parts, empty_rows
 
-def assemble(memory: str, note: str, note_depth: int, entries: list[tuple[LoreEntry, str]], story: str) -> str:
-    """Memory first, then entries placed before the story, then the story's lines with the
-    entries placed inside it and the author's note `note_depth` lines from its end."""
-    lines = story.split("\n") if story else []
-    # Insertions keyed by how many lines from the end they go; entries with a higher insertion
-    # order go later (closer to the end), the author's note last of all at its depth.
-    inserts: dict[int, list[tuple[int, str]]] = {}
-    top: list[tuple[int, str]] = []
-    for entry, text in entries:
-        if entry.insertion_position >= 0:
-            top.append((entry.insertion_order, text))
-        else:
-            inserts.setdefault(-entry.insertion_position, []).append((entry.insertion_order, text))
-    if note:
-        inserts.setdefault(note_depth, []).append((1 << 31, note))
-    body: list[str] = []
-    for index, line in enumerate(lines):
-        from_end = len(lines) - index
-        for _, text in sorted(inserts.pop(from_end, []), key=lambda item: item[0]):
-            body.append(text)
-        body.append(line)
-    # Depths beyond the story's start go before it; depth 0 goes after it.
-    before = [text for depth in sorted(inserts, reverse=True) if depth > len(lines)
-              for _, text in sorted(inserts[depth], key=lambda item: item[0])]
-    after = [text for _, text in sorted(inserts.get(0, []), key=lambda item: item[0])]
-    parts = ([memory] if memory else []) + [text for _, text in sorted(top, key=lambda item: item[0])]
-    parts += before + body + after
-    return "\n".join(parts)
+    # --- budget and insertion ----------------------------------------------------------------
+
+    def assemble(self, parts: list[Part], budget: int) -> tuple[str, list[Placement]]:
+        """Steps 4 and 5 for `parts` within `budget` tokens: the text, and what became of each."""
+        order = sorted(range(len(parts)), key=lambda i: (-parts[i].config.budget_priority, i))
+        placements = self._budget([parts[i] for i in order], budget)
+        return self._insert(placements), placements
+
+    def _budget(self, parts: list[Part], budget: int) -> list[Placement]:
+        wrapped = [part.config.prefix + part.text + part.config.suffix if part.text else "" for part in parts]
+        full = [self.count(text) for text in wrapped]
+        reserved, total = [], 0
+        for part, tokens in zip(parts, full):
+            cap = min(tokens, part.config.token_budget) if part.config.token_budget else tokens
+            reserved.append(min(part.config.reserved_tokens, cap, budget - total))
+            total += reserved[-1]
+        used, outstanding = 0, total
+        placements = []
+        for part, tokens, own_reserve in zip(parts, full, reserved):
+            outstanding -= own_reserve
+            row = ReportEntry(part.source, False, "")
+            placements.append(Placement(part, row))
+            if not part.text:
+                row.reason = "empty"
+                continue
+            room = budget - used - outstanding
+            limit = min(room, part.config.token_budget) if part.config.token_budget else room
+            config = part.config
+            affix_tokens = self.count(config.prefix) + self.count(config.suffix)
+            kept = trim_to_fit(part.text, limit, config.trim_direction, config.maximum_trim_type,
+                               lambda text, c=config: self.count(c.prefix + text + c.suffix), self.offsets,
+                               affix_tokens)
+            lead = f"{part.activation}; " if part.activation else ""
+            if kept is None:
+                row.reason, row.trimmed_tokens = f"{lead}left out: budget", tokens
+                continue
+            used += kept.tokens
+            placements[-1].kept = kept
+            row.included, row.tokens, row.trimmed_tokens = True, kept.tokens, max(tokens - kept.tokens, 0)
+            if kept.cut_at is None:
+                row.reason = part.activation or "included whole"
+            else:
+                row.reason = f"{lead}trimmed to budget at a {kept.cut_at} boundary"
+        return placements
+
+    def _insert(self, placements: list[Placement]) -> str:
+        """The placed parts inserted in priority order, key-relative entries after the rest (their
+        key must be in the context to count from)."""
+        placed = [p for p in placements if p.kept is not None]
+        placed = [p for p in placed if p.part.key_at is None] + [p for p in placed if p.part.key_at is not None]
+        context = ""
+        anchors: dict[int, int] = {}  # id(part) → where its key now is in the context
+        for placement in placed:
+            part, kept, config = placement.part, placement.kept, placement.part.config
+            assert kept is not None
+            anchor = anchors.get(id(part))
+            if part.key_at is not None and anchor is None:
+                placement.row.reason += "; its key is not in the placed story, so placed by position"
+            inserted = insert(context, config.prefix + kept.text + config.suffix, config.insertion_type,
+                              config.insertion_position, self.offsets, anchor)
+            for key, position in anchors.items():
+                if position >= inserted.at:
+                    anchors[key] = position + inserted.length
+            if part.is_story:
+                story_at = inserted.text_at + len(config.prefix)
+                for other in placed:
+                    if other.part.key_at is not None:
+                        in_kept = other.part.key_at - kept.start
+                        if 0 <= in_kept < len(kept.text):
+                            anchors[id(other.part)] = story_at + in_kept
+            context = inserted.context
+        return context
+
+    # --- report ------------------------------------------------------------------------------
+
+    def _report(self, context: StoryContext, placements: list[Placement], inactive: dict[int, str],
+                empty_subcontexts: list[ReportEntry]) -> list[ReportEntry]:
+        """One row per part: memory, author's note, story, each lorebook entry (in lorebook order),
+        each sub-context."""
+        rows = {placement.row.source: placement.row for placement in placements if placement.part.entry_index is None}
+        report = [rows[source] for source in ("memory", "authors_note", "story")]
+        entry_rows = {placement.part.entry_index: placement.row for placement in placements
+                      if placement.part.entry_index is not None}
+        subcontext_rows = []
+        for placement in placements:
+            if placement.part.members:
+                subcontext_rows.append(placement.row)
+                for member_part, member in zip(placement.part.member_parts, placement.part.members):
+                    if placement.kept is None and member.included:
+                        member.included = False
+                        member.reason += "; left out with its sub-context"
+                        member.trimmed_tokens += member.tokens
+                        member.tokens = 0
+                    entry_rows[member_part.entry_index] = member
+        for index, entry in enumerate(context.lorebook):
+            report.append(ReportEntry(f"lorebook:{entry.name}", False, inactive[index]) if index in inactive
+                          else entry_rows[index])
+        return report + subcontext_rows + empty_subcontexts

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from fabula.text.v1 import text_pb2
-from services.text.context import BuiltContext, LoreEntry, ReportEntry, StoryContext
+from services.text.context import BuiltContext, ReportEntry
+from services.text.context_units import TextUnit, TrimDirection
 from services.text.models import LoadedModel
 from services.text.params import SAMPLING_FIELDS, GenerationSpec, SamplerName, SamplingParams
 from services.text.presets_store import Preset
 from services.text.sequence import FinishReason, Piece, Stats
+from services.text.story_context import ContextConfig, LoreCategory, LoreEntry, StoryContext
 
 SAMPLER_FROM_PB: dict[int, SamplerName] = {
     text_pb2.SAMPLER_TEMPERATURE: SamplerName.TEMPERATURE,
@@ -26,6 +28,22 @@ SAMPLER_FROM_PB: dict[int, SamplerName] = {
     text_pb2.SAMPLER_MIN_P: SamplerName.MIN_P,
 }
 SAMPLER_TO_PB: dict[SamplerName, int] = {name: number for number, name in SAMPLER_FROM_PB.items()}
+
+TRIM_DIRECTION_FROM_PB: dict[int, TrimDirection] = {
+    text_pb2.TRIM_DIRECTION_TOP: TrimDirection.TOP,
+    text_pb2.TRIM_DIRECTION_BOTTOM: TrimDirection.BOTTOM,
+    text_pb2.TRIM_DIRECTION_NONE: TrimDirection.NONE,
+}
+TRIM_TYPE_FROM_PB: dict[int, TextUnit] = {
+    text_pb2.TRIM_TYPE_NEWLINE: TextUnit.NEWLINE,
+    text_pb2.TRIM_TYPE_SENTENCE: TextUnit.SENTENCE,
+    text_pb2.TRIM_TYPE_TOKEN: TextUnit.TOKEN,
+}
+INSERTION_TYPE_FROM_PB: dict[int, TextUnit] = {
+    text_pb2.INSERTION_TYPE_NEWLINE: TextUnit.NEWLINE,
+    text_pb2.INSERTION_TYPE_SENTENCE: TextUnit.SENTENCE,
+    text_pb2.INSERTION_TYPE_TOKEN: TextUnit.TOKEN,
+}
 
 FINISH_REASON_TO_PB: dict[FinishReason, int] = {
     FinishReason.LENGTH: text_pb2.FINISH_REASON_LENGTH,
@@ -53,22 +71,57 @@ def sampling_from_pb(message: text_pb2.SamplingParameters) -> dict[str, Any]:
     return values
 
 
+def context_config_from_pb(message: text_pb2.ContextConfig) -> ContextConfig:
+    """The fields the message set (unset scalars and UNSPECIFIED enums stay None: the part's
+    default). An enum number this service does not know passes through for the domain to refuse."""
+    def optional(name: str):
+        return getattr(message, name) if message.HasField(name) else None
+
+    def enum(name: str, table: dict[int, Any]):
+        number = getattr(message, name)
+        return None if number == 0 else table.get(number, number)
+
+    return ContextConfig(
+        prefix=optional("prefix"), suffix=optional("suffix"), token_budget=optional("token_budget"),
+        reserved_tokens=optional("reserved_tokens"), budget_priority=optional("budget_priority"),
+        trim_direction=enum("trim_direction", TRIM_DIRECTION_FROM_PB),
+        maximum_trim_type=enum("maximum_trim_type", TRIM_TYPE_FROM_PB),
+        insertion_type=enum("insertion_type", INSERTION_TYPE_FROM_PB),
+        insertion_position=optional("insertion_position"))
+
+
 def lore_entry_from_pb(message: text_pb2.LorebookEntry) -> LoreEntry:
     return LoreEntry(
         name=message.name, text=message.text, keys=tuple(message.keys), regex_keys=message.regex_keys,
         case_sensitive=message.case_sensitive, scan_depth_chars=message.scan_depth_chars,
         always_on=message.always_on, insertion_order=message.insertion_order,
         insertion_position=message.insertion_position, token_budget=message.token_budget,
-        disabled=message.disabled)
+        disabled=message.disabled, id=message.id, key_relative=message.key_relative,
+        cascading_activation=message.cascading_activation, category=message.category,
+        context_config=context_config_from_pb(message.context_config) if message.HasField("context_config") else None)
+
+
+def lore_category_from_pb(message: text_pb2.LorebookCategory) -> LoreCategory:
+    return LoreCategory(
+        id=message.id, name=message.name, enabled=message.enabled if message.HasField("enabled") else True,
+        create_subcontext=message.create_subcontext,
+        subcontext_config=context_config_from_pb(message.subcontext_config),
+        use_category_defaults=message.use_category_defaults,
+        category_defaults=lore_entry_from_pb(message.category_defaults)
+        if message.HasField("category_defaults") else None)
 
 
 def story_context_from_pb(message: text_pb2.StoryContext) -> StoryContext:
     """The story parts, unchecked (`context.check_inputs` checks them)."""
     depth = {"authors_note_depth": message.authors_note_depth} if message.HasField("authors_note_depth") else {}
     return StoryContext(
-        story=message.story, memory=message.memory, authors_note=message.authors_note,
+        story=message.story, memory=message.memory, authors_note=message.authors_note, **depth,
         lorebook=tuple(lore_entry_from_pb(entry) for entry in message.lorebook),
-        max_context_tokens=message.max_context_tokens, **depth)
+        max_context_tokens=message.max_context_tokens,
+        memory_config=context_config_from_pb(message.memory_config),
+        authors_note_config=context_config_from_pb(message.authors_note_config),
+        story_config=context_config_from_pb(message.story_config),
+        lorebook_categories=tuple(lore_category_from_pb(category) for category in message.lorebook_categories))
 
 
 def spec_from_pb(message: text_pb2.GenerationSpec) -> GenerationSpec:

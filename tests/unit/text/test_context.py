@@ -57,11 +57,15 @@ def test_budget_is_respected_and_the_story_is_trimmed_from_the_oldest_side(build
     assert budget - len(built.prompt_ids) <= len(tiny_tokenizer.encode(" " + SENTENCES[0])) + 4
 
 
-def test_single_long_sentence_is_cut_mid_sentence_and_says_so(builder):
+def test_single_long_sentence_is_cut_mid_sentence_only_when_token_trimming_is_allowed(builder):
     long_sentence = "and then " * 200
+    # The story's default maximum trim type is the sentence: no sentence fits, so none of it goes in.
     built = builder.build(story(story=long_sentence, max_context_tokens=40), max_new_tokens=10)
-    assert len(built.prompt_ids) <= 40
-    assert "mid-sentence" in by_source(built)["story"].reason
+    assert built.prompt == "" and by_source(built)["story"].reason == "left out: budget"
+    config = text_pb2.ContextConfig(maximum_trim_type=text_pb2.TRIM_TYPE_TOKEN)
+    built = builder.build(story(story=long_sentence, max_context_tokens=40, story_config=config), max_new_tokens=10)
+    assert len(built.prompt_ids) <= 40 and long_sentence.endswith(built.prompt)
+    assert by_source(built)["story"].reason == "trimmed to budget at a token boundary"
 
 
 def test_memory_and_authors_note_are_placed(builder):
@@ -75,7 +79,10 @@ def test_memory_and_authors_note_are_placed(builder):
 
 
 def test_memory_is_kept_when_the_story_must_shrink(builder):
-    built = builder.build(story(story=STORY, memory="The hero is Ada.", max_context_tokens=80), max_new_tokens=10)
+    # The story reserves 512 tokens by default, more than this whole budget: reserved tokens are
+    # set aside before memory is placed, so the story reserves less here.
+    built = builder.build(story(story=STORY, memory="The hero is Ada.", max_context_tokens=80,
+                                story_config=text_pb2.ContextConfig(reserved_tokens=20)), max_new_tokens=10)
     assert built.prompt.startswith("The hero is Ada.\n")
     assert len(built.prompt_ids) <= 80
 
@@ -141,11 +148,12 @@ def test_entry_token_budget_and_insertion_order_under_a_tight_budget(builder, ti
     high = report["lorebook:high"]
     assert high.included and high.tokens <= 20 and high.trimmed_tokens > 0
     assert len(built.prompt_ids) <= 60
-    # With a budget too small for both, the higher insertion order wins.
+    # With a budget too small for both, the higher insertion order wins: it is placed whole and
+    # the lower one is cut (at any token, as older entries are) to what is left.
     built = builder.build(story(story="x", lorebook=lore, max_context_tokens=22), max_new_tokens=10)
     report = by_source(built)
-    assert report["lorebook:high"].included
-    assert not report["lorebook:low"].included and "did not fit" in report["lorebook:low"].reason
+    assert report["lorebook:high"].included and report["lorebook:high"].tokens == 20
+    assert report["lorebook:low"].tokens <= 2 and "trimmed to budget" in report["lorebook:low"].reason
 
 
 def test_insertion_position_counts_lines_from_the_end(builder):
