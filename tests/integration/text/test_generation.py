@@ -176,6 +176,46 @@ async def test_story_context_report_comes_first(tiny_service):
     assert reply.context_report.prompt == report.prompt
 
 
+async def test_context_settings_categories_and_cascades_over_grpc(tiny_service):
+    context = text_pb2.StoryContext(
+        story="Line one.\nThe knight saw the castle.\nLine three.", memory="Ada is the knight.",
+        memory_config=text_pb2.ContextConfig(prefix="[ ", suffix=" ]"),
+        story_config=text_pb2.ContextConfig(trim_direction=text_pb2.TRIM_DIRECTION_NONE),
+        lorebook=[
+            text_pb2.LorebookEntry(name="Castle", text="The castle has a moat.", keys=["castle"], key_relative=True,
+                                   context_config=text_pb2.ContextConfig(insertion_position=0)),
+            text_pb2.LorebookEntry(name="Moat", text="Eels live in the moat.", keys=["moat"], cascading_activation=True,
+                                   category="places"),
+            text_pb2.LorebookEntry(name="Hidden", text="Never shown.", always_on=True, category="secrets"),
+        ],
+        lorebook_categories=[
+            text_pb2.LorebookCategory(id="places", name="Places", create_subcontext=True,
+                                      subcontext_config=text_pb2.ContextConfig(prefix="--- ")),
+            text_pb2.LorebookCategory(id="secrets", enabled=False),
+        ])
+    reply = await tiny_service.stub.Generate(text_pb2.GenerateRequest(
+        spec=spec(prompt=None, context=context, max_new_tokens=3, seed=1)))
+    report = reply.context_report
+    assert report.prompt == ("[ Ada is the knight. ]\n--- Eels live in the moat.\nLine one.\n"
+                             "The knight saw the castle.\nThe castle has a moat.\nLine three.")
+    rows = {row.source: (row.included, row.reason) for row in report.entries}
+    assert rows == {
+        "memory": (True, "included whole"), "authors_note": (False, "empty"), "story": (True, "included whole"),
+        "lorebook:Castle": (True, "key 'castle' matched"), "lorebook:Moat": (True, "cascade from entry 'Castle'"),
+        "lorebook:Hidden": (False, "category disabled"),
+        "subcontext:Places": (True, "1 activated entry of category 'Places'"),
+    }
+    assert reply.stats.prompt_tokens == report.prompt_tokens
+
+
+async def test_bad_context_settings_name_the_field_over_grpc(tiny_service):
+    context = text_pb2.StoryContext(story="x", lorebook=[text_pb2.LorebookEntry(text="t", keys=["k"], category="nope")])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await tiny_service.stub.Generate(text_pb2.GenerateRequest(spec=spec(prompt=None, context=context)))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spec.context.lorebook[0].category" in raised.value.details()
+
+
 async def test_tokens_and_listing(tiny_service):
     stub = tiny_service.stub
     tokenized = await stub.Tokenize(text_pb2.TokenizeRequest(text="The dragon 🐉"))
