@@ -130,6 +130,7 @@ class ContextBuilder:
         subcontexts = {category.id: category for category in context.lorebook_categories
                        if category.create_subcontext and category.enabled}
         members: dict[str, list[Part]] = {category_id: [] for category_id in subcontexts}
+        subcontext_parts: dict[str, Part] = {}
         parts = [Part("memory", context.memory, context.memory_config)]
         for index, entry in enumerate(context.lorebook):
             if index not in active:
@@ -140,8 +141,9 @@ class ContextBuilder:
             if entry.category in subcontexts:
                 if not members[entry.category]:
                     # The sub-context takes its place among the parts at its first entry.
-                    parts.append(Part(f"subcontext:{subcontexts[entry.category].name}", "",
-                                      subcontexts[entry.category].subcontext_config))
+                    category = subcontexts[entry.category]
+                    subcontext_parts[category.id] = Part(f"subcontext:{category.name}", "", category.subcontext_config)
+                    parts.append(subcontext_parts[category.id])
                 # Inside a sub-context there is no story to count from.
                 part.key_at = None
                 members[entry.category].append(part)
@@ -157,7 +159,7 @@ class ContextBuilder:
                 continue
             sub_budget = category.subcontext_config.token_budget or budget
             text, placements = self.assemble(members[category_id], sub_budget)
-            part = next(part for part in parts if part.source == source)
+            part = subcontext_parts[category_id]
             part.text = text
             part.activation = (f"{len(members[category_id])} activated "
                                f"entr{'y' if len(members[category_id]) == 1 else 'ies'} of category "

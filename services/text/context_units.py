@@ -47,7 +47,7 @@ def unit_starts(text: str, unit: TextUnit, offsets: Offsets) -> list[int]:
     return sorted(starts)
 
 
-def finest_unit_at(text: str, position: int) -> TextUnit:
+def coarsest_unit_at(text: str, position: int) -> TextUnit:
     """The coarsest unit that starts at `position` (for the report's "cut at a ... boundary")."""
     if position == 0 or text[position - 1] == "\n":
         return TextUnit.NEWLINE
@@ -81,7 +81,7 @@ def trim_to_fit(text: str, limit: int, direction: TrimDirection, finest: TextUni
     spans = offsets(text)
     token_starts = [start for start, _ in spans]
     token_ends = [end for _, end in spans]
-    cuts = [cut for cut in unit_starts(text, finest, offsets) if 0 < cut < len(text)]
+    cuts = [cut for cut in unit_starts(text, finest, lambda _text: spans) if 0 < cut < len(text)]
     if direction is TrimDirection.TOP:
         # Longest kept text first: the earliest cut.
         candidates = [(cut, cut, text[cut:],
@@ -112,7 +112,7 @@ def trim_to_fit(text: str, limit: int, direction: TrimDirection, finest: TextUni
     if found is None:
         return None
     cut, start, piece, _ = candidates[found[0]]
-    return Trimmed(piece, start, found[1], finest_unit_at(text, cut))
+    return Trimmed(piece, start, found[1], coarsest_unit_at(text, cut))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ count can be checked by eye and joining parts never changes a count."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -226,6 +227,12 @@ def test_a_subcontext_is_assembled_first_and_placed_as_one_part():
     assert report["subcontext:People"] == (True, "3 activated entries of category 'People'", 3, 0)
     assert report["lorebook:P3"] == (False, "always on; left out: budget", 0, 2)
     assert report["lorebook:P1"] == (True, "always on", 1, 0)
+    # Left out as a whole (trim none, 2 tokens of budget, 1 reserved by the story), its entries say so.
+    whole_or_nothing = (replace(categories[0], subcontext_config=ContextConfig(
+        prefix="----\n", token_budget=3, trim_direction=TrimDirection.NONE)),)
+    report = rows(build(2, story="S", lorebook=entries, lorebook_categories=whole_or_nothing))
+    assert report["subcontext:People"] == (False, "3 activated entries of category 'People'; left out: budget", 0, 3)
+    assert report["lorebook:P1"] == (False, "always on; left out with its sub-context", 0, 1)
 
 
 def test_the_report_names_every_part_and_why():
