@@ -99,7 +99,42 @@ class PhraseBias(RequestBody):
     bias: float
 
 
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+TrimDirectionName = Literal["top", "bottom", "none"]
+UnitName = Literal["newline", "sentence", "token"]
+
+
+class ContextConfig(RequestBody):
+    """How one part of a story context is budgeted, trimmed and placed; unset fields take the
+    part's default (docs/text.md, "Context building")."""
+
+    prefix: Text | None = None
+    suffix: Text | None = None
+    token_budget: Uint32 | None = Field(None, description="most tokens the part may occupy; 0 = no limit of its own")
+    reserved_tokens: Uint32 | None = Field(None, description="set aside before lower priorities are placed")
+    budget_priority: Int32 | None = Field(None, description="higher is placed (and trimmed) first")
+    trim_direction: TrimDirectionName | None = None
+    maximum_trim_type: UnitName | None = Field(None, description="the finest unit trimming may cut at")
+    insertion_type: UnitName | None = Field(None, description="the unit insertion_position counts in")
+    insertion_position: Int32 | None = Field(None, description=">= 0 from the top, < 0 from the bottom (-1 = the end)")
+
+    def to_pb(self) -> text_pb2.ContextConfig:
+        message = text_pb2.ContextConfig()
+        for name in ("prefix", "suffix", "token_budget", "reserved_tokens", "budget_priority", "insertion_position"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(message, name, value)
+        if self.trim_direction is not None:
+            message.trim_direction = text_pb2.TrimDirection.Value(f"TRIM_DIRECTION_{self.trim_direction.upper()}")
+        if self.maximum_trim_type is not None:
+            message.maximum_trim_type = text_pb2.TrimType.Value(f"TRIM_TYPE_{self.maximum_trim_type.upper()}")
+        if self.insertion_type is not None:
+            message.insertion_type = text_pb2.InsertionType.Value(f"INSERTION_TYPE_{self.insertion_type.upper()}")
+        return message
+
+
 class LorebookEntry(RequestBody):
+    id: Text = ""
     name: Text = ""
     text: Text
     keys: list[Text] = Field(default_factory=list)
@@ -107,29 +142,71 @@ class LorebookEntry(RequestBody):
     case_sensitive: bool = False
     scan_depth_chars: Uint32 = 0
     always_on: bool = False
-    insertion_order: int = Field(0, ge=-(2**31), le=2**31 - 1)
-    insertion_position: int = Field(0, ge=-(2**31), le=2**31 - 1)
-    token_budget: Uint32 = 0
+    insertion_order: Int32 = Field(0, description="older field, used only without context_config")
+    insertion_position: Int32 = Field(0, description="older field, used only without context_config")
+    token_budget: Uint32 = Field(0, description="older field, used only without context_config")
     disabled: bool = False
+    key_relative: bool = False
+    cascading_activation: bool = False
+    category: Text = Field("", description="a lorebook_categories id")
+    context_config: ContextConfig | None = None
 
     def to_pb(self) -> text_pb2.LorebookEntry:
-        return text_pb2.LorebookEntry(**self.model_dump())
+        message = text_pb2.LorebookEntry(**self.model_dump(exclude={"context_config"}))
+        if self.context_config is not None:
+            message.context_config.CopyFrom(self.context_config.to_pb())
+        return message
+
+
+class CategoryDefaults(LorebookEntry):
+    """The template a category's entries take unset settings from."""
+
+    text: Text = ""
+
+
+class LorebookCategory(RequestBody):
+    id: Text
+    name: Text = ""
+    enabled: bool = True
+    create_subcontext: bool = False
+    subcontext_config: ContextConfig | None = None
+    use_category_defaults: bool = False
+    category_defaults: CategoryDefaults | None = None
+
+    def to_pb(self) -> text_pb2.LorebookCategory:
+        message = text_pb2.LorebookCategory(id=self.id, name=self.name, enabled=self.enabled,
+                                            create_subcontext=self.create_subcontext,
+                                            use_category_defaults=self.use_category_defaults)
+        if self.subcontext_config is not None:
+            message.subcontext_config.CopyFrom(self.subcontext_config.to_pb())
+        if self.category_defaults is not None:
+            message.category_defaults.CopyFrom(self.category_defaults.to_pb())
+        return message
 
 
 class StoryContext(RequestBody):
     story: Text
     memory: Text = ""
     authors_note: Text = ""
-    authors_note_depth: Uint32 | None = None
+    authors_note_depth: Uint32 | None = Field(None, description="older field: lines above the end; default 3")
     lorebook: list[LorebookEntry] = Field(default_factory=list)
     max_context_tokens: Uint32 = 0
+    memory_config: ContextConfig | None = None
+    authors_note_config: ContextConfig | None = None
+    story_config: ContextConfig | None = None
+    lorebook_categories: list[LorebookCategory] = Field(default_factory=list)
 
     def to_pb(self) -> text_pb2.StoryContext:
         message = text_pb2.StoryContext(story=self.story, memory=self.memory, authors_note=self.authors_note,
                                         lorebook=[entry.to_pb() for entry in self.lorebook],
-                                        max_context_tokens=self.max_context_tokens)
+                                        max_context_tokens=self.max_context_tokens,
+                                        lorebook_categories=[category.to_pb() for category in self.lorebook_categories])
         if self.authors_note_depth is not None:
             message.authors_note_depth = self.authors_note_depth
+        for name in ("memory_config", "authors_note_config", "story_config"):
+            config = getattr(self, name)
+            if config is not None:
+                getattr(message, name).CopyFrom(config.to_pb())
         return message
 
 

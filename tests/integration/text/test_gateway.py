@@ -64,6 +64,46 @@ async def test_story_context_event_and_report(ai):
     assert result["context_report"]["prompt"] == report["prompt"]
 
 
+async def test_story_context_settings_over_http(ai):
+    client, _ = ai
+    context = {
+        "story": "Line one.\nThe knight saw the castle.\nLine three.",
+        "memory": "Ada is the knight.", "memory_config": {"prefix": "[ ", "suffix": " ]"},
+        "story_config": {"trim_direction": "none", "maximum_trim_type": "token"},
+        "lorebook": [
+            {"name": "Castle", "text": "The castle has a moat.", "keys": ["castle"], "key_relative": True,
+             "context_config": {"insertion_position": 0, "insertion_type": "newline"}},
+            {"name": "Moat", "text": "Eels live in the moat.", "keys": ["moat"], "cascading_activation": True,
+             "category": "places"},
+            {"name": "Hidden", "text": "Never shown.", "always_on": True, "category": "secrets"},
+        ],
+        "lorebook_categories": [
+            {"id": "places", "name": "Places", "create_subcontext": True, "subcontext_config": {"prefix": "--- "}},
+            {"id": "secrets", "enabled": False},
+        ],
+    }
+    reply = await client.post("/ai/generate", json={"context": context, "max_new_tokens": 2, "seed": 1})
+    assert reply.status_code == 200, reply.text
+    report = reply.json()["context_report"]
+    assert report["prompt"] == ("[ Ada is the knight. ]\n--- Eels live in the moat.\nLine one.\n"
+                                "The knight saw the castle.\nThe castle has a moat.\nLine three.")
+    assert {row["source"]: row["reason"] for row in report["entries"]} == {
+        "memory": "included whole", "authors_note": "empty", "story": "included whole",
+        "lorebook:Castle": "key 'castle' matched", "lorebook:Moat": "cascade from entry 'Castle'",
+        "lorebook:Hidden": "category disabled", "subcontext:Places": "1 activated entry of category 'Places'"}
+
+
+@pytest.mark.parametrize(("context", "field"), [
+    ({"story": "x", "story_config": {"trim_direction": "sideways"}}, "context.story_config.trim_direction"),
+    ({"story": "x", "lorebook": [{"text": "t", "keys": ["k"], "category": "nope"}]}, "context.lorebook[0].category"),
+])
+async def test_bad_story_context_settings_name_the_field_over_http(ai, context, field):
+    client, _ = ai
+    reply = await client.post("/ai/generate", json={"context": context, "max_new_tokens": 2})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["field"] == field
+
+
 async def test_tokenize_models_presets(ai):
     client, _ = ai
     tokens = (await client.post("/ai/tokenize", json={"text": "The dragon"})).json()
