@@ -171,7 +171,8 @@ class ContextBuilder:
     # --- budget and insertion ----------------------------------------------------------------
 
     def assemble(self, parts: list[Part], budget: int) -> tuple[str, list[Placement]]:
-        """Steps 4 and 5 for `parts` within `budget` tokens: the text, and what became of each."""
+        """Budget and insertion (steps 4 and 5) for `parts` within `budget` tokens: the text, and
+        what became of each part."""
         order = sorted(range(len(parts)), key=lambda i: (-parts[i].config.budget_priority, i))
         placements = self._budget([parts[i] for i in order], budget)
         return self._insert(placements), placements
@@ -199,7 +200,7 @@ class ContextBuilder:
             affix_tokens = self.count(config.prefix) + self.count(config.suffix)
             kept = trim_to_fit(part.text, limit, config.trim_direction, config.maximum_trim_type,
                                lambda text, c=config: self.count(c.prefix + text + c.suffix), self.offsets,
-                               affix_tokens)
+                               affix_tokens, tokens)
             lead = f"{part.activation}; " if part.activation else ""
             if kept is None:
                 row.reason, row.trimmed_tokens = f"{lead}left out: budget", tokens

@@ -65,15 +65,15 @@ class Trimmed:
 
 
 def trim_to_fit(text: str, limit: int, direction: TrimDirection, finest: TextUnit,
-                count: Callable[[str], int], offsets: Offsets, affix_tokens: int) -> Trimmed | None:
+                count: Callable[[str], int], offsets: Offsets, affix_tokens: int, whole: int) -> Trimmed | None:
     """The longest part of `text` that fits `limit` tokens, as counted by `count` (which includes
     the prefix and suffix), cut at a start of `finest` or a coarser unit and removed from the
     `direction` end; None when not even the shortest cut fits (or direction NONE forbids cutting).
+    `whole` is `count(text)`, which the caller has already measured.
 
     The search estimates each cut's count from the text's token offsets (plus `affix_tokens`),
     picks the longest cut the estimate allows and confirms it with `count`; only when joining
     changed the count does it fall back to a binary search with real counts."""
-    whole = count(text)
     if whole <= limit:
         return Trimmed(text, 0, whole, None)
     if direction is TrimDirection.NONE or limit <= 0:
