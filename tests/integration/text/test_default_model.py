@@ -61,9 +61,12 @@ async def test_stop_sequence_and_banned_strings_on_the_real_model(smol):
 
 async def test_story_context_on_the_real_model(smol):
     story = " ".join(f"Day {i}: the keeper lit the lamp and watched the sea." for i in range(400))
+    # The story's default reservation (512 tokens) exceeds this budget and is set aside before the
+    # memory is placed; a smaller one leaves the memory room.
     messages = [m async for m in smol.stub.GenerateStream(text_pb2.GenerateStreamRequest(
-        spec=text_pb2.GenerationSpec(context=text_pb2.StoryContext(story=story, memory="The keeper is Tom.",
-                                                                   max_context_tokens=300),
+        spec=text_pb2.GenerationSpec(context=text_pb2.StoryContext(
+            story=story, memory="The keeper is Tom.", max_context_tokens=300,
+            story_config=text_pb2.ContextConfig(reserved_tokens=64)),
                                      max_new_tokens=8, seed=1)))]
     report = messages[0].context_report
     assert report.prompt_tokens <= 300 and report.prompt.startswith("The keeper is Tom.\n")
