@@ -74,12 +74,18 @@ class Sampling(RequestBody):
     repetition_penalty_whitelist: list[Uint32] = Field(default_factory=list, description="token ids spared")
     sampler_order: list[SamplerStep] = Field(default_factory=list,
                                              description="every sampler exactly once; empty = default order")
+    sampler_convention: Literal["fabula", "koboldcpp"] | None = Field(
+        None, description="whose definition of the slope, tail-free, top_k and typical_p to follow "
+                          "(fabula = KoboldAI/transformers, koboldcpp = KoboldCpp); unset = the preset's")
 
     def to_pb(self) -> text_pb2.SamplingParameters:
         message = text_pb2.SamplingParameters(
             repetition_penalty_whitelist=self.repetition_penalty_whitelist,
             sampler_order=[text_pb2.SamplerStep(sampler=text_pb2.Sampler.Value(f"SAMPLER_{step.sampler.upper()}"),
                                                 enabled=step.enabled) for step in self.sampler_order])
+        if self.sampler_convention is not None:
+            message.sampler_convention = text_pb2.SamplerConvention.Value(
+                f"SAMPLER_CONVENTION_{self.sampler_convention.upper()}")
         for name in ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p",
                      "repetition_penalty", "repetition_penalty_range", "repetition_penalty_slope",
                      "frequency_penalty", "presence_penalty"):

@@ -8,7 +8,8 @@ value), before any model work. Checks that need the model (token ids within the 
 The numeric sampling controls are declared once, on `SamplingParams`: each field's neutral value
 (the value that turns the control off, also its default), its allowed range and what it does.
 `SAMPLING_FIELDS` is read from those declarations; validation, the samplers' "is this control off"
-checks and the protobuf translation all read it.
+checks and the protobuf translation all read it. One control is a choice rather than a number:
+`sampler_convention`, whose definition the samplers follow where the peers disagree.
 """
 
 from __future__ import annotations
@@ -54,7 +55,48 @@ class SamplerName(Enum):
         raise InvalidArgument(field_name, value, f"unknown sampler; one of {names}")
 
 
-# KoboldCpp's default order: temperature first, then the truncations from coarse to fine.
+class SamplerConvention(Enum):
+    """Whose definition the samplers follow where the peers disagree, named as requests and
+    preset files name it. The differences, each beside the sampler it changes in `samplers.py`:
+
+    - repetition_penalty_slope: FABULA is KoboldAI's (and NovelAI's) sigmoid ramp over the range,
+      0 = off, 1 = linear; KOBOLDCPP penalises the older half of the range with
+      1 + (penalty - 1) * slope and the newer half fully, so its default 1 means no slope.
+    - tail_free: FABULA is KoboldAI's cut (the token where the curvature's CDF first passes z
+      stays) on the whole row, masked tokens counted as zero probabilities; KOBOLDCPP is
+      llama.cpp's (that token goes) on the tokens still in the running only.
+    - top_k: FABULA keeps every token tied with the k-th (transformers, KoboldAI); KOBOLDCPP
+      keeps exactly k.
+    - typical_p: FABULA keeps every token tied with the last one needed (transformers) and stops
+      once the mass reaches typical_p; KOBOLDCPP keeps exactly the tokens needed to pass it.
+    """
+
+    FABULA = "fabula"
+    KOBOLDCPP = "koboldcpp"
+
+    @property
+    def key(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str) -> SamplerConvention:
+        """A convention from its name ("koboldcpp", "SAMPLER_CONVENTION_KOBOLDCPP")."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.upper().removeprefix("SAMPLER_CONVENTION_")]
+            except KeyError:
+                pass
+        names = ", ".join(name.key for name in cls)
+        raise InvalidArgument(field_name, value, f"unknown sampler convention; one of {names}")
+
+
+# Fabula's default order puts temperature first, as transformers does: the truncations then judge
+# the distribution that is actually sampled, so a hot temperature widens the kept set instead of
+# only flattening a set cut at temperature 1. The truncations follow from coarse to fine. (This is
+# not KoboldCpp's default, which runs top_k, top_a, tail_free, typical_p, top_p and temperature
+# last; a request or preset that wants it gives that order.)
 DEFAULT_ORDER: tuple[tuple[SamplerName, bool], ...] = tuple((name, True) for name in (
     SamplerName.TEMPERATURE, SamplerName.TOP_K, SamplerName.TOP_A, SamplerName.TOP_P,
     SamplerName.TYPICAL_P, SamplerName.TAIL_FREE, SamplerName.MIN_P))
@@ -85,20 +127,37 @@ class Range:
 
 
 @dataclass(frozen=True)
-class SamplingField:
-    """One numeric sampling control: the value that turns it off, the values it may take, and
-    what it does."""
+class Choice:
+    """Allowed values of a sampling control that names one of an enum's members."""
 
-    neutral: float
-    allowed: Range
+    kind: type[SamplerConvention]
+
+    def check(self, field_name: str, value: Any) -> None:
+        self.kind.parse(value, field_name)
+
+
+@dataclass(frozen=True)
+class SamplingField:
+    """One sampling control: the value that turns it off (or, for a choice, the default), the
+    values it may take, and what it does."""
+
+    neutral: Any
+    allowed: Range | Choice
     doc: str
+
+    def parse(self, field_name: str, value: Any) -> Any:
+        """`value` checked against the allowed values; a choice's name becomes its member."""
+        if isinstance(self.allowed, Choice):
+            return self.allowed.kind.parse(value, field_name)
+        self.allowed.check(field_name, value)
+        return value
 
     def is_neutral(self, value: float) -> bool:
         """Whether `value` leaves the control off (validated values only reach it)."""
         return value == self.neutral
 
 
-def _control(neutral: float, allowed: Range, doc: str) -> Any:
+def _control(neutral: Any, allowed: Range | Choice, doc: str) -> Any:
     """A `SamplingParams` field whose default is its neutral value, with its range and doc."""
     return field(default=neutral, metadata={"control": SamplingField(neutral, allowed, doc)})
 
@@ -130,12 +189,20 @@ class SamplingParams:
                                          "divides positive (multiplies negative) logits of tokens in the range")
     repetition_penalty_range: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
                                              "how many recent context tokens the penalties see; 0 is all")
-    repetition_penalty_slope: float = _control(0.0, Range(0, 10),
-                                               "fades the repetition penalty towards the range's older end; 0 is flat")
+    # The slope's meaning depends on the sampler convention (see SamplerConvention): FABULA's
+    # neutral 0 is KoboldAI's "no slope"; KoboldCpp's "no slope" is 1.
+    repetition_penalty_slope: float = _control(
+        0.0, Range(0, 10),
+        "fades the repetition penalty towards the range's older end; FABULA: KoboldAI's ramp, 0 is flat, "
+        "1 linear; KOBOLDCPP: the older half gets 1 + (penalty - 1) * slope, 1 is flat")
     frequency_penalty: float = _control(0.0, Range(-2, 2), "subtracted once per occurrence in the range")
     presence_penalty: float = _control(0.0, Range(-2, 2), "subtracted once if the token occurs in the range")
     repetition_penalty_whitelist: tuple[int, ...] = ()
     order: tuple[tuple[SamplerName, bool], ...] = DEFAULT_ORDER
+    sampler_convention: SamplerConvention = _control(
+        SamplerConvention.FABULA, Choice(SamplerConvention),
+        "whose definition of the slope, tail_free, top_k and typical_p to follow: fabula (KoboldAI, "
+        "transformers) or koboldcpp")
     whitelist_tensor: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -167,8 +234,7 @@ class SamplingParams:
         for name, value in values.items():
             where = f"{field_prefix}{name}"
             if name in SAMPLING_FIELDS:
-                SAMPLING_FIELDS[name].allowed.check(where, value)
-                resolved[name] = value
+                resolved[name] = SAMPLING_FIELDS[name].parse(where, value)
             elif name == "repetition_penalty_whitelist":
                 ids = tuple(value)
                 for index, token in enumerate(ids):

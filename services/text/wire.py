@@ -13,7 +13,7 @@ from fabula.text.v1 import text_pb2
 from services.text.context import BuiltContext, ReportEntry
 from services.text.context_units import TextUnit, TrimDirection
 from services.text.models import LoadedModel
-from services.text.params import SAMPLING_FIELDS, GenerationSpec, SamplerName, SamplingParams
+from services.text.params import SAMPLING_FIELDS, GenerationSpec, SamplerConvention, SamplerName, SamplingParams
 from services.text.presets_store import Preset
 from services.text.sequence import FinishReason, Piece, Stats
 from services.text.story_context import ContextConfig, LoreCategory, LoreEntry, StoryContext
@@ -45,6 +45,12 @@ INSERTION_TYPE_FROM_PB: dict[int, TextUnit] = {
     text_pb2.INSERTION_TYPE_TOKEN: TextUnit.TOKEN,
 }
 
+CONVENTION_FROM_PB: dict[int, SamplerConvention] = {
+    text_pb2.SAMPLER_CONVENTION_FABULA: SamplerConvention.FABULA,
+    text_pb2.SAMPLER_CONVENTION_KOBOLDCPP: SamplerConvention.KOBOLDCPP,
+}
+CONVENTION_TO_PB: dict[SamplerConvention, int] = {name: number for number, name in CONVENTION_FROM_PB.items()}
+
 FINISH_REASON_TO_PB: dict[FinishReason, int] = {
     FinishReason.LENGTH: text_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP_SEQUENCE: text_pb2.FINISH_REASON_STOP_SEQUENCE,
@@ -58,8 +64,13 @@ FINISH_REASON_TO_PB: dict[FinishReason, int] = {
 
 def sampling_from_pb(message: text_pb2.SamplingParameters) -> dict[str, Any]:
     """The sampling fields the request set, by their request names (unset ones are left to the
-    preset). The message's optional numeric fields carry the names of `SAMPLING_FIELDS`."""
+    preset). The message's optional fields carry the names of `SAMPLING_FIELDS`; the convention
+    is an enum number, and UNSPECIFIED counts as unset."""
     values: dict[str, Any] = {name: getattr(message, name) for name in SAMPLING_FIELDS if message.HasField(name)}
+    if "sampler_convention" in values:
+        number = values.pop("sampler_convention")
+        if number != text_pb2.SAMPLER_CONVENTION_UNSPECIFIED:
+            values["sampler_convention"] = CONVENTION_FROM_PB.get(number, number)
     if message.repetition_penalty_whitelist:
         values["repetition_penalty_whitelist"] = list(message.repetition_penalty_whitelist)
     if message.sampler_order:
@@ -151,7 +162,8 @@ def sampling_to_pb(sampling: SamplingParams) -> text_pb2.SamplingParameters:
                        for name, enabled in sampling.order],
     )
     for name in SAMPLING_FIELDS:
-        setattr(message, name, getattr(sampling, name))
+        value = getattr(sampling, name)
+        setattr(message, name, CONVENTION_TO_PB[value] if isinstance(value, SamplerConvention) else value)
     return message
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from fabula.text.v1 import text_pb2
 from services.text import wire
-from services.text.params import GenerationParams, Limits, SamplerName, SamplingParams
+from services.text.params import GenerationParams, Limits, SamplerConvention, SamplerName, SamplingParams
 from services.text.presets_store import find, load_presets
 from services.toolkit.errors import InvalidArgument
 
@@ -106,3 +106,26 @@ def test_every_shipped_preset_is_valid_and_unknown_ones_are_refused():
     with pytest.raises(InvalidArgument) as raised:
         find(presets, "nope")
     assert raised.value.field == "spec.preset"
+
+
+def test_sampler_convention_defaults_to_fabula_and_is_taken_from_the_request_or_preset():
+    assert parse().sampling.sampler_convention == SamplerConvention.FABULA
+    chosen = parse(sampling=text_pb2.SamplingParameters(
+        sampler_convention=text_pb2.SAMPLER_CONVENTION_KOBOLDCPP))
+    assert chosen.sampling.sampler_convention == SamplerConvention.KOBOLDCPP
+    # Unspecified (0) leaves the preset's convention in place; a preset file names it.
+    base = SamplingParams.from_mapping({"sampler_convention": "koboldcpp"}, "preset.")
+    spec = wire.spec_from_pb(text_pb2.GenerationSpec(sampling=text_pb2.SamplingParameters(
+        sampler_convention=text_pb2.SAMPLER_CONVENTION_UNSPECIFIED)))
+    kept = GenerationParams.from_spec(spec, base, LIMITS)
+    assert kept.sampling.sampler_convention == SamplerConvention.KOBOLDCPP
+
+
+@pytest.mark.parametrize("value", ["llamacpp", 99, True, None])
+def test_unknown_sampler_convention_names_the_field(value):
+    with pytest.raises(InvalidArgument) as raised:
+        SamplingParams.from_mapping({"sampler_convention": value}, "spec.sampling.")
+    assert raised.value.field == "spec.sampling.sampler_convention"
+    with pytest.raises(InvalidArgument) as raised:
+        parse(sampling=text_pb2.SamplingParameters(sampler_convention=99))
+    assert raised.value.field == "spec.sampling.sampler_convention"

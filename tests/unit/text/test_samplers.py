@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from services.text import samplers
-from services.text.params import SamplerName, SamplingParams, parse_order
+from services.text.params import SamplerConvention, SamplerName, SamplingParams, parse_order
 
 
 def logits_for(probs: list[float]) -> torch.Tensor:
@@ -154,6 +154,48 @@ def test_draw_is_reproducible_with_the_same_seed_and_follows_probabilities():
     generator = torch.Generator().manual_seed(1)
     counts = torch.bincount(torch.tensor([samplers.draw(cand, generator) for _ in range(4000)]), minlength=5)
     assert torch.allclose(counts / 4000, torch.tensor(PROBS), atol=0.03)
+
+
+@pytest.mark.parametrize("values", [dict(temperature=0.7), dict()])
+def test_a_draw_of_zero_never_picks_a_zero_probability_token(values):
+    # Nothing truncates (temperature only, or nothing at all), so the draw runs on the whole
+    # unsorted row, where the banned token comes first with a CDF of 0.
+    cand = samplers.warp(torch.tensor([samplers.NEG_INF, 1.0, 2.0, 0.5]), only(**values))
+    assert samplers.pick(cand, torch.tensor([0.0])) == 1
+    # And at the very top of the range, rounding must not push the draw past the last token
+    # with any probability.
+    row = torch.tensor([1.0, 2.0, samplers.NEG_INF, samplers.NEG_INF])
+    top = torch.nextafter(torch.tensor([1.0]), torch.tensor([0.0]))
+    assert samplers.pick(samplers.warp(row, only(**values)), top) == 1
+
+
+def test_seeded_draws_follow_the_inverse_cdf_of_the_generator():
+    # draw() takes exactly one uniform number per call from the request's generator.
+    cand = samplers.warp(logits_for(PROBS), only())
+    drawing, reading = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    for _ in range(50):
+        assert samplers.draw(cand, drawing) == samplers.pick(cand, torch.rand(1, generator=reading))
+
+
+@pytest.mark.parametrize(("logits", "k", "fabula", "koboldcpp"), [
+    ([3.0, 2.0, 2.0, 2.0, 1.0], 2, {0, 1, 2, 3}, 2),
+    ([3.0, 2.0, 2.0, 1.0], 3, {0, 1, 2}, 3),
+    ([1.0, 1.0, 1.0], 1, {0, 1, 2}, 1),
+])
+def test_top_k_ties_under_each_convention(logits, k, fabula, koboldcpp):
+    row = torch.tensor(logits)
+    assert kept(samplers.warp(row, only(top_k=k))) == fabula
+    cpp = samplers.warp(row, only(top_k=k, sampler_convention=SamplerConvention.KOBOLDCPP))
+    assert len(cpp) == koboldcpp
+    assert sorted(cpp.logits.tolist(), reverse=True) == sorted(logits, reverse=True)[:k]
+
+
+def test_typical_p_keeps_tokens_tied_with_the_last_one_needed():
+    # Three equal tokens are equally typical: the first one reaches the mass, all three stay.
+    row = logits_for([0.3, 0.3, 0.3, 0.1])
+    assert kept(samplers.warp(row, only(typical_p=0.2))) == {0, 1, 2}
+    cpp = samplers.warp(row, only(typical_p=0.2, sampler_convention=SamplerConvention.KOBOLDCPP))
+    assert len(cpp) == 1
 
 
 # --- penalties and biases ----------------------------------------------------------------------

@@ -10,11 +10,21 @@ import pytest
 import torch
 
 from services.text import samplers
-from services.text.params import GREEDY_TEMPERATURE, SAMPLING_FIELDS, Range, SamplerName, SamplingParams
+from services.text.params import (
+    GREEDY_TEMPERATURE,
+    SAMPLING_FIELDS,
+    Choice,
+    Range,
+    SamplerConvention,
+    SamplerName,
+    SamplingParams,
+)
 from services.toolkit.errors import InvalidArgument
 
 PREFIX = "spec.sampling."
 LOGITS = torch.log(torch.tensor([0.1, 0.5, 0.02, 0.3, 0.08]))
+NUMERIC = sorted(name for name, field in SAMPLING_FIELDS.items() if isinstance(field.allowed, Range))
+CHOICES = sorted(name for name, field in SAMPLING_FIELDS.items() if isinstance(field.allowed, Choice))
 
 
 def outside(allowed: Range) -> list[float]:
@@ -39,7 +49,7 @@ def test_the_defaults_are_the_neutral_values(name):
     assert SAMPLING_FIELDS[name].doc
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLING_FIELDS))
+@pytest.mark.parametrize("name", NUMERIC)
 def test_validation_refuses_what_the_range_excludes_and_names_the_field(name):
     allowed = SAMPLING_FIELDS[name].allowed
     for value in outside(allowed):
@@ -51,11 +61,27 @@ def test_validation_refuses_what_the_range_excludes_and_names_the_field(name):
     assert raised.value.field == f"{PREFIX}{name}"
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLING_FIELDS))
+@pytest.mark.parametrize("name", NUMERIC)
 def test_validation_accepts_the_range_and_the_neutral_value(name):
     field = SAMPLING_FIELDS[name]
     for value in [*inside(field.allowed), field.neutral]:
         assert getattr(SamplingParams.from_mapping({name: value}, PREFIX), name) == value
+
+
+@pytest.mark.parametrize("name", CHOICES)
+def test_a_choice_accepts_its_members_by_name_and_refuses_anything_else(name):
+    kind = SAMPLING_FIELDS[name].allowed.kind
+    for member in kind:
+        assert getattr(SamplingParams.from_mapping({name: member.key}, PREFIX), name) is member
+    for value in ("nope", 1, 1.0, None):
+        with pytest.raises(InvalidArgument) as raised:
+            SamplingParams.from_mapping({name: value}, PREFIX)
+        assert raised.value.field == f"{PREFIX}{name}"
+
+
+def test_the_sampler_convention_is_a_row_of_the_table():
+    assert CHOICES == ["sampler_convention"]
+    assert SAMPLING_FIELDS["sampler_convention"].neutral is SamplerConvention.FABULA
 
 
 def test_every_orderable_sampler_has_its_row_in_the_table():

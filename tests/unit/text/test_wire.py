@@ -7,7 +7,7 @@ import pytest
 
 from fabula.text.v1 import text_pb2
 from services.text import wire
-from services.text.params import GenerationSpec, SamplerName, SamplingParams
+from services.text.params import GenerationSpec, SamplerConvention, SamplerName, SamplingParams
 from services.text.presets_store import load_presets
 from services.text.sequence import FinishReason
 from services.toolkit.errors import InvalidArgument
@@ -18,7 +18,7 @@ def test_sampling_survives_the_round_trip(preset):
     sampling = load_presets()[preset].sampling
     back = SamplingParams.from_mapping(wire.sampling_from_pb(wire.sampling_to_pb(sampling)), "sampling.")
     for name in ("temperature", "top_k", "min_p", "repetition_penalty_range", "repetition_penalty_whitelist",
-                 "order"):
+                 "order", "sampler_convention"):
         expected = getattr(sampling, name)
         assert getattr(back, name) == (pytest.approx(expected) if isinstance(expected, float) else expected)
 
@@ -52,5 +52,19 @@ def test_an_unknown_sampler_number_is_refused_by_the_domain_naming_the_field():
 
 def test_every_domain_enum_value_has_its_protobuf_number():
     assert set(wire.SAMPLER_TO_PB) == set(SamplerName)
+    assert set(wire.CONVENTION_TO_PB) == set(SamplerConvention)
     assert set(wire.FINISH_REASON_TO_PB) == set(FinishReason)
     assert len(set(wire.FINISH_REASON_TO_PB.values())) == len(FinishReason)
+
+
+def test_the_sampler_convention_crosses_by_number_and_unspecified_is_unset():
+    chosen = text_pb2.SamplingParameters(sampler_convention=text_pb2.SAMPLER_CONVENTION_KOBOLDCPP)
+    assert wire.sampling_from_pb(chosen) == {"sampler_convention": SamplerConvention.KOBOLDCPP}
+    unspecified = text_pb2.SamplingParameters(sampler_convention=text_pb2.SAMPLER_CONVENTION_UNSPECIFIED)
+    assert wire.sampling_from_pb(unspecified) == {}
+    koboldcpp = SamplingParams(sampler_convention=SamplerConvention.KOBOLDCPP)
+    assert wire.sampling_to_pb(koboldcpp).sampler_convention == text_pb2.SAMPLER_CONVENTION_KOBOLDCPP
+    values = wire.sampling_from_pb(text_pb2.SamplingParameters(sampler_convention=99))
+    with pytest.raises(InvalidArgument) as raised:
+        SamplingParams.from_mapping(values, "spec.sampling.")
+    assert raised.value.field == "spec.sampling.sampler_convention"
