@@ -114,6 +114,20 @@ async def test_tokenize_models_presets(ai):
     assert presets["greedy"]["sampling"]["temperature"] == 0
 
 
+async def test_sampler_convention_reaches_the_service(ai):
+    client, _ = ai
+    # Tail-free sampling keeps one token fewer under KOBOLDCPP at every step, so the same seed
+    # soon draws differently.
+    sampling = {"tail_free": 0.5}
+    texts = {}
+    for convention in (None, "fabula", "koboldcpp"):
+        chosen = sampling if convention is None else {**sampling, "sampler_convention": convention}
+        reply = await client.post("/ai/generate", json={**BODY, "sampling": chosen})
+        assert reply.status_code == 200, reply.text
+        texts[convention] = reply.json()["token_ids"]
+    assert texts[None] == texts["fabula"] != texts["koboldcpp"]
+
+
 async def test_login_is_required(ai):
     client, _ = ai
     for method, path in (("post", "/ai/generate"), ("post", "/ai/generate-stream"), ("post", "/ai/tokenize"),
@@ -131,6 +145,7 @@ async def test_login_is_required(ai):
     ({**BODY, "prompt": "a" * 1_000_000}, "prompt"),
     ({**BODY, "sampling": {"sampler_order": [{"sampler": "top_k"}, {"sampler": "top_p"}]}},
      "sampling.sampler_order"),
+    ({**BODY, "sampling": {"sampler_convention": "llamacpp"}}, "sampling.sampler_convention"),
     ({**BODY, "context": {"story": "x"}}, None),
 ])
 async def test_hostile_bodies_are_400_naming_the_field(ai, body, field):
