@@ -132,8 +132,9 @@ class Choice:
 
     kind: type[SamplerConvention]
 
-    def check(self, field_name: str, value: Any) -> None:
-        self.kind.parse(value, field_name)
+    def parse(self, field_name: str, value: Any) -> SamplerConvention:
+        """The member `value` names; anything else is refused naming the field."""
+        return self.kind.parse(value, field_name)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class SamplingField:
     def parse(self, field_name: str, value: Any) -> Any:
         """`value` checked against the allowed values; a choice's name becomes its member."""
         if isinstance(self.allowed, Choice):
-            return self.allowed.kind.parse(value, field_name)
+            return self.allowed.parse(field_name, value)
         self.allowed.check(field_name, value)
         return value
 
