@@ -1,0 +1,98 @@
+"""Sampler settings: `Sampling` (every control of the text service's `SamplingParameters`, under
+its names), the sampler order, and the `Preset`, a user's named settings stored as a standalone
+`presets` object:
+
+    presets/<id>   {"format": "fabula-preset", "version": 2, "name": "...", "description": "",
+                    "text_model": "", "sampling": {...}, "sampler_order": [{"sampler": "top_p",
+                    "enabled": true}, ...], "max_new_tokens": null, "min_new_tokens": 0}
+
+A control that is `null` is not set: the preset leaves it to the service's neutral value (or, in a
+story's overrides, to the preset). `sampler_order` empty means the service's default order.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabula_sdk.documents import codec
+
+FORMAT = "fabula-preset"
+VERSION = 2
+
+
+class SamplerName(enum.StrEnum):
+    """The orderable samplers, as the text service names them."""
+
+    TEMPERATURE = "temperature"
+    TOP_K = "top_k"
+    TOP_P = "top_p"
+    TOP_A = "top_a"
+    TYPICAL_P = "typical_p"
+    TAIL_FREE = "tail_free"
+    MIN_P = "min_p"
+
+
+@dataclass
+class SamplerStep:
+    sampler: SamplerName
+    enabled: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Sampling:
+    """The numeric sampling controls (ranges and meanings: the text service's docs/text.md)."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    top_a: float | None = None
+    typical_p: float | None = None
+    tail_free: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    repetition_penalty_range: int | None = None
+    repetition_penalty_slope: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty_whitelist: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def merged_over(self, base: Sampling) -> Sampling:
+        """These settings where set, `base`'s elsewhere (a story's overrides over its preset)."""
+        merged = codec.encode(base)
+        merged.update({key: value for key, value in codec.encode(self).items() if value is not None})
+        return codec.decode(Sampling, merged, "sampling")
+
+    def set_values(self) -> dict[str, Any]:
+        """The controls that are set, as the text service's request names them."""
+        return {key: value for key, value in codec.encode(self).items() if value is not None}
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str = ""
+    text_model: str = ""  # the model it was made for; "" = any
+    sampling: Sampling = field(default_factory=Sampling)
+    sampler_order: list[SamplerStep] = field(default_factory=list)
+    max_new_tokens: int | None = None
+    min_new_tokens: int = 0
+    version: int = VERSION
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return codec.write_document(self, FORMAT)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], what: str = "preset") -> Preset:
+        return codec.read_document(cls, data, FORMAT, VERSION, what)
+
+    def to_bytes(self) -> bytes:
+        return codec.dumps(self.to_json())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, what: str = "preset") -> Preset:
+        return cls.from_json(codec.loads(data, what), what)
