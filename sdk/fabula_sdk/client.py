@@ -195,6 +195,8 @@ class FabulaClient:
         type = ObjectType.parse(type)
         self.transport.delete_object(type, id, expected_change_index)
         self.revisions.pop((type, id), None)
+        if id not in self._unlocked().entries and self._unlocked().has_key(type, id):
+            return  # a derived object: its key is computed from its parent's, never stored
         if id not in self._unlocked().entries:
             self.sync_keystore()  # another device may have added the key
         if id in self._unlocked().entries:
@@ -231,15 +233,15 @@ class FabulaClient:
         # The key is stored before the object: an object must never exist without its key (an
         # unused key left behind by a failed write costs nothing).
         keystore = self._unlocked()
-        if id not in keystore.entries:
+        if not keystore.has_key(type, id):
             self.sync_keystore()
             keystore = self._unlocked()
-        if id not in keystore.entries:
+        if not keystore.has_key(type, id):
             self._update_keystore(lambda ks: ks.add(type, id))
         return self._unlocked().key_for(type, id)
 
     def _data_key_for_read(self, type: ObjectType, id: str) -> bytes:
-        if id not in self._unlocked().entries:
+        if not self._unlocked().has_key(type, id):
             self.sync_keystore()
         try:
             return self._unlocked().key_for(type, id)

@@ -16,6 +16,15 @@ replaces bytes 5-76 only. The body is UTF-8 JSON:
 
     {"format": "fabula-keystore", "version": 1,
      "keys": {"<object id>": {"type": "stories", "key": "<32 bytes, standard base64>"}}}
+
+Derived objects (docs/formats.md, "Derived objects") have no entry: the id `<parent id>_<label>`,
+with label `h<n>` (a story content's history segment n) or `thumb` (an image's thumbnail), opens
+with a key derived from the parent's data key, so writing one never rewrites the keystore:
+
+    key = BLAKE2b-256(message = type ‖ 0x00 ‖ id, key = parent's data key, personal = "fabula/subkey/v1")
+
+The parent must be of the same type; the type and id in the message make every derived key
+distinct, and the envelope's associated data binds the object to its type and id as always.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
+
+import nacl.hash
+from nacl.encoding import RawEncoder
 
 from fabula_sdk import aead
 from fabula_sdk.errors import DecryptionError, KeystoreError
@@ -39,6 +51,22 @@ MASTER_KEY_AD = HEADER + b"fabula/master-key"
 BODY_AD = HEADER + b"fabula/keystore"
 BODY_FORMAT = "fabula-keystore"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DERIVED_KEY_PERSONAL = b"fabula/subkey/v1"
+assert len(DERIVED_KEY_PERSONAL) == 16  # BLAKE2b's personal field, exactly
+DERIVED_ID = re.compile(r"(?P<parent>[A-Za-z0-9_-]+)_(?P<label>h(?:0|[1-9][0-9]*)|thumb)")
+
+
+def derivation_parent(id: str) -> str | None:
+    """The parent id of a derived object id (`<parent>_h<n>`, `<parent>_thumb`), else None."""
+    match = DERIVED_ID.fullmatch(id)
+    return match.group("parent") if match else None
+
+
+def derived_key(parent_key: bytes, type: ObjectType, id: str) -> bytes:
+    """The data key of derived object `type`/`id` from its parent's data key."""
+    message = type.value.encode("ascii") + b"\x00" + id.encode("ascii")
+    return nacl.hash.blake2b(message, digest_size=aead.KEY_BYTES, key=parent_key, person=DERIVED_KEY_PERSONAL,
+                             encoder=RawEncoder)
 
 
 @dataclass(frozen=True, repr=False)
@@ -141,9 +169,21 @@ class Keystore:
         return json.dumps({"format": BODY_FORMAT, "version": VERSION, "keys": keys},
                           sort_keys=True, separators=(",", ":")).encode("utf-8")
 
+    def has_key(self, type: ObjectType, id: str) -> bool:
+        """Whether `key_for` can give a key for this id: an entry, or a derivable derived object."""
+        return id in self.entries or self._parent_entry(type, id) is not None
+
+    def _parent_entry(self, type: ObjectType, id: str) -> KeyEntry | None:
+        parent = derivation_parent(id)
+        entry = self.entries.get(parent) if parent is not None else None
+        return entry if entry is not None and entry.type == type else None
+
     def key_for(self, type: ObjectType, id: str) -> bytes:
         entry = self.entries.get(id)
         if entry is None:
+            parent = self._parent_entry(type, id)
+            if parent is not None:
+                return derived_key(parent.key, type, id)
             raise KeystoreError(f"the keystore holds no key for {type.value}/{id}")
         if entry.type != type:
             raise KeystoreError(f"the keystore's key for id {id} belongs to a {entry.type.value} object, "
