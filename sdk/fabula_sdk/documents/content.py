@@ -111,6 +111,10 @@ def block_from_json(data: Any, path: str) -> Block:
     if not isinstance(data, dict):
         raise codec.DocumentError(f"{path}: a block must be an object")
     kind = data.get("type")
+    if kind == "text" and len(data) == 3:  # the common case, decoded without the generic codec
+        text, origin = data.get("text"), data.get("origin")
+        if isinstance(text, str) and isinstance(origin, str) and origin in Origin._value2member_map_:
+            return TextBlock(text, Origin(origin))
     body = {key: value for key, value in data.items() if key != "type"}
     if kind == "text":
         return codec.decode(TextBlock, body, path)
@@ -257,18 +261,40 @@ def replace_ops(blocks: Sequence[Block], start: int, end: int, new: Sequence[Blo
 # --- the history tree -------------------------------------------------------------------------
 
 
-@dataclass
 class HistoryNode:
-    id: int
-    parent: int | None
-    kind: NodeKind | str
-    ops: list[Op]
-    created_at: int = 0  # Unix time in milliseconds
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    """One node of the tree: its id (= its position), its parent's id (None for the root), its
+    kind, the ops from the parent's text to its own, and when it was made (Unix milliseconds).
+
+    Read from storage, a node keeps its ops as the JSON it was read as and decodes them when first
+    used, so opening a story with thousands of nodes decodes only the nodes on the way to the
+    head (a malformed op is reported when its node is first walked through), and compaction
+    writes untouched nodes back as they were."""
+
+    __slots__ = ("id", "parent", "kind", "created_at", "extra", "_ops", "_raw_ops", "_where")
+
+    def __init__(self, id: int, parent: int | None, kind: NodeKind | str, ops: list[Op] | None = None,
+                 created_at: int = 0, extra: dict[str, Any] | None = None, *, raw_ops: list[Any] | None = None,
+                 where: str = "") -> None:
+        self.id, self.parent, self.kind, self.created_at = id, parent, kind, created_at
+        self.extra = extra or {}
+        self._ops = ops if ops is not None or raw_ops is not None else []
+        self._raw_ops, self._where = raw_ops, where
+
+    @property
+    def ops(self) -> list[Op]:
+        if self._ops is None:
+            self._ops = [Op.from_json(op, f"{self._where}.ops[{i}]") for i, op in enumerate(self._raw_ops or [])]
+        return self._ops
+
+    def __repr__(self) -> str:
+        return f"HistoryNode(id={self.id}, parent={self.parent}, kind={str(self.kind)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HistoryNode) and self.to_json() == other.to_json()
 
     def to_json(self) -> dict[str, Any]:
-        out = {"id": self.id, "parent": self.parent, "kind": str(self.kind), "created_at": self.created_at,
-               "ops": [op.to_json() for op in self.ops]}
+        ops = self._raw_ops if self._ops is None else [op.to_json() for op in self._ops]
+        out = {"id": self.id, "parent": self.parent, "kind": str(self.kind), "created_at": self.created_at, "ops": ops}
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -295,10 +321,9 @@ class HistoryNode:
             kind = NodeKind(kind)  # else a newer writer's kind: kept as read, the node applies all the same
         if not isinstance(data["ops"], list):
             raise codec.DocumentError(f"{path}.ops: must be a list")
-        ops = [Op.from_json(op, f"{path}.ops[{i}]") for i, op in enumerate(data["ops"])]
         extra = {key: value for key, value in data.items()
                  if key not in ("id", "parent", "kind", "ops", "created_at")}
-        return cls(node_id, parent, kind, ops, created, extra)
+        return cls(node_id, parent, kind, None, created, extra, raw_ops=data["ops"], where=path)
 
 
 def now_ms() -> int:
