@@ -28,10 +28,10 @@ from fabula_sdk.documents.context import ContextConfig, TextUnit, TrimDirection
 from fabula_sdk.documents.image import ImageDocument, ImageSettings
 from fabula_sdk.documents.lorebook import Lorebook, LorebookCategory, LorebookEntry
 from fabula_sdk.documents.preset import Preset, SamplerName, SamplerStep, Sampling
-from fabula_sdk.documents.story import ContextText, LogitBias, PhraseBias, Story, StorySettings
+from fabula_sdk.documents.story import AuthorsNote, ContextText, LogitBias, Memory, PhraseBias, Story, StorySettings
 
 __all__ = [
-    "Block", "ContextConfig", "ContextText", "DocumentError", "History", "HistoryNode", "HistorySegment",
+    "AuthorsNote", "Memory", "Block", "ContextConfig", "ContextText", "DocumentError", "History", "HistoryNode", "HistorySegment",
     "IllustrationBlock", "ImageDocument", "ImageSettings", "LogitBias", "Lorebook", "LorebookCategory",
     "LorebookEntry", "NewerFormatError", "NodeKind", "Op", "OpaqueBlock", "Origin", "PhraseBias", "Preset",
     "SamplerName", "SamplerStep", "Sampling", "Story", "StoryContent", "StorySettings", "TextBlock", "TextUnit",

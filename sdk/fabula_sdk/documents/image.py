@@ -106,8 +106,8 @@ def png_text_chunks(png: bytes) -> dict[str, str]:
 
 
 def make_thumbnail(png: bytes, max_side: int = THUMBNAIL_MAX_SIDE) -> bytes:
-    """A PNG at most `max_side` pixels on its longer side (needs Pillow, which the image
-    extras install)."""
+    """A PNG at most `max_side` pixels on its longer side (needs Pillow; without it, pass the
+    thumbnail to `DocumentStore.store_image` yourself)."""
     try:
         from PIL import Image
     except ImportError as error:

@@ -392,6 +392,9 @@ class DocumentStore:
         """Store a PNG and its thumbnail (`thumbnail`, else made from it); the image's id."""
         image = ImageDocument(png).check("image")
         id = id or new_id()
+        if len(thumbnail_id(id)) > 64:
+            raise ValueError(f"image id must be at most {64 - len(thumbnail_id(''))} characters (its thumbnail's id "
+                             f"adds a suffix), not {len(id)}")
         small = thumbnail if thumbnail is not None else make_thumbnail_with(image.png)
         ImageDocument(small).check("thumbnail")
         # PNG is already deflated: compressing again would only cost time.

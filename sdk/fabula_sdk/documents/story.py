@@ -49,6 +49,16 @@ class ContextText:
 
 
 @dataclass
+class Memory(ContextText):
+    context_config: ContextConfig = field(default_factory=memory_config)
+
+
+@dataclass
+class AuthorsNote(ContextText):
+    context_config: ContextConfig = field(default_factory=authors_note_config)
+
+
+@dataclass
 class LogitBias:
     token_id: int
     bias: float
@@ -94,8 +104,8 @@ class Story:
     preview: str = ""
     lorebook_ids: list[str] = field(default_factory=list)
     history_segments: int = 0  # committed segments; the next save writes segment number history_segments
-    memory: ContextText = field(default_factory=lambda: ContextText(context_config=memory_config()))
-    authors_note: ContextText = field(default_factory=lambda: ContextText(context_config=authors_note_config()))
+    memory: Memory = field(default_factory=Memory)
+    authors_note: AuthorsNote = field(default_factory=AuthorsNote)
     story_config: ContextConfig = field(default_factory=story_config)
     settings: StorySettings = field(default_factory=StorySettings)
     version: int = VERSION
