@@ -269,3 +269,44 @@ async def test_two_devices_saving_in_parallel_lose_nothing(devices):
         final.history.verify()
 
     await in_thread(scenario)
+
+
+async def test_an_exported_account_imports_with_its_derived_objects(devices, connect, tmp_path):
+    """History segments and thumbnails have no keystore entry: the import's check derives their
+    keys from their parents', and the story opens in the other account."""
+    def scenario():
+        laptop, _ = devices()
+        store = DocumentStore(laptop)
+        doc = store.create_story(title="Travels", text="Start.")
+        image = store.store_image(_png(4, 4), thumbnail=_png(1, 1))
+        doc.history.illustrate(IllustrationBlock(image_id=image))
+        doc.history.generate(" Onwards.")
+        store.save(doc)
+        archive = tmp_path / "alice.tar"
+        laptop.export_archive(archive)
+        other = connect()
+        other.register("bob", "bob's own password")
+        other.import_archive(archive, PASSWORD)
+        opened = DocumentStore(other).open(doc.id)
+        assert opened.text == "Start. Onwards." and opened.story.title == "Travels"
+        assert DocumentStore(other).open_thumbnail(image).size == (1, 1)
+
+    await in_thread(scenario)
+
+
+async def test_unknown_fields_survive_saves_and_compaction(devices):
+    def scenario():
+        laptop, phone = devices()
+        store = DocumentStore(laptop, compact_after=1)
+        doc = store.create_story(text="Start.")
+        doc.story.extra["from_a_newer_client"] = {"keep": True}
+        doc.content_extra["snapshot_extension"] = [1, 2]
+        store.save(doc)
+        doc.history.generate(" More.")
+        store.save(doc)  # one segment, then folded into a new snapshot
+        assert doc.segments_folded == 1
+        reopened = DocumentStore(phone).open(doc.id)
+        assert reopened.story.extra == {"from_a_newer_client": {"keep": True}}
+        assert reopened.content_extra == {"snapshot_extension": [1, 2]}
+
+    await in_thread(scenario)

@@ -80,6 +80,10 @@ class StoryDocument:
     change_index: int = 0
     content_change_index: int = 0
     segments_folded: int = 0  # of the snapshot as last read or written
+    # The snapshot's fields this SDK does not know, written back by compaction.
+    content_extra: dict = field(default_factory=dict, repr=False)
+    # The newest format version among the content and segments read; above 2 the story is read-only.
+    content_version: int = CONTENT_VERSION
     base: Story | None = field(default=None, repr=False)
     needs_migration: bool = False
 
@@ -144,7 +148,8 @@ class DocumentStore:
                     raise
                 continue  # folded and deleted by a compaction meanwhile
             history = History.from_stored(content, segments)
-            return StoryDocument(id=id, story=story, history=history, change_index=meta.meta.change_index,
+            newest = max([content.version, *(segment.version for segment in segments)])
+            return StoryDocument(content_extra=content.extra, content_version=newest,id=id, story=story, history=history, change_index=meta.meta.change_index,
                                  content_change_index=content_obj.meta.change_index,
                                  segments_folded=content.segments_folded, base=_copy_story(story),
                                  needs_migration=content.migrated_from is not None or story.migrated_from is not None)
@@ -165,6 +170,10 @@ class DocumentStore:
         if on_conflict not in ("branch", "raise"):
             raise ValueError(f'on_conflict must be "branch" or "raise", not {on_conflict!r}')
         codec.check_writable(doc.story, STORY_VERSION, f"stories/{doc.id}")
+        if doc.content_version > CONTENT_VERSION:
+            raise codec.NewerFormatError(f"storycontent/{doc.content_id} is format version {doc.content_version}, "
+                                         f"newer than the version {CONTENT_VERSION} this SDK writes: it can be read "
+                                         "but not saved (update the SDK)")
         if doc.change_index == 0:
             return self._create(doc)
         for _ in range(SAVE_ATTEMPTS):
@@ -281,12 +290,14 @@ class DocumentStore:
         doc.base = _copy_story(stored.story)
         doc.needs_migration = stored.needs_migration
         doc.segments_folded = stored.segments_folded
+        doc.content_extra, doc.content_version = stored.content_extra, stored.content_version
 
     def _compact(self, doc: StoryDocument) -> None:
         """Fold the committed segments into a new snapshot; another device's compaction winning
         the race is fine (it folded the same history), so a conflict is not an error."""
         folded_before = doc.segments_folded
         content = doc.history.compacted(doc.story.history_segments)
+        content.extra = dict(doc.content_extra)
         try:
             meta = self.client.put(ObjectType.STORY_CONTENT, doc.content_id, content.to_bytes(),
                                    expected_change_index=doc.content_change_index)
