@@ -28,10 +28,11 @@ from fabula_sdk.documents.context import ContextConfig, TextUnit, TrimDirection
 from fabula_sdk.documents.image import ImageDocument, ImageSettings
 from fabula_sdk.documents.lorebook import Lorebook, LorebookCategory, LorebookEntry
 from fabula_sdk.documents.preset import Preset, SamplerName, SamplerStep, Sampling
+from fabula_sdk.documents.store import DocumentStore, Stored, StoryDocument
 from fabula_sdk.documents.story import AuthorsNote, ContextText, LogitBias, Memory, PhraseBias, Story, StorySettings
 
 __all__ = [
-    "AuthorsNote", "Memory", "Block", "ContextConfig", "ContextText", "DocumentError", "History", "HistoryNode", "HistorySegment",
+    "AuthorsNote", "Block", "DocumentStore", "Memory", "Stored", "StoryDocument", "ContextConfig", "ContextText", "DocumentError", "History", "HistoryNode", "HistorySegment",
     "IllustrationBlock", "ImageDocument", "ImageSettings", "LogitBias", "Lorebook", "LorebookCategory",
     "LorebookEntry", "NewerFormatError", "NodeKind", "Op", "OpaqueBlock", "Origin", "PhraseBias", "Preset",
     "SamplerName", "SamplerStep", "Sampling", "Story", "StoryContent", "StorySettings", "TextBlock", "TextUnit",
