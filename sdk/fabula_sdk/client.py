@@ -18,12 +18,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fabula_sdk import archive, envelope, kdf
 from fabula_sdk.errors import ConflictError, DecryptionError, KeystoreError, ReplayError
 from fabula_sdk.keystore import Keystore, check_object_id, rewrap
 from fabula_sdk.models import DEFAULT_KDF, ImportResult, KdfParams, ObjectMeta, ObjectType, Session
 from fabula_sdk.transport import Transport
+
+if TYPE_CHECKING:
+    from fabula_sdk.documents.store import DocumentStore
 
 # How often a write that raced another device's keystore write is merged and retried.
 KEYSTORE_RETRIES = 8
@@ -252,6 +256,13 @@ class FabulaClient:
         if self._keystore is None:
             raise KeystoreError("not signed in: log in, register or resume a session first")
         return self._keystore
+
+    @property
+    def documents(self) -> DocumentStore:
+        """Stories, lorebooks, presets and images as typed documents (documents/store.py)."""
+        from fabula_sdk.documents.store import DocumentStore  # late: the store imports this module
+
+        return DocumentStore(self)
 
     # --- export and import --------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ def _ids(client, type: ObjectType) -> set[str]:
 async def test_a_save_after_a_generation_is_one_segment_and_the_story(devices):
     def scenario():
         laptop, phone = devices()
-        store = DocumentStore(laptop)
+        store = laptop.documents
         doc = store.create_story(title="The Lighthouse", text="The keeper climbed the stairs.")
         doc.history.generate(" Below, the sea was black.")
         store.save(doc)

@@ -1,7 +1,7 @@
 """Stories, lorebooks, presets and images kept end-to-end encrypted on a Fabula server
 (docs/formats.md, "Saving and conflicts").
 
-    store = DocumentStore(client)
+    store = DocumentStore(client)          # or client.documents
     doc = store.create_story(title="The Lighthouse", text="The keeper climbed the stairs.")
     doc.history.generate(" Below, the sea was black.")
     store.save(doc)
