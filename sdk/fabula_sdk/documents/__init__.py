@@ -11,6 +11,7 @@ keeps them encrypted on a Fabula server.
     image.py      ImageSettings, ImageDocument (PNG), thumbnails
     codec.py      JSON (de)serialisation and the format rules (unknown fields kept, versions)
     store.py      DocumentStore: create/open/save/delete on a FabulaClient
+    request.py    generation_request: a story's documents as the gateway's generation body
 
     store = DocumentStore(client)
     doc = store.create_story(title="The Lighthouse", text="The keeper climbed the stairs.")
