@@ -85,7 +85,8 @@ def run() -> dict[str, Any]:
 
     history = build_history()
     text_chars = len(history.text)
-    with tempfile.TemporaryDirectory(prefix="fabula-bench-documents-") as workdir, running_stack(Path(workdir)) as stack:
+    with tempfile.TemporaryDirectory(prefix="fabula-bench-documents-") as workdir, \
+            running_stack(Path(workdir)) as stack:
         writer = FabulaClient.connect(stack.url, kdf=MINIMUM_KDF)
         writer.register("bench", PASSWORD)
         reader = FabulaClient.connect(stack.url, kdf=MINIMUM_KDF)

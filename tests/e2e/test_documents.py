@@ -99,7 +99,8 @@ async def test_a_metadata_change_and_a_generation_from_two_devices_both_stay(dev
         on_phone.story.favorite = True
         DocumentStore(phone).save(on_phone)  # its segment goes in; the story write meets the laptop's
         result = DocumentStore(laptop).open(on_laptop.id)
-        assert (result.story.title, result.story.memory.text, result.story.favorite) == ("Final title", "Set in winter.", True)
+        assert (result.story.title, result.story.memory.text, result.story.favorite) == (
+            "Final title", "Set in winter.", True)
         assert result.text == "Start. More." and len(result.history) == 2
 
     await in_thread(scenario)

@@ -33,9 +33,9 @@ from fabula_sdk.documents.store import DocumentStore, Stored, StoryDocument
 from fabula_sdk.documents.story import AuthorsNote, ContextText, LogitBias, Memory, PhraseBias, Story, StorySettings
 
 __all__ = [
-    "AuthorsNote", "Block", "DocumentStore", "Memory", "Stored", "StoryDocument", "ContextConfig", "ContextText", "DocumentError", "History", "HistoryNode", "HistorySegment",
-    "IllustrationBlock", "ImageDocument", "ImageSettings", "LogitBias", "Lorebook", "LorebookCategory",
-    "LorebookEntry", "NewerFormatError", "NodeKind", "Op", "OpaqueBlock", "Origin", "PhraseBias", "Preset",
-    "SamplerName", "SamplerStep", "Sampling", "Story", "StoryContent", "StorySettings", "TextBlock", "TextUnit",
-    "TrimDirection",
+    "AuthorsNote", "Block", "ContextConfig", "ContextText", "DocumentError", "DocumentStore", "History",
+    "HistoryNode", "HistorySegment", "IllustrationBlock", "ImageDocument", "ImageSettings", "LogitBias",
+    "Lorebook", "LorebookCategory", "LorebookEntry", "Memory", "NewerFormatError", "NodeKind", "Op",
+    "OpaqueBlock", "Origin", "PhraseBias", "Preset", "SamplerName", "SamplerStep", "Sampling", "Story",
+    "StoryContent", "StoryDocument", "StorySettings", "Stored", "TextBlock", "TextUnit", "TrimDirection",
 ]

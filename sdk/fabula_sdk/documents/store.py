@@ -117,7 +117,8 @@ class DocumentStore:
     # --- stories -----------------------------------------------------------------------------
 
     def create_story(self, *, title: str = "", text: str = "", origin: Origin = Origin.PROMPT,
-                     lorebook_ids: list[str] | None = None, id: str | None = None, story: Story | None = None) -> StoryDocument:
+                     lorebook_ids: list[str] | None = None, id: str | None = None,
+                     story: Story | None = None) -> StoryDocument:
         """A new story, stored at once: `text` (the opening, of `origin`) is the root's text."""
         content_id = new_id()
         story = story or Story(content_id=content_id)
@@ -149,9 +150,10 @@ class DocumentStore:
                 continue  # folded and deleted by a compaction meanwhile
             history = History.from_stored(content, segments)
             newest = max([content.version, *(segment.version for segment in segments)])
-            return StoryDocument(content_extra=content.extra, content_version=newest,id=id, story=story, history=history, change_index=meta.meta.change_index,
+            return StoryDocument(id=id, story=story, history=history, change_index=meta.meta.change_index,
                                  content_change_index=content_obj.meta.change_index,
-                                 segments_folded=content.segments_folded, base=_copy_story(story),
+                                 segments_folded=content.segments_folded, content_extra=content.extra,
+                                 content_version=newest, base=_copy_story(story),
                                  needs_migration=content.migrated_from is not None or story.migrated_from is not None)
         raise ConflictError(409, "ABORTED", f"stories/{id} kept changing while it was read; try again")
 
@@ -237,7 +239,8 @@ class DocumentStore:
         self._stamp(doc)
         doc.story.history_segments = committed
         try:
-            meta = self.client.put(ObjectType.STORY, doc.id, doc.story.to_bytes(), expected_change_index=doc.change_index)
+            meta = self.client.put(ObjectType.STORY, doc.id, doc.story.to_bytes(),
+                                   expected_change_index=doc.change_index)
         except ConflictError:
             doc.story.history_segments = seq
             raise
