@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_OUT := build/proto
 PROTO_STAMP := $(PROTO_OUT)/.generated
+PROTO_PACKAGE := protos/pyproject.toml.in
 CHECKOV := $(VENV)/checkov/bin/checkov
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
@@ -38,10 +39,13 @@ $(CHECKOV): | $(STAMP)
 
 proto: $(PROTO_STAMP)
 
-$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+$(PROTO_STAMP): $(PROTO_SRC) $(PROTO_PACKAGE) $(STAMP)
 	rm -rf $(PROTO_OUT) && mkdir -p $(PROTO_OUT)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+	# The generated modules also install on their own (`pip install build/proto`, the fabula-protos
+	# distribution), for the SDK installed without the server (sdk/pyproject.toml).
+	cp $(PROTO_PACKAGE) $(PROTO_OUT)/pyproject.toml
 	touch $@
 
 run: install proto

@@ -62,10 +62,10 @@ def sealed_story(story_id: str) -> tuple[bytes, bool]:
     """
     try:
         from fabula_sdk.envelope import OVERHEAD_BYTES, seal_object
-        from fabula_sdk.models import ObjectType as SdkObjectType
+        from fabula_wire import ObjectType
     except ImportError:
         return os.urandom(STORY_BYTES), False
-    blob = seal_object(os.urandom(32), SdkObjectType.STORY, story_id, os.urandom(STORY_BYTES - OVERHEAD_BYTES),
+    blob = seal_object(os.urandom(32), ObjectType.STORY, story_id, os.urandom(STORY_BYTES - OVERHEAD_BYTES),
                        revision=1)
     return blob, True
 
@@ -235,7 +235,7 @@ class Backend:
         return time.time_ns() // 1000
 
     async def setup(self, clients: list[Client]) -> None:
-        from services.editor.models import Account, KdfParams, NewSession
+        from services.editor.types import Account, KdfParams, NewSession
 
         await self.storage.open()
         for client in clients:
@@ -249,8 +249,9 @@ class Backend:
                 await self.save(client, story_id)
 
     async def save(self, client: Client, story_id: str) -> None:
-        from services.editor.models import ObjectType, Quota
+        from fabula_wire import ObjectType
         from services.editor.storage.base import ObjectWrite
+        from services.editor.types import Quota
 
         data = client.blobs[story_id]
         # What the editor's domain layer does per save: hash the data, then the conditional write.
@@ -261,7 +262,7 @@ class Backend:
         client.indexes[story_id] = meta.change_index
 
     async def load(self, client: Client, story_id: str) -> None:
-        from services.editor.models import ObjectType
+        from fabula_wire import ObjectType
 
         stored = await self.storage.get_object(client.user_id, ObjectType.STORY, story_id)
         if stored is None or len(stored.data) != len(client.blobs[story_id]):

@@ -21,6 +21,7 @@ RUN python -m venv /opt/protoc \
       --python_out="$site" --grpc_python_out="$site" {} +
 COPY services/ services/
 COPY gateway/ gateway/
+COPY wire/ wire/
 COPY sdk/ sdk/
 RUN /opt/fabula/bin/pip install --no-deps . \
  && /opt/fabula/bin/python -c "import gateway.__main__, gateway.main, fabula.editor.v1.editor_pb2_grpc"

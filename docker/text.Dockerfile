@@ -31,6 +31,7 @@ RUN python -m venv /opt/protoc \
       --python_out="$site" --grpc_python_out="$site" {} +
 COPY services/ services/
 COPY gateway/ gateway/
+COPY wire/ wire/
 COPY sdk/ sdk/
 RUN /opt/fabula/bin/pip install --no-deps . \
  && /opt/fabula/bin/python -c "import services.text.cli, services.text.generator, services.text.server, fabula.text.v1.text_pb2_grpc"
@@ -76,6 +77,7 @@ RUN python3 -m venv /opt/protoc \
       --python_out="$site" --grpc_python_out="$site" {} +
 COPY services/ services/
 COPY gateway/ gateway/
+COPY wire/ wire/
 COPY sdk/ sdk/
 RUN /opt/fabula/bin/pip install --no-deps . \
  && /opt/fabula/bin/python -c "import services.text.cli, services.text.generator, services.text.server, fabula.text.v1.text_pb2_grpc, tensorrt"

@@ -17,27 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.toolkit.interceptor import read_error_detail
+# HTTP_STATUS_BY_GRPC_CODE stays importable from here for the gateway's own modules.
+from fabula_wire import HTTP_STATUS_BY_GRPC_CODE, http_status, read_error_detail  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-HTTP_STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    # 499 is the de-facto "client closed request" status; the client rarely sees it.
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
 HTTP_CODE_NAMES: dict[int, str] = {
     400: "INVALID_ARGUMENT",
@@ -78,7 +61,7 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
     """The HTTP view of a failed gRPC call, keeping the field and retry delay it carried."""
     code = error.code()
-    status = HTTP_STATUS_BY_GRPC_CODE.get(code, 500)
+    status = http_status(code)
     detail, retry_after = read_error_detail(error)
     if status == 500:
         # Never leak a service's internals; the service logged the details.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -23,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 from fabula.editor.v1 import editor_pb2
+from fabula_wire import ObjectType
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
@@ -71,32 +71,8 @@ Uint32 = Annotated[int, Field(ge=0, le=UINT32_MAX)]
 Uint64 = Annotated[int, Field(ge=0, le=UINT64_MAX)]
 
 
-class ObjectKind(enum.StrEnum):
-    """The object type as it appears in paths and export archives."""
-
-    stories = "stories"
-    storycontent = "storycontent"
-    lorebooks = "lorebooks"
-    presets = "presets"
-    images = "images"
-
-    @property
-    def proto(self) -> int:
-        return _PROTO_BY_KIND[self]
-
-    @classmethod
-    def from_proto(cls, value: int) -> ObjectKind:
-        return _KIND_BY_PROTO[value]
-
-
-_PROTO_BY_KIND = {
-    ObjectKind.stories: editor_pb2.OBJECT_TYPE_STORY,
-    ObjectKind.storycontent: editor_pb2.OBJECT_TYPE_STORY_CONTENT,
-    ObjectKind.lorebooks: editor_pb2.OBJECT_TYPE_LOREBOOK,
-    ObjectKind.presets: editor_pb2.OBJECT_TYPE_PRESET,
-    ObjectKind.images: editor_pb2.OBJECT_TYPE_IMAGE,
-}
-_KIND_BY_PROTO = {proto: kind for kind, proto in _PROTO_BY_KIND.items()}
+# The name the routes import; the enum itself is the wire's, shared with the editor and the SDK.
+ObjectKind = ObjectType
 
 
 def _time(timestamp: Timestamp) -> datetime:
@@ -222,7 +198,7 @@ class PutKeystoreResponse(BaseModel):
 
 class ObjectMeta(BaseModel):
     id: str
-    type: ObjectKind
+    type: ObjectType
     size: int = Field(description="bytes of encrypted data")
     change_index: int = Field(description="incremented by every write; 1 after creation")
     created_at: datetime
@@ -230,7 +206,7 @@ class ObjectMeta(BaseModel):
 
     @classmethod
     def from_pb(cls, meta: editor_pb2.ObjectMeta, **extra: Any) -> ObjectMeta:
-        return cls(id=meta.id, type=ObjectKind.from_proto(meta.type), size=meta.size,
+        return cls(id=meta.id, type=ObjectType.from_proto(meta.type), size=meta.size,
                    change_index=meta.change_index, created_at=_time(meta.created_at),
                    updated_at=_time(meta.updated_at), **extra)
 

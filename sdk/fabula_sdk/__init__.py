@@ -17,8 +17,9 @@ from fabula_sdk.errors import (
     ReplayError,
     TransportError,
 )
-from fabula_sdk.models import DEFAULT_KDF, MINIMUM_KDF, KdfParams, ObjectMeta, ObjectType, Session
 from fabula_sdk.stories import Stories, Story
+from fabula_sdk.types import DEFAULT_KDF, MINIMUM_KDF, KdfParams, ObjectMeta, Session
+from fabula_wire import ObjectType
 
 __all__ = [
     "DEFAULT_KDF", "MINIMUM_KDF", "ApiError", "ArchiveError", "AuthenticationError", "ConflictError", "CryptoError",

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from fabula_sdk.errors import ArchiveError
-from fabula_sdk.models import KdfParams, ObjectType
+from fabula_sdk.types import KdfParams
+from fabula_wire import ObjectType
 
 FORMAT = "fabula-export"
 VERSION = 1

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from fabula_sdk.commands import account, common, image, stories, text, transfer
-from fabula_sdk.models import DEFAULT_KDF, KdfParams
 from fabula_sdk.session_store import default_home
+from fabula_sdk.types import DEFAULT_KDF, KdfParams
 
 COMMAND_MODULES = (account, stories, transfer, text, image)
 

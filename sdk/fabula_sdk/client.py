@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 from fabula_sdk import archive, envelope, kdf
 from fabula_sdk.errors import ConflictError, DecryptionError, KeystoreError, ReplayError
 from fabula_sdk.keystore import Keystore, check_object_id, rewrap
-from fabula_sdk.models import DEFAULT_KDF, ImportResult, KdfParams, ObjectMeta, ObjectType, Session
 from fabula_sdk.transport import Transport
+from fabula_sdk.types import DEFAULT_KDF, ImportResult, KdfParams, ObjectMeta, Session
+from fabula_wire import ObjectType
 
 if TYPE_CHECKING:
     from fabula_sdk.documents.store import DocumentStore

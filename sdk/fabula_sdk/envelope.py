@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from fabula_sdk import aead
 from fabula_sdk.errors import DecryptionError
-from fabula_sdk.models import ObjectType
+from fabula_wire import ObjectType
 
 MAGIC = b"FBLO"
 VERSION = 1

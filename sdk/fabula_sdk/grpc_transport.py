@@ -1,7 +1,7 @@
 """The same calls over gRPC, straight to the editor service (`fabula.editor.v1`).
 
-Failures become the same SDK errors as over HTTP: the status comes from the gateway's own
-gRPC → HTTP table, the field from the ErrorDetail in the rich status.
+Failures become the same SDK errors as over HTTP: the status and code come from the gRPC → HTTP
+mapping the gateway uses too (fabula_wire), the field from the ErrorDetail in the rich status.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from fabula.editor.v1 import editor_pb2, editor_pb2_grpc
 from fabula_sdk.errors import ApiError, TransportError, api_error
-from fabula_sdk.models import ImportResult, KdfParams, ObjectMeta, ObjectType, Salt, Session, StoredKeystore
 from fabula_sdk.transport import Transport
-from gateway.errors import HTTP_STATUS_BY_GRPC_CODE
-from services.toolkit.interceptor import read_error_detail
+from fabula_sdk.types import ImportResult, KdfParams, ObjectMeta, Salt, Session, StoredKeystore
+from fabula_wire import ObjectType, error_code, http_status, read_error_detail
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 IMPORT_MESSAGE_BYTES = 1024 * 1024
@@ -29,7 +28,7 @@ Reply = TypeVar("Reply")
 def error_from_rpc(error: grpc.RpcError) -> ApiError:
     code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
     detail, retry_after = read_error_detail(error)
-    return api_error(HTTP_STATUS_BY_GRPC_CODE.get(code, 500), code.name, error.details() or code.name,  # type: ignore[attr-defined]
+    return api_error(http_status(code), error_code(code), error.details() or code.name,  # type: ignore[attr-defined]
                      detail.field or None, retry_after)
 
 

@@ -11,8 +11,9 @@ from typing import Any, BinaryIO
 import httpx
 
 from fabula_sdk.errors import ApiError, TransportError, api_error
-from fabula_sdk.models import ImportResult, KdfParams, ObjectMeta, ObjectType, Salt, Session, StoredKeystore
 from fabula_sdk.transport import Transport
+from fabula_sdk.types import ImportResult, KdfParams, ObjectMeta, Salt, Session, StoredKeystore
+from fabula_wire import ObjectType
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ARCHIVE_MEDIA_TYPE = "application/x-tar"

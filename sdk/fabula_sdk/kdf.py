@@ -19,7 +19,7 @@ import nacl.pwhash.argon2id as argon2id
 import nacl.utils
 from nacl.encoding import RawEncoder
 
-from fabula_sdk.models import KdfParams
+from fabula_sdk.types import KdfParams
 
 SALT_BYTES = argon2id.SALTBYTES  # 16
 KEY_BYTES = 32

@@ -40,7 +40,7 @@ from nacl.encoding import RawEncoder
 
 from fabula_sdk import aead
 from fabula_sdk.errors import DecryptionError, KeystoreError
-from fabula_sdk.models import ObjectType
+from fabula_wire import ObjectType
 
 MAGIC = b"FBLK"
 VERSION = 1

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fabula_sdk.models import ObjectType
+from fabula_wire import ObjectType
 
 SESSION_FILE = "session.json"
 

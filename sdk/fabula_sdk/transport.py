@@ -8,7 +8,8 @@ import abc
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from fabula_sdk.models import ImportResult, KdfParams, ObjectMeta, ObjectType, Salt, Session, StoredKeystore
+from fabula_sdk.types import ImportResult, KdfParams, ObjectMeta, Salt, Session, StoredKeystore
+from fabula_wire import ObjectType
 
 
 class Transport(abc.ABC):

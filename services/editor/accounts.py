@@ -11,9 +11,9 @@ import uuid
 
 from services.editor import metrics, validation
 from services.editor.credentials import Credentials, new_session, token_hash
-from services.editor.models import Account, Clock, KdfParams, Session
 from services.editor.settings import EditorSettings
 from services.editor.storage.base import Storage
+from services.editor.types import Account, Clock, KdfParams, Session
 from services.toolkit.errors import Conflict, Unauthenticated
 
 LOGIN_FAILED = "wrong username or authentication key"

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 from services.editor.accounts import Accounts
 from services.editor.credentials import Credentials
-from services.editor.models import Clock, system_clock
 from services.editor.objects import Objects
-from services.editor.server import EditorServicer, make_register
+from services.editor.server import EditorServicer, registrar
 from services.editor.settings import EditorSettings
 from services.editor.storage import Storage, create_storage
 from services.editor.transfer import Transfers
+from services.editor.types import Clock, system_clock
 from services.toolkit.server import Register
 
 
@@ -43,7 +43,7 @@ class EditorApp:
 
     @property
     def register(self) -> Register:
-        return make_register(self.servicer)
+        return registrar(self.servicer)
 
     async def open(self) -> None:
         """Connect, migrate the schema, and compute the dummy hash before the first login."""

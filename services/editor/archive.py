@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from fabula_wire import ObjectType
 from services.editor import validation
-from services.editor.models import Account, ImportedObject, Keystore, ObjectMeta, ObjectType
+from services.editor.types import Account, ImportedObject, Keystore, ObjectMeta
 from services.toolkit.errors import InvalidArgument
 
 FORMAT = "fabula-export"
@@ -46,8 +47,18 @@ def rfc3339(microseconds: int) -> str:
     return datetime.fromtimestamp(microseconds / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
 
 
+def _object_type(name: Any) -> ObjectType | None:
+    """The object type an archive names (manifest entry or member path), or None for any other value."""
+    if not isinstance(name, str):
+        return None
+    try:
+        return ObjectType(name)
+    except ValueError:
+        return None
+
+
 def object_path(type: ObjectType, id: str) -> str:
-    return f"objects/{type.path_name}/{id}.bin"
+    return f"objects/{type.value}/{id}.bin"
 
 
 def manifest(account: Account, keystore: Keystore, objects: list[ObjectMeta], exported_at_us: int) -> dict[str, Any]:
@@ -60,7 +71,7 @@ def manifest(account: Account, keystore: Keystore, objects: list[ObjectMeta], ex
         "salt": base64.b64encode(account.salt).decode(),
         "kdf": {"opslimit": account.kdf.opslimit, "memlimit": account.kdf.memlimit},
         "keystore_change_index": keystore.change_index,
-        "objects": [{"id": meta.id, "type": meta.type.path_name, "size": meta.size,
+        "objects": [{"id": meta.id, "type": meta.type.value, "size": meta.size,
                      "change_index": meta.change_index, "sha256": meta.sha256.hex()} for meta in objects],
     }
 
@@ -163,9 +174,9 @@ def _check_manifest(data: dict[str, Any], *, max_objects: int, max_object_bytes:
         where = f"manifest.objects[{position}]"
         if not isinstance(entry, dict):
             raise _refuse(f"{where} must be an object", entry)
-        kind = ObjectType.from_path_name(entry.get("type")) if isinstance(entry.get("type"), str) else None
+        kind = _object_type(entry.get("type"))
         if kind is None:
-            raise _refuse(f"{where}.type must be one of {', '.join(t.path_name for t in ObjectType)}",
+            raise _refuse(f"{where}.type must be one of {', '.join(t.value for t in ObjectType)}",
                           entry.get("type"))
         id = entry.get("id")
         if not isinstance(id, str) or not validation.ID_PATTERN.fullmatch(id):
@@ -176,7 +187,7 @@ def _check_manifest(data: dict[str, Any], *, max_objects: int, max_object_bytes:
         if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
             raise _refuse(f"{where}.sha256 must be 64 lowercase hex digits", digest)
         if (kind, id) in entries:
-            raise _refuse(f"{where} repeats {kind.path_name}/{id}", id)
+            raise _refuse(f"{where} repeats {kind.value}/{id}", id)
         entries[(kind, id)] = entry
     return entries
 
@@ -256,7 +267,7 @@ def _read_archive(file: IO[bytes], *, max_objects: int, max_object_bytes: int, m
             keystore = b"".join(_read_member(file, member.offset_data, member.size))
             continue
         match = _OBJECT_PATH.fullmatch(name)
-        kind = ObjectType.from_path_name(match.group(1)) if match else None
+        kind = _object_type(match.group(1)) if match else None
         if kind is None:
             raise _refuse(f"unexpected member {name!r} (expected {KEYSTORE} or objects/<type>/<id>.bin)", name)
         key = (kind, match.group(2))
@@ -276,7 +287,7 @@ def _read_archive(file: IO[bytes], *, max_objects: int, max_object_bytes: int, m
                           reason="CHECKSUM_MISMATCH")
         found[key] = ImportedObject(type=kind, id=key[1], size=member.size, sha256=sha256,
                                     load=_loader(file, member.offset_data, member.size, sha256, name))
-    missing = [f"{kind.path_name}/{id}" for kind, id in entries if (kind, id) not in found]
+    missing = [f"{kind.value}/{id}" for kind, id in entries if (kind, id) not in found]
     if missing:
         raise _refuse(f"objects listed in {MANIFEST} are missing from the archive: {', '.join(missing[:5])}",
                       missing[0])

@@ -13,7 +13,7 @@ import secrets
 import nacl.exceptions
 import nacl.pwhash.argon2id as argon2id
 
-from services.editor.models import NewSession, Session
+from services.editor.types import NewSession, Session
 
 TOKEN_BYTES = 32
 

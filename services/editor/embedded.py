@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from services.editor.app import EditorApp
-from services.editor.models import Clock, system_clock
 from services.editor.settings import EditorSettings
 from services.editor.storage import Storage
+from services.editor.types import Clock, system_clock
 from services.toolkit.server import RunningServer, start_server
 
 

@@ -6,17 +6,18 @@ import base64
 import binascii
 import hashlib
 
+from fabula_wire import ObjectType
 from services.editor import metrics, validation
-from services.editor.models import Clock, Keystore, ObjectMeta, ObjectType, Quota, StoredObject
 from services.editor.settings import EditorSettings
 from services.editor.storage.base import ObjectWrite, Storage, not_found
+from services.editor.types import Clock, Keystore, ObjectMeta, Quota, StoredObject
 from services.toolkit.errors import Conflict, InvalidArgument, ResourceExhausted
 
 _TOKEN_VERSION = "v1"
 
 
 def encode_page_token(type: ObjectType, last_id: str) -> str:
-    raw = f"{_TOKEN_VERSION}:{int(type)}:{last_id}".encode()
+    raw = f"{_TOKEN_VERSION}:{type.proto}:{last_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -33,7 +34,7 @@ def decode_page_token(token: str, type: ObjectType) -> str:
             raise ValueError("not a page token")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument("page_token", token, "is not a token returned by ListObjects") from None
-    if kind != str(int(type)):
+    if kind != str(type.proto):
         raise InvalidArgument("page_token", token, "belongs to a listing of another type")
     return last_id
 
@@ -51,13 +52,13 @@ class Objects:
         try:
             meta = await self._storage.put_object(user_id, write, expected_index, self.quota, self._clock())
         except Conflict:
-            metrics.STALE_WRITES.labels(type_.path_name).inc()
+            metrics.STALE_WRITES.labels(type_.value).inc()
             raise
         except ResourceExhausted as error:
             metrics.QUOTA_REFUSALS.labels(error.reason).inc()
             raise
-        metrics.OBJECT_WRITES.labels(type_.path_name, "create" if expected_index == 0 else "update").inc()
-        metrics.BYTES_WRITTEN.labels(type_.path_name).inc(len(data))
+        metrics.OBJECT_WRITES.labels(type_.value, "create" if expected_index == 0 else "update").inc()
+        metrics.BYTES_WRITTEN.labels(type_.value).inc(len(data))
         return meta
 
     async def get(self, user_id: str, type_value: int, id: str) -> StoredObject:
@@ -65,7 +66,7 @@ class Objects:
         validation.object_id(id)
         stored = await self._storage.get_object(user_id, type_, id)
         if stored is None:
-            raise not_found(f"{type_.path_name}/{id}")
+            raise not_found(f"{type_.value}/{id}")
         return stored
 
     async def list(self, user_id: str, type_value: int, page_size: int, page_token: str) -> tuple[list[ObjectMeta], str]:
@@ -85,9 +86,9 @@ class Objects:
         try:
             await self._storage.delete_object(user_id, type_, id, expected_index)
         except Conflict:
-            metrics.STALE_WRITES.labels(type_.path_name).inc()
+            metrics.STALE_WRITES.labels(type_.value).inc()
             raise
-        metrics.OBJECT_WRITES.labels(type_.path_name, "delete").inc()
+        metrics.OBJECT_WRITES.labels(type_.value, "delete").inc()
 
     async def get_keystore(self, user_id: str) -> Keystore:
         return await self._storage.get_keystore(user_id)

@@ -1,4 +1,5 @@
-"""The gRPC servicer: protobuf in, domain call, protobuf out. No SQL and no crypto decisions here.
+"""The gRPC servicer: protobuf in, domain call, protobuf out (the conversions are wire.py's). No SQL
+and no crypto decisions here.
 
 The bearer token is read from the "authorization" metadata in one place, `_caller`.
 """
@@ -8,35 +9,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
+from services.editor import wire
 from services.editor.accounts import Accounts
-from services.editor.models import Account, KdfParams, ObjectMeta, Session
 from services.editor.objects import Objects
 from services.editor.transfer import Transfers
+from services.editor.types import Account
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
-
-
-def _timestamp(microseconds: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMicroseconds(microseconds)
-    return stamp
-
-
-def _session_pb(session: Session) -> pb.Session:
-    return pb.Session(token=session.token, expires_at=_timestamp(session.expires_at_us), user_id=session.user_id)
-
-
-def _kdf_pb(kdf: KdfParams) -> pb.KdfParams:
-    return pb.KdfParams(opslimit=kdf.opslimit, memlimit=kdf.memlimit)
-
-
-def _meta_pb(meta: ObjectMeta) -> pb.ObjectMeta:
-    return pb.ObjectMeta(id=meta.id, type=int(meta.type), size=meta.size, change_index=meta.change_index,
-                         created_at=_timestamp(meta.created_at_us), updated_at=_timestamp(meta.updated_at_us))
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str:
@@ -59,16 +41,16 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
     # Accounts and sessions.
     async def GetSalt(self, request: pb.GetSaltRequest, context) -> pb.GetSaltResponse:
         salt, kdf = await self._accounts.get_salt(request.username)
-        return pb.GetSaltResponse(salt=salt, kdf=_kdf_pb(kdf))
+        return wire.salt_to_pb(salt, kdf)
 
     async def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
         session = await self._accounts.register(request.username, request.salt, request.kdf.opslimit,
                                                 request.kdf.memlimit, request.auth_key, request.keystore)
-        return pb.RegisterResponse(session=_session_pb(session))
+        return pb.RegisterResponse(session=wire.session_to_pb(session))
 
     async def Login(self, request: pb.LoginRequest, context) -> pb.LoginResponse:
         session = await self._accounts.login(request.username, request.auth_key)
-        return pb.LoginResponse(session=_session_pb(session))
+        return pb.LoginResponse(session=wire.session_to_pb(session))
 
     async def Logout(self, request: pb.LogoutRequest, context) -> pb.LogoutResponse:
         await self._caller(context)
@@ -86,7 +68,7 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
             new_opslimit=request.new_kdf.opslimit, new_memlimit=request.new_kdf.memlimit,
             new_auth_key=request.new_auth_key, keystore=request.keystore,
             expected_keystore_index=request.expected_keystore_change_index)
-        return pb.ChangePasswordResponse(session=_session_pb(session), keystore_change_index=index)
+        return pb.ChangePasswordResponse(session=wire.session_to_pb(session), keystore_change_index=index)
 
     async def DeleteAccount(self, request: pb.DeleteAccountRequest, context) -> pb.DeleteAccountResponse:
         account = await self._caller(context)
@@ -96,9 +78,7 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
     # Keystore.
     async def GetKeystore(self, request: pb.GetKeystoreRequest, context) -> pb.GetKeystoreResponse:
         account = await self._caller(context)
-        keystore = await self._objects.get_keystore(account.user_id)
-        return pb.GetKeystoreResponse(keystore=keystore.data, change_index=keystore.change_index,
-                                      updated_at=_timestamp(keystore.updated_at_us))
+        return wire.keystore_to_pb(await self._objects.get_keystore(account.user_id))
 
     async def PutKeystore(self, request: pb.PutKeystoreRequest, context) -> pb.PutKeystoreResponse:
         account = await self._caller(context)
@@ -110,44 +90,37 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
         account = await self._caller(context)
         meta = await self._objects.put(account.user_id, request.type, request.id, request.data,
                                        request.expected_change_index)
-        return pb.PutObjectResponse(meta=_meta_pb(meta))
+        return pb.PutObjectResponse(meta=wire.object_meta_to_pb(meta))
 
     async def GetObject(self, request: pb.GetObjectRequest, context) -> pb.GetObjectResponse:
         account = await self._caller(context)
-        stored = await self._objects.get(account.user_id, request.type, request.id)
-        return pb.GetObjectResponse(meta=_meta_pb(stored.meta), data=stored.data)
+        return wire.stored_object_to_pb(await self._objects.get(account.user_id, request.type, request.id))
 
     async def ListObjects(self, request: pb.ListObjectsRequest, context) -> pb.ListObjectsResponse:
         account = await self._caller(context)
         page, next_token = await self._objects.list(account.user_id, request.type, request.page_size,
                                                     request.page_token)
-        return pb.ListObjectsResponse(objects=[_meta_pb(meta) for meta in page], next_page_token=next_token)
+        return wire.object_page_to_pb(page, next_token)
 
     async def DeleteObject(self, request: pb.DeleteObjectRequest, context) -> pb.DeleteObjectResponse:
         account = await self._caller(context)
-        expected = request.expected_change_index if request.HasField("expected_change_index") else None
-        await self._objects.delete(account.user_id, request.type, request.id, expected)
+        await self._objects.delete(account.user_id, request.type, request.id,
+                                   wire.expected_change_index_from_pb(request))
         return pb.DeleteObjectResponse()
 
     # Export and import.
     async def ExportAccount(self, request: pb.ExportAccountRequest, context) -> AsyncIterator[pb.ExportAccountResponse]:
         account = await self._caller(context)
         async for chunk in self._transfers.export(account.user_id):
-            yield pb.ExportAccountResponse(chunk=chunk)
+            yield wire.export_chunk_to_pb(chunk)
 
     async def ImportAccount(self, request_iterator, context) -> pb.ImportAccountResponse:
         account = await self._caller(context)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                yield message.chunk
-
-        result = await self._transfers.import_(account.user_id, chunks())
-        return pb.ImportAccountResponse(imported_objects=result.imported_objects,
-                                        keystore_replaced=result.keystore_replaced)
+        result = await self._transfers.import_(account.user_id, wire.import_chunks_from_pb(request_iterator))
+        return wire.import_result_to_pb(result)
 
 
-def make_register(servicer: EditorServicer):
+def registrar(servicer: EditorServicer):
     """The `register(server)` callback the toolkit's server runner takes."""
 
     def register(server: grpc.aio.Server) -> list[str]:

@@ -13,9 +13,9 @@ import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 
 from services.editor import archive, metrics
-from services.editor.models import Clock, ImportResult, Quota
 from services.editor.settings import EditorSettings
 from services.editor.storage.base import Storage
+from services.editor.types import Clock, ImportResult, Quota
 from services.toolkit.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 # Incoming archives stay in memory up to this size, then move to a temporary file.
@@ -77,5 +77,5 @@ class Transfers:
                 raise
         metrics.ARCHIVE_BYTES.labels("import").inc(received)
         for item in parsed.objects:
-            metrics.OBJECT_WRITES.labels(item.type.path_name, "import").inc()
+            metrics.OBJECT_WRITES.labels(item.type.value, "import").inc()
         return result

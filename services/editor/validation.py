@@ -15,7 +15,8 @@ import unicodedata
 
 import nacl.pwhash.argon2id as argon2id
 
-from services.editor.models import KdfParams, ObjectType
+from fabula_wire import ObjectType
+from services.editor.types import KdfParams
 from services.toolkit.errors import InvalidArgument
 
 USERNAME_MAX_CHARS = 64
@@ -84,9 +85,9 @@ def object_id(value: str, field: str = "id") -> str:
 
 def object_type(value: int, field: str = "type") -> ObjectType:
     try:
-        return ObjectType(value)
+        return ObjectType.from_proto(value)
     except ValueError:
-        names = ", ".join(f"{kind.value} ({kind.name})" for kind in ObjectType)
+        names = ", ".join(f"{kind.proto} ({kind.name})" for kind in ObjectType)
         raise InvalidArgument(field, value, f"must be one of {names}") from None
 
 

@@ -2,7 +2,8 @@
 
 Every non-OK answer carries a google.rpc.Status in the `grpc-status-details-bin` trailer with a
 `fabula.common.v1.ErrorDetail` (field, value, reason) and, for RESOURCE_EXHAUSTED, a
-`google.rpc.RetryInfo`, so clients and the gateway never have to parse messages.
+`google.rpc.RetryInfo`, so clients and the gateway never have to parse messages; they read it
+with `fabula_wire.read_error_detail`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from fabula.common.v1 import errors_pb2
+from fabula_wire import STATUS_DETAILS_KEY
 from services.toolkit import metrics
 from services.toolkit.errors import FabulaError, ResourceExhausted
 
 log = logging.getLogger(__name__)
-
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def status_for(error: FabulaError) -> status_pb2.Status:
@@ -154,20 +154,3 @@ class ExceptionInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-
-def read_error_detail(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[errors_pb2.ErrorDetail, float | None]:
-    """The caller's side: the ErrorDetail and retry delay (seconds) carried by a failed call."""
-    detail = errors_pb2.ErrorDetail()
-    retry_after: float | None = None
-    for key, value in error.trailing_metadata() or ():
-        if key != STATUS_DETAILS_KEY:
-            continue
-        status = status_pb2.Status.FromString(value)
-        for packed in status.details:
-            if packed.Is(errors_pb2.ErrorDetail.DESCRIPTOR):
-                packed.Unpack(detail)
-            elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                packed.Unpack(info)
-                retry_after = info.retry_delay.ToMilliseconds() / 1000
-    return detail, retry_after

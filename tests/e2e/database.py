@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from fabula_sdk.models import ObjectType
+from fabula_wire import ObjectType
 
 TABLES = ("accounts", "sessions", "objects")
 

@@ -20,8 +20,8 @@ import typer
 from fabula_sdk.client import FabulaClient
 from fabula_sdk.errors import AuthenticationError, FabulaError
 from fabula_sdk.http_transport import DEFAULT_URL
-from fabula_sdk.models import DEFAULT_KDF, KdfParams
 from fabula_sdk.session_store import SavedSession, SessionStore
+from fabula_sdk.types import DEFAULT_KDF, KdfParams
 
 P = ParamSpec("P")
 R = TypeVar("R")

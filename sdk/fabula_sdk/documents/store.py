@@ -45,7 +45,7 @@ from fabula_sdk.documents.preset import Preset
 from fabula_sdk.documents.story import VERSION as STORY_VERSION
 from fabula_sdk.documents.story import Story, utc_now
 from fabula_sdk.errors import ConflictError, NotFoundError
-from fabula_sdk.models import ObjectType
+from fabula_wire import ObjectType
 
 # Segments a story may have before a save folds them into a new snapshot: each open fetches every
 # unfolded segment, and each is one object of the account's quota.

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from services.editor.models import (
+from fabula_wire import ObjectType
+from services.editor.types import (
     Account,
     ImportedObject,
     ImportResult,
@@ -20,7 +21,6 @@ from services.editor.models import (
     KdfParams,
     NewSession,
     ObjectMeta,
-    ObjectType,
     Quota,
     StoredObject,
 )

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from services.editor.models import (
+from fabula_wire import ObjectType
+from services.editor.types import (
     Account,
     ImportedObject,
     ImportResult,
@@ -24,7 +25,6 @@ from services.editor.models import (
     KdfParams,
     NewSession,
     ObjectMeta,
-    ObjectType,
     Quota,
     StoredObject,
     system_clock,
@@ -73,12 +73,12 @@ def _account(row: tuple) -> Account:
 
 
 def _meta(row: tuple) -> ObjectMeta:
-    return ObjectMeta(type=ObjectType(int(row[0])), id=row[1], size=int(row[2]), change_index=int(row[3]),
+    return ObjectMeta(type=ObjectType.from_proto(int(row[0])), id=row[1], size=int(row[2]), change_index=int(row[3]),
                       sha256=bytes(row[4]), created_at_us=int(row[5]), updated_at_us=int(row[6]))
 
 
 def _what(type: ObjectType, id: str) -> str:
-    return f"{type.path_name}/{id}"
+    return f"{type.value}/{id}"
 
 
 class _SqlSnapshot(ExportSnapshot):
@@ -89,7 +89,7 @@ class _SqlSnapshot(ExportSnapshot):
 
     async def read(self, meta: ObjectMeta) -> bytes:
         row = await self._tx.fetchone(f"SELECT data FROM objects WHERE {_OBJECT_KEY}",
-                                      (self._user_id, int(meta.type), meta.id))
+                                      (self._user_id, meta.type.proto, meta.id))
         if row is None:  # impossible inside the snapshot; a bug if it happens
             raise RuntimeError(f"object {_what(meta.type, meta.id)} vanished from an export snapshot")
         return bytes(row[0])
@@ -255,7 +255,7 @@ class SqlStorage(Storage):
 
     async def put_object(self, user_id: str, write: ObjectWrite, expected_index: int, quota: Quota,
                          now_us: int) -> ObjectMeta:
-        what, size, type_ = _what(write.type, write.id), len(write.data), int(write.type)
+        what, size, type_ = _what(write.type, write.id), len(write.data), write.type.proto
         async with self._write() as tx:
             usage = await self._lock_usage(tx, user_id)
             row = await tx.fetchone(f"SELECT change_index, size, created_us FROM objects WHERE {_OBJECT_KEY}",
@@ -291,14 +291,14 @@ class SqlStorage(Storage):
     async def get_object(self, user_id: str, type: ObjectType, id: str) -> StoredObject | None:
         async with self._read() as tx:
             row = await tx.fetchone(f"SELECT {META_COLUMNS}, data FROM objects WHERE {_OBJECT_KEY}",
-                                    (user_id, int(type), id))
+                                    (user_id, type.proto, id))
         return StoredObject(meta=_meta(row), data=bytes(row[7])) if row else None
 
     async def list_objects(self, user_id: str, type: ObjectType, after_id: str, limit: int) -> list[ObjectMeta]:
         async with self._read() as tx:
             rows = await tx.fetchall(
                 f"SELECT {META_COLUMNS} FROM objects WHERE user_id = %s AND type = %s AND id > %s "
-                "ORDER BY id LIMIT %s", (user_id, int(type), after_id, limit))
+                "ORDER BY id LIMIT %s", (user_id, type.proto, after_id, limit))
         return [_meta(row) for row in rows]
 
     async def delete_object(self, user_id: str, type: ObjectType, id: str, expected_index: int | None) -> None:
@@ -306,12 +306,12 @@ class SqlStorage(Storage):
         async with self._write() as tx:
             await self._lock_usage(tx, user_id)
             row = await tx.fetchone(f"SELECT change_index, size FROM objects WHERE {_OBJECT_KEY}",
-                                    (user_id, int(type), id))
+                                    (user_id, type.proto, id))
             if row is None:
                 raise not_found(what)
             if expected_index is not None and int(row[0]) != expected_index:
                 raise stale(what, expected_index, int(row[0]))
-            await tx.execute(f"DELETE FROM objects WHERE {_OBJECT_KEY}", (user_id, int(type), id))
+            await tx.execute(f"DELETE FROM objects WHERE {_OBJECT_KEY}", (user_id, type.proto, id))
             await self._add_usage(tx, user_id, -1, -int(row[1]))
 
     async def usage(self, user_id: str) -> Usage:
@@ -342,8 +342,8 @@ class SqlStorage(Storage):
             usage = await self._lock_usage(tx, user_id)
             existing = {(int(r[0]), r[1]): int(r[2]) for r in await tx.fetchall(
                 "SELECT type, id, size FROM objects WHERE user_id = %s", (user_id,))}
-            added = sum(1 for o in objects if (int(o.type), o.id) not in existing)
-            grown = sum(o.size - existing.get((int(o.type), o.id), 0) for o in objects)
+            added = sum(1 for o in objects if (o.type.proto, o.id) not in existing)
+            grown = sum(o.size - existing.get((o.type.proto, o.id), 0) for o in objects)
             if added > 0:
                 check_objects(quota, usage.objects + added)
             if grown > 0:
@@ -351,8 +351,8 @@ class SqlStorage(Storage):
             for item in objects:
                 # Read from the spooled archive in a thread: it may be on disk.
                 data = await asyncio.to_thread(item.load)
-                key = (user_id, int(item.type), item.id)
-                if (int(item.type), item.id) in existing:
+                key = (user_id, item.type.proto, item.id)
+                if (item.type.proto, item.id) in existing:
                     await tx.execute(
                         "UPDATE objects SET data = %s, size = %s, sha256 = %s, change_index = change_index + 1, "
                         f"updated_us = %s WHERE {_OBJECT_KEY}", (data, item.size, item.sha256, now_us, *key))

@@ -21,9 +21,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.editor.models import Account, ObjectMeta, ObjectType, Quota, StoredObject
+from fabula_wire import ObjectType
 from services.editor.storage.base import ObjectWrite
 from services.editor.storage.sql import SqlStorage, Tx, UniqueViolation, not_open
+from services.editor.types import Account, ObjectMeta, Quota, StoredObject
 
 T = TypeVar("T")
 URL_PREFIX = "sqlite:///"

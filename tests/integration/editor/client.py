@@ -10,7 +10,7 @@ import pytest
 
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
-from services.toolkit.interceptor import read_error_detail
+from fabula_wire import read_error_detail
 
 FAST_KDF = pb.KdfParams(opslimit=1, memlimit=8192)
 

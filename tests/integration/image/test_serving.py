@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fabula.image.v1 import image_pb2
-from services.toolkit.interceptor import read_error_detail
+from fabula_wire import read_error_detail
 from tests.integration.image.conftest import collect, images_of, params, png_bytes
 
 IMAGE = png_bytes(Image.new("RGB", (64, 64), (10, 20, 30)))

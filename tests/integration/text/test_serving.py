@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fabula.text.v1 import text_pb2
+from fabula_wire import read_error_detail
 from services.text.server import registrar
-from services.toolkit.interceptor import read_error_detail
 
 # Long enough (on the long-context tiny model) that the test is done long before it would end.
 LONG = dict(prompt="The knight", max_new_tokens=1024, min_new_tokens=1024, preset="neutral")

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from fabula_wire import ObjectType
 from services.editor import archive
-from services.editor.models import Account, KdfParams, Keystore, ObjectMeta, ObjectType
+from services.editor.types import Account, KdfParams, Keystore, ObjectMeta
 from services.toolkit.errors import InvalidArgument
 
 ACCOUNT = Account(user_id="u1", username="alice", salt=b"s" * 16, kdf=KdfParams(1, 8192), auth_hash=b"h",

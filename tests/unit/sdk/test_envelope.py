@@ -11,7 +11,7 @@ import pytest
 
 from fabula_sdk import aead, envelope
 from fabula_sdk.errors import DecryptionError
-from fabula_sdk.models import ObjectType
+from fabula_wire import ObjectType
 
 TEXT = ("The keeper climbed the stairs of the lighthouse every night. " * 20).encode()
 

@@ -13,7 +13,7 @@ import pytest
 from fabula_sdk import envelope, keystore
 from fabula_sdk.documents import History, HistorySegment, ImageDocument, Lorebook, NewerFormatError, Preset, Story
 from fabula_sdk.documents import StoryContent, codec
-from fabula_sdk.models import ObjectType
+from fabula_wire import ObjectType
 
 VECTORS = json.loads((Path(__file__).parents[3] / "docs" / "format-vectors.json").read_text("utf-8"))
 

@@ -9,7 +9,8 @@ import pytest
 from fabula_sdk import aead, kdf, keystore
 from fabula_sdk.errors import KeystoreError
 from fabula_sdk.keystore import Keystore
-from fabula_sdk.models import MINIMUM_KDF, ObjectType
+from fabula_sdk.types import MINIMUM_KDF
+from fabula_wire import ObjectType
 
 
 @pytest.fixture(scope="module")

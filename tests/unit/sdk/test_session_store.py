@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from fabula_sdk.models import ObjectType
 from fabula_sdk.session_store import SavedSession, SessionStore
+from fabula_wire import ObjectType
 
 
 def _session() -> SavedSession:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fabula_sdk import envelope, kdf, keystore
-from fabula_sdk.models import KdfParams, ObjectType
+from fabula_sdk.types import KdfParams
+from fabula_wire import ObjectType
 
 VECTORS = json.loads((Path(__file__).parents[3] / "docs" / "encryption-vectors.json").read_text("utf-8"))
 

@@ -8,8 +8,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fabula.common.v1 import errors_pb2
+from fabula_wire import read_error_detail
 from services.toolkit import errors
-from services.toolkit.interceptor import read_error_detail
 from services.toolkit.server import start_server
 
 SERVICE = "fabula.test.v1.Probe"

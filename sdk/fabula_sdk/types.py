@@ -1,44 +1,14 @@
-"""The plain values the SDK passes around: object types, KDF cost, sessions, object metadata."""
+"""The plain values the SDK passes around: KDF cost, sessions, object metadata. Object types are the
+wire's (`fabula_wire.ObjectType`), shared with the server."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 
 import nacl.pwhash.argon2id as argon2id
 
-
-class ObjectType(enum.StrEnum):
-    """An object's type, spelled as in HTTP paths and export archives; `.proto` is its
-    `fabula.editor.v1.ObjectType` number."""
-
-    STORY = "stories"
-    STORY_CONTENT = "storycontent"
-    LOREBOOK = "lorebooks"
-    PRESET = "presets"
-    IMAGE = "images"
-
-    @property
-    def proto(self) -> int:
-        return _PROTO_NUMBERS[self]
-
-    @classmethod
-    def from_proto(cls, number: int) -> ObjectType:
-        return _BY_PROTO_NUMBER[number]
-
-    @classmethod
-    def parse(cls, value: str | ObjectType) -> ObjectType:
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(kind.value for kind in cls)
-            raise ValueError(f"object type must be one of {names}, not {value!r}") from None
-
-
-_PROTO_NUMBERS = {ObjectType.STORY: 1, ObjectType.STORY_CONTENT: 2, ObjectType.LOREBOOK: 3,
-                  ObjectType.PRESET: 4, ObjectType.IMAGE: 5}
-_BY_PROTO_NUMBER = {number: kind for kind, number in _PROTO_NUMBERS.items()}
+from fabula_wire import ObjectType
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The editor's domain types: plain data, no gRPC and no SQL.
+"""The editor's domain types: plain data, no gRPC and no SQL. Object types are the wire's
+(`fabula_wire.ObjectType`): their names and numbers are shared with the gateway and the SDK.
 
 Timestamps are integers of microseconds since the Unix epoch (UTC): both back ends store them
 as 64-bit integers, so a value read back is bit-for-bit the value written.
@@ -6,10 +7,11 @@ as 64-bit integers, so a value read back is bit-for-bit the value written.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from fabula_wire import ObjectType
 
 Clock = Callable[[], int]
 """Returns the current time in microseconds since the epoch; tests pass their own."""
@@ -17,35 +19,6 @@ Clock = Callable[[], int]
 
 def system_clock() -> int:
     return time.time_ns() // 1000
-
-
-class ObjectType(enum.IntEnum):
-    """The kinds of encrypted object; the numbers are the protobuf enum's."""
-
-    STORY = 1
-    STORY_CONTENT = 2
-    LOREBOOK = 3
-    PRESET = 4
-    IMAGE = 5
-
-    @property
-    def path_name(self) -> str:
-        """The name used in HTTP paths and export archives ("stories", "storycontent", ...)."""
-        return _PATH_NAMES[self]
-
-    @classmethod
-    def from_path_name(cls, name: str) -> ObjectType | None:
-        return _BY_PATH_NAME.get(name)
-
-
-_PATH_NAMES = {
-    ObjectType.STORY: "stories",
-    ObjectType.STORY_CONTENT: "storycontent",
-    ObjectType.LOREBOOK: "lorebooks",
-    ObjectType.PRESET: "presets",
-    ObjectType.IMAGE: "images",
-}
-_BY_PATH_NAME = {name: kind for kind, name in _PATH_NAMES.items()}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""Protobuf ⇄ domain for the editor: every conversion between `fabula.editor.v1` messages and the
+editor's plain types (services/editor/types.py) lives here, so the servicer only routes calls.
+
+Timestamps travel as google.protobuf.Timestamp and are integers of microseconds in the domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from fabula.editor.v1 import editor_pb2 as pb
+from services.editor.types import ImportResult, KdfParams, Keystore, ObjectMeta, Session, StoredObject
+
+
+def timestamp_to_pb(microseconds: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMicroseconds(microseconds)
+    return stamp
+
+
+def kdf_to_pb(kdf: KdfParams) -> pb.KdfParams:
+    return pb.KdfParams(opslimit=kdf.opslimit, memlimit=kdf.memlimit)
+
+
+def session_to_pb(session: Session) -> pb.Session:
+    return pb.Session(token=session.token, expires_at=timestamp_to_pb(session.expires_at_us), user_id=session.user_id)
+
+
+def object_meta_to_pb(meta: ObjectMeta) -> pb.ObjectMeta:
+    return pb.ObjectMeta(id=meta.id, type=meta.type.proto, size=meta.size, change_index=meta.change_index,
+                         created_at=timestamp_to_pb(meta.created_at_us), updated_at=timestamp_to_pb(meta.updated_at_us))
+
+
+def salt_to_pb(salt: bytes, kdf: KdfParams) -> pb.GetSaltResponse:
+    return pb.GetSaltResponse(salt=salt, kdf=kdf_to_pb(kdf))
+
+
+def keystore_to_pb(keystore: Keystore) -> pb.GetKeystoreResponse:
+    return pb.GetKeystoreResponse(keystore=keystore.data, change_index=keystore.change_index,
+                                  updated_at=timestamp_to_pb(keystore.updated_at_us))
+
+
+def stored_object_to_pb(stored: StoredObject) -> pb.GetObjectResponse:
+    return pb.GetObjectResponse(meta=object_meta_to_pb(stored.meta), data=stored.data)
+
+
+def object_page_to_pb(page: list[ObjectMeta], next_page_token: str) -> pb.ListObjectsResponse:
+    return pb.ListObjectsResponse(objects=[object_meta_to_pb(meta) for meta in page], next_page_token=next_page_token)
+
+
+def expected_change_index_from_pb(request: pb.DeleteObjectRequest) -> int | None:
+    """The change index a delete is based on; None when the request leaves it out (delete whatever is there)."""
+    return request.expected_change_index if request.HasField("expected_change_index") else None
+
+
+def export_chunk_to_pb(chunk: bytes) -> pb.ExportAccountResponse:
+    return pb.ExportAccountResponse(chunk=chunk)
+
+
+async def import_chunks_from_pb(messages: AsyncIterable[pb.ImportAccountRequest]) -> AsyncIterator[bytes]:
+    """The archive's bytes, piece by piece as they arrive."""
+    async for message in messages:
+        yield message.chunk
+
+
+def import_result_to_pb(result: ImportResult) -> pb.ImportAccountResponse:
+    return pb.ImportAccountResponse(imported_objects=result.imported_objects, keystore_replaced=result.keystore_replaced)

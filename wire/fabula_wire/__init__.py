@@ -1,0 +1,18 @@
+"""The wire facts that Fabula's servers and its SDK must agree on, each written once.
+
+It depends only on the generated protos (and protobuf/grpcio), so the SDK can install it without
+any server code: object types with their path names and protobuf numbers (`objects`), and how a
+failed gRPC call reads over HTTP and what it carries (`status`).
+"""
+
+from fabula_wire.objects import ObjectType
+from fabula_wire.status import (
+    HTTP_STATUS_BY_GRPC_CODE,
+    STATUS_DETAILS_KEY,
+    error_code,
+    http_status,
+    read_error_detail,
+)
+
+__all__ = ["HTTP_STATUS_BY_GRPC_CODE", "STATUS_DETAILS_KEY", "ObjectType", "error_code", "http_status",
+           "read_error_detail"]
