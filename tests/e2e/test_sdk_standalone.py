@@ -60,7 +60,11 @@ def sdk_venv(tmp_path_factory) -> Path:
 
 
 def test_installed_sdk_imports_no_server_code(sdk_venv, tmp_path):
-    probe = ("import importlib.util, fabula_sdk, fabula_wire, fabula.editor.v1.editor_pb2 as pb\n"
+    # Every SDK module is imported, so one that reaches for server code fails here even when the
+    # commands below never load it.
+    probe = ("import importlib, importlib.util, pkgutil, fabula_sdk, fabula_wire, fabula.editor.v1.editor_pb2 as pb\n"
+             "for module in pkgutil.walk_packages(fabula_sdk.__path__, 'fabula_sdk.'):\n"
+             "    importlib.import_module(module.name)\n"
              "print(fabula_sdk.__file__); print(fabula_wire.__file__); print(pb.__file__)\n"
              "print(*(importlib.util.find_spec(name) is None for name in ('gateway', 'services')))\n")
     # Run from an empty folder: `python -c` puts the working directory first on sys.path.
