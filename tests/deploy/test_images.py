@@ -28,7 +28,7 @@ def _load_requirements_script():
 
 image_requirements = _load_requirements_script()
 
-LOCAL_PACKAGES = {"gateway", "services", "fabula", "fabula_sdk"}
+LOCAL_PACKAGES = {"gateway", "services", "fabula", "fabula_wire", "fabula_sdk"}
 PROTO_ROOT = ROOT / "build" / "proto"
 ENTRY_MODULES = {
     "gateway": ["gateway.__main__", "gateway.main"],
@@ -42,7 +42,7 @@ GPU_ONLY_MODULES = {"tensorrt": "tensorrt"}
 
 def _module_file(name: str) -> Path | None:
     parts = name.split(".")
-    for base in (ROOT, PROTO_ROOT):
+    for base in (ROOT, ROOT / "wire", PROTO_ROOT):
         for candidate in (base.joinpath(*parts).with_suffix(".py"), base.joinpath(*parts, "__init__.py")):
             if candidate.exists():
                 return candidate
