@@ -12,6 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from gateway.deps import Channels
+# Registers the toolkit's metric families (fabula_rpc_*) in this process too: every Fabula
+# process's page lists the same families, so one scrape configuration reads them all.
+from services.toolkit import metrics as _toolkit_metrics  # noqa: F401
 
 router = APIRouter(tags=["health"])
 
