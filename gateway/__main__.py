@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.config import GatewaySettings
+from gateway.settings import GatewaySettings
 from services.toolkit.logs import setup_logging
 from services.toolkit.tracing import setup_tracing
 

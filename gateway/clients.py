@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from fabula.editor.v1 import editor_pb2_grpc
-from gateway.config import GatewaySettings
+from gateway.settings import GatewaySettings
 from gateway.tracing import records_call_spans
 from services.toolkit import tracing
 

@@ -22,7 +22,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from fabula.editor.v1 import editor_pb2, editor_pb2_grpc
 from gateway.clients import ServiceChannels
-from gateway.config import GatewaySettings
+from gateway.settings import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
 
 

@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from gateway import tracing
 from gateway.clients import ServiceChannels
-from gateway.config import GatewaySettings
+from gateway.settings import GatewaySettings
 from gateway.deps import AuthCache, RateLimits
 from gateway.errors import install_handlers
 from gateway.limits_middleware import BodyLimitMiddleware

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from opentelemetry import context, propagate
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config import GatewaySettings
+from gateway.settings import GatewaySettings
 from services.toolkit import tracing as toolkit_tracing
 
 _NOT_TRACED = "/health,/metrics"

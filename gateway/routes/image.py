@@ -26,7 +26,7 @@ from gateway.calls import DisconnectWatch, unary
 from gateway.clients import ServiceChannels
 from gateway.deps import RateLimitedUser, Settings, get_channels
 from gateway.errors import ApiError, from_rpc_error
-from gateway.schemas import Base64Bytes, RequestBody, Text, Uint32, error_responses
+from gateway.schemas.editor import Base64Bytes, RequestBody, Text, Uint32, error_responses
 from gateway.sse import relay_stream
 
 router = APIRouter(prefix="/ai", tags=["image"])

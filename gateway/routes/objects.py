@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fabula.editor.v1 import editor_pb2
 from gateway.calls import unary
 from gateway.deps import Editor, RateLimitedUser, Settings
-from gateway.schemas import (
+from gateway.schemas.editor import (
     UINT32_MAX,
     UINT64_MAX,
     ObjectKind,

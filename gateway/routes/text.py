@@ -27,7 +27,7 @@ from gateway.calls import unary
 from gateway.clients import ServiceChannels
 from gateway.deps import RateLimitedUser, Settings, get_channels
 from gateway.errors import ApiError, from_rpc_error
-from gateway.schemas import RequestBody, Text, Uint32, Uint64, error_responses
+from gateway.schemas.editor import RequestBody, Text, Uint32, Uint64, error_responses
 from gateway.sse import relay_stream
 
 router = APIRouter(prefix="/ai", tags=["text"])

@@ -22,7 +22,7 @@ from fabula.editor.v1 import editor_pb2
 from gateway.calls import DisconnectWatch
 from gateway.deps import Editor, RateLimitedUser, Settings
 from gateway.errors import ApiError
-from gateway.schemas import ImportResponse, error_responses
+from gateway.schemas.editor import ImportResponse, error_responses
 
 log = logging.getLogger(__name__)
 

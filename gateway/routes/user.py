@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response, status
 from fabula.editor.v1 import editor_pb2
 from gateway.calls import unary
 from gateway.deps import AddressLimited, Editor, RateLimitedUser, Settings
-from gateway.schemas import (
+from gateway.schemas.editor import (
     ChangePasswordRequest,
     ChangePasswordResponse,
     DeleteAccountRequest,

@@ -19,7 +19,7 @@ from tests.deploy.kube import (_VARIABLE, GPU_SERVICES, KUBERNETES_VERSION, OVER
 pytestmark = pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda overlay: f"overlays/{overlay}")
 
 SETTINGS_MODULES = {"editor": "services.editor.settings", "text": "services.text.settings",
-                    "image": "services.image.settings", "gateway": "gateway.config"}
+                    "image": "services.image.settings", "gateway": "gateway.settings"}
 
 
 def settings_class(process: str) -> type[BaseSettings]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from gateway.config import GatewaySettings
+from gateway.settings import GatewaySettings
 from gateway.main import create_app
 
 # Addresses where nothing listens: the user routes never need the text and image services.
