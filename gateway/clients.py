@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from fabula.editor.v1 import editor_pb2_grpc
+from fabula.image.v1 import image_pb2_grpc
+from fabula.text.v1 import text_pb2_grpc
 from gateway.settings import GatewaySettings
 from gateway.tracing import records_call_spans
 from services.toolkit import tracing
@@ -29,14 +30,20 @@ def _open(address: str, settings: GatewaySettings) -> grpc.aio.Channel:
 
 @dataclass
 class ServiceChannels:
+    """One channel per service and one stub per channel, both built once per app: a stub binds a
+    callable per RPC, too much work to repeat per request."""
+
     editor: grpc.aio.Channel
     text: grpc.aio.Channel
     image: grpc.aio.Channel
+    editor_stub: editor_pb2_grpc.EditorServiceStub = field(init=False)
+    text_stub: text_pb2_grpc.TextServiceStub = field(init=False)
+    image_stub: image_pb2_grpc.ImageServiceStub = field(init=False)
 
-    @functools.cached_property
-    def editor_stub(self) -> editor_pb2_grpc.EditorServiceStub:
-        """Built once: a stub binds a callable per RPC, too much work to repeat per request."""
-        return editor_pb2_grpc.EditorServiceStub(self.editor)
+    def __post_init__(self) -> None:
+        self.editor_stub = editor_pb2_grpc.EditorServiceStub(self.editor)
+        self.text_stub = text_pb2_grpc.TextServiceStub(self.text)
+        self.image_stub = image_pb2_grpc.ImageServiceStub(self.image)
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> ServiceChannels:

@@ -21,6 +21,8 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from fabula.editor.v1 import editor_pb2, editor_pb2_grpc
+from fabula.image.v1 import image_pb2_grpc
+from fabula.text.v1 import text_pb2_grpc
 from gateway.clients import ServiceChannels
 from gateway.settings import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
@@ -104,6 +106,14 @@ async def get_editor(request: Request) -> editor_pb2_grpc.EditorServiceStub:
     return request.app.state.channels.editor_stub
 
 
+async def get_text(request: Request) -> text_pb2_grpc.TextServiceStub:
+    return request.app.state.channels.text_stub
+
+
+async def get_image(request: Request) -> image_pb2_grpc.ImageServiceStub:
+    return request.app.state.channels.image_stub
+
+
 _TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{1,1024}")
 _bearer = HTTPBearer(auto_error=False, description="a session token from /user/login")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -164,6 +174,8 @@ async def rate_limited_address(request: Request) -> None:
 Settings = Annotated[GatewaySettings, Depends(get_settings)]
 Channels = Annotated[ServiceChannels, Depends(get_channels)]
 Editor = Annotated[editor_pb2_grpc.EditorServiceStub, Depends(get_editor)]
+TextService = Annotated[text_pb2_grpc.TextServiceStub, Depends(get_text)]
+ImageService = Annotated[image_pb2_grpc.ImageServiceStub, Depends(get_image)]
 BearerToken = Annotated[str, Depends(bearer_token)]
 CurrentUser = Annotated[User, Depends(current_user)]
 RateLimitedUser = Annotated[User, Depends(rate_limited_user)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -58,8 +59,13 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": error}
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
-    """The HTTP view of a failed gRPC call, keeping the field and retry delay it carried."""
+def from_rpc_error(error: grpc.aio.AioRpcError, field_prefixes: Sequence[str] = ()) -> ApiError:
+    """The HTTP view of a failed gRPC call, keeping the field and retry delay it carried.
+
+    `field_prefixes`: what the service's field names start with that the HTTP body does not have
+    (each schema module declares its service's), e.g. the text service names "spec.sampling.top_p"
+    of its GenerationSpec where the body, which is that spec, has "sampling.top_p".
+    """
     code = error.code()
     status = http_status(code)
     detail, retry_after = read_error_detail(error)
@@ -70,8 +76,17 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
     if code == grpc.StatusCode.UNAVAILABLE:
         return ApiError(503, "service unavailable, try again shortly", code="UNAVAILABLE",
                         retry_after_s=1.0)
-    return ApiError(status, error.details() or code.name, field=detail.field or None,
-                    code=code.name, retry_after_s=retry_after)
+    field, message = _body_field(detail.field, error.details() or code.name, field_prefixes)
+    return ApiError(status, message, field=field or None, code=code.name, retry_after_s=retry_after)
+
+
+def _body_field(field: str, message: str, prefixes: Sequence[str]) -> tuple[str, str]:
+    """The field as the HTTP body names it, and the message with it named so (services start their
+    messages with the field's name)."""
+    for prefix in prefixes:
+        if field.startswith(prefix):
+            return field.removeprefix(prefix), message.removeprefix(prefix)
+    return field, message
 
 
 def to_response(error: ApiError) -> JSONResponse:

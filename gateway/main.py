@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -32,7 +33,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Fabula",
-        version="0.1.0",
+        version=version("fabula"),
         description="AI-assisted, illustrated, end-to-end encrypted storytelling.",
         lifespan=lifespan,
         telemetry=tracing.fastapi_telemetry(settings),

@@ -1,45 +1,43 @@
 """Relaying a gRPC server stream to the browser as Server-Sent Events, the same way for every
-service: a request the service refuses is a plain HTTP error, not a stream that starts and fails;
-later errors become an `error` event with the usual JSON body; and whatever ends the stream —
-the client leaving (sse-starlette cancels the generator) or the last message — cancels the call,
-so the service stops generating for nobody."""
+service: a request the service refuses is a plain HTTP error, not a stream that starts and fails
+(calls.first_message); later errors become an `error` event with the usual JSON body; and
+whatever ends the stream — the client leaving (sse-starlette cancels the generator) or the last
+message — cancels the call, so the service stops generating for nobody."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
 from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
 
-from gateway.errors import ApiError, error_body
+from gateway.calls import first_message
+from gateway.errors import error_body, from_rpc_error
 
 PING_S = 15
 
+# A message of the stream as an SSE event: its name and its JSON data.
+EventFromMessage = Callable[[Any], tuple[str, Any]]
 
-async def relay_stream(
-    call: grpc.aio.UnaryStreamCall,
-    to_event: Callable[[Any], dict[str, str]],
-    to_api_error: Callable[[grpc.aio.AioRpcError], ApiError],
-    service: str,
-) -> EventSourceResponse:
-    try:
-        # Services validate before their first message, so waiting for it separates "refused"
-        # (answered as a plain 4xx) from "failed half-way" (an error event).
-        first = await call.read()
-    except grpc.aio.AioRpcError as error:
-        raise to_api_error(error) from None
-    if first is grpc.aio.EOF:
-        raise ApiError(502, f"the {service} service closed the stream without an answer", code="INTERNAL")
+
+async def relay_stream(request: Request, call: grpc.aio.UnaryStreamCall, event_from_pb: EventFromMessage,
+                       service: str, *, field_prefixes: Sequence[str] = ()) -> EventSourceResponse:
+    first = await first_message(request, call, service, field_prefixes=field_prefixes)
+
+    def event(message: Any) -> dict[str, str]:
+        name, data = event_from_pb(message)
+        return {"event": name, "data": json.dumps(data, ensure_ascii=False)}
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
-            yield to_event(first)
+            yield event(first)
             while (message := await call.read()) is not grpc.aio.EOF:
-                yield to_event(message)
+                yield event(message)
         except grpc.aio.AioRpcError as error:
-            api_error = to_api_error(error)
+            api_error = from_rpc_error(error, field_prefixes)
             yield {"event": "error",
                    "data": json.dumps(error_body(api_error.code, api_error.message, api_error.field))}
         finally:

@@ -1,265 +1,42 @@
 """Image generation over HTTP: /ai/generate-image (JSON or zip), /ai/generate-image-stream (SSE),
-/ai/image/tokenize and /ai/image/models, in front of the image service's gRPC contract.
-
-Every value is validated by the image service (one place for the rules); the gateway checks only
-what protobuf cannot carry (types, integer ranges, base64). The service names fields of its
-request ("params.width", "inpaint.mask"); the HTTP body is flat, so errors name "width", "mask".
+/ai/image/tokenize and /ai/image/models, in front of the image service's gRPC contract. The
+bodies and their protobuf translation are in gateway/schemas/image.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
-import json
-import zipfile
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import grpc
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
-from fabula.image.v1 import image_pb2, image_pb2_grpc
-from gateway.calls import DisconnectWatch, unary
-from gateway.clients import ServiceChannels
-from gateway.deps import RateLimitedUser, Settings, get_channels
-from gateway.errors import ApiError, from_rpc_error
-from gateway.schemas.editor import Base64Bytes, RequestBody, Text, Uint32, error_responses
+from fabula.image.v1 import image_pb2
+from gateway.calls import all_messages, unary
+from gateway.deps import ImageService, RateLimitedUser, Settings
+from gateway.errors import ApiError
+from gateway.schemas.common import error_responses
+from gateway.schemas.image import (
+    FIELD_PREFIXES,
+    GenerateImageBody,
+    GenerateImageResult,
+    GenerateStream,
+    ImageModels,
+    TokenizeImageBody,
+    TokenizeImageResult,
+    stream_event_from_pb,
+)
 from gateway.sse import relay_stream
 
 router = APIRouter(prefix="/ai", tags=["image"])
 
 ZIP_MEDIA_TYPE = "application/zip"
-_ACTION_PREFIXES = ("params.", "img2img.", "inpaint.", "outpaint.")
-
-
-def get_image(channels: Annotated[ServiceChannels, Depends(get_channels)]) -> image_pb2_grpc.ImageServiceStub:
-    return image_pb2_grpc.ImageServiceStub(channels.image)
-
-
-ImageService = Annotated[image_pb2_grpc.ImageServiceStub, Depends(get_image)]
-
-Schedule = Literal["native", "karras", "exponential"]
-Content = Literal["original", "fill", "latent_noise", "latent_nothing"]
-_SCHEDULES = {"native": image_pb2.NOISE_SCHEDULE_NATIVE, "karras": image_pb2.NOISE_SCHEDULE_KARRAS,
-              "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL}
-_CONTENTS = {"original": image_pb2.MASKED_CONTENT_ORIGINAL, "fill": image_pb2.MASKED_CONTENT_FILL,
-             "latent_noise": image_pb2.MASKED_CONTENT_LATENT_NOISE,
-             "latent_nothing": image_pb2.MASKED_CONTENT_LATENT_NOTHING}
-
-
-class GenerateImageBody(RequestBody):
-    """One action with NovelAI's controls. Omitted values take the model's defaults."""
-
-    action: Literal["generate", "img2img", "inpaint", "outpaint"] = Field(
-        "generate", description="generate (text to image), img2img, inpaint or outpaint")
-    model: Text = Field("", max_length=200, description="model name (GET /ai/image/models); empty = default")
-    prompt: Text = Field("", description="{tag} x1.05 per brace, [tag] /1.05, (tag:1.3) explicit weight")
-    negative_prompt: Text = Field("", description="undesired content, in the same language")
-    negative_preset: Text = Field("", max_length=100, description="undesired-content preset; 'none' for none")
-    quality_tags: bool | None = Field(None, description="add the model's quality tags (default yes)")
-    width: Uint32 = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
-    height: Uint32 = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
-    steps: Uint32 = Field(0, description="0 = model default")
-    guidance_scale: float | None = Field(None, description="classifier-free guidance; default per model")
-    guidance_rescale: float = Field(0.0, description="0 to 1")
-    sampler: Text = Field("", max_length=100, description="euler, euler_ancestral, dpmpp_2m, dpmpp_2s_ancestral, "
-                                                        "dpmpp_sde, dpmpp_2m_sde, ddim")
-    noise_schedule: Schedule | None = Field(None, description="native, karras or exponential")
-    seed: Uint32 | None = Field(None, description="seed of the first image; image i uses seed + i; absent = random")
-    n_images: Uint32 = Field(0, description="how many images (0 = 1)")
-    preview_every: Uint32 = Field(0, description="streaming only: a preview every this many steps")
-    image: Base64Bytes = Field(b"", description="img2img, inpaint, outpaint: the input image (base64 PNG/JPEG/WebP)")
-    mask: Base64Bytes = Field(b"", description="inpaint: the mask, the image's size, white = redraw")
-    strength: float | None = Field(None, description="how much is redrawn, (0, 1]")
-    extra_noise: float = Field(0.0, description="img2img: extra noise, 0 to 0.99")
-    mask_blur: Uint32 | None = Field(None, description="inpaint/outpaint: seam blur in pixels")
-    masked_content: Content | None = Field(None, description="what the masked area starts from")
-    only_masked: bool = Field(False, description="inpaint: only the masked region, at full resolution")
-    only_masked_padding: Uint32 | None = Field(None, description="inpaint: padding around the region")
-    left: Uint32 = Field(0, description="outpaint: pixels added on the left")
-    right: Uint32 = Field(0, description="outpaint: pixels added on the right")
-    top: Uint32 = Field(0, description="outpaint: pixels added at the top")
-    bottom: Uint32 = Field(0, description="outpaint: pixels added at the bottom")
-    response_format: Literal["json", "zip"] = Field(
-        "json", description="json (base64 PNGs) or zip (the PNGs); Accept: application/zip also asks for zip")
-
-    def to_pb(self) -> image_pb2.GenerateRequest:
-        params = image_pb2.GenerationParams(
-            model=self.model, prompt=self.prompt, negative_prompt=self.negative_prompt,
-            negative_preset=self.negative_preset, width=self.width, height=self.height, steps=self.steps,
-            guidance_rescale=self.guidance_rescale, sampler=self.sampler, n_images=self.n_images,
-            preview_every=self.preview_every)
-        if self.quality_tags is not None:
-            params.quality_tags = self.quality_tags
-        if self.guidance_scale is not None:
-            params.guidance_scale = self.guidance_scale
-        if self.noise_schedule is not None:
-            params.noise_schedule = _SCHEDULES[self.noise_schedule]
-        if self.seed is not None:
-            params.seed = self.seed
-        request = image_pb2.GenerateRequest(params=params)
-        content = _CONTENTS[self.masked_content] if self.masked_content else 0
-        if self.action == "generate":
-            request.txt2img.SetInParent()
-        elif self.action == "img2img":
-            request.img2img.image, request.img2img.extra_noise = self.image, self.extra_noise
-            if self.strength is not None:
-                request.img2img.strength = self.strength
-        elif self.action == "inpaint":
-            inpaint = request.inpaint
-            inpaint.image, inpaint.mask, inpaint.mask_blur = self.image, self.mask, self.mask_blur or 0
-            inpaint.masked_content, inpaint.only_masked = content, self.only_masked
-            if self.strength is not None:
-                inpaint.strength = self.strength
-            if self.only_masked_padding is not None:
-                inpaint.only_masked_padding = self.only_masked_padding
-        else:
-            outpaint = request.outpaint
-            outpaint.image, outpaint.masked_content = self.image, content
-            outpaint.left, outpaint.right, outpaint.top, outpaint.bottom = self.left, self.right, self.top, self.bottom
-            if self.strength is not None:
-                outpaint.strength = self.strength
-            if self.mask_blur is not None:
-                outpaint.mask_blur = self.mask_blur
-        return request
-
-
-class PromptChunk(BaseModel):
-    token_ids: list[int]
-    tokens: list[str]
-    weights: list[float]
-    text: str
-
-
-class PromptReport(BaseModel):
-    token_count: int
-    chunks: list[PromptChunk]
-    dropped_words: list[str] = Field(description="words beyond the hard limit (empty when none were dropped)")
-    effective_prompt: str
-
-    @classmethod
-    def from_pb(cls, pb: image_pb2.PromptReport) -> PromptReport:
-        return cls(token_count=pb.token_count, dropped_words=list(pb.dropped_words),
-                   effective_prompt=pb.effective_prompt,
-                   chunks=[PromptChunk(token_ids=list(c.token_ids), tokens=list(c.tokens),
-                                       weights=[round(w, 6) for w in c.weights], text=c.text) for c in pb.chunks])
-
-
-class AcceptedInfo(BaseModel):
-    seeds: list[int]
-    width: int
-    height: int
-    steps: int
-    sampler: str
-    model: str
-    prompt: PromptReport
-    negative_prompt: PromptReport
-    queue_position: int
-
-    @classmethod
-    def from_pb(cls, pb: image_pb2.Accepted) -> AcceptedInfo:
-        return cls(seeds=list(pb.seeds), width=pb.width, height=pb.height, steps=pb.steps, sampler=pb.sampler,
-                   model=pb.model, prompt=PromptReport.from_pb(pb.prompt),
-                   negative_prompt=PromptReport.from_pb(pb.negative_prompt), queue_position=pb.queue_position)
-
-
-class GeneratedImage(BaseModel):
-    index: int
-    seed: int
-    width: int
-    height: int
-    png: str = Field(description="base64 PNG with the parameters in its 'parameters' text chunk")
-    parameters: str = Field(description="the generation parameters in AUTOMATIC1111's format")
-
-    @classmethod
-    def from_pb(cls, pb: image_pb2.Image) -> GeneratedImage:
-        return cls(index=pb.index, seed=pb.seed, width=pb.width, height=pb.height,
-                   png=base64.b64encode(pb.png).decode("ascii"), parameters=pb.parameters)
-
-
-class GenerateImageResult(BaseModel):
-    accepted: AcceptedInfo
-    images: list[GeneratedImage]
-    queue_seconds: float
-    generation_seconds: float
-
-
-class TokenizeImageBody(RequestBody):
-    model: Text = Field("", max_length=200)
-    prompt: Text = Field(description="the prompt, in the prompt language")
-    quality_tags: bool = Field(False, description="count the model's quality tags too")
-
-
-class TokenizeImageResult(BaseModel):
-    prompt: PromptReport
-    chunk_tokens: int = Field(description="prompt tokens per chunk (the encoder's 77 minus start and end)")
-    max_chunks: int = Field(description="chunks a prompt may use before words are dropped")
-
-
-class NegativePreset(BaseModel):
-    name: str
-    text: str
-
-
-class ImageModelInfo(BaseModel):
-    name: str
-    family: str
-    is_default: bool
-    default_width: int
-    default_height: int
-    default_steps: int
-    default_guidance_scale: float
-    default_sampler: str
-    quality_tags: str
-    quality_tags_position: str
-    negative_presets: list[NegativePreset]
-    default_negative_preset: str
-    inpainting_unet: bool
-    engine: str
-    hash: str
-
-
-class SamplerInfo(BaseModel):
-    name: str
-    display_name: str
-    noise_schedules: list[str]
-
-
-class ImageModels(BaseModel):
-    models: list[ImageModelInfo]
-    samplers: list[SamplerInfo]
-    max_pixels: int
-    max_steps: int
-    max_images: int
-
-
-_SCHEDULE_NAMES = {value: name for name, value in _SCHEDULES.items()}
-
-
-def _api_error(error: grpc.aio.AioRpcError) -> ApiError:
-    api_error = from_rpc_error(error)
-    if api_error.field:
-        for prefix in _ACTION_PREFIXES:
-            if api_error.field.startswith(prefix):
-                api_error.field = api_error.field.removeprefix(prefix)
-                api_error.message = api_error.message.removeprefix(prefix)
-                break
-    return api_error
-
-
-def _start(image: ImageService, body: GenerateImageBody, settings) -> grpc.aio.UnaryStreamCall:
-    return image.Generate(body.to_pb(), timeout=settings.stream_timeout_s)
+ERRORS = error_responses(400, 401, 429, 503, 504)
 
 
 def _wants_zip(body: GenerateImageBody, request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return body.response_format == "zip" or (ZIP_MEDIA_TYPE in accept and "application/json" not in accept)
-
-
-ERRORS = error_responses(400, 401, 429, 503, 504)
 
 
 @router.post("/generate-image", response_model=GenerateImageResult,
@@ -268,98 +45,39 @@ ERRORS = error_responses(400, 401, 429, 503, 504)
              summary="Generate images (text to image, img2img, inpaint, outpaint); answers when all are done")
 async def generate_image(body: GenerateImageBody, request: Request, user: RateLimitedUser, image: ImageService,
                          settings: Settings) -> Any:
-    call = _start(image, body, settings)
-    accepted: image_pb2.Accepted | None = None
-    images: list[image_pb2.Image] = []
-    finished = image_pb2.Finished()
-    async with DisconnectWatch(request, call) as watch:
-        try:
-            async for message in call:
-                kind = message.WhichOneof("event")
-                if kind == "accepted":
-                    accepted = message.accepted
-                elif kind == "image":
-                    images.append(message.image)
-                elif kind == "finished":
-                    finished = message.finished
-        except grpc.aio.AioRpcError as error:
-            raise _api_error(error) from None
-        except asyncio.CancelledError:
-            if watch.client_left:
-                raise ApiError(499, "client closed the request", code="CANCELLED") from None
-            raise
-    if accepted is None:
+    call = image.Generate(body.to_pb(), timeout=settings.stream_timeout_s)
+    stream = GenerateStream.from_pb(await all_messages(request, call, field_prefixes=FIELD_PREFIXES))
+    if stream.accepted is None:
         raise ApiError(500, "the image service closed the stream without an answer", code="INTERNAL")
     if _wants_zip(body, request):
-        archive = io.BytesIO()
-        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as out:
-            for item in images:
-                out.writestr(f"image_{item.index}_{item.seed}.png", item.png)
-        return Response(archive.getvalue(), media_type=ZIP_MEDIA_TYPE,
+        return Response(stream.to_zip(), media_type=ZIP_MEDIA_TYPE,
                         headers={"Content-Disposition": 'attachment; filename="images.zip"'})
-    return GenerateImageResult(accepted=AcceptedInfo.from_pb(accepted),
-                               images=[GeneratedImage.from_pb(item) for item in images],
-                               queue_seconds=finished.queue_seconds, generation_seconds=finished.generation_seconds)
-
-
-def _event(message: image_pb2.GenerateResponse) -> dict[str, str]:
-    kind = message.WhichOneof("event")
-    if kind == "accepted":
-        data: Any = AcceptedInfo.from_pb(message.accepted).model_dump()
-    elif kind == "progress":
-        data = {"step": message.progress.step, "total_steps": message.progress.total_steps,
-                "previews": [base64.b64encode(p).decode("ascii") for p in message.progress.previews]}
-    elif kind == "image":
-        data = GeneratedImage.from_pb(message.image).model_dump()
-    else:
-        data = {"queue_seconds": message.finished.queue_seconds,
-                "generation_seconds": message.finished.generation_seconds}
-    return {"event": kind, "data": json.dumps(data, ensure_ascii=False)}
+    return stream.to_result()
 
 
 @router.post("/generate-image-stream",
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "events: accepted, progress*, image+, finished | error"}, **ERRORS},
              summary="Generate images, streaming progress (with previews) and the images as Server-Sent Events")
-async def generate_image_stream(body: GenerateImageBody, user: RateLimitedUser, image: ImageService,
-                                settings: Settings) -> EventSourceResponse:
-    call = _start(image, body, settings)
-    return await relay_stream(call, _event, _api_error, "image")
+async def generate_image_stream(body: GenerateImageBody, request: Request, user: RateLimitedUser,
+                                image: ImageService, settings: Settings) -> EventSourceResponse:
+    call = image.Generate(body.to_pb(), timeout=settings.stream_timeout_s)
+    return await relay_stream(request, call, stream_event_from_pb, "image", field_prefixes=FIELD_PREFIXES)
 
 
 @router.post("/image/tokenize", response_model=TokenizeImageResult, responses=ERRORS,
              summary="What the image model sees of a prompt: tokens, weights and 77-token chunks")
 async def tokenize_image(body: TokenizeImageBody, request: Request, user: RateLimitedUser, image: ImageService,
                          settings: Settings) -> TokenizeImageResult:
-    try:
-        reply = await unary(request, image.Tokenize(
-            image_pb2.TokenizeRequest(model=body.model, prompt=body.prompt, quality_tags=body.quality_tags),
-            timeout=settings.request_timeout_s))
-    except grpc.aio.AioRpcError as error:
-        raise _api_error(error) from None
-    return TokenizeImageResult(prompt=PromptReport.from_pb(reply.prompt), chunk_tokens=reply.chunk_tokens,
-                               max_chunks=reply.max_chunks)
+    reply = await unary(request, image.Tokenize(body.to_pb(), timeout=settings.request_timeout_s),
+                        field_prefixes=FIELD_PREFIXES)
+    return TokenizeImageResult.from_pb(reply)
 
 
 @router.get("/image/models", response_model=ImageModels, responses=error_responses(401, 429, 503),
             summary="The image models, samplers and limits")
 async def image_models(request: Request, user: RateLimitedUser, image: ImageService,
                        settings: Settings) -> ImageModels:
-    try:
-        reply = await unary(request, image.ListModels(image_pb2.ListModelsRequest(),
-                                                      timeout=settings.request_timeout_s))
-    except grpc.aio.AioRpcError as error:
-        raise _api_error(error) from None
-    return ImageModels(
-        models=[ImageModelInfo(
-            name=m.name, family=m.family, is_default=m.is_default, default_width=m.default_width,
-            default_height=m.default_height, default_steps=m.default_steps,
-            default_guidance_scale=m.default_guidance_scale, default_sampler=m.default_sampler,
-            quality_tags=m.quality_tags, quality_tags_position=m.quality_tags_position,
-            negative_presets=[NegativePreset(name=p.name, text=p.text) for p in m.negative_presets],
-            default_negative_preset=m.default_negative_preset, inpainting_unet=m.inpainting_unet, engine=m.engine,
-            hash=m.hash) for m in reply.models],
-        samplers=[SamplerInfo(name=s.name, display_name=s.display_name,
-                              noise_schedules=[_SCHEDULE_NAMES[v] for v in s.noise_schedules if v in _SCHEDULE_NAMES])
-                  for s in reply.samplers],
-        max_pixels=reply.max_pixels, max_steps=reply.max_steps, max_images=reply.max_images)
+    reply = await unary(request, image.ListModels(image_pb2.ListModelsRequest(), timeout=settings.request_timeout_s),
+                        field_prefixes=FIELD_PREFIXES)
+    return ImageModels.from_pb(reply)

@@ -14,16 +14,8 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fabula.editor.v1 import editor_pb2
 from gateway.calls import unary
 from gateway.deps import Editor, RateLimitedUser, Settings
-from gateway.schemas.editor import (
-    UINT32_MAX,
-    UINT64_MAX,
-    ObjectKind,
-    ObjectMeta,
-    ObjectPage,
-    ObjectWithData,
-    PutObjectRequest,
-    error_responses,
-)
+from gateway.schemas.common import UINT32_MAX, UINT64_MAX, error_responses
+from gateway.schemas.editor import ObjectKind, ObjectMeta, ObjectPage, ObjectWithData, PutObjectRequest
 
 router = APIRouter(prefix="/user/objects", tags=["objects"])
 

@@ -1,9 +1,6 @@
 """Text generation over HTTP: /ai/generate, /ai/generate-stream (SSE), /ai/tokenize, /ai/models,
 /ai/presets. Every route needs a logged-in user (bearer token) and counts against their rate.
-
-The text service validates every value (ranges, vocabulary, regexes); the request models here
-check only what protobuf cannot carry (signs, integer widths, lone surrogates), so the service's
-messages, which name the field, reach the client unchanged.
+The bodies and their protobuf translation are in gateway/schemas/text.py.
 
 Streaming: the first message is awaited before the response starts, so a request the service
 refuses gets its proper HTTP status (400, 429, ...) instead of a 200 with an error event. After
@@ -14,350 +11,26 @@ same JSON body as any error response. A client that disconnects cancels the gene
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
-
-import grpc
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, model_validator
+from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
-from fabula.text.v1 import text_pb2, text_pb2_grpc
+from fabula.text.v1 import text_pb2
 from gateway.calls import unary
-from gateway.clients import ServiceChannels
-from gateway.deps import RateLimitedUser, Settings, get_channels
-from gateway.errors import ApiError, from_rpc_error
-from gateway.schemas.editor import RequestBody, Text, Uint32, Uint64, error_responses
+from gateway.deps import RateLimitedUser, Settings, TextService
+from gateway.schemas.common import error_responses
+from gateway.schemas.text import (
+    FIELD_PREFIXES,
+    GenerateBody,
+    GenerateResult,
+    ModelInfo,
+    PresetInfo,
+    TokenizeBody,
+    TokenizeResult,
+    stream_event_from_pb,
+)
 from gateway.sse import relay_stream
 
 router = APIRouter(prefix="/ai", tags=["text"])
-
-
-def get_text(channels: Annotated[ServiceChannels, Depends(get_channels)]) -> text_pb2_grpc.TextServiceStub:
-    return text_pb2_grpc.TextServiceStub(channels.text)
-
-
-TextService = Annotated[text_pb2_grpc.TextServiceStub, Depends(get_text)]
-
-SamplerKey = Literal["temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p"]
-FINISH_REASONS = {
-    text_pb2.FINISH_REASON_LENGTH: "length",
-    text_pb2.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
-    text_pb2.FINISH_REASON_END_OF_TEXT: "end_of_text",
-    text_pb2.FINISH_REASON_CANCELLED: "cancelled",
-}
-
-
-# --- request bodies ----------------------------------------------------------------------------
-
-
-class SamplerStep(RequestBody):
-    sampler: SamplerKey
-    enabled: bool = True
-
-
-class Sampling(RequestBody):
-    """Unset fields take the preset's value (see GET /ai/presets)."""
-
-    temperature: float | None = Field(None, description="0 = greedy; neutral 1")
-    top_k: Uint32 | None = Field(None, description="0 = off")
-    top_p: float | None = Field(None, description="(0, 1]; 1 = off")
-    top_a: float | None = Field(None, description="[0, 1]; 0 = off")
-    typical_p: float | None = Field(None, description="(0, 1]; 1 = off")
-    tail_free: float | None = Field(None, description="(0, 1]; 1 = off")
-    min_p: float | None = Field(None, description="[0, 1]; 0 = off")
-    repetition_penalty: float | None = Field(None, description="(0, 10]; 1 = off")
-    repetition_penalty_range: Uint32 | None = Field(None, description="recent tokens looked at; 0 = all")
-    repetition_penalty_slope: float | None = Field(None, description="[0, 10]; 0 = flat")
-    frequency_penalty: float | None = Field(None, description="[-2, 2]")
-    presence_penalty: float | None = Field(None, description="[-2, 2]")
-    repetition_penalty_whitelist: list[Uint32] = Field(default_factory=list, description="token ids spared")
-    sampler_order: list[SamplerStep] = Field(default_factory=list,
-                                             description="every sampler exactly once; empty = default order")
-    sampler_convention: Literal["fabula", "koboldcpp"] | None = Field(
-        None, description="whose definition of the slope, tail-free, top_k and typical_p to follow "
-                          "(fabula = KoboldAI/transformers, koboldcpp = KoboldCpp); unset = the preset's")
-
-    def to_pb(self) -> text_pb2.SamplingParameters:
-        message = text_pb2.SamplingParameters(
-            repetition_penalty_whitelist=self.repetition_penalty_whitelist,
-            sampler_order=[text_pb2.SamplerStep(sampler=text_pb2.Sampler.Value(f"SAMPLER_{step.sampler.upper()}"),
-                                                enabled=step.enabled) for step in self.sampler_order])
-        if self.sampler_convention is not None:
-            message.sampler_convention = text_pb2.SamplerConvention.Value(
-                f"SAMPLER_CONVENTION_{self.sampler_convention.upper()}")
-        for name in ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p",
-                     "repetition_penalty", "repetition_penalty_range", "repetition_penalty_slope",
-                     "frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(message, name, value)
-        return message
-
-
-class LogitBias(RequestBody):
-    token_id: Uint32
-    bias: float
-
-
-class PhraseBias(RequestBody):
-    phrase: Text
-    bias: float
-
-
-Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
-TrimDirectionName = Literal["top", "bottom", "none"]
-UnitName = Literal["newline", "sentence", "token"]
-
-
-class ContextConfig(RequestBody):
-    """How one part of a story context is budgeted, trimmed and placed; unset fields take the
-    part's default (docs/text.md, "Context building")."""
-
-    prefix: Text | None = None
-    suffix: Text | None = None
-    token_budget: Uint32 | None = Field(None, description="most tokens the part may occupy; 0 = no limit of its own")
-    reserved_tokens: Uint32 | None = Field(None, description="set aside before lower priorities are placed")
-    budget_priority: Int32 | None = Field(None, description="higher is placed (and trimmed) first")
-    trim_direction: TrimDirectionName | None = None
-    maximum_trim_type: UnitName | None = Field(None, description="the finest unit trimming may cut at")
-    insertion_type: UnitName | None = Field(None, description="the unit insertion_position counts in")
-    insertion_position: Int32 | None = Field(None, description=">= 0 from the top, < 0 from the bottom (-1 = the end)")
-
-    def to_pb(self) -> text_pb2.ContextConfig:
-        message = text_pb2.ContextConfig()
-        for name in ("prefix", "suffix", "token_budget", "reserved_tokens", "budget_priority", "insertion_position"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(message, name, value)
-        if self.trim_direction is not None:
-            message.trim_direction = text_pb2.TrimDirection.Value(f"TRIM_DIRECTION_{self.trim_direction.upper()}")
-        if self.maximum_trim_type is not None:
-            message.maximum_trim_type = text_pb2.TrimType.Value(f"TRIM_TYPE_{self.maximum_trim_type.upper()}")
-        if self.insertion_type is not None:
-            message.insertion_type = text_pb2.InsertionType.Value(f"INSERTION_TYPE_{self.insertion_type.upper()}")
-        return message
-
-
-class LorebookEntry(RequestBody):
-    id: Text = ""
-    name: Text = ""
-    text: Text
-    keys: list[Text] = Field(default_factory=list)
-    regex_keys: bool = False
-    case_sensitive: bool = False
-    scan_depth_chars: Uint32 = 0
-    always_on: bool = False
-    insertion_order: Int32 = Field(0, description="older field, used only without context_config")
-    insertion_position: Int32 = Field(0, description="older field, used only without context_config")
-    token_budget: Uint32 = Field(0, description="older field, used only without context_config")
-    disabled: bool = False
-    key_relative: bool = False
-    cascading_activation: bool = False
-    category: Text = Field("", description="a lorebook_categories id")
-    context_config: ContextConfig | None = None
-
-    def to_pb(self) -> text_pb2.LorebookEntry:
-        message = text_pb2.LorebookEntry(**self.model_dump(exclude={"context_config"}))
-        if self.context_config is not None:
-            message.context_config.CopyFrom(self.context_config.to_pb())
-        return message
-
-
-class CategoryDefaults(LorebookEntry):
-    """The template a category's entries take unset settings from."""
-
-    text: Text = ""
-
-
-class LorebookCategory(RequestBody):
-    id: Text
-    name: Text = ""
-    enabled: bool = True
-    create_subcontext: bool = False
-    subcontext_config: ContextConfig | None = None
-    use_category_defaults: bool = False
-    category_defaults: CategoryDefaults | None = None
-
-    def to_pb(self) -> text_pb2.LorebookCategory:
-        message = text_pb2.LorebookCategory(id=self.id, name=self.name, enabled=self.enabled,
-                                            create_subcontext=self.create_subcontext,
-                                            use_category_defaults=self.use_category_defaults)
-        if self.subcontext_config is not None:
-            message.subcontext_config.CopyFrom(self.subcontext_config.to_pb())
-        if self.category_defaults is not None:
-            message.category_defaults.CopyFrom(self.category_defaults.to_pb())
-        return message
-
-
-class StoryContext(RequestBody):
-    story: Text
-    memory: Text = ""
-    authors_note: Text = ""
-    authors_note_depth: Uint32 | None = Field(None, description="older field: lines above the end; default 3")
-    lorebook: list[LorebookEntry] = Field(default_factory=list)
-    max_context_tokens: Uint32 = 0
-    memory_config: ContextConfig | None = None
-    authors_note_config: ContextConfig | None = None
-    story_config: ContextConfig | None = None
-    lorebook_categories: list[LorebookCategory] = Field(default_factory=list)
-
-    def to_pb(self) -> text_pb2.StoryContext:
-        message = text_pb2.StoryContext(story=self.story, memory=self.memory, authors_note=self.authors_note,
-                                        lorebook=[entry.to_pb() for entry in self.lorebook],
-                                        max_context_tokens=self.max_context_tokens,
-                                        lorebook_categories=[category.to_pb() for category in self.lorebook_categories])
-        if self.authors_note_depth is not None:
-            message.authors_note_depth = self.authors_note_depth
-        for name in ("memory_config", "authors_note_config", "story_config"):
-            config = getattr(self, name)
-            if config is not None:
-                getattr(message, name).CopyFrom(config.to_pb())
-        return message
-
-
-class GenerateBody(RequestBody):
-    """A ready `prompt`, or a story `context` to assemble (not both)."""
-
-    model: Text = Field("", description="from GET /ai/models; empty = the default")
-    prompt: Text | None = None
-    context: StoryContext | None = None
-    preset: Text = Field("", description="from GET /ai/presets; empty = the service's default")
-    sampling: Sampling | None = None
-    max_new_tokens: Uint32 | None = Field(None, description="default 40")
-    min_new_tokens: Uint32 = 0
-    stop_sequences: list[Text] = Field(default_factory=list)
-    banned_strings: list[Text] = Field(default_factory=list)
-    logit_bias: list[LogitBias] = Field(default_factory=list)
-    phrase_bias: list[PhraseBias] = Field(default_factory=list)
-    seed: Uint64 | None = None
-
-    @model_validator(mode="after")
-    def _one_input(self) -> GenerateBody:
-        if self.prompt is not None and self.context is not None:
-            raise ValueError("send either prompt or context, not both")
-        return self
-
-    def to_pb(self) -> text_pb2.GenerationSpec:
-        spec = text_pb2.GenerationSpec(
-            model=self.model, preset=self.preset, min_new_tokens=self.min_new_tokens,
-            stop_sequences=self.stop_sequences, banned_strings=self.banned_strings,
-            logit_bias=[text_pb2.LogitBias(token_id=b.token_id, bias=b.bias) for b in self.logit_bias],
-            phrase_bias=[text_pb2.PhraseBias(phrase=b.phrase, bias=b.bias) for b in self.phrase_bias])
-        if self.context is not None:
-            spec.context.CopyFrom(self.context.to_pb())
-        else:
-            spec.prompt = self.prompt or ""
-        if self.sampling is not None:
-            spec.sampling.CopyFrom(self.sampling.to_pb())
-        if self.max_new_tokens is not None:
-            spec.max_new_tokens = self.max_new_tokens
-        if self.seed is not None:
-            spec.seed = self.seed
-        return spec
-
-
-class TokenizeBody(RequestBody):
-    model: Text = ""
-    text: Text
-
-
-# --- responses ---------------------------------------------------------------------------------
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class GenerationStats(BaseModel):
-    finish_reason: Literal["length", "stop_sequence", "end_of_text", "cancelled"]
-    usage: Usage
-    seed: int
-    model: str
-    stop_sequence: str = ""
-    time_to_first_token_ms: float
-    total_ms: float
-    queue_ms: float
-    tokens_per_second: float
-
-    @classmethod
-    def from_pb(cls, stats: text_pb2.GenerationStats) -> GenerationStats:
-        return cls(finish_reason=FINISH_REASONS.get(stats.finish_reason, "cancelled"),
-                   usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens),
-                   seed=stats.seed, model=stats.model, stop_sequence=stats.stop_sequence,
-                   time_to_first_token_ms=stats.time_to_first_token_ms, total_ms=stats.total_ms,
-                   queue_ms=stats.queue_ms, tokens_per_second=stats.tokens_per_second)
-
-
-class ContextReportEntry(BaseModel):
-    source: str
-    included: bool
-    reason: str
-    tokens: int
-    trimmed_tokens: int
-
-
-class ContextReport(BaseModel):
-    entries: list[ContextReportEntry]
-    prompt_tokens: int
-    budget_tokens: int
-    prompt: str
-
-    @classmethod
-    def from_pb(cls, report: text_pb2.ContextReport) -> ContextReport:
-        return cls(entries=[ContextReportEntry(source=e.source, included=e.included, reason=e.reason,
-                                               tokens=e.tokens, trimmed_tokens=e.trimmed_tokens)
-                            for e in report.entries],
-                   prompt_tokens=report.prompt_tokens, budget_tokens=report.budget_tokens, prompt=report.prompt)
-
-
-class GenerateResult(BaseModel):
-    text: str
-    token_ids: list[int]
-    stats: GenerationStats
-    context_report: ContextReport | None = None
-
-
-class TokenizeResult(BaseModel):
-    token_ids: list[int]
-    token_texts: list[str]
-
-
-class ModelInfo(BaseModel):
-    name: str
-    context_window: int
-    vocab_size: int
-    dtype: str
-    device: str
-    architecture: str
-    is_default: bool
-
-
-class PresetInfo(BaseModel):
-    name: str
-    description: str
-    sampling: dict[str, Any]
-
-
-# --- routes ------------------------------------------------------------------------------------
-
-
-def _api_error(error: grpc.aio.AioRpcError) -> ApiError:
-    """The service names fields of its GenerationSpec ("spec.sampling.top_p"); the HTTP body is
-    that spec itself, so the field the client sees is "sampling.top_p"."""
-    api_error = from_rpc_error(error)
-    if api_error.field and api_error.field.startswith("spec."):
-        api_error.field = api_error.field.removeprefix("spec.")
-        api_error.message = api_error.message.removeprefix("spec.")
-    return api_error
-
-
-async def _unary(request: Request, call):
-    try:
-        return await unary(request, call)
-    except grpc.aio.AioRpcError as error:
-        raise _api_error(error) from None
 
 ERRORS = error_responses(400, 401, 429, 503, 504)
 
@@ -366,58 +39,41 @@ ERRORS = error_responses(400, 401, 429, 503, 504)
              summary="Continue a prompt or a story; answers once the continuation is complete")
 async def generate(body: GenerateBody, request: Request, user: RateLimitedUser, text: TextService,
                    settings: Settings) -> GenerateResult:
-    reply = await _unary(request, text.Generate(text_pb2.GenerateRequest(spec=body.to_pb()),
-                                               timeout=settings.stream_timeout_s))
-    report = ContextReport.from_pb(reply.context_report) if reply.HasField("context_report") else None
-    return GenerateResult(text=reply.text, token_ids=list(reply.token_ids),
-                          stats=GenerationStats.from_pb(reply.stats), context_report=report)
-
-
-def _event(message: text_pb2.GenerateStreamResponse) -> dict[str, str]:
-    kind = message.WhichOneof("event")
-    if kind == "piece":
-        data: Any = {"text": message.piece.text, "token_ids": list(message.piece.token_ids)}
-    elif kind == "context_report":
-        data = ContextReport.from_pb(message.context_report).model_dump()
-        kind = "context"
-    else:
-        data = GenerationStats.from_pb(message.final).model_dump()
-    return {"event": kind, "data": json.dumps(data, ensure_ascii=False)}
+    reply = await unary(request, text.Generate(body.to_generate_pb(), timeout=settings.stream_timeout_s),
+                        field_prefixes=FIELD_PREFIXES)
+    return GenerateResult.from_pb(reply)
 
 
 @router.post("/generate-stream", responses={200: {"content": {"text/event-stream": {}},
                                                   "description": "events: context?, piece*, final | error"},
                                             **ERRORS},
              summary="Continue a prompt or a story, streaming the text as Server-Sent Events")
-async def generate_stream(body: GenerateBody, user: RateLimitedUser, text: TextService,
+async def generate_stream(body: GenerateBody, request: Request, user: RateLimitedUser, text: TextService,
                           settings: Settings) -> EventSourceResponse:
-    call = text.GenerateStream(text_pb2.GenerateStreamRequest(spec=body.to_pb()), timeout=settings.stream_timeout_s)
-    return await relay_stream(call, _event, _api_error, "text")
+    call = text.GenerateStream(body.to_stream_pb(), timeout=settings.stream_timeout_s)
+    return await relay_stream(request, call, stream_event_from_pb, "text", field_prefixes=FIELD_PREFIXES)
 
 
 @router.post("/tokenize", response_model=TokenizeResult, responses=ERRORS,
              summary="Split text into the model's tokens")
 async def tokenize(body: TokenizeBody, request: Request, user: RateLimitedUser, text: TextService,
                    settings: Settings) -> TokenizeResult:
-    reply = await _unary(request, text.Tokenize(text_pb2.TokenizeRequest(model=body.model, text=body.text),
-                                               timeout=settings.request_timeout_s))
-    return TokenizeResult(token_ids=list(reply.token_ids), token_texts=list(reply.token_texts))
+    reply = await unary(request, text.Tokenize(body.to_pb(), timeout=settings.request_timeout_s),
+                        field_prefixes=FIELD_PREFIXES)
+    return TokenizeResult.from_pb(reply)
 
 
 @router.get("/models", response_model=list[ModelInfo], responses=error_responses(401, 429, 503),
             summary="The models the text service serves")
 async def models(request: Request, user: RateLimitedUser, text: TextService, settings: Settings) -> list[ModelInfo]:
-    reply = await _unary(request, text.ListModels(text_pb2.ListModelsRequest(), timeout=settings.request_timeout_s))
-    return [ModelInfo(name=m.name, context_window=m.context_window, vocab_size=m.vocab_size, dtype=m.dtype,
-                      device=m.device, architecture=m.architecture, is_default=m.is_default) for m in reply.models]
+    reply = await unary(request, text.ListModels(text_pb2.ListModelsRequest(), timeout=settings.request_timeout_s),
+                        field_prefixes=FIELD_PREFIXES)
+    return [ModelInfo.from_pb(model) for model in reply.models]
 
 
 @router.get("/presets", response_model=list[PresetInfo], responses=error_responses(401, 429, 503),
             summary="The named sampling presets")
 async def presets(request: Request, user: RateLimitedUser, text: TextService, settings: Settings) -> list[PresetInfo]:
-    from google.protobuf.json_format import MessageToDict
-
-    reply = await _unary(request, text.ListPresets(text_pb2.ListPresetsRequest(), timeout=settings.request_timeout_s))
-    return [PresetInfo(name=p.name, description=p.description,
-                       sampling=MessageToDict(p.sampling, preserving_proto_field_name=True))
-            for p in reply.presets]
+    reply = await unary(request, text.ListPresets(text_pb2.ListPresetsRequest(), timeout=settings.request_timeout_s),
+                        field_prefixes=FIELD_PREFIXES)
+    return [PresetInfo.from_pb(preset) for preset in reply.presets]

@@ -19,10 +19,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from fabula.editor.v1 import editor_pb2
-from gateway.calls import DisconnectWatch
+from gateway.calls import DisconnectWatch, first_message
 from gateway.deps import Editor, RateLimitedUser, Settings
 from gateway.errors import ApiError
-from gateway.schemas.editor import ImportResponse, error_responses
+from gateway.schemas.common import error_responses
+from gateway.schemas.editor import ImportResponse
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,9 @@ async def export_account(request: Request, user: RateLimitedUser, editor: Editor
                          settings: Settings) -> StreamingResponse:
     call = editor.ExportAccount(editor_pb2.ExportAccountRequest(), metadata=user.metadata,
                                 timeout=settings.stream_timeout_s)
-    try:
-        # Wait for the first piece before answering: a failure up to here still gets its own
-        # status, instead of a 200 followed by a broken body.
-        async with DisconnectWatch(request, call) as watch:
-            try:
-                first = await call.read()
-            except asyncio.CancelledError:
-                if watch.client_left:
-                    raise ApiError(499, "client closed the request", code="CANCELLED") from None
-                raise
-    except BaseException:
-        call.cancel()
-        raise
+    # Waiting for the first piece before answering lets a failure up to here get its own status,
+    # instead of a 200 followed by a broken body.
+    first = await first_message(request, call, "editor")
     disposition = f'attachment; filename="{_attachment_name(user.user_id)}"'
     return StreamingResponse(_archive_pieces(call, first), media_type=ARCHIVE_MEDIA_TYPE,
                              headers={"Content-Disposition": disposition})
@@ -89,14 +80,18 @@ class _BodyPump:
     """Feeds the request body into the call as ImportAccount messages of about 1 MiB.
 
     gRPC consumes the messages in its own task and, if reading the body fails (the client left,
-    the body is too large), cancels the call and swallows the error; `failure` keeps it so the
-    route can answer with what really happened.
+    the body is too large), cancels the call and swallows the error; the pump keeps what happened
+    so the route can answer with it.
     """
 
     def __init__(self, request: Request) -> None:
         self._request = request
-        self.failure: Exception | None = None
+        self._left = False
+        self.too_large: HTTPException | None = None  # the body limit's 413
         self.body_read = asyncio.Event()
+
+    def client_left(self) -> bool:
+        return self._left
 
     async def messages(self) -> AsyncIterator[editor_pb2.ImportAccountRequest]:
         buffer = bytearray()
@@ -106,8 +101,11 @@ class _BodyPump:
                 if len(buffer) >= IMPORT_MESSAGE_BYTES:
                     yield editor_pb2.ImportAccountRequest(chunk=bytes(buffer))
                     buffer.clear()
-        except (ClientDisconnect, HTTPException) as error:  # HTTPException: the body limit's 413
-            self.failure = error
+        except ClientDisconnect:
+            self._left = True
+            raise
+        except HTTPException as error:
+            self.too_large = error
             raise
         self.body_read.set()
         if buffer:
@@ -131,15 +129,12 @@ async def import_account(request: Request, user: RateLimitedUser, editor: Editor
     call = editor.ImportAccount(pump.messages(), metadata=user.metadata, timeout=settings.stream_timeout_s)
     # The pump notices a disconnect while the body streams in; the watch covers the wait for
     # the editor's answer after it.
-    watch = DisconnectWatch(request, call, after=pump.body_read)
     try:
-        async with watch:
+        async with DisconnectWatch(request, call, after=pump.body_read, left_earlier=pump.client_left):
             reply = await call
     except asyncio.CancelledError:
-        if isinstance(pump.failure, HTTPException):
-            raise pump.failure from None
-        if pump.failure is not None or watch.client_left:
-            raise ApiError(499, "client closed the request", code="CANCELLED") from None
+        if pump.too_large is not None:
+            raise pump.too_large from None
         raise
     finally:
         call.cancel()  # a no-op once answered; otherwise stops the import in the editor

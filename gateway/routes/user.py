@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response, status
 from fabula.editor.v1 import editor_pb2
 from gateway.calls import unary
 from gateway.deps import AddressLimited, Editor, RateLimitedUser, Settings
+from gateway.schemas.common import error_responses
 from gateway.schemas.editor import (
     ChangePasswordRequest,
     ChangePasswordResponse,
@@ -27,7 +28,6 @@ from gateway.schemas.editor import (
     SaltRequest,
     SaltResponse,
     SessionResponse,
-    error_responses,
 )
 
 router = APIRouter(prefix="/user", tags=["user"])
