@@ -11,11 +11,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from fabula.editor.v1 import editor_pb2
 from gateway.calls import unary
 from gateway.deps import Editor, RateLimitedUser, Settings
 from gateway.schemas.common import UINT32_MAX, UINT64_MAX, error_responses
-from gateway.schemas.editor import ObjectKind, ObjectMeta, ObjectPage, ObjectWithData, PutObjectRequest
+from gateway.schemas.editor import (
+    ObjectKind,
+    ObjectMeta,
+    ObjectPage,
+    ObjectWithData,
+    PutObjectRequest,
+    delete_object_request,
+    get_object_request,
+    list_objects_request,
+)
 
 router = APIRouter(prefix="/user/objects", tags=["objects"])
 
@@ -35,11 +43,9 @@ async def list_objects(
                                            description="objects per page; the server's default if absent")] = None,
     page_token: Annotated[str, Query(max_length=1024, description="next_page_token of the previous page")] = "",
 ) -> ObjectPage:
-    reply = await unary(request, editor.ListObjects(
-        editor_pb2.ListObjectsRequest(type=kind.proto, page_size=page_size or 0, page_token=page_token),
-        metadata=user.metadata, timeout=settings.request_timeout_s))
-    return ObjectPage(objects=[ObjectMeta.from_pb(meta) for meta in reply.objects],
-                      next_page_token=reply.next_page_token)
+    reply = await unary(request, editor.ListObjects(list_objects_request(kind, page_size, page_token),
+                                                    metadata=user.metadata, timeout=settings.request_timeout_s))
+    return ObjectPage.from_pb(reply)
 
 
 @router.put("/{type}/{id}", response_model=ObjectMeta,
@@ -50,10 +56,8 @@ async def put_object(kind: KindPath, object_id: IdPath, body: PutObjectRequest, 
                      response: Response, user: RateLimitedUser, editor: Editor, settings: Settings) -> ObjectMeta:
     """Creating an object that exists, or updating with a stale change index, is refused with 409
     and nothing is overwritten; updating an object that does not exist is 404."""
-    reply = await unary(request, editor.PutObject(
-        editor_pb2.PutObjectRequest(type=kind.proto, id=object_id, data=body.data,
-                                    expected_change_index=body.expected_change_index),
-        metadata=user.metadata, timeout=settings.request_timeout_s))
+    reply = await unary(request, editor.PutObject(body.to_pb(kind, object_id), metadata=user.metadata,
+                                                  timeout=settings.request_timeout_s))
     if body.expected_change_index == 0:
         response.status_code = status.HTTP_201_CREATED
     return ObjectMeta.from_pb(reply.meta)
@@ -63,7 +67,7 @@ async def put_object(kind: KindPath, object_id: IdPath, body: PutObjectRequest, 
             responses=error_responses(400, 401, 404, 429, 503, 504), summary="Read one object with its data")
 async def get_object(kind: KindPath, object_id: IdPath, request: Request, user: RateLimitedUser,
                      editor: Editor, settings: Settings) -> ObjectWithData:
-    reply = await unary(request, editor.GetObject(editor_pb2.GetObjectRequest(type=kind.proto, id=object_id),
+    reply = await unary(request, editor.GetObject(get_object_request(kind, object_id),
                                                   metadata=user.metadata, timeout=settings.request_timeout_s))
     return ObjectWithData.from_get(reply)
 
@@ -81,8 +85,6 @@ async def delete_object(
         ge=0, le=UINT64_MAX, description="delete only if the stored change index still equals this (409 if not)",
     )] = None,
 ) -> Response:
-    message = editor_pb2.DeleteObjectRequest(type=kind.proto, id=object_id)
-    if expected_change_index is not None:
-        message.expected_change_index = expected_change_index
-    await unary(request, editor.DeleteObject(message, metadata=user.metadata, timeout=settings.request_timeout_s))
+    await unary(request, editor.DeleteObject(delete_object_request(kind, object_id, expected_change_index),
+                                             metadata=user.metadata, timeout=settings.request_timeout_s))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

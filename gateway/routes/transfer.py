@@ -138,4 +138,4 @@ async def import_account(request: Request, user: RateLimitedUser, editor: Editor
         raise
     finally:
         call.cancel()  # a no-op once answered; otherwise stops the import in the editor
-    return ImportResponse(imported_objects=reply.imported_objects, keystore_replaced=reply.keystore_replaced)
+    return ImportResponse.from_pb(reply)

@@ -18,7 +18,6 @@ from gateway.schemas.editor import (
     ChangePasswordResponse,
     DeleteAccountRequest,
     DeleteAccountResponse,
-    Kdf,
     KeystoreResponse,
     LoginRequest,
     MeResponse,
@@ -41,9 +40,9 @@ _SIGNED_IN_ERRORS = error_responses(400, 401, 429, 503, 504)
 async def get_salt(body: SaltRequest, request: Request, _: AddressLimited, editor: Editor,
                    settings: Settings) -> SaltResponse:
     """For a username without an account the answer is a stable decoy, so it reveals nothing."""
-    reply = await unary(request, editor.GetSalt(editor_pb2.GetSaltRequest(username=body.username),
+    reply = await unary(request, editor.GetSalt(body.to_pb(),
                                                 timeout=settings.request_timeout_s))
-    return SaltResponse(salt=reply.salt, kdf=Kdf.from_pb(reply.kdf))
+    return SaltResponse.from_pb(reply)
 
 
 @router.post("/register", response_model=SessionResponse, status_code=status.HTTP_201_CREATED,
@@ -60,9 +59,7 @@ async def register(body: RegisterRequest, request: Request, _: AddressLimited, e
 async def login(body: LoginRequest, request: Request, _: AddressLimited, editor: Editor,
                 settings: Settings) -> SessionResponse:
     """A wrong key and an unknown username get the same 401, so neither reveals the other."""
-    reply = await unary(request, editor.Login(
-        editor_pb2.LoginRequest(username=body.username, auth_key=body.auth_key),
-        timeout=settings.request_timeout_s))
+    reply = await unary(request, editor.Login(body.to_pb(), timeout=settings.request_timeout_s))
     return SessionResponse.from_pb(reply.session)
 
 
@@ -81,7 +78,7 @@ async def me(request: Request, user: RateLimitedUser, editor: Editor, settings: 
     # revoked on another device is refused here at once.
     reply = await unary(request, editor.Authenticate(editor_pb2.AuthenticateRequest(), metadata=user.metadata,
                                                      timeout=settings.request_timeout_s))
-    return MeResponse(user_id=reply.user_id, username=reply.username)
+    return MeResponse.from_pb(reply)
 
 
 @router.post("/change-password", response_model=ChangePasswordResponse,
@@ -93,19 +90,17 @@ async def change_password(body: ChangePasswordRequest, request: Request, user: R
     reply = await unary(request, editor.ChangePassword(body.to_pb(), metadata=user.metadata,
                                                        timeout=settings.request_timeout_s))
     request.app.state.auth_cache.forget(user.token)
-    session = SessionResponse.from_pb(reply.session)
-    return ChangePasswordResponse(**session.model_dump(), keystore_change_index=reply.keystore_change_index)
+    return ChangePasswordResponse.from_reply(reply)
 
 
 @router.post("/delete", response_model=DeleteAccountResponse, responses=_SIGNED_IN_ERRORS,
              summary="Delete the account, its keystore, every object and every session")
 async def delete_account(body: DeleteAccountRequest, request: Request, user: RateLimitedUser,
                          editor: Editor, settings: Settings) -> DeleteAccountResponse:
-    reply = await unary(request, editor.DeleteAccount(
-        editor_pb2.DeleteAccountRequest(auth_key=body.auth_key), metadata=user.metadata,
-        timeout=settings.request_timeout_s))
+    reply = await unary(request, editor.DeleteAccount(body.to_pb(), metadata=user.metadata,
+                                                      timeout=settings.request_timeout_s))
     request.app.state.auth_cache.forget(user.token)
-    return DeleteAccountResponse(deleted_objects=reply.deleted_objects)
+    return DeleteAccountResponse.from_pb(reply)
 
 
 @router.get("/keystore", response_model=KeystoreResponse, responses=_SIGNED_IN_ERRORS,
@@ -123,7 +118,6 @@ async def get_keystore(request: Request, user: RateLimitedUser, editor: Editor,
 async def put_keystore(body: PutKeystoreRequest, request: Request, user: RateLimitedUser, editor: Editor,
                        settings: Settings) -> PutKeystoreResponse:
     """A stale `expected_change_index` is refused with 409 and nothing is overwritten."""
-    reply = await unary(request, editor.PutKeystore(
-        editor_pb2.PutKeystoreRequest(keystore=body.keystore, expected_change_index=body.expected_change_index),
-        metadata=user.metadata, timeout=settings.request_timeout_s))
-    return PutKeystoreResponse(change_index=reply.change_index)
+    reply = await unary(request, editor.PutKeystore(body.to_pb(), metadata=user.metadata,
+                                                    timeout=settings.request_timeout_s))
+    return PutKeystoreResponse.from_pb(reply)

@@ -46,6 +46,9 @@ class Kdf(RequestBody):
 class SaltRequest(RequestBody):
     username: Text
 
+    def to_pb(self) -> editor_pb2.GetSaltRequest:
+        return editor_pb2.GetSaltRequest(username=self.username)
+
 
 class RegisterRequest(RequestBody):
     username: Text = Field(description="1-64 characters, unique")
@@ -62,6 +65,9 @@ class RegisterRequest(RequestBody):
 class LoginRequest(RequestBody):
     username: Text
     auth_key: Base64Bytes
+
+    def to_pb(self) -> editor_pb2.LoginRequest:
+        return editor_pb2.LoginRequest(username=self.username, auth_key=self.auth_key)
 
 
 class ChangePasswordRequest(RequestBody):
@@ -82,16 +88,45 @@ class ChangePasswordRequest(RequestBody):
 class DeleteAccountRequest(RequestBody):
     auth_key: Base64Bytes = Field(description="the current authentication key, confirming the deletion")
 
+    def to_pb(self) -> editor_pb2.DeleteAccountRequest:
+        return editor_pb2.DeleteAccountRequest(auth_key=self.auth_key)
+
 
 class PutKeystoreRequest(RequestBody):
     keystore: Base64Bytes
     expected_change_index: Uint64 = Field(description="the change index the new keystore is based on")
+
+    def to_pb(self) -> editor_pb2.PutKeystoreRequest:
+        return editor_pb2.PutKeystoreRequest(keystore=self.keystore, expected_change_index=self.expected_change_index)
 
 
 class PutObjectRequest(RequestBody):
     data: Base64Bytes = Field(description="the encrypted object")
     expected_change_index: Uint64 = Field(
         description="0 to create (409 if it exists); otherwise the stored change index (409 if stale)")
+
+    def to_pb(self, kind: ObjectKind, object_id: str) -> editor_pb2.PutObjectRequest:
+        return editor_pb2.PutObjectRequest(type=kind.proto, id=object_id, data=self.data,
+                                           expected_change_index=self.expected_change_index)
+
+
+# Requests made of a path and a query alone.
+
+
+def list_objects_request(kind: ObjectKind, page_size: int | None, page_token: str) -> editor_pb2.ListObjectsRequest:
+    return editor_pb2.ListObjectsRequest(type=kind.proto, page_size=page_size or 0, page_token=page_token)
+
+
+def get_object_request(kind: ObjectKind, object_id: str) -> editor_pb2.GetObjectRequest:
+    return editor_pb2.GetObjectRequest(type=kind.proto, id=object_id)
+
+
+def delete_object_request(kind: ObjectKind, object_id: str,
+                          expected_change_index: int | None) -> editor_pb2.DeleteObjectRequest:
+    message = editor_pb2.DeleteObjectRequest(type=kind.proto, id=object_id)
+    if expected_change_index is not None:
+        message.expected_change_index = expected_change_index
+    return message
 
 
 # Responses ----------------------------------------------------------------------------------
@@ -100,6 +135,10 @@ class PutObjectRequest(RequestBody):
 class SaltResponse(BaseModel):
     salt: Base64Bytes
     kdf: Kdf
+
+    @classmethod
+    def from_pb(cls, reply: editor_pb2.GetSaltResponse) -> SaltResponse:
+        return cls(salt=reply.salt, kdf=Kdf.from_pb(reply.kdf))
 
 
 class SessionResponse(BaseModel):
@@ -115,14 +154,27 @@ class SessionResponse(BaseModel):
 class ChangePasswordResponse(SessionResponse):
     keystore_change_index: int
 
+    @classmethod
+    def from_reply(cls, reply: editor_pb2.ChangePasswordResponse) -> ChangePasswordResponse:
+        session = SessionResponse.from_pb(reply.session)
+        return cls(**session.model_dump(), keystore_change_index=reply.keystore_change_index)
+
 
 class MeResponse(BaseModel):
     user_id: str
     username: str
 
+    @classmethod
+    def from_pb(cls, reply: editor_pb2.AuthenticateResponse) -> MeResponse:
+        return cls(user_id=reply.user_id, username=reply.username)
+
 
 class DeleteAccountResponse(BaseModel):
     deleted_objects: int
+
+    @classmethod
+    def from_pb(cls, reply: editor_pb2.DeleteAccountResponse) -> DeleteAccountResponse:
+        return cls(deleted_objects=reply.deleted_objects)
 
 
 class KeystoreResponse(BaseModel):
@@ -137,6 +189,10 @@ class KeystoreResponse(BaseModel):
 
 class PutKeystoreResponse(BaseModel):
     change_index: int
+
+    @classmethod
+    def from_pb(cls, reply: editor_pb2.PutKeystoreResponse) -> PutKeystoreResponse:
+        return cls(change_index=reply.change_index)
 
 
 class ObjectMeta(BaseModel):
@@ -166,7 +222,16 @@ class ObjectPage(BaseModel):
     objects: list[ObjectMeta]
     next_page_token: str = Field(description="pass as page_token for the next page; empty on the last")
 
+    @classmethod
+    def from_pb(cls, reply: editor_pb2.ListObjectsResponse) -> ObjectPage:
+        return cls(objects=[ObjectMeta.from_pb(meta) for meta in reply.objects],
+                   next_page_token=reply.next_page_token)
+
 
 class ImportResponse(BaseModel):
     imported_objects: int
     keystore_replaced: bool
+
+    @classmethod
+    def from_pb(cls, reply: editor_pb2.ImportAccountResponse) -> ImportResponse:
+        return cls(imported_objects=reply.imported_objects, keystore_replaced=reply.keystore_replaced)

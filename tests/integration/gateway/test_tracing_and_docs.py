@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 
 import httpx
 import pytest
@@ -93,3 +94,8 @@ async def test_every_route_is_documented_with_public_models_only(client):
     assert set(schemas["ObjectWithData"]["properties"]) == set(schemas["ObjectMeta"]["properties"]) | {"data"}
     assert schemas["PutObjectRequest"]["properties"]["data"]["format"] == "byte"
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_the_documented_version_is_the_package_version(client):
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["info"]["version"] == importlib.metadata.version("fabula")
