@@ -40,8 +40,7 @@ _SIGNED_IN_ERRORS = error_responses(400, 401, 429, 503, 504)
 async def get_salt(body: SaltRequest, request: Request, _: AddressLimited, editor: Editor,
                    settings: Settings) -> SaltResponse:
     """For a username without an account the answer is a stable decoy, so it reveals nothing."""
-    reply = await unary(request, editor.GetSalt(body.to_pb(),
-                                                timeout=settings.request_timeout_s))
+    reply = await unary(request, editor.GetSalt(body.to_pb(), timeout=settings.request_timeout_s))
     return SaltResponse.from_pb(reply)
 
 
