@@ -41,6 +41,13 @@ class SamplerStep:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+def complete_sampler_order(steps: list[SamplerStep]) -> list[SamplerStep]:
+    """`steps` followed by every sampler they leave out, disabled: the text service takes an order
+    only when it names each sampler once (NovelAI's files and a user's short list name fewer)."""
+    named = {step.sampler for step in steps}
+    return list(steps) + [SamplerStep(sampler, enabled=False) for sampler in SamplerName if sampler not in named]
+
+
 @dataclass
 class Sampling:
     """The numeric sampling controls (ranges and meanings: the text service's docs/text.md)."""
