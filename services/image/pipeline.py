@@ -33,7 +33,7 @@ from services.image import images as pixels
 from services.image.conditioning import Conditioning, PromptTokenizer, TokenizedPrompt, encode
 from services.image.backends.base import Backend
 from services.image.events import Event, GeneratedImage, Progress, PromptReport
-from services.image.models import LoadedModel
+from services.image.models import BUILTIN_PREFIX, LoadedModel
 from services.image.params import Action, MaskedContent, Request
 from services.toolkit.errors import InvalidArgument
 
@@ -385,6 +385,8 @@ class ImagePipeline:
             "guidance_rescale": request.guidance_rescale, "sampler": request.sampler.name,
             "noise_schedule": request.noise_schedule, "seed": seed, "model": self.model.name,
             "model_hash": self.model.short_hash, "version": VERSION,
+            # Readers (the SDK's exporters) mark pictures of the built-in untrained models as noise.
+            "builtin_model": self.model.source.startswith(BUILTIN_PREFIX),
         }
         if request.action != Action.TXT2IMG:
             values.update(strength=request.strength)
