@@ -76,15 +76,18 @@ def context_config(reader: Reader | None, defaults: ContextConfig) -> ContextCon
     # A budget of the whole context is Fabula's "no limit" (0).
     config.token_budget = _tokens(reader, "tokenBudget", config.token_budget, whole=0)
     config.reserved_tokens = _tokens(reader, "reservedTokens", config.reserved_tokens, whole=ASSUMED_CONTEXT_TOKENS)
-    config.budget_priority = reader.integer("budgetPriority", config.budget_priority)  # type: ignore[assignment]
-    for key, table, name in (("trimDirection", _TRIM, "trim_direction"), ("maximumTrimType", _UNIT, "maximum_trim_type"),
+    priority = reader.integer("budgetPriority", config.budget_priority)
+    config.budget_priority = config.budget_priority if priority is None else priority
+    for key, table, name in (("trimDirection", _TRIM, "trim_direction"),
+                             ("maximumTrimType", _UNIT, "maximum_trim_type"),
                              ("insertionType", _UNIT, "insertion_type")):
         value = reader.string(key, "")
         if value:
             if value not in table:
                 raise ImportRefused(reader.at(key), f"must be one of {', '.join(table)}, not {value!r}")
             setattr(config, name, table[value])
-    config.insertion_position = reader.integer("insertionPosition", config.insertion_position)  # type: ignore[assignment]
+    position = reader.integer("insertionPosition", config.insertion_position)
+    config.insertion_position = config.insertion_position if position is None else position
     rest = reader.rest({"prefix", "suffix", "tokenBudget", "reservedTokens", "budgetPriority", "trimDirection",
                         "maximumTrimType", "insertionType", "insertionPosition"})
     if rest:

@@ -125,7 +125,8 @@ def _sillytavern_entry(reader: Reader, category_ids: dict[str, str]) -> Lorebook
         config.insertion_position = -1 - reader.integer("depth", 4, minimum=0, maximum=10_000)  # type: ignore[operator]
     elif position in _ST_POSITIONS:
         config.insertion_position = _ST_POSITIONS[position]  # type: ignore[index]
-    config.budget_priority = reader.integer("order", 100, minimum=-(2**31), maximum=2**31 - 1)  # type: ignore[assignment]
+    order = reader.integer("order", 100)
+    config.budget_priority = 100 if order is None else order
     group = reader.string("group", "", limit=MAX_NAME_CHARS).split(",")[0].strip()
     uid = reader.data.get("uid")
     entry = LorebookEntry(

@@ -80,7 +80,8 @@ def test_novelai_scenario_maps_prompt_memory_note_settings_and_lorebook():
     story = read_story(fixture("the-keep.scenario"), "the-keep.scenario")
     assert story.title == "The Ashen Keep" and story.tags == ["fantasy", "dragons"]
     assert story.origin == Origin.PROMPT
-    assert story.text == "The storm had not stopped for three days when ${name} climbed the tower stairs."  # placeholders stay
+    # Placeholders stay in the text as written.
+    assert story.text == "The storm had not stopped for three days when ${name} climbed the tower stairs."
     assert story.description == "You are ${name}, the last keeper of the Ashen Keep."
     assert story.memory.text.startswith("${name} is the keeper.")
     assert story.memory.context_config.budget_priority == 800 and story.memory.context_config.insertion_position == 0
