@@ -69,7 +69,7 @@ async def test_writing_a_story_from_the_command_line(fabula, ai_gateway, tmp_pat
                        "--memory", "The keeper is old.", "--note", "[ Style: slow ]", "--lorebook", lorebook,
                        "--preset", preset).stdout.strip()
         first = fabula("stories", "continue", story, "--seed", "1", "--show-context")
-        assert first.stdout.startswith("") and "[saved as node 1]" in first.stderr
+        assert "[saved as node 1]" in first.stderr
         assert "memory" in first.stderr and "Vyrmathrax" in first.stderr  # the context report, entry by entry
         fabula("stories", "retry", story, "--seed", "2", "-n", "4")
         assert "head: node 0" in fabula("stories", "undo", story).stdout
@@ -93,9 +93,9 @@ async def test_writing_a_story_from_the_command_line(fabula, ai_gateway, tmp_pat
 
         scenario_id = fabula("stories", "import", str(FIXTURES / "the-keep.scenario")).stdout.strip()
         assert "${name} climbed" in fabula("stories", "pull", scenario_id).stdout
-        return story, lorebook, preset, image_id, ai_gateway.url
+        return story, lorebook, preset, image_id, first.stdout, ai_gateway.url
 
-    story, lorebook, preset, image_id, url = await in_thread(scenario)
+    story, lorebook, preset, image_id, first_output, url = await in_thread(scenario)
 
     def check():
         client = FabulaClient.connect(url, kdf=MINIMUM_KDF)
@@ -106,6 +106,9 @@ async def test_writing_a_story_from_the_command_line(fabula, ai_gateway, tmp_pat
             kinds = [node.kind for node in doc.history.nodes]
             assert kinds == [NodeKind.ROOT, NodeKind.GENERATION, NodeKind.RETRY, NodeKind.ILLUSTRATION]
             assert doc.history.siblings(1) == [1, 2] and doc.history.head == 3
+            # What `continue` printed is what it saved (the printout ends with a newline).
+            assert doc.history.text_at(1) == "The dragon Vyrmathrax slept." + first_output.removesuffix("\n")
+            assert doc.story.memory.text == "The keeper is old." and doc.story.authors_note.text == "[ Style: slow ]"
             assert doc.story.lorebook_ids == [lorebook] and doc.story.settings.preset_id == preset
             blocks = doc.blocks
             assert isinstance(blocks[0], TextBlock) and blocks[0].origin == Origin.PROMPT

@@ -17,6 +17,7 @@ from fabula_sdk.client import FabulaClient
 from fabula_sdk.commands.common import fail, handle_errors, state
 from fabula_sdk.documents.content import IllustrationBlock, Origin, TextBlock
 from fabula_sdk.documents.store import DocumentStore, StoryDocument
+from fabula_sdk.documents.story import Story
 from fabula_sdk.exporters import EXPORT_FORMATS, export_story
 from fabula_sdk.importers import STORY_FORMATS, read_story, store_story
 from fabula_sdk.stories import Stories
@@ -87,11 +88,10 @@ def new(
             store.open_lorebook(id)  # refuse an id that is not a lorebook of this account
         if preset:
             store.open_preset(preset)
-        doc = store.create_story(title=title, text=opening, origin=Origin.PROMPT, lorebook_ids=lorebook or [])
-        doc.story.memory.text, doc.story.authors_note.text = memory, note
-        doc.story.settings.preset_id, doc.story.settings.text_model = preset, model
-        doc.story.tags = list(tag or [])
-        store.save(doc)
+        story = Story(content_id="", title=title, tags=list(tag or []), lorebook_ids=list(lorebook or []))
+        story.memory.text, story.authors_note.text = memory, note
+        story.settings.preset_id, story.settings.text_model = preset, model
+        doc = store.create_story(text=opening, origin=Origin.PROMPT, story=story)
     typer.echo(doc.id)
 
 
