@@ -12,7 +12,7 @@ import pytest
 from fabula_sdk.documents.store import DocumentStore
 from fabula_sdk.errors import FabulaError
 from fabula_sdk.importers import read_story, store_story
-from fabula_sdk.models import ObjectType
+from fabula_sdk.types import ObjectType
 from tests.e2e.conftest import PASSWORD, in_thread
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "importers"

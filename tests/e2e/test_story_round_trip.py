@@ -15,7 +15,7 @@ from fabula_sdk.documents.context import ContextConfig
 from fabula_sdk.documents.lorebook import Lorebook, LorebookCategory, LorebookEntry
 from fabula_sdk.documents.preset import Preset, SamplerName, SamplerStep, Sampling, complete_sampler_order
 from fabula_sdk.documents.store import DocumentStore
-from fabula_sdk.models import ObjectType
+from fabula_sdk.types import ObjectType
 from fabula_sdk.text import TextClient
 from fabula_sdk.writing import StoryWriter, continuation_request
 from services.editor.embedded import embedded_editor, fast_settings
