@@ -37,7 +37,7 @@ class Continuation:
     """What one continuation made: the text, the node it was saved as, the context report."""
 
     text: str
-    node: int
+    node: int | None  # None when the model wrote nothing (then nothing is saved)
     stats: GenerationStats | None
     context_report: ContextReport | None
 
@@ -80,7 +80,8 @@ class StoryWriter:
                        seed: int | None = None, on_report: Callable[[ContextReport], None] | None = None,
                        ) -> Iterator[str]:
         """Yields the text as it is written; when the stream ends, the text is saved as a
-        history node (`generation`, or `retry`) and `self.last` holds the Continuation."""
+        history node (`generation`, or `retry`; none if the model wrote nothing) and `self.last`
+        holds the Continuation."""
         body = continuation_request(self.store, doc, retry=retry, max_new_tokens=max_new_tokens, seed=seed)
         pieces: list[str] = []
         stats = report = None
@@ -96,6 +97,10 @@ class StoryWriter:
                 elif isinstance(event, GenerationStats):
                     stats = event
         text = "".join(pieces)
+        if not text:
+            # An empty node would hold an empty text block, which the format does not allow.
+            self.last = Continuation("", None, stats, report)
+            return
         node = doc.history.retry(text) if retry else doc.history.generate(text)
         self.store.save(doc)
         self.last = Continuation(text, node.id, stats, report)

@@ -144,7 +144,10 @@ def _continue(ctx: typer.Context, id: str, retry: bool, max_new_tokens: int | No
             sys.stdout.flush()
         typer.echo("")
         assert writer.last is not None
-        typer.echo(f"[saved as node {writer.last.node}]", err=True)
+        if writer.last.node is None:
+            typer.echo("[the model wrote nothing; nothing was saved]", err=True)
+        else:
+            typer.echo(f"[saved as node {writer.last.node}]", err=True)
 
 
 MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", "-n", min=1,
