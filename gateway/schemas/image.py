@@ -30,6 +30,14 @@ _SCHEDULE_NAMES = {value: name for name, value in _SCHEDULES.items()}
 _CONTENTS = {"original": image_pb2.MASKED_CONTENT_ORIGINAL, "fill": image_pb2.MASKED_CONTENT_FILL,
              "latent_noise": image_pb2.MASKED_CONTENT_LATENT_NOISE,
              "latent_nothing": image_pb2.MASKED_CONTENT_LATENT_NOTHING}
+Dialect = Literal["novelai", "a1111"]
+_DIALECTS = {"novelai": image_pb2.PROMPT_DIALECT_NOVELAI, "a1111": image_pb2.PROMPT_DIALECT_A1111}
+_DIALECT_NAMES = {value: name for name, value in _DIALECTS.items()}
+
+
+def _dialect_field():
+    return Field("novelai", description="prompt language: novelai ({tag} x1.05, (tag:1.3)) or a1111 "
+                                        "((tag) x1.1, BREAK, [from:to:when] prompt editing)")
 
 
 class GenerateImageBody(RequestBody):
@@ -38,7 +46,8 @@ class GenerateImageBody(RequestBody):
     action: Literal["generate", "img2img", "inpaint", "outpaint"] = Field(
         "generate", description="generate (text to image), img2img, inpaint or outpaint")
     model: Text = Field("", max_length=200, description="model name (GET /ai/image/models); empty = default")
-    prompt: Text = Field("", description="{tag} x1.05 per brace, [tag] /1.05, (tag:1.3) explicit weight")
+    prompt: Text = Field("", description="novelai: {tag} x1.05 per brace, [tag] /1.05, (tag:1.3) explicit weight")
+    dialect: Dialect = _dialect_field()
     negative_prompt: Text = Field("", description="undesired content, in the same language")
     negative_preset: Text = Field("", max_length=100, description="undesired-content preset; 'none' for none")
     quality_tags: bool | None = Field(None, description="add the model's quality tags (default yes)")
@@ -73,7 +82,7 @@ class GenerateImageBody(RequestBody):
             model=self.model, prompt=self.prompt, negative_prompt=self.negative_prompt,
             negative_preset=self.negative_preset, width=self.width, height=self.height, steps=self.steps,
             guidance_rescale=self.guidance_rescale, sampler=self.sampler, n_images=self.n_images,
-            preview_every=self.preview_every)
+            preview_every=self.preview_every, dialect=_DIALECTS[self.dialect])
         if self.quality_tags is not None:
             params.quality_tags = self.quality_tags
         if self.guidance_scale is not None:
@@ -116,18 +125,50 @@ class PromptChunk(BaseModel):
     text: str
 
 
+def _chunks_from_pb(chunks) -> list[PromptChunk]:
+    return [PromptChunk(token_ids=list(c.token_ids), tokens=list(c.tokens), weights=[round(w, 6) for w in c.weights],
+                        text=c.text) for c in chunks]
+
+
+class PromptSegment(BaseModel):
+    text: str
+    weight: float
+    chunk_break: bool = Field(description="a1111's BREAK: the next token starts a new chunk")
+
+    @classmethod
+    def from_pb(cls, pb: image_pb2.PromptSegment) -> PromptSegment:
+        return cls(text=pb.text, weight=round(pb.weight, 6), chunk_break=pb.chunk_break)
+
+
+class PromptStage(BaseModel):
+    until_step: int = Field(description="used while the step counter (from 0, as A1111 counts) is at most this")
+    text: str
+    token_count: int
+    segments: list[PromptSegment]
+    chunks: list[PromptChunk]
+
+    @classmethod
+    def from_pb(cls, pb: image_pb2.PromptStage) -> PromptStage:
+        return cls(until_step=pb.until_step, text=pb.text, token_count=pb.token_count,
+                   segments=[PromptSegment.from_pb(s) for s in pb.segments], chunks=_chunks_from_pb(pb.chunks))
+
+
 class PromptReport(BaseModel):
     token_count: int
     chunks: list[PromptChunk]
     dropped_words: list[str] = Field(description="words beyond the hard limit (empty when none were dropped)")
     effective_prompt: str
+    dialect: Dialect
+    segments: list[PromptSegment] = Field(description="the first stage's text runs with their weights")
+    stages: list[PromptStage] = Field(description="prompt-editing stages in order (one without edits)")
 
     @classmethod
     def from_pb(cls, pb: image_pb2.PromptReport) -> PromptReport:
         return cls(token_count=pb.token_count, dropped_words=list(pb.dropped_words),
-                   effective_prompt=pb.effective_prompt,
-                   chunks=[PromptChunk(token_ids=list(c.token_ids), tokens=list(c.tokens),
-                                       weights=[round(w, 6) for w in c.weights], text=c.text) for c in pb.chunks])
+                   effective_prompt=pb.effective_prompt, chunks=_chunks_from_pb(pb.chunks),
+                   dialect=_DIALECT_NAMES.get(pb.dialect, "novelai"),
+                   segments=[PromptSegment.from_pb(s) for s in pb.segments],
+                   stages=[PromptStage.from_pb(s) for s in pb.stages])
 
 
 class AcceptedInfo(BaseModel):
@@ -225,9 +266,12 @@ class TokenizeImageBody(RequestBody):
     model: Text = Field("", max_length=200)
     prompt: Text = Field(description="the prompt, in the prompt language")
     quality_tags: bool = Field(False, description="count the model's quality tags too")
+    dialect: Dialect = _dialect_field()
+    steps: Uint32 = Field(0, description="steps to work the prompt-editing schedule out for; 0 = model default")
 
     def to_pb(self) -> image_pb2.TokenizeRequest:
-        return image_pb2.TokenizeRequest(model=self.model, prompt=self.prompt, quality_tags=self.quality_tags)
+        return image_pb2.TokenizeRequest(model=self.model, prompt=self.prompt, quality_tags=self.quality_tags,
+                                         dialect=_DIALECTS[self.dialect], steps=self.steps)
 
 
 class TokenizeImageResult(BaseModel):

@@ -3,8 +3,11 @@
 CLIP sees 77 positions: a start token, 75 prompt tokens and an end token (then padding). Longer
 prompts are cut into chunks of 75 tokens, each encoded on its own and concatenated along the
 sequence (AUTOMATIC1111's approach; the UNet's cross-attention takes any length), so nothing is
-silently truncated. A chunk prefers to end after a comma near its end, so a tag is not split
-across two chunks. Beyond `max_chunks` the remaining words are dropped and reported.
+silently truncated. Chunks are cut as AUTOMATIC1111 cuts them: when a chunk is full and the next
+token is not a comma, the words after the chunk's last comma move to the next chunk if that
+comma is among the chunk's last 20 tokens, so a tag is not split across two chunks; a comma that
+arrives at a full chunk starts the next one. AUTOMATIC1111's BREAK ends a chunk early. Beyond
+`max_chunks` the remaining words are dropped and reported.
 
 Weights scale each token's embedding; the chunk's mean is then restored, so that emphasis shifts
 attention between tokens instead of brightening the whole conditioning.
@@ -18,12 +21,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from services.image.prompts import parse
+from services.image.prompts import ChunkBreak, Dialect, Parsed, parse
+from services.image.schedule import Stage, schedule
 
 CHUNK_TOKENS = 75
 _WORD = re.compile(r"\S+")
-# A chunk that would end mid-tag ends after its last comma instead, if that comma is this close.
+# A full chunk gives its words after its last comma to the next chunk, if that comma is this close
+# to its end (AUTOMATIC1111's default "comma padding backtrack").
 COMMA_BACKTRACK = 20
+# The mean is restored only where it is this large a fraction of the mean magnitude: dividing by
+# a mean near zero (an encoder whose states are centred) would scale the chunk arbitrarily, even
+# flip its sign. Real CLIP encoders' means are well above it, so for them nothing changes.
+MEAN_FLOOR = 0.02
 
 
 @dataclass
@@ -39,6 +48,7 @@ class TokenizedPrompt:
     chunks: list[Chunk]
     dropped_words: list[str]
     token_count: int
+    pieces: list[Parsed] = field(default_factory=list)  # the parse the tokens came from
 
     @property
     def is_weighted(self) -> bool:
@@ -53,46 +63,62 @@ class PromptTokenizer:
         self.max_chunks = max_chunks
         self.comma_id = tokenizer.convert_tokens_to_ids(",</w>")
 
-    def tokenize(self, prompt: str) -> TokenizedPrompt:
+    def tokenize(self, prompt: str, dialect: Dialect = Dialect.NOVELAI) -> TokenizedPrompt:
         # Word by word (CLIP's pre-tokenizer never joins across whitespace, so the tokens are the
         # same as for the whole text), remembering each token's word, so that dropped tokens can
         # be reported as the words the user wrote ("tag119", not CLIP's "tag 1 1 9").
+        pieces = parse(prompt, dialect)
         words: list[str] = []
         weights_of_words: list[float] = []
-        for piece in parse(prompt):
-            for word in _WORD.findall(piece.text):
+        events: list[int | None] = []  # word indices in order; None where a chunk breaks
+        for item in pieces:
+            if isinstance(item, ChunkBreak):
+                events.append(None)
+                continue
+            for word in _WORD.findall(item.text):
+                events.append(len(words))
                 words.append(word)
-                weights_of_words.append(piece.weight)
+                weights_of_words.append(item.weight)
         encoded = self.tokenizer(words, add_special_tokens=False, truncation=False, verbose=False).input_ids \
             if words else []
-        ids: list[int] = []
-        weights: list[float] = []
-        owner: list[int] = []
-        for index, (word_ids, weight) in enumerate(zip(encoded, weights_of_words)):
-            ids += word_ids
-            weights += [weight] * len(word_ids)
-            owner += [index] * len(word_ids)
+        owner: list[int] = []  # each token's word, in prompt order
         chunks: list[Chunk] = []
-        start = 0
-        while start < len(ids):
-            end = min(start + CHUNK_TOKENS, len(ids))
-            if end < len(ids):
-                # Back up to just after the last comma if it is near the end.
-                for back in range(end, max(start, end - COMMA_BACKTRACK), -1):
-                    if ids[back - 1] == self.comma_id:
-                        end = back
-                        break
-            chunks.append(Chunk(ids[start:end], weights[start:end]))
-            start = end
-        if not chunks:
-            chunks.append(Chunk())
+        current = Chunk()
+        last_comma = -1  # position of the current chunk's last comma
+
+        def close() -> None:
+            nonlocal current, last_comma
+            chunks.append(current)
+            current, last_comma = Chunk(), -1
+
+        for event in events:
+            if event is None:
+                close()
+                continue
+            for token in encoded[event]:
+                if token == self.comma_id:
+                    last_comma = len(current.token_ids)
+                elif (len(current.token_ids) == CHUNK_TOKENS and last_comma >= 0
+                      and CHUNK_TOKENS - last_comma <= COMMA_BACKTRACK):
+                    cut = last_comma + 1
+                    moved = Chunk(current.token_ids[cut:], current.weights[cut:])
+                    del current.token_ids[cut:], current.weights[cut:]
+                    close()
+                    current = moved
+                if len(current.token_ids) == CHUNK_TOKENS:
+                    close()
+                current.token_ids.append(token)
+                current.weights.append(weights_of_words[event])
+                owner.append(event)
+        if current.token_ids or not chunks:
+            close()
         dropped: list[str] = []
         if len(chunks) > self.max_chunks:
             kept = sum(len(chunk.token_ids) for chunk in chunks[: self.max_chunks])
-            first_dropped = owner[kept]
-            dropped = [word for word in words[first_dropped:] if word.strip(",")]
+            if kept < len(owner):
+                dropped = [word for word in words[owner[kept]:] if word.strip(",")]
             chunks = chunks[: self.max_chunks]
-        return TokenizedPrompt(chunks, dropped, sum(len(c.token_ids) for c in chunks))
+        return TokenizedPrompt(chunks, dropped, sum(len(c.token_ids) for c in chunks), pieces)
 
     def window(self, chunk: Chunk) -> tuple[list[int], list[float]]:
         """The 77 positions the encoder sees for a chunk: start, tokens, end, padding."""
@@ -146,10 +172,44 @@ def encode(tokenizers: Sequence[PromptTokenizer], encoders: Sequence[EncodeFn], 
         hidden, pooled_all = encoder(ids)
         if tokenized.is_weighted:
             weights = torch.tensor([w[1] for w in windows], dtype=hidden.dtype, device=hidden.device)
-            original_mean = hidden.mean(dim=(1, 2), keepdim=True)
-            hidden = hidden * weights.unsqueeze(-1)
-            hidden = hidden * (original_mean / hidden.mean(dim=(1, 2), keepdim=True))
+            hidden = emphasize(hidden, weights)
         per_encoder.append(hidden.reshape(1, -1, hidden.shape[-1]))
         if pooled_all is not None:
             pooled = pooled_all[:1]
     return Conditioning(torch.cat(per_encoder, dim=-1), pooled)
+
+
+def emphasize(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale each position's states by its weight, then restore each chunk's mean where it means something.
+
+    `hidden` is [chunks, positions, features], `weights` [chunks, positions]. The restoring factor
+    (old mean / new mean) is used only where both means are clearly away from zero, relative to
+    the states' mean magnitude, and have the same sign; elsewhere the weighted states stand as
+    they are.
+    """
+    original_mean = hidden.mean(dim=(1, 2), keepdim=True)
+    magnitude = hidden.abs().mean(dim=(1, 2), keepdim=True)
+    weighted = hidden * weights.unsqueeze(-1)
+    new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+    floor = MEAN_FLOOR * magnitude
+    restorable = (original_mean.abs() > floor) & (new_mean.abs() > floor) & (original_mean * new_mean > 0)
+    factor = torch.where(restorable, original_mean / torch.where(restorable, new_mean, 1), 1)
+    return weighted * factor
+
+
+@dataclass
+class StagedPrompt:
+    """A prompt's prompt-editing stages (one without editing), each tokenized once per tokenizer."""
+
+    stages: list[Stage]
+    tokenized: list[list[TokenizedPrompt]]  # [stage][tokenizer]
+
+    @property
+    def chunks(self) -> int:
+        return max(len(t.chunks) for per_stage in self.tokenized for t in per_stage)
+
+
+def stage_prompt(tokenizers: Sequence[PromptTokenizer], prompt: str, dialect: Dialect, steps: int) -> StagedPrompt:
+    """Resolve prompt editing (AUTOMATIC1111's dialect only) and tokenize every stage."""
+    stages = schedule(prompt, steps) if dialect == Dialect.A1111 else [Stage(steps, prompt)]
+    return StagedPrompt(stages, [[t.tokenize(stage.text, dialect) for t in tokenizers] for stage in stages])

@@ -8,11 +8,11 @@ import logging
 import torch
 
 from services.image.batcher import Batcher, Handle
-from services.image.conditioning import CHUNK_TOKENS
 from services.image.backends import create_backend
+from services.image.conditioning import CHUNK_TOKENS, stage_prompt
 from services.image.events import Accepted, PromptReport
 from services.image.models import LoadedModel, load_model
-from services.image.params import RawRequest, check_inputs
+from services.image.params import RawRequest, check_dialect, check_inputs
 from services.image.pipeline import ImagePipeline, Job
 from services.image.prompts import join_tags
 from services.image.samplers import SAMPLERS
@@ -94,18 +94,23 @@ class ImageGenerator:
         request = check_inputs(raw, self.models, self.default_model, self.settings)
         return Job(request, self.pipelines[request.model.name].tokenize(request), emit=lambda event: None)
 
-    def tokenize(self, model_name: str, prompt: str, quality_tags: bool = False) -> PromptReport:
+    def tokenize(self, model_name: str, prompt: str, quality_tags: bool = False, dialect: str = "",
+                 steps: int = 0) -> PromptReport:
         pipeline = self.pipelines.get(model_name or self.default_model)
         if pipeline is None:
             raise InvalidArgument("model", model_name, f"unknown model; choose from {', '.join(sorted(self.pipelines))}")
         if len(prompt) > self.settings.max_prompt_chars:
             raise InvalidArgument("prompt", prompt, f"must be at most {self.settings.max_prompt_chars} characters")
+        language = check_dialect("dialect", dialect)
         model = pipeline.model
+        steps = steps or model.defaults.steps
+        if not 1 <= steps <= self.settings.max_steps:
+            raise InvalidArgument("steps", steps, f"must be between 1 and {self.settings.max_steps}")
         if quality_tags and model.quality_tags:
             prompt = (join_tags(model.quality_tags, prompt) if model.quality_tags_position == "prepend"
                       else join_tags(prompt, model.quality_tags))
-        tokenizer = pipeline.tokenizers[0]
-        return PromptReport.build(tokenizer, tokenizer.tokenize(prompt), prompt)
+        staged = stage_prompt(pipeline.tokenizers, prompt, language, steps)
+        return PromptReport.build(pipeline.tokenizers[0], staged, prompt, language)
 
     @property
     def chunk_tokens(self) -> int:

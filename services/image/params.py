@@ -12,7 +12,7 @@ from PIL import Image
 
 from services.image import images as pixels
 from services.image.models import LoadedModel
-from services.image.prompts import join_tags
+from services.image.prompts import Dialect, join_tags
 from services.image.samplers import EXPONENTIAL, KARRAS, NATIVE, SamplerSpec, find_sampler, SAMPLERS
 from services.image.settings import ImageSettings
 from services.toolkit.errors import InvalidArgument
@@ -58,6 +58,7 @@ class RawRequest:
     seed: int | None = None
     n_images: int = 0
     preview_every: int = 0
+    dialect: str = ""
     image: bytes = b""
     mask: bytes = b""
     strength: float | None = None
@@ -93,6 +94,7 @@ class Request:
     noise_schedule: str
     seeds: list[int]
     preview_every: int
+    dialect: Dialect = Dialect.NOVELAI
     strength: float = 1.0
     extra_noise: float = 0.0
     # Image actions: the (possibly extended) input and the mask of what is redrawn, at its own size.
@@ -141,6 +143,13 @@ def _schedule(raw: str, sampler: SamplerSpec) -> str:
     return name
 
 
+def check_dialect(field_name: str, raw: str) -> Dialect:
+    try:
+        return Dialect(raw or Dialect.NOVELAI.value)
+    except ValueError:
+        raise InvalidArgument(field_name, raw, f"must be one of {', '.join(d.value for d in Dialect)}") from None
+
+
 def check_inputs(raw: RawRequest, models: dict[str, LoadedModel], default_model: str,
                  settings: ImageSettings) -> Request:
     """Validate and resolve `raw` (raising InvalidArgument naming the field and its value)."""
@@ -179,13 +188,14 @@ def check_inputs(raw: RawRequest, models: dict[str, LoadedModel], default_model:
         raise InvalidArgument("params.n_images", raw.n_images, f"must be between 1 and {settings.max_images}")
     if raw.preview_every < 0 or raw.preview_every > settings.max_steps:
         raise InvalidArgument("params.preview_every", raw.preview_every, f"must be between 0 and {settings.max_steps}")
+    dialect = check_dialect("params.dialect", raw.dialect)
 
     request = Request(
         action=raw.action, model=model, prompt=prompt, negative_prompt=negative, user_prompt=raw.prompt,
         user_negative_prompt=raw.negative_prompt, negative_preset=preset_name, quality_tags=quality,
         width=0, height=0, steps=steps, guidance_scale=guidance, guidance_rescale=rescale, sampler=sampler,
         noise_schedule=schedule, seeds=[(seed + i) % (SEED_MAX + 1) for i in range(n_images)],
-        preview_every=raw.preview_every)
+        preview_every=raw.preview_every, dialect=dialect)
     _CHECK_ACTION[raw.action](raw, request, settings)
     if request.width * request.height > settings.max_pixels:
         raise InvalidArgument("params.width", f"{request.width}x{request.height}",

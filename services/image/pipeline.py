@@ -30,11 +30,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from services.image import images as pixels
-from services.image.conditioning import Conditioning, PromptTokenizer, TokenizedPrompt, encode
 from services.image.backends.base import Backend
+from services.image.conditioning import Conditioning, PromptTokenizer, StagedPrompt, encode, stage_prompt
 from services.image.events import Event, GeneratedImage, Progress, PromptReport
 from services.image.models import BUILTIN_PREFIX, LoadedModel
 from services.image.params import Action, MaskedContent, Request
+from services.image.schedule import stage_at
 from services.toolkit.errors import InvalidArgument
 
 # Written into every image's parameters, so an image says which release made it.
@@ -43,14 +44,23 @@ VERSION = f"fabula {importlib.metadata.version('fabula')}"
 
 @dataclass
 class Prompts:
-    """A request's prompt and negative prompt, tokenized once per tokenizer of the model."""
+    """A request's prompt and negative prompt, each stage tokenized once per tokenizer of the model."""
 
-    positive: list[TokenizedPrompt]
-    negative: list[TokenizedPrompt]
+    positive: StagedPrompt
+    negative: StagedPrompt
 
     @property
     def chunks(self) -> int:
-        return max(len(t.chunks) for t in (*self.positive, *self.negative))
+        return max(self.positive.chunks, self.negative.chunks)
+
+
+@dataclass
+class StepConditioning:
+    """What the UNet is conditioned on while the job's step counter is at most `until_step`."""
+
+    until_step: int
+    embeds: torch.Tensor
+    added: dict[str, torch.Tensor] | None
 
 
 @dataclass
@@ -77,7 +87,8 @@ class Job:
     last_stepped: float = 0.0
     # Set by ImagePipeline.prepare:
     generators: list[torch.Generator] = field(default_factory=list)
-    embeds: torch.Tensor | None = None
+    conditionings: list[StepConditioning] = field(default_factory=list)  # one per prompt-editing stage
+    embeds: torch.Tensor | None = None  # the current step's (all stages have the same shape)
     added: dict[str, torch.Tensor] | None = None
     scheduler: Any = None
     timesteps: torch.Tensor | None = None
@@ -142,14 +153,14 @@ class ImagePipeline:
         return self.finish(job)
 
     def tokenize(self, request: Request) -> Prompts:
-        return Prompts([t.tokenize(request.prompt) for t in self.tokenizers],
-                       [t.tokenize(request.negative_prompt) for t in self.tokenizers])
+        return Prompts(stage_prompt(self.tokenizers, request.prompt, request.dialect, request.steps),
+                       stage_prompt(self.tokenizers, request.negative_prompt, request.dialect, request.steps))
 
     def reports(self, job: Job) -> tuple[PromptReport, PromptReport]:
         # The first tokenizer's view (SDXL's two CLIP tokenizers split text the same way).
-        tokenizer = self.tokenizers[0]
-        return (PromptReport.build(tokenizer, job.prompts.positive[0], job.request.prompt),
-                PromptReport.build(tokenizer, job.prompts.negative[0], job.request.negative_prompt))
+        tokenizer, request = self.tokenizers[0], job.request
+        return (PromptReport.build(tokenizer, job.prompts.positive, request.prompt, request.dialect),
+                PromptReport.build(tokenizer, job.prompts.negative, request.negative_prompt, request.dialect))
 
     def check_shape(self, job: Job) -> None:
         request = job.request
@@ -167,19 +178,35 @@ class ImagePipeline:
     # --- 2. encode_prompt ---
 
     def encode_prompt(self, job: Job) -> None:
+        """Encode every prompt-editing stage; the denoising loop picks one per step."""
         request, prompts = job.request, job.prompts
         chunks = prompts.chunks
         encoders = [lambda ids, i=i: self.backend.encode_text(i, ids) for i in range(len(self.tokenizers))]
-        positive = encode(self.tokenizers, encoders, prompts.positive, chunks)
         job.do_cfg = request.guidance_scale > 1 and self.model.unet.config.time_cond_proj_dim is None
+        staged = [prompts.negative, prompts.positive] if job.do_cfg else [prompts.positive]
+        encoded: list[dict[int, Conditioning]] = [{} for _ in staged]
+        # The stages of both prompts interleave: a new conditioning wherever either changes.
+        ends = sorted({stage.until_step for prompt in staged for stage in prompt.stages})
         n = request.n_images
-        rows = [positive]
-        if job.do_cfg:
-            rows.insert(0, encode(self.tokenizers, encoders, prompts.negative, chunks))
-        # Negative rows first, then positive, each repeated per image, as diffusers orders them.
-        job.embeds = torch.cat([c.hidden.repeat(n, 1, 1) for c in rows]).to(self.device)
-        if self.model.family == "sdxl":
-            job.added = self._sdxl_added(request, rows, n)
+        job.conditionings = []
+        for end in ends:
+            rows = []
+            for prompt, cache in zip(staged, encoded):
+                index = stage_at([stage.until_step for stage in prompt.stages], end)
+                if index not in cache:
+                    cache[index] = encode(self.tokenizers, encoders, prompt.tokenized[index], chunks)
+                rows.append(cache[index])
+            # Negative rows first, then positive, each repeated per image, as diffusers orders them.
+            embeds = torch.cat([c.hidden.repeat(n, 1, 1) for c in rows]).to(self.device)
+            added = self._sdxl_added(request, rows, n) if self.model.family == "sdxl" else None
+            job.conditionings.append(StepConditioning(end, embeds, added))
+        self._condition(job)
+
+    def _condition(self, job: Job) -> None:
+        """Point the job at the conditioning of its current sampler step (counted from 0)."""
+        step = job.index // job.scheduler.order if job.scheduler is not None else 0
+        current = job.conditionings[stage_at([c.until_step for c in job.conditionings], step)]
+        job.embeds, job.added = current.embeds, current.added
 
     def _sdxl_added(self, request: Request, rows: list[Conditioning], n: int) -> dict[str, torch.Tensor]:
         # Micro-conditioning: original size, crop origin, target size (no crop).
@@ -298,6 +325,7 @@ class ImagePipeline:
         """One UNet call for every job (they share a key), then each job's own step."""
         inputs, timesteps = [], []
         for job in jobs:
+            self._condition(job)
             t = job.timesteps[job.index]
             latent_input = torch.cat([job.latents] * 2) if job.do_cfg else job.latents
             latent_input = job.scheduler.scale_model_input(latent_input, t)
@@ -340,6 +368,8 @@ class ImagePipeline:
                 proper = job.scheduler.add_noise(proper, job.noise, job.timesteps[job.index + 1:job.index + 2])
             job.latents = (1 - job.latent_mask) * proper + job.latent_mask * job.latents
         job.index += 1
+        if job.done:
+            job.conditionings = []  # the other stages' tensors are not needed any more
         job.last_stepped = time.perf_counter()
         previews: list[bytes] = []
         every = request.preview_every
@@ -383,8 +413,8 @@ class ImagePipeline:
             "effective_negative_prompt": request.negative_prompt, "width": request.width, "height": request.height,
             "steps": request.steps, "guidance_scale": request.guidance_scale,
             "guidance_rescale": request.guidance_rescale, "sampler": request.sampler.name,
-            "noise_schedule": request.noise_schedule, "seed": seed, "model": self.model.name,
-            "model_hash": self.model.short_hash, "version": VERSION,
+            "noise_schedule": request.noise_schedule, "dialect": request.dialect.value, "seed": seed,
+            "model": self.model.name, "model_hash": self.model.short_hash, "version": VERSION,
             # Readers (the SDK's exporters) mark pictures of the built-in untrained models as noise.
             "builtin_model": self.model.source.startswith(BUILTIN_PREFIX),
         }

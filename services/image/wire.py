@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fabula.image.v1 import image_pb2
-from services.image.events import Accepted, Event, Finished, GeneratedImage, Progress, PromptReport
+from services.image.events import Accepted, Event, Finished, GeneratedImage, Progress, PromptReport, StageReport
 from services.image.params import Action, RawRequest
+from services.image.prompts import Dialect
 
 if TYPE_CHECKING:
     from services.image.generator import ImageGenerator
@@ -26,6 +27,8 @@ NOISE_SCHEDULES = {"": image_pb2.NOISE_SCHEDULE_UNSPECIFIED, "native": image_pb2
 MASKED_CONTENTS = {"": image_pb2.MASKED_CONTENT_UNSPECIFIED, "original": image_pb2.MASKED_CONTENT_ORIGINAL,
                    "fill": image_pb2.MASKED_CONTENT_FILL, "latent_noise": image_pb2.MASKED_CONTENT_LATENT_NOISE,
                    "latent_nothing": image_pb2.MASKED_CONTENT_LATENT_NOTHING}
+DIALECTS = {Dialect.NOVELAI: image_pb2.PROMPT_DIALECT_NOVELAI, Dialect.A1111: image_pb2.PROMPT_DIALECT_A1111}
+_DIALECT_NAMES = {number: dialect.value for dialect, number in DIALECTS.items()}
 _NOISE_SCHEDULE_NAMES = {number: name for name, number in NOISE_SCHEDULES.items()}
 _MASKED_CONTENT_NAMES = {number: name for name, number in MASKED_CONTENTS.items()}
 
@@ -50,7 +53,8 @@ def raw_request_from_pb(message: image_pb2.GenerateRequest) -> RawRequest:
         width=params.width, height=params.height, steps=params.steps,
         guidance_scale=_optional(params, "guidance_scale"), guidance_rescale=params.guidance_rescale,
         sampler=params.sampler, noise_schedule=_enum_name(_NOISE_SCHEDULE_NAMES, params.noise_schedule),
-        seed=_optional(params, "seed"), n_images=params.n_images, preview_every=params.preview_every)
+        seed=_optional(params, "seed"), n_images=params.n_images, preview_every=params.preview_every,
+        dialect=_enum_name(_DIALECT_NAMES, params.dialect))
     action = message.WhichOneof("action")
     if action == "img2img":
         source = message.img2img
@@ -73,18 +77,34 @@ def raw_request_from_pb(message: image_pb2.GenerateRequest) -> RawRequest:
     return raw
 
 
-def tokenize_args_from_pb(message: image_pb2.TokenizeRequest) -> tuple[str, str, bool]:
-    """(model name, prompt, whether to add the model's quality tags)."""
-    return message.model, message.prompt, bool(_optional(message, "quality_tags"))
+def tokenize_args_from_pb(message: image_pb2.TokenizeRequest) -> tuple[str, str, bool, str, int]:
+    """(model name, prompt, whether to add the model's quality tags, dialect name, steps)."""
+    return (message.model, message.prompt, bool(_optional(message, "quality_tags")),
+            _enum_name(_DIALECT_NAMES, message.dialect), message.steps)
 
 
 # --- responses ---
 
+def _chunks_to_pb(chunks: list[dict]) -> list[image_pb2.PromptChunk]:
+    return [image_pb2.PromptChunk(token_ids=chunk["token_ids"], tokens=chunk["tokens"], weights=chunk["weights"],
+                                  text=chunk["text"]) for chunk in chunks]
+
+
+def _segments_to_pb(segments: list[dict]) -> list[image_pb2.PromptSegment]:
+    return [image_pb2.PromptSegment(text=segment["text"], weight=segment["weight"],
+                                    chunk_break=segment["chunk_break"]) for segment in segments]
+
+
+def stage_report_to_pb(stage: StageReport) -> image_pb2.PromptStage:
+    return image_pb2.PromptStage(until_step=stage.until_step, text=stage.text, token_count=stage.token_count,
+                                 segments=_segments_to_pb(stage.segments), chunks=_chunks_to_pb(stage.chunks))
+
+
 def prompt_report_to_pb(report: PromptReport) -> image_pb2.PromptReport:
     return image_pb2.PromptReport(
         token_count=report.token_count, dropped_words=report.dropped_words, effective_prompt=report.effective_prompt,
-        chunks=[image_pb2.PromptChunk(token_ids=chunk["token_ids"], tokens=chunk["tokens"], weights=chunk["weights"],
-                                      text=chunk["text"]) for chunk in report.chunks])
+        chunks=_chunks_to_pb(report.chunks), dialect=DIALECTS[report.dialect],
+        segments=_segments_to_pb(report.segments), stages=[stage_report_to_pb(stage) for stage in report.stages])
 
 
 def event_to_pb(event: Event) -> image_pb2.GenerateResponse:
