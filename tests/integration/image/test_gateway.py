@@ -102,6 +102,7 @@ async def test_image_actions_over_http(ai, action) -> None:
     ({"action": "img2img", "image": base64.b64encode(b"not an image").decode()}, "image"),
     ({"action": "inpaint", "image": "", "mask": ""}, "image"),
     ({"image": "***"}, "image"), ({"steps": -1}, "steps"), ({"noise_schedule": "cosine"}, "noise_schedule"),
+    ({"dialect": "comfy"}, "dialect"),
 ])
 async def test_bad_input_is_400_naming_the_field(ai, change, field) -> None:
     client, _ = ai
@@ -127,6 +128,18 @@ async def test_tokenize_and_models(ai) -> None:
     chunk = reply.json()["prompt"]["chunks"][0]
     assert chunk["tokens"] == ["red</w>", "fox</w>"] and chunk["weights"] == [1.3, 1.0]
     assert reply.json()["chunk_tokens"] == 75
+    assert reply.json()["prompt"]["dialect"] == "novelai"
+    edited = await client.post("/ai/image/tokenize", json={"prompt": "((red)) [fox:wolf:0.5] BREAK snow",
+                                                           "dialect": "a1111", "steps": 4})
+    assert edited.status_code == 200, edited.text
+    report = edited.json()["prompt"]
+    assert report["dialect"] == "a1111" and [s["until_step"] for s in report["stages"]] == [2, 4]
+    assert report["segments"][0] == {"text": "red", "weight": 1.21, "chunk_break": False}
+    assert [len(stage["chunks"]) for stage in report["stages"]] == [2, 2]
+    assert report["stages"][1]["chunks"][0]["tokens"] == ["red</w>", "wolf</w>"]
+    for body, field in (({"prompt": "x", "dialect": "comfy"}, "dialect"), ({"prompt": "x", "steps": 10_000}, "steps")):
+        refused = await client.post("/ai/image/tokenize", json=body)
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == field, refused.text
     models = (await client.get("/ai/image/models")).json()
     assert models["models"][0]["name"] == "tiny" and "karras" in next(
         s for s in models["samplers"] if s["name"] == "euler")["noise_schedules"]
