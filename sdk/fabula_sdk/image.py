@@ -11,7 +11,7 @@ denoised (Server-Sent Events), plus tokenizing prompts and listing models and sa
 Options are the gateway's JSON body fields (its OpenAPI page, /docs): `action` (generate, img2img,
 inpaint, outpaint), `prompt`, `negative_prompt`, `negative_preset`, `quality_tags`, `width`,
 `height`, `steps`, `guidance_scale`, `guidance_rescale`, `sampler`, `noise_schedule`, `seed`,
-`n_images`, `preview_every`; for image actions `image` and `mask` as bytes (encoded here),
+`n_images`, `preview_every`, `dialect` (novelai or a1111); for image actions `image` and `mask` as bytes (encoded here),
 `strength`, `extra_noise`, `mask_blur`, `masked_content`, `only_masked`, `only_masked_padding`,
 `left`/`right`/`top`/`bottom`. Failures raise the SDK's `ApiError` subclasses, also mid-stream.
 """
@@ -120,10 +120,13 @@ class ImageClient(AiHttpClient):
                 yield ImageFinished(body["queue_seconds"], body["generation_seconds"])
                 return
 
-    def tokenize(self, prompt: str, model: str = "", quality_tags: bool = False) -> dict[str, Any]:
-        """How the model reads `prompt`: token count, chunks (tokens and weights), dropped words."""
+    def tokenize(self, prompt: str, model: str = "", quality_tags: bool = False, dialect: str = "novelai",
+                 steps: int = 0) -> dict[str, Any]:
+        """How the model reads `prompt` in `dialect`: token count, segments and chunks (tokens and
+        weights), the prompt-editing stages over `steps` (0 = the model's default), dropped words."""
         return self._request("POST", "/ai/image/tokenize",
-                             {"prompt": prompt, "model": model, "quality_tags": quality_tags}).json()
+                             {"prompt": prompt, "model": model, "quality_tags": quality_tags, "dialect": dialect,
+                              "steps": steps}).json()
 
     def models(self) -> dict[str, Any]:
         """The models (defaults, quality tags, presets), the samplers and the limits."""

@@ -12,6 +12,8 @@ AUTOMATIC1111:
   number may carry a sign or end in a dot (`(tag:+1.5)`, `(tag:1.)`). Braces are text.
 - `\\( \\) \\[ \\] \\\\` are literal characters.
 - `BREAK` (the capitalised word) ends the current 75-token chunk; the text after it starts a new one.
+  Inside brackets too (AUTOMATIC1111 there weights its BREAK marker and so feeds the word "BREAK"
+  to the encoder with a negative weight instead).
 - Prompt editing (`[a:b:when]` and friends) is resolved before this parse: see `schedule.py`.
 
 In both, every kind of bracket has its own stack, so brackets of different kinds may cross
