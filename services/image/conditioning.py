@@ -212,4 +212,8 @@ class StagedPrompt:
 def stage_prompt(tokenizers: Sequence[PromptTokenizer], prompt: str, dialect: Dialect, steps: int) -> StagedPrompt:
     """Resolve prompt editing (AUTOMATIC1111's dialect only) and tokenize every stage."""
     stages = schedule(prompt, steps) if dialect == Dialect.A1111 else [Stage(steps, prompt)]
-    return StagedPrompt(stages, [[t.tokenize(stage.text, dialect) for t in tokenizers] for stage in stages])
+    tokenized: dict[str, list[TokenizedPrompt]] = {}  # alternations repeat texts
+    for stage in stages:
+        if stage.text not in tokenized:
+            tokenized[stage.text] = [t.tokenize(stage.text, dialect) for t in tokenizers]
+    return StagedPrompt(stages, [tokenized[stage.text] for stage in stages])

@@ -56,11 +56,11 @@ class Prompts:
 
 @dataclass
 class StepConditioning:
-    """What the UNet is conditioned on while the job's step counter is at most `until_step`."""
+    """What the UNet is conditioned on while the job's step counter is at most `until_step`:
+    the encoded prompts (negative first when guided), shared between stages with the same text."""
 
     until_step: int
-    embeds: torch.Tensor
-    added: dict[str, torch.Tensor] | None
+    rows: list[Conditioning]
 
 
 @dataclass
@@ -88,6 +88,7 @@ class Job:
     # Set by ImagePipeline.prepare:
     generators: list[torch.Generator] = field(default_factory=list)
     conditionings: list[StepConditioning] = field(default_factory=list)  # one per prompt-editing stage
+    stage: int = -1  # which of them embeds and added were built from
     embeds: torch.Tensor | None = None  # the current step's (all stages have the same shape)
     added: dict[str, torch.Tensor] | None = None
     scheduler: Any = None
@@ -184,29 +185,33 @@ class ImagePipeline:
         encoders = [lambda ids, i=i: self.backend.encode_text(i, ids) for i in range(len(self.tokenizers))]
         job.do_cfg = request.guidance_scale > 1 and self.model.unet.config.time_cond_proj_dim is None
         staged = [prompts.negative, prompts.positive] if job.do_cfg else [prompts.positive]
-        encoded: list[dict[int, Conditioning]] = [{} for _ in staged]
+        # Alternations repeat texts: each distinct text is encoded once.
+        encoded: list[dict[str, Conditioning]] = [{} for _ in staged]
         # The stages of both prompts interleave: a new conditioning wherever either changes.
         ends = sorted({stage.until_step for prompt in staged for stage in prompt.stages})
-        n = request.n_images
-        job.conditionings = []
+        job.conditionings, job.stage = [], -1
         for end in ends:
             rows = []
             for prompt, cache in zip(staged, encoded):
                 index = stage_at([stage.until_step for stage in prompt.stages], end)
-                if index not in cache:
-                    cache[index] = encode(self.tokenizers, encoders, prompt.tokenized[index], chunks)
-                rows.append(cache[index])
-            # Negative rows first, then positive, each repeated per image, as diffusers orders them.
-            embeds = torch.cat([c.hidden.repeat(n, 1, 1) for c in rows]).to(self.device)
-            added = self._sdxl_added(request, rows, n) if self.model.family == "sdxl" else None
-            job.conditionings.append(StepConditioning(end, embeds, added))
+                text = prompt.stages[index].text
+                if text not in cache:
+                    cache[text] = encode(self.tokenizers, encoders, prompt.tokenized[index], chunks)
+                rows.append(cache[text])
+            job.conditionings.append(StepConditioning(end, rows))
         self._condition(job)
 
     def _condition(self, job: Job) -> None:
         """Point the job at the conditioning of its current sampler step (counted from 0)."""
         step = job.index // job.scheduler.order if job.scheduler is not None else 0
-        current = job.conditionings[stage_at([c.until_step for c in job.conditionings], step)]
-        job.embeds, job.added = current.embeds, current.added
+        stage = stage_at([c.until_step for c in job.conditionings], step)
+        if stage == job.stage:
+            return
+        rows, n = job.conditionings[stage].rows, job.n_images
+        # Negative rows first, then positive, each repeated per image, as diffusers orders them.
+        job.embeds = torch.cat([c.hidden.repeat(n, 1, 1) for c in rows]).to(self.device)
+        job.added = self._sdxl_added(job.request, rows, n) if self.model.family == "sdxl" else None
+        job.stage = stage
 
     def _sdxl_added(self, request: Request, rows: list[Conditioning], n: int) -> dict[str, torch.Tensor]:
         # Micro-conditioning: original size, crop origin, target size (no crop).

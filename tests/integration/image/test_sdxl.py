@@ -114,7 +114,7 @@ async def test_sdxl_long_weighted_prompts_condition_both_encoders_per_chunk(xl_s
     for job in (plain, weighted):
         pipeline.encode_prompt(job)
     # Both tokenizers cut the text the same way (same vocabulary), into two 75-token chunks.
-    first, second = plain.prompts.positive
+    first, second = plain.prompts.positive.tokenized[0]
     assert len(first.chunks) == 2 and [c.token_ids for c in first.chunks] == [c.token_ids for c in second.chunks]
     assert plain.embeds.shape == (1, 2 * 77, 32 + 64)
     # Each chunk is encoded on its own by each encoder (each with its own padding token), the
@@ -134,17 +134,18 @@ async def test_sdxl_long_weighted_prompts_condition_both_encoders_per_chunk(xl_s
     assert plain.added["time_ids"].tolist() == [[128.0, 64.0, 0.0, 0.0, 128.0, 64.0]]
     # Emphasis reweights the hidden states of both encoders, each chunk keeping its mean; the pooled
     # vector is the unweighted first chunk's (weights act on token embeddings, not the pooled one).
-    assert weighted.prompts.positive[0].is_weighted and weighted.prompts.positive[1].is_weighted
+    weighted_tokens = weighted.prompts.positive.tokenized[0]  # the one stage, per tokenizer
+    assert weighted_tokens[0].is_weighted and weighted_tokens[1].is_weighted
     assert weighted.embeds.shape == (1, 2 * 77, 96)
     for index, columns in enumerate((slice(0, 32), slice(32, 96))):
         for c in range(2):
             block = weighted.embeds[0, 77 * c:77 * (c + 1), columns]
             hidden, _ = _direct(tiny_sdxl_model, index,
-                                pipeline.tokenizers[index].window(weighted.prompts.positive[index].chunks[c])[0])
+                                pipeline.tokenizers[index].window(weighted_tokens[index].chunks[c])[0])
             assert not torch.allclose(block, hidden)
             torch.testing.assert_close(block.mean(), hidden.mean(), rtol=1e-4, atol=1e-6)
     _, pooled_weighted = _direct(tiny_sdxl_model, 1, pipeline.tokenizers[1].window(
-        weighted.prompts.positive[1].chunks[0])[0])
+        weighted_tokens[1].chunks[0])[0])
     torch.testing.assert_close(weighted.added["text_embeds"][0], pooled_weighted, rtol=0, atol=1e-6)
     # An empty chunk (the shorter prompt's partner) is encoded as an empty prompt.
     assert pipeline.tokenizers[1].window(Chunk())[0][:3] == [49406, 49407, 0]
