@@ -167,3 +167,4 @@ class Batcher:
     def _free(job: Job) -> None:
         # Free the job's tensors now rather than when the caller lets go of it.
         job.latents = job.embeds = job.image_latents = job.noise = job.unet_extra = None
+        job.conditionings = []

@@ -373,8 +373,6 @@ class ImagePipeline:
                 proper = job.scheduler.add_noise(proper, job.noise, job.timesteps[job.index + 1:job.index + 2])
             job.latents = (1 - job.latent_mask) * proper + job.latent_mask * job.latents
         job.index += 1
-        if job.done:
-            job.conditionings = []  # the other stages' tensors are not needed any more
         job.last_stepped = time.perf_counter()
         previews: list[bytes] = []
         every = request.preview_every
