@@ -9,7 +9,7 @@ import torch
 
 from fabula.image.v1 import image_pb2
 from services.image.conditioning import encode, stage_prompt
-from services.image.engines import create_engine
+from services.image.backends import create_backend
 from services.image.params import RawRequest, check_inputs
 from services.image.pipeline import ImagePipeline
 from services.image.prompts import Dialect
@@ -17,26 +17,26 @@ from services.image.settings import ImageSettings
 from tests.integration.image.conftest import collect, decode, images_of, params
 
 
-class RecordingEngine:
-    """The real eager engine, remembering the text conditioning of every UNet call."""
+class RecordingBackend:
+    """The real eager back end, remembering the text conditioning of every UNet call."""
 
-    def __init__(self, engine) -> None:
-        self._engine = engine
+    def __init__(self, backend) -> None:
+        self._backend = backend
         self.conditionings: list[torch.Tensor] = []
 
     def __getattr__(self, name):
-        return getattr(self._engine, name)
+        return getattr(self._backend, name)
 
     def unet(self, sample, timestep, encoder_hidden_states, added_cond_kwargs):
         self.conditionings.append(encoder_hidden_states.clone())
-        return self._engine.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+        return self._backend.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs)
 
 
 @pytest.fixture
 def recording_pipeline(tiny_model):
-    settings = ImageSettings(engine="eager", warmup_steps=0)
-    engine = RecordingEngine(create_engine(tiny_model, settings, torch.device("cpu")))
-    return ImagePipeline(tiny_model, engine, max_chunks=4), settings
+    settings = ImageSettings(backend="eager", warmup_steps=0)
+    backend = RecordingBackend(create_backend(tiny_model, settings, torch.device("cpu")))
+    return ImagePipeline(tiny_model, backend, max_chunks=4), settings
 
 
 def _request(pipeline, settings, **values):
@@ -49,7 +49,7 @@ def _request(pipeline, settings, **values):
 def _alone(pipeline, text: str, dialect: Dialect, chunks: int = 1) -> torch.Tensor:
     """The conditioning of `text` encoded on its own."""
     staged = stage_prompt(pipeline.tokenizers, text, dialect, 1)
-    encoders = [lambda ids, i=i: pipeline.engine.encode_text(i, ids) for i in range(len(pipeline.tokenizers))]
+    encoders = [lambda ids, i=i: pipeline.backend.encode_text(i, ids) for i in range(len(pipeline.tokenizers))]
     return encode(pipeline.tokenizers, encoders, staged.tokenized[0], chunks).hidden
 
 
@@ -62,7 +62,7 @@ def test_prompt_editing_switches_the_conditioning_at_its_step(recording_pipeline
                        negative_prompt="[blurry::2]", steps=4, sampler=sampler, dialect="a1111")
     images = pipeline(request)
     assert len(images) == 1
-    calls = pipeline.engine.conditionings
+    calls = pipeline.backend.conditionings
     # Second-order samplers call the UNet twice per step but the last; both calls are one step.
     order = request.sampler.make(pipeline.model.scheduler_config, request.noise_schedule, request.seeds).order
     assert len(calls) == 4 * order - (order - 1)
@@ -80,11 +80,11 @@ def test_prompt_editing_switches_the_conditioning_at_its_step(recording_pipeline
 def test_the_same_prompt_in_each_dialect(recording_pipeline) -> None:
     pipeline, settings = recording_pipeline
     for dialect, expected in (("novelai", "(a cat) [on:under:1] the table"), ("a1111", "a cat on the table")):
-        pipeline.engine.conditionings.clear()
+        pipeline.backend.conditionings.clear()
         request = _request(pipeline, settings, prompt="(a cat) [on:under:1] the table", steps=2, dialect=dialect,
                            guidance_scale=1.0)
         pipeline(request)
-        first = pipeline.engine.conditionings[0]
+        first = pipeline.backend.conditionings[0]
         reference = _alone(pipeline, expected, Dialect(dialect))
         if dialect == "novelai":
             # Literal parentheses, and [on:under:1] is de-emphasised text, not an edit.

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from fabula.image.v1 import image_pb2
 from services.image import wire
-from services.image.events import Accepted, Finished, GeneratedImage, Progress, PromptReport
+from services.image.events import Accepted, Finished, GeneratedImage, Progress, PromptReport, StageReport
 from services.image.params import Action
+from services.image.prompts import Dialect
 
 IMAGE_SERVICE = Path(__file__).resolve().parents[3] / "services" / "image"
 
@@ -18,6 +19,9 @@ def test_a_bare_request_leaves_every_optional_field_unset() -> None:
     assert raw.action == Action.TXT2IMG and raw.prompt == "a fox"
     assert (raw.quality_tags, raw.guidance_scale, raw.seed, raw.strength) == (None, None, None, None)
     assert raw.noise_schedule == "" and raw.masked_content == ""
+    assert raw.dialect == "novelai"  # the contract's default
+    a1111 = image_pb2.GenerationParams(dialect=image_pb2.PROMPT_DIALECT_A1111)
+    assert wire.raw_request_from_pb(image_pb2.GenerateRequest(params=a1111)).dialect == "a1111"
 
 
 def test_optional_fields_set_to_their_zero_value_stay_set() -> None:
@@ -43,22 +47,39 @@ def test_inpaint_and_outpaint_carry_their_own_fields() -> None:
 def test_an_enum_number_this_build_does_not_know_reaches_validation_by_number() -> None:
     raw = wire.raw_request_from_pb(image_pb2.GenerateRequest(params=image_pb2.GenerationParams(noise_schedule=9)))
     assert raw.noise_schedule == "<unknown 9>"
+    unknown = wire.raw_request_from_pb(image_pb2.GenerateRequest(params=image_pb2.GenerationParams(dialect=5)))
+    assert unknown.dialect == "<unknown 5>"
 
 
 def test_the_enum_tables_name_every_value_the_contract_has() -> None:
     assert set(wire.NOISE_SCHEDULES.values()) == set(image_pb2.NoiseSchedule.values())
     assert set(wire.MASKED_CONTENTS.values()) == set(image_pb2.MaskedContent.values())
+    assert set(wire.DIALECTS.values()) == set(image_pb2.PromptDialect.values()) and set(wire.DIALECTS) == set(Dialect)
 
 
 def test_tokenize_arguments() -> None:
-    assert wire.tokenize_args_from_pb(image_pb2.TokenizeRequest(prompt="a fox")) == ("", "a fox", False)
-    assert wire.tokenize_args_from_pb(image_pb2.TokenizeRequest(model="xl", prompt="p", quality_tags=True)) == (
-        "xl", "p", True)
+    assert wire.tokenize_args_from_pb(image_pb2.TokenizeRequest(prompt="a fox")) == ("", "a fox", False, "novelai", 0)
+    assert wire.tokenize_args_from_pb(image_pb2.TokenizeRequest(
+        model="xl", prompt="p", quality_tags=True, dialect=image_pb2.PROMPT_DIALECT_A1111, steps=12)) == (
+        "xl", "p", True, "a1111", 12)
 
 
 def _report(text: str) -> PromptReport:
     return PromptReport(token_count=2, chunks=[{"token_ids": [1, 2], "tokens": ["a", "fox"], "weights": [1.0, 1.1],
                                                 "text": text}], dropped_words=["tail"], effective_prompt=text)
+
+
+def test_a_report_carries_the_dialect_segments_and_stages() -> None:
+    chunk = {"token_ids": [1], "tokens": ["cat</w>"], "weights": [1.1], "text": "cat"}
+    segments = [{"text": "cat", "weight": 1.1, "chunk_break": False}, {"text": "", "weight": 0.0, "chunk_break": True}]
+    stages = [StageReport(2, "(cat) BREAK", 1, segments, [chunk]), StageReport(4, "dog", 1, [], [])]
+    report = wire.prompt_report_to_pb(PromptReport(1, [chunk], [], "[(cat) BREAK:dog:2]", Dialect.A1111, segments,
+                                                   stages))
+    assert report.dialect == image_pb2.PROMPT_DIALECT_A1111
+    assert [(s.text, round(s.weight, 6), s.chunk_break) for s in report.segments] == [("cat", 1.1, False),
+                                                                                      ("", 0.0, True)]
+    assert [(s.until_step, s.text, s.token_count) for s in report.stages] == [(2, "(cat) BREAK", 1), (4, "dog", 1)]
+    assert list(report.stages[0].chunks[0].tokens) == ["cat</w>"] and not report.stages[1].chunks
 
 
 def test_each_event_becomes_its_own_response() -> None:
@@ -69,6 +90,7 @@ def test_each_event_becomes_its_own_response() -> None:
     chunk = accepted.accepted.prompt.chunks[0]
     assert (list(chunk.tokens), list(chunk.weights)[1], chunk.text) == (["a", "fox"], 1.100000023841858, "a fox")
     assert list(accepted.accepted.prompt.dropped_words) == ["tail"]
+    assert accepted.accepted.prompt.dialect == image_pb2.PROMPT_DIALECT_NOVELAI
     progress = wire.event_to_pb(Progress(step=1, total_steps=3, previews=[b"p"]))
     assert (progress.progress.step, list(progress.progress.previews)) == (1, [b"p"])
     image = wire.event_to_pb(GeneratedImage(index=0, seed=7, png=b"png", parameters="a fox", width=64, height=128))
