@@ -26,10 +26,16 @@ async def export(stub, user: User) -> bytes:
                                                                        metadata=user.metadata)])
 
 
-def import_(stub, user: User, archive: bytes, chunk: int = 7000):
+def import_(stub, user: User, archive: bytes, chunk: int = 7000, expected_keystore_index: int | None = 1):
+    """ImportAccount of `archive`; the first message carries the expected keystore index (a
+    freshly registered account's is 1) unless it is None."""
     async def requests():
-        for start in range(0, len(archive), chunk):
-            yield pb.ImportAccountRequest(chunk=archive[start:start + chunk])
+        pieces = [archive[start:start + chunk] for start in range(0, len(archive), chunk)] or [b""]
+        for number, piece in enumerate(pieces):
+            request = pb.ImportAccountRequest(chunk=piece)
+            if number == 0 and expected_keystore_index is not None:
+                request.expected_keystore_change_index = expected_keystore_index
+            yield request
 
     return stub.ImportAccount(requests(), metadata=user.metadata)
 
