@@ -33,12 +33,12 @@ QUOTA_BYTES = "STORAGE_QUOTA"
 QUOTA_RETRY_AFTER_S = 60.0
 
 
-def stale(what: str, expected: int, stored: int) -> Conflict:
+def stale(what: str, expected: int, stored: int, field: str = "expected_change_index") -> Conflict:
     if expected == 0:
         message = f"{what} already exists with change index {stored}; nothing was written"
     else:
         message = f"{what}: expected change index {expected} is stale, stored is {stored}; nothing was written"
-    return Conflict(message, field="expected_change_index", value=expected, reason=STALE_CHANGE_INDEX)
+    return Conflict(message, field=field, value=expected, reason=STALE_CHANGE_INDEX)
 
 
 def not_found(what: str) -> NotFound:

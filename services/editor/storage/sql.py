@@ -45,6 +45,7 @@ from services.toolkit.errors import AlreadyExists, NotFound, Unauthenticated, Un
 
 log = logging.getLogger(__name__)
 
+IMPORT_INDEX_FIELD = "expected_keystore_change_index"
 # Staged rows older than this at start-up belong to an import whose process died.
 STALE_STAGING_US = 24 * 3600 * 1_000_000
 
@@ -421,7 +422,7 @@ class SqlStorage(Storage):
             existing = {(int(r[0]), r[1]): int(r[2]) for r in await tx.fetchall(
                 "SELECT type, id, size FROM objects WHERE user_id = %s", (user_id,))}
         if int(row[0]) != expected_keystore_index:
-            raise stale("keystore", expected_keystore_index, int(row[0]))
+            raise stale("keystore", expected_keystore_index, int(row[0]), IMPORT_INDEX_FIELD)
         _check_import_quota(quota, Usage(objects=int(row[1]), stored_bytes=int(row[2])), objects, existing)
 
     async def _apply_import(self, import_id: str, user_id: str, objects: Sequence[ImportedObject],
@@ -432,7 +433,7 @@ class SqlStorage(Storage):
             row = await tx.fetchone("SELECT keystore_change_index FROM accounts WHERE user_id = %s", (user_id,))
             keystore_index = int(row[0])
             if keystore_index != expected_keystore_index:
-                raise stale("keystore", expected_keystore_index, keystore_index)
+                raise stale("keystore", expected_keystore_index, keystore_index, IMPORT_INDEX_FIELD)
             existing = {(int(r[0]), r[1]): int(r[2]) for r in await tx.fetchall(
                 "SELECT o.type, o.id, o.size FROM objects o JOIN import_staging s "
                 "ON o.type = s.type AND o.id = s.id WHERE s.import_id = %s AND o.user_id = %s",
