@@ -387,6 +387,7 @@ class SqlStorage(Storage):
                              batch_bytes: int) -> ImportResult:
         await self._precheck_import(user_id, objects, expected_keystore_index, quota)
         import_id = uuid.uuid4().hex
+        applied = False
         try:
             for batch in _batches(objects, batch_bytes):
                 # Read from the spooled archive in a thread (it may be on disk), before the
@@ -398,11 +399,14 @@ class SqlStorage(Storage):
                             "INSERT INTO import_staging (import_id, user_id, type, id, size, sha256, staged_us, data) "
                             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                             (import_id, user_id, item.type.proto, item.id, item.size, item.sha256, now_us, data))
-            return await self._apply_import(import_id, user_id, objects, keystore, expected_keystore_index, quota,
-                                            now_us)
+            result = await self._apply_import(import_id, user_id, objects, keystore, expected_keystore_index,
+                                              quota, now_us)
+            applied = True  # the apply deleted the staged rows in its own transaction
+            return result
         finally:
-            # Shielded: a cancelled import (the client left) must still clear what it staged.
-            await asyncio.shield(self._drop_staged(import_id))
+            if not applied:
+                # Shielded: a cancelled import (the client left) must still clear what it staged.
+                await asyncio.shield(self._drop_staged(import_id))
 
     async def _drop_staged(self, import_id: str) -> None:
         try:
