@@ -142,3 +142,17 @@ async def test_import_larger_than_its_limit_is_413(editor):
             assert streamed.status_code == 413
             assert streamed.json()["error"]["field"] == "body"
             assert (await client.get("/user/me", headers=user.headers)).status_code == 200
+
+
+async def test_import_is_based_on_the_keystore_change_index(client, alice: HttpUser, bob: HttpUser):
+    await _put(client, alice, "stories/tale", b"tale")
+    archive = await _export(client, alice)
+    headers = {**bob.headers, "Content-Type": "application/x-tar"}
+    missing = await client.post("/user/import", headers=headers, content=archive)
+    assert missing.status_code == 400
+    assert missing.json()["error"]["field"] == "expected_keystore_change_index"
+    stale = await client.post("/user/import", headers=headers, content=archive,
+                              params={"expected_keystore_change_index": 7})
+    assert stale.status_code == 409, stale.text
+    assert stale.json()["error"]["field"] == "expected_keystore_change_index"
+    assert (await client.get("/user/objects/stories", headers=bob.headers)).json()["objects"] == []
