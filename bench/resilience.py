@@ -59,6 +59,6 @@ def run() -> dict[str, Any]:
     figures = asyncio.run(fuzz_figures())
     return merge_into_results({
         "figures": figures,
-        "summary": (f"Fuzz: the fuzzer called every method of the editor, text and image services {figures['fuzz_calls']} "
-                    "times in all (seeded, signed in)."),
+        "summary": (f"Fuzz: the fuzzer called every method of the editor, text and image services "
+                    f"{figures['fuzz_calls']} times in all (seeded, signed in)."),
     })

@@ -126,8 +126,10 @@ def fill_random(message: Message, rng: random.Random, depth: int = 0, density: f
     return message
 
 
-def numeric_paths(descriptor: pb_descriptor.Descriptor, depth: int = 0,
-                  prefix: tuple[pb_descriptor.FieldDescriptor, ...] = ()) -> Iterator[tuple[pb_descriptor.FieldDescriptor, ...]]:
+FieldPath = tuple[pb_descriptor.FieldDescriptor, ...]
+
+
+def numeric_paths(descriptor: pb_descriptor.Descriptor, depth: int = 0, prefix: FieldPath = ()) -> Iterator[FieldPath]:
     """Every path from the request to a numeric or enum field, a few message levels deep."""
     for fd in descriptor.fields:
         path = (*prefix, fd)
@@ -139,7 +141,7 @@ def numeric_paths(descriptor: pb_descriptor.Descriptor, depth: int = 0,
             yield path
 
 
-def with_value(seed: Message, path: tuple[pb_descriptor.FieldDescriptor, ...], value: Any) -> Message:
+def with_value(seed: Message, path: FieldPath, value: Any) -> Message:
     """A copy of `seed` with the field at `path` set to `value` (repeated fields get one element)."""
     request = type(seed)()
     request.CopyFrom(seed)
@@ -239,10 +241,12 @@ async def fuzz(targets: list[Target], *, seed: int = 0, random_per_method: int =
         if report.calls >= max_calls or time.monotonic() > deadline:
             break
         metadata = await target.metadata(method.name) if target.metadata else ()
-        code, details = await call_once(target.channel, target.service.full_name, method, request, metadata, call_timeout_s)
+        code, details = await call_once(target.channel, target.service.full_name, method, request, metadata,
+                                        call_timeout_s)
         report.calls += 1
         report.codes[code.name] = report.codes.get(code.name, 0) + 1
         if code in FAILURE_CODES:
-            report.findings.append(Finding(f"{target.service.name}.{method.name}", name[:120], code.name, details[:300]))
+            report.findings.append(Finding(f"{target.service.name}.{method.name}", name[:120], code.name,
+                                           details[:300]))
     return report
 

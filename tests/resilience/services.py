@@ -141,8 +141,8 @@ async def image_target(tmp: Path) -> AsyncIterator[Target]:
     folder = build_tiny_sd(tmp / "tiny-sd")
     model = load_model("tiny", ModelOptions(source=str(folder)), cache_dir=tmp / "image-cache",
                        device=torch.device("cpu"), dtype=torch.float32)
-    settings = ImageSettings(models={"tiny": model.source}, cache_dir=tmp / "image-cache", backend="eager", warmup_steps=0,
-                             max_batch_images=4, max_queue=8)
+    settings = ImageSettings(models={"tiny": model.source}, cache_dir=tmp / "image-cache", backend="eager",
+                             warmup_steps=0, max_batch_images=4, max_queue=8)
     generator = ImageGenerator(settings)
     generator.add_model(model)
     server = await start_server(registrar(generator))

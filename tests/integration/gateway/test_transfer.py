@@ -66,7 +66,8 @@ async def test_import_into_another_account_and_over_existing_objects(client, ali
     alice_keystore = (await client.get("/user/keystore", headers=alice.headers)).json()["keystore"]
 
     await _put(client, bob, "stories/tale", b"bob's older tale")
-    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers={**bob.headers, "Content-Type": "application/x-tar"},
+    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"},
                               content=archive)
     assert reply.status_code == 200, reply.text
     assert reply.json() == {"imported_objects": 2, "keystore_replaced": True}
@@ -89,7 +90,8 @@ async def test_import_streams_a_chunked_body(client, alice: HttpUser, bob: HttpU
             yield archive[start:start + 100_000]
 
     # No Content-Length: the body arrives chunked and the gateway forwards it as it comes.
-    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers={**bob.headers, "Content-Type": "application/x-tar"},
+    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"},
                               content=trickle())
     assert reply.status_code == 200, reply.text
     assert reply.json()["imported_objects"] == 1
@@ -103,24 +105,28 @@ async def test_a_broken_archive_is_refused_and_nothing_is_written(client, alice:
     position = archive.rfind(b"b" * 100)
     archive[position] ^= 0xFF
 
-    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers={**bob.headers, "Content-Type": "application/x-tar"},
+    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"},
                               content=bytes(archive))
     assert reply.status_code == 400
     assert reply.json()["error"]["code"] == "INVALID_ARGUMENT"
     listing = await client.get("/user/objects/stories", headers=bob.headers)
     assert listing.json()["objects"] == []
 
-    garbage = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers={**bob.headers, "Content-Type": "application/x-tar"},
+    garbage = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                headers={**bob.headers, "Content-Type": "application/x-tar"},
                                 content=os.urandom(5000))
     assert garbage.status_code == 400
-    empty = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers={**bob.headers, "Content-Type": "application/x-tar"})
+    empty = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"})
     assert empty.status_code == 400
 
 
 async def test_import_needs_an_archive_media_type(client, alice: HttpUser):
     for content_type in (None, "application/json", "text/plain"):
         headers = alice.headers | ({"Content-Type": content_type} if content_type else {})
-        reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers=headers, content=b"{}")
+        reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                  headers=headers, content=b"{}")
         assert reply.status_code == 415
         assert reply.json()["error"]["field"] == "content-type"
 
@@ -130,7 +136,8 @@ async def test_import_larger_than_its_limit_is_413(editor):
         async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
             user = await register_user(client, "dave")
             headers = {**user.headers, "Content-Type": "application/x-tar"}
-            declared = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers=headers, content=os.urandom(5000))
+            declared = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                         headers=headers, content=os.urandom(5000))
             assert declared.status_code == 413
             assert declared.json()["error"]["field"] == "body"
 
@@ -138,7 +145,8 @@ async def test_import_larger_than_its_limit_is_413(editor):
                 for _ in range(10):
                     yield os.urandom(1000)
 
-            streamed = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE, headers=headers, content=chunked())
+            streamed = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                         headers=headers, content=chunked())
             assert streamed.status_code == 413
             assert streamed.json()["error"]["field"] == "body"
             assert (await client.get("/user/me", headers=user.headers)).status_code == 200
