@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+from services.editor import metrics
 from services.toolkit.errors import ResourceExhausted
 
 
@@ -32,6 +33,7 @@ class BoundedQueue:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self._waiting >= self._max_waiting:
+            metrics.ADMISSION_REFUSALS.labels(self._reason).inc()
             raise ResourceExhausted(f"the {self._what} queue is full ({self._max_waiting} waiting); retry shortly",
                                     reason=self._reason, retry_after_s=self._retry_after_s)
         self._waiting += 1
@@ -74,10 +76,12 @@ class TransferGate:
     @contextmanager
     def admit(self, user_id: str) -> Iterator[SpoolBudget]:
         if self._per_user[user_id] >= self._max_per_user:
+            metrics.ADMISSION_REFUSALS.labels(TRANSFERS_BUSY).inc()
             raise ResourceExhausted(f"this account already runs {self._max_per_user} export(s) or import(s); "
                                     "wait for it to finish", reason=TRANSFERS_BUSY,
                                     retry_after_s=TRANSFER_RETRY_AFTER_S)
         if self.running >= self._max_running:
+            metrics.ADMISSION_REFUSALS.labels(TRANSFERS_BUSY).inc()
             raise ResourceExhausted(f"the editor already runs {self._max_running} exports and imports; retry later",
                                     reason=TRANSFERS_BUSY, retry_after_s=TRANSFER_RETRY_AFTER_S)
         self._per_user[user_id] += 1
@@ -92,6 +96,7 @@ class TransferGate:
 
     def _reserve(self, size: int) -> None:
         if self._spooled + size > self._spool_bytes:
+            metrics.ADMISSION_REFUSALS.labels(SPOOL_FULL).inc()
             raise ResourceExhausted(f"the transfer spool is full ({self._spool_bytes} bytes in use by exports and "
                                     "imports); retry later", reason=SPOOL_FULL, retry_after_s=TRANSFER_RETRY_AFTER_S)
         self._spooled += size

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from services.editor import metrics
 from services.toolkit.errors import FabulaError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ def os_fault(error: BaseException) -> str | None:
 
 
 def unavailable(reason: str, error: BaseException | str) -> Unavailable:
+    """The answer to a fault; `error` (what happened) goes to the log, never to the caller."""
+    description = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    log.warning("database fault answered UNAVAILABLE (%s): %s", reason, description)
+    metrics.DATABASE_FAULTS.labels(reason).inc()
     what = "the editor's disk is full" if reason == DISK_FULL else "the editor's database is unavailable"
     return Unavailable(f"{what}; the call did not complete, retry shortly", reason=reason, retry_after_s=RETRY_AFTER_S)
 
@@ -52,5 +57,4 @@ def faults_as_unavailable(classify: Classifier) -> Iterator[None]:
         reason = classify(error) or os_fault(error)
         if reason is None:
             raise
-        log.warning("database fault answered UNAVAILABLE: %s: %s", type(error).__name__, error)
         raise unavailable(reason, error) from error
