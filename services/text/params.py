@@ -180,7 +180,8 @@ class SamplingParams:
     """Resolved sampling controls (neutral values where the control is off)."""
 
     # Dividing float32 logits by a temperature near float32's smallest values overflows them.
-    temperature: float = _control(1.0, Range(0, 100, min_above_low=1e-6), "divides the logits; 0 is greedy decoding")
+    temperature: float = _control(1.0, Range(0, 100, min_above_low=1e-6),
+                                  "divides the logits; 0 is greedy decoding")
     top_k: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
                           "keeps the k most likely tokens; 0 is off")
     top_p: float = _control(1.0, Range(0, 1, low_open=True),
