@@ -11,10 +11,10 @@ import pytest
 
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
+from fabula_wire import read_error_detail
 from services.editor.admission import BoundedQueue
 from services.editor.embedded import embedded_editor, fast_settings
 from services.toolkit.errors import ResourceExhausted
-from services.toolkit.interceptor import read_error_detail
 from tests.integration.editor.client import refused, register
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
+from fabula_wire import read_error_detail
 from services.editor.embedded import embedded_editor, fast_settings
-from services.toolkit.interceptor import read_error_detail
 from tests.conftest import POSTGRES_URL
 from tests.integration.editor.client import refused, register
 
