@@ -1,6 +1,12 @@
 # The editor service (accounts + encrypted story storage): gRPC 50051, metrics 9101.
 #   docker build -f docker/editor.Dockerfile -t fabula-editor .      (or: make images)
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# 3.11.14 or later: the editor parses uploaded tar archives. 3.11.14 carries CPython's tarfile fix
+# for CVE-2025-8194 (a header with a negative size or offset made the reader loop for ever,
+# gh-130577), on top of 3.11.13's fixes of the extraction-filter bypasses (CVE-2024-12718,
+# CVE-2025-4138, CVE-2025-4330, CVE-2025-4435, CVE-2025-4517). The editor never extracts and never
+# reads in stream mode ("r|"), and its own header bounds (services/editor/archive.py) apply on
+# any interpreter.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # --- build: a venv with the pinned dependencies, the generated protos and Fabula itself ---
 FROM ${PYTHON_IMAGE} AS build

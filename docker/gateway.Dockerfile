@@ -1,6 +1,6 @@
 # The HTTP gateway (`python -m gateway`): HTTP 8000, Prometheus /metrics on the same port.
 #   docker build -f docker/gateway.Dockerfile -t fabula-gateway .      (or: make images)
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # --- build: a venv with the pinned dependencies, the generated protos and Fabula itself ---
 FROM ${PYTHON_IMAGE} AS build

@@ -4,7 +4,7 @@
 #   gpu — CUDA base, CUDA build of torch and the `tensorrt` extra (GPU node pools; the default)
 #   docker build -f docker/text.Dockerfile --target gpu -t fabula-text:gpu .     (or: make images)
 # The CUDA major version of CUDA_IMAGE, TORCH_CUDA_INDEX and the tensorrt-cuXX wheels must agree.
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu128

@@ -11,9 +11,10 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -34,6 +35,7 @@ ARCHIVE_MEDIA_TYPE = "application/x-tar"
 # the tar reader.
 IMPORT_MEDIA_TYPES = {ARCHIVE_MEDIA_TYPE, "application/octet-stream"}
 IMPORT_MESSAGE_BYTES = 1024 * 1024
+MAX_CHANGE_INDEX = 2**63 - 1  # the editor's change indexes are signed 64-bit in its databases
 _ARCHIVE_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -84,8 +86,9 @@ class _BodyPump:
     so the route can answer with it.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, expected_keystore_change_index: int) -> None:
         self._request = request
+        self._expected: int | None = expected_keystore_change_index
         self._left = False
         self.too_large: HTTPException | None = None  # the body limit's 413
         self.body_read = asyncio.Event()
@@ -93,13 +96,20 @@ class _BodyPump:
     def client_left(self) -> bool:
         return self._left
 
+    def _message(self, chunk: bytes) -> editor_pb2.ImportAccountRequest:
+        message = editor_pb2.ImportAccountRequest(chunk=chunk)
+        if self._expected is not None:  # the editor reads it from the first message only
+            message.expected_keystore_change_index = self._expected
+            self._expected = None
+        return message
+
     async def messages(self) -> AsyncIterator[editor_pb2.ImportAccountRequest]:
         buffer = bytearray()
         try:
             async for piece in self._request.stream():
                 buffer += piece
                 if len(buffer) >= IMPORT_MESSAGE_BYTES:
-                    yield editor_pb2.ImportAccountRequest(chunk=bytes(buffer))
+                    yield self._message(bytes(buffer))
                     buffer.clear()
         except ClientDisconnect:
             self._left = True
@@ -108,8 +118,8 @@ class _BodyPump:
             self.too_large = error
             raise
         self.body_read.set()
-        if buffer:
-            yield editor_pb2.ImportAccountRequest(chunk=bytes(buffer))
+        if buffer or self._expected is not None:
+            yield self._message(bytes(buffer))
 
 
 @router.post("/import", response_model=ImportResponse,
@@ -117,15 +127,19 @@ class _BodyPump:
                                             "content": {ARCHIVE_MEDIA_TYPE: _ARCHIVE_SCHEMA}}},
              responses=error_responses(400, 401, 409, 413, 415, 429, 503, 504),
              summary="Store an archive made by /user/export in the caller's account, all or nothing")
-async def import_account(request: Request, user: RateLimitedUser, editor: Editor,
-                         settings: Settings) -> ImportResponse:
+async def import_account(request: Request, user: RateLimitedUser, editor: Editor, settings: Settings,
+                         expected_keystore_change_index: Annotated[int, Query(
+                             ge=0, le=MAX_CHANGE_INDEX,
+                             description="the keystore change index the import is based on (409 if stale)")],
+                         ) -> ImportResponse:
     """Objects with the same id are replaced (their change index incremented); a keystore in the
-    archive replaces the account's. Everything is validated before anything is written."""
+    archive replaces the account's. Everything is validated before anything is written, and
+    nothing is if the account's keystore change index is no longer the expected one."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in IMPORT_MEDIA_TYPES:
         raise ApiError(415, f"content-type must be {ARCHIVE_MEDIA_TYPE} (got {media_type or 'none'!r})",
                        field="content-type")
-    pump = _BodyPump(request)
+    pump = _BodyPump(request, expected_keystore_change_index)
     call = editor.ImportAccount(pump.messages(), metadata=user.metadata, timeout=settings.stream_timeout_s)
     # The pump notices a disconnect while the body streams in; the watch covers the wait for
     # the editor's answer after it.

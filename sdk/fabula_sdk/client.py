@@ -296,7 +296,7 @@ class FabulaClient:
         self._update_keystore(lambda keystore: keystore.merge(source))
         with tempfile.TemporaryFile() as upload:
             archive.without_keystore(path, upload)
-            result = self.transport.import_account(archive.pieces(upload))
+            result = self.transport.import_account(archive.pieces(upload), self._keystore_index)
         for obj in contents.objects:
             # The archive's versions replace whatever this client saw of these objects.
             self.revisions.pop((obj.type, obj.id), None)

@@ -146,10 +146,15 @@ class GrpcTransport(Transport):
             raise error_from_rpc(error) from None
         return written
 
-    def import_account(self, pieces: Iterable[bytes]) -> ImportResult:
+    def import_account(self, pieces: Iterable[bytes], expected_keystore_change_index: int) -> ImportResult:
         def messages() -> Iterator[editor_pb2.ImportAccountRequest]:
+            first = True
             for piece in _regrouped(pieces, IMPORT_MESSAGE_BYTES):
-                yield editor_pb2.ImportAccountRequest(chunk=piece)
+                request = editor_pb2.ImportAccountRequest(chunk=piece)
+                if first:
+                    request.expected_keystore_change_index = expected_keystore_change_index
+                    first = False
+                yield request
 
         reply = self._call(self._stub.ImportAccount, messages())
         return ImportResult(imported_objects=reply.imported_objects, keystore_replaced=reply.keystore_replaced)

@@ -169,10 +169,11 @@ class HttpTransport(Transport):
             raise TransportError(f"export failed after {written} bytes: {error}") from error
         return written
 
-    def import_account(self, pieces: Iterable[bytes]) -> ImportResult:
+    def import_account(self, pieces: Iterable[bytes], expected_keystore_change_index: int) -> ImportResult:
         headers = {**self._headers(True), "Content-Type": ARCHIVE_MEDIA_TYPE}
         try:
-            response = self._http.post("/user/import", content=pieces, headers=headers)
+            response = self._http.post("/user/import", content=pieces, headers=headers,
+                                       params={"expected_keystore_change_index": expected_keystore_change_index})
         except httpx.HTTPError as error:
             raise TransportError(f"import failed: {error}") from error
         if response.is_error:

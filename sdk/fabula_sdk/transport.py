@@ -68,7 +68,8 @@ class Transport(abc.ABC):
         """Write the account's archive to `sink`; the number of bytes written."""
 
     @abc.abstractmethod
-    def import_account(self, pieces: Iterable[bytes]) -> ImportResult: ...
+    def import_account(self, pieces: Iterable[bytes], expected_keystore_change_index: int) -> ImportResult:
+        """Store an archive in the account if its keystore change index is still the expected one."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

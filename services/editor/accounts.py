@@ -98,6 +98,7 @@ class Accounts:
         kdf = self._kdf(new_opslimit, new_memlimit, "new_kdf")
         validation.auth_key(new_auth_key, "new_auth_key")
         validation.blob(keystore, self._settings.max_keystore_bytes, "keystore")
+        validation.change_index(expected_keystore_index, "expected_keystore_change_index")
         await self._prove(account, old_auth_key, "old_auth_key")
         new_hash = await self._credentials.hash(new_auth_key)
         now = self._clock()

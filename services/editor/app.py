@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 from services.editor.accounts import Accounts
 from services.editor.credentials import Credentials
+from services.editor.health import DatabaseHealth
 from services.editor.objects import Objects
 from services.editor.server import EditorServicer, registrar
 from services.editor.settings import EditorSettings
 from services.editor.storage import Storage, create_storage
 from services.editor.transfer import Transfers
 from services.editor.types import Clock, system_clock
-from services.toolkit.server import Register
+from services.toolkit.server import Register, RunningServer
 
 
 @dataclass
@@ -30,11 +31,15 @@ class EditorApp:
 
     @classmethod
     def create(cls, settings: EditorSettings, clock: Clock = system_clock) -> EditorApp:
-        storage = create_storage(settings.database_url, pool_size=settings.database_pool_size,
-                                 connect_timeout_s=settings.database_connect_timeout_s)
+        storage = create_storage(
+            settings.database_url, pool_size=settings.database_pool_size,
+            connect_timeout_s=settings.database_connect_timeout_s, pool_timeout_s=settings.database_pool_timeout_s,
+            lock_timeout_s=settings.database_lock_timeout_s, statement_timeout_s=settings.database_statement_timeout_s,
+            idle_in_transaction_timeout_s=settings.database_idle_in_transaction_timeout_s)
         credentials = Credentials(server_secret=settings.server_secret.get_secret_value(),
                                   opslimit=settings.auth_hash_opslimit, memlimit=settings.auth_hash_memlimit,
-                                  max_concurrent=settings.max_concurrent_hashes)
+                                  max_concurrent=settings.max_concurrent_hashes,
+                                  max_queued=settings.max_queued_hashes)
         accounts = Accounts(storage, settings, credentials, clock)
         objects = Objects(storage, settings, clock)
         transfers = Transfers(storage, settings, clock)
@@ -49,6 +54,11 @@ class EditorApp:
         """Connect, migrate the schema, and compute the dummy hash before the first login."""
         await self.storage.open()
         await self.credentials.dummy_hash()
+
+    async def watch_database(self, running: RunningServer) -> None:
+        """Keep the server's health in step with the database until cancelled."""
+        await DatabaseHealth(self.storage, interval_s=self.settings.health_probe_interval_s,
+                             set_serving=running.set_serving).run()
 
     async def close(self) -> None:
         await self.storage.close()

@@ -41,6 +41,12 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _BLOCK = tarfile.BLOCKSIZE
 _READ_CHUNK = 1024 * 1024
 FIELD = "archive"
+# Tar header bounds, checked on every header before tarfile acts on it. tarfile reads a pax or
+# GNU long-name header's whole data into memory, and some Python versions loop for ever on a
+# negative size; nothing Fabula writes needs more than a short ustar name.
+MAX_NAME_CHARS = 256
+MAX_EXTENSION_HEADER_BYTES = 8 * 1024
+_EXTENSION_TYPES = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 
 
 def rfc3339(microseconds: int) -> str:
@@ -213,6 +219,49 @@ def _loader(file: IO[bytes], offset: int, size: int, sha256: bytes, name: str):
     return load
 
 
+def _check_header(info: tarfile.TarInfo) -> None:
+    if info.size < 0:
+        raise _refuse("a tar header has a negative size", info.size)
+    if info.type in _EXTENSION_TYPES and info.size > MAX_EXTENSION_HEADER_BYTES:
+        raise _refuse(f"a pax or long-name header is larger than {MAX_EXTENSION_HEADER_BYTES} bytes", info.size,
+                      reason="HEADER_TOO_LARGE")
+    if len(info.name) > MAX_NAME_CHARS:
+        raise _refuse(f"a member name is longer than {MAX_NAME_CHARS} characters", info.name,
+                      reason="HEADER_TOO_LARGE")
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo whose every header, extension headers included, is checked before it is used."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        # tarfile's own steps, with checks on the raw header (before an extension header's data is
+        # read) and on the member it describes (after pax values were applied).
+        counted = getattr(tar, "headers_read", 0) + 1
+        tar.headers_read = counted  # type: ignore[attr-defined]
+        if counted > tar.max_headers:  # type: ignore[attr-defined]
+            raise _refuse(f"the archive has more than {tar.max_headers} tar headers",  # type: ignore[attr-defined]
+                          reason="HEADER_TOO_LARGE")
+        buf = tar.fileobj.read(_BLOCK)
+        header = cls.frombuf(buf, tar.encoding, tar.errors)
+        header.offset = tar.fileobj.tell() - _BLOCK
+        _check_header(header)
+        member = header._proc_member(tar)
+        _check_header(member)
+        return member
+
+
+def _open_bounded(file: IO[bytes], max_members: int) -> tarfile.TarFile:
+    """A plain-tar reader (no decompression bombs) that refuses oversized or too many headers."""
+
+    class BoundedTarFile(tarfile.TarFile):
+        tarinfo = _BoundedTarInfo
+        # Each member may come with one extension header.
+        max_headers = 2 * max_members
+
+    return BoundedTarFile(fileobj=file, mode="r")
+
+
 def read_archive(file: IO[bytes], *, max_objects: int, max_object_bytes: int, max_keystore_bytes: int) -> ParsedArchive:
     """Validate a whole archive (seekable file) and describe its contents; InvalidArgument if bad.
 
@@ -229,7 +278,7 @@ def read_archive(file: IO[bytes], *, max_objects: int, max_object_bytes: int, ma
 
 def _read_archive(file: IO[bytes], *, max_objects: int, max_object_bytes: int, max_keystore_bytes: int) -> ParsedArchive:
     file.seek(0)
-    tar = tarfile.open(fileobj=file, mode="r:")  # "r:": plain tar only, no decompression bombs
+    tar = _open_bounded(file, max_members=max_objects + 16)
     first = tar.next()
     if first is None or first.name != MANIFEST or not first.isreg():
         raise _refuse(f"the first member must be {MANIFEST}", first.name if first else "(empty archive)")

@@ -1,7 +1,9 @@
 """The server's side of authentication: Argon2id hashes of auth keys, session tokens, decoy salts.
 
 Argon2id runs in worker threads (it takes tens of milliseconds and `memlimit` bytes by design),
-at most `max_concurrent` at a time so a burst of logins cannot exhaust memory.
+at most `max_concurrent` at a time so a burst of logins cannot exhaust memory, with at most
+`max_queued` more waiting: beyond that a call is refused at once (RESOURCE_EXHAUSTED), so a login
+flood cannot hold real logins in line past their deadlines.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import secrets
 import nacl.exceptions
 import nacl.pwhash.argon2id as argon2id
 
+from services.editor.admission import BoundedQueue
 from services.editor.types import NewSession, Session
 
 TOKEN_BYTES = 32
+HASH_QUEUE_FULL = "AUTH_HASH_QUEUE_FULL"
 
 
 def token_hash(token: str) -> bytes:
@@ -31,9 +35,11 @@ def new_session(user_id: str, now_us: int, ttl_us: int) -> tuple[Session, NewSes
 
 
 class Credentials:
-    def __init__(self, *, server_secret: str, opslimit: int, memlimit: int, max_concurrent: int) -> None:
+    def __init__(self, *, server_secret: str, opslimit: int, memlimit: int, max_concurrent: int,
+                 max_queued: int = 64) -> None:
         self._opslimit, self._memlimit = opslimit, memlimit
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self.queue = BoundedQueue(running=max_concurrent, waiting=max_queued, what="password hashing",
+                                  reason=HASH_QUEUE_FULL)
         # BLAKE2b takes at most a 64-byte key; derive one from a secret of any length.
         self._decoy_key = hashlib.sha512(b"fabula-editor decoy salt\x00" + server_secret.encode()).digest()
         self._dummy_hash: bytes | None = None
@@ -45,7 +51,7 @@ class Credentials:
                                person=b"fabula-decoy-v1").digest()
 
     async def hash(self, auth_key: bytes) -> bytes:
-        async with self._slots:
+        async with self.queue.slot():
             return await asyncio.to_thread(argon2id.str, auth_key, opslimit=self._opslimit,
                                            memlimit=self._memlimit)
 
@@ -54,7 +60,7 @@ class Credentials:
         dummy hash of the same cost, so an unknown user takes as long as a wrong key."""
         if stored_hash is None:
             stored_hash = await self.dummy_hash()
-        async with self._slots:
+        async with self.queue.slot():
             try:
                 return await asyncio.to_thread(argon2id.verify, stored_hash, auth_key)
             except nacl.exceptions.InvalidkeyError:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,10 +50,14 @@ async def embedded_editor(settings: EditorSettings | None = None, *,
     try:
         running = await start_server(app.register, "127.0.0.1:0", max_message_bytes=settings.max_message_bytes,
                                      max_concurrent_rpcs=settings.max_concurrent_rpcs)
+        watch = asyncio.create_task(app.watch_database(running))
         try:
             yield EmbeddedEditor(address=f"127.0.0.1:{running.port}", port=running.port, storage=app.storage,
                                  settings=settings, app=app, server=running)
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             await running.stop(0)
     finally:
         await app.close()

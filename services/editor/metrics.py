@@ -14,3 +14,7 @@ AUTH_FAILURES = Counter("fabula_editor_auth_failures_total", "Failed authenticat
 ACCOUNT_EVENTS = Counter("fabula_editor_account_events_total", "Account lifecycle events", ["event"])
 ARCHIVE_BYTES = Counter("fabula_editor_archive_bytes_total", "Archive bytes exported and imported",
                         ["direction"])
+ADMISSION_REFUSALS = Counter("fabula_editor_admission_refusals_total",
+                             "Calls refused at once by a full queue, cap or spool budget", ["reason"])
+DATABASE_FAULTS = Counter("fabula_editor_database_faults_total",
+                          "Calls answered UNAVAILABLE for a fault of the database or its disk", ["reason"])

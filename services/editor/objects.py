@@ -48,6 +48,7 @@ class Objects:
         type_ = validation.object_type(type_value)
         validation.object_id(id)
         validation.blob(data, self._settings.max_object_bytes, "data")
+        validation.change_index(expected_index)
         write = ObjectWrite(type=type_, id=id, data=data, sha256=hashlib.sha256(data).digest())
         try:
             meta = await self._storage.put_object(user_id, write, expected_index, self.quota, self._clock())
@@ -83,6 +84,8 @@ class Objects:
     async def delete(self, user_id: str, type_value: int, id: str, expected_index: int | None) -> None:
         type_ = validation.object_type(type_value)
         validation.object_id(id)
+        if expected_index is not None:
+            validation.change_index(expected_index)
         try:
             await self._storage.delete_object(user_id, type_, id, expected_index)
         except Conflict:
@@ -95,6 +98,7 @@ class Objects:
 
     async def put_keystore(self, user_id: str, data: bytes, expected_index: int) -> int:
         validation.blob(data, self._settings.max_keystore_bytes, "keystore")
+        validation.change_index(expected_index)
         try:
             return await self._storage.put_keystore(user_id, data, expected_index, self._clock())
         except Conflict:

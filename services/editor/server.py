@@ -116,7 +116,8 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
 
     async def ImportAccount(self, request_iterator, context) -> pb.ImportAccountResponse:
         account = await self._caller(context)
-        result = await self._transfers.import_(account.user_id, wire.import_chunks_from_pb(request_iterator))
+        expected, chunks = await wire.import_from_pb(request_iterator)
+        result = await self._transfers.import_(account.user_id, expected, chunks)
         return wire.import_result_to_pb(result)
 
 

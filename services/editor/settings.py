@@ -25,6 +25,17 @@ class EditorSettings(ServiceSettings):
     database_pool_size: int = Field(8, ge=1, le=256,
                                     description="PostgreSQL connections / SQLite reader connections")
     database_connect_timeout_s: float = Field(30.0, gt=0, description="how long start-up waits for the database")
+    # Faults of the database answer UNAVAILABLE (503 with Retry-After at the gateway) instead of
+    # leaving a call waiting: these bound every wait on the database.
+    database_pool_timeout_s: float = Field(5.0, gt=0, description="wait for a free connection before UNAVAILABLE")
+    database_lock_timeout_s: float = Field(5.0, gt=0,
+                                           description="wait for a row/database lock (PostgreSQL lock_timeout, "
+                                                       "SQLite busy timeout) before UNAVAILABLE")
+    database_statement_timeout_s: float = Field(30.0, gt=0, description="PostgreSQL statement_timeout")
+    database_idle_in_transaction_timeout_s: float = Field(
+        60.0, gt=0, description="PostgreSQL idle_in_transaction_session_timeout: a stuck transaction's locks go")
+    health_probe_interval_s: float = Field(5.0, gt=0,
+                                           description="how often the database is probed for the health service")
 
     server_secret: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET),
@@ -38,6 +49,8 @@ class EditorSettings(ServiceSettings):
     auth_hash_memlimit: int = Field(argon2id.MEMLIMIT_INTERACTIVE, ge=argon2id.MEMLIMIT_MIN,
                                     le=argon2id.MEMLIMIT_MAX)
     max_concurrent_hashes: int = Field(4, ge=1, description="Argon2id runs at once (each takes memlimit bytes)")
+    max_queued_hashes: int = Field(64, ge=0, description="Argon2id runs waiting for a slot; beyond it a login "
+                                                         "is refused at once (RESOURCE_EXHAUSTED)")
 
     # What GetSalt answers for unknown usernames: it must equal what clients register with by
     # default, or the decoy would stand out.
@@ -53,6 +66,14 @@ class EditorSettings(ServiceSettings):
     max_keystore_bytes: int = Field(1 * MiB, ge=1, description="largest keystore blob")
     max_archive_bytes: int = Field(1088 * MiB, ge=1024, description="largest import/export archive")
     export_chunk_bytes: int = Field(1 * MiB, ge=1024, description="bytes per ExportAccount message")
+    # Exports and imports pass through a spool (memory, then the temporary directory's volume):
+    # together they may hold at most `transfer_spool_bytes`, which must fit that volume (the
+    # Kubernetes base gives /tmp an emptyDir of 2560Mi for the 2304 MiB set there).
+    transfer_spool_bytes: int = Field(2304 * MiB, ge=1024, description="bytes all export/import spools may hold")
+    max_concurrent_transfers: int = Field(4, ge=1, description="exports and imports running at once")
+    max_transfers_per_user: int = Field(1, ge=1, description="exports and imports one account may run at once")
+    import_batch_bytes: int = Field(8 * MiB, ge=1024,
+                                    description="objects staged per write transaction of an import")
     max_page_size: int = Field(1000, ge=1)
     default_page_size: int = Field(100, ge=1)
 
@@ -71,6 +92,10 @@ class EditorSettings(ServiceSettings):
         # An object must fit in one gRPC message with its envelope.
         if self.max_object_bytes + 64 * 1024 > self.max_message_bytes:
             raise ValueError("max_object_bytes must be at least 64 KiB below max_message_bytes")
+        if self.max_archive_bytes > self.transfer_spool_bytes:
+            raise ValueError("max_archive_bytes must not exceed transfer_spool_bytes (an archive is spooled)")
+        if self.max_transfers_per_user > self.max_concurrent_transfers:
+            raise ValueError("max_transfers_per_user must not exceed max_concurrent_transfers")
         if self.max_keystore_bytes + 64 * 1024 > self.max_message_bytes:
             raise ValueError("max_keystore_bytes must be at least 64 KiB below max_message_bytes")
         return self

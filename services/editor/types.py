@@ -105,3 +105,4 @@ class ImportedObject:
 class ImportResult:
     imported_objects: int
     keystore_replaced: bool
+    keystore_change_index: int

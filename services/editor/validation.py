@@ -23,6 +23,9 @@ USERNAME_MAX_CHARS = 64
 SALT_BYTES = 16
 AUTH_KEY_BYTES = 32
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Change indexes are uint64 on the wire but BIGINT (signed 64-bit) in both databases: an index
+# past this can never match a stored one, and the drivers could not even send it.
+MAX_CHANGE_INDEX = 2**63 - 1
 _FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
@@ -74,6 +77,12 @@ def blob(value: bytes, max_bytes: int, field: str) -> bytes:
     if len(value) > max_bytes:
         raise InvalidArgument(field, f"{len(value)} bytes", f"must be at most {max_bytes} bytes",
                               reason="TOO_LARGE")
+    return value
+
+
+def change_index(value: int, field: str = "expected_change_index") -> int:
+    if not 0 <= value <= MAX_CHANGE_INDEX:
+        raise InvalidArgument(field, value, f"must be between 0 and {MAX_CHANGE_INDEX}")
     return value
 
 

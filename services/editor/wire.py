@@ -59,11 +59,25 @@ def export_chunk_to_pb(chunk: bytes) -> pb.ExportAccountResponse:
     return pb.ExportAccountResponse(chunk=chunk)
 
 
-async def import_chunks_from_pb(messages: AsyncIterable[pb.ImportAccountRequest]) -> AsyncIterator[bytes]:
-    """The archive's bytes, piece by piece as they arrive."""
-    async for message in messages:
-        yield message.chunk
+async def import_from_pb(
+        messages: AsyncIterable[pb.ImportAccountRequest]) -> tuple[int | None, AsyncIterator[bytes]]:
+    """The keystore change index the import is based on (read from the first message; None when
+    it leaves it out) and the archive's bytes, piece by piece as they arrive."""
+    stream = aiter(messages)
+    first = await anext(stream, None)
+    expected = (first.expected_keystore_change_index
+                if first is not None and first.HasField("expected_keystore_change_index") else None)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield first.chunk
+        async for message in stream:
+            yield message.chunk
+
+    return expected, chunks()
 
 
 def import_result_to_pb(result: ImportResult) -> pb.ImportAccountResponse:
-    return pb.ImportAccountResponse(imported_objects=result.imported_objects, keystore_replaced=result.keystore_replaced)
+    return pb.ImportAccountResponse(imported_objects=result.imported_objects, keystore_replaced=result.keystore_replaced,
+                                    keystore_change_index=result.keystore_change_index)

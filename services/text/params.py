@@ -104,13 +104,15 @@ DEFAULT_ORDER: tuple[tuple[SamplerName, bool], ...] = tuple((name, True) for nam
 
 @dataclass(frozen=True)
 class Range:
-    """Allowed values of a numeric sampling field; `low_open`/`high_open` exclude the bound."""
+    """Allowed values of a numeric sampling field; `low_open`/`high_open` exclude the bound;
+    `min_above_low` refuses values above `low` but below it (a divisor too small to divide by)."""
 
     low: float
     high: float
     low_open: bool = False
     high_open: bool = False
     integer: bool = False
+    min_above_low: float = 0.0
 
     def check(self, field_name: str, value: Any) -> None:
         if self.integer:
@@ -124,6 +126,8 @@ class Range:
             left = "(" if self.low_open else "["
             right = ")" if self.high_open else "]"
             raise InvalidArgument(field_name, value, f"must be within {left}{self.low:g}, {self.high:g}{right}")
+        if self.low < value < self.min_above_low:
+            raise InvalidArgument(field_name, value, f"must be {self.low:g} or at least {self.min_above_low:g}")
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,9 @@ BIAS_RANGE = Range(-100, 100)
 class SamplingParams:
     """Resolved sampling controls (neutral values where the control is off)."""
 
-    temperature: float = _control(1.0, Range(0, 100), "divides the logits; 0 is greedy decoding")
+    # Dividing float32 logits by a temperature near float32's smallest values overflows them.
+    temperature: float = _control(1.0, Range(0, 100, min_above_low=1e-6),
+                                  "divides the logits; 0 is greedy decoding")
     top_k: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
                           "keeps the k most likely tokens; 0 is off")
     top_p: float = _control(1.0, Range(0, 1, low_open=True),

@@ -103,10 +103,16 @@ class DeadlineExceeded(FabulaError):
 
 
 class Unavailable(FabulaError):
-    """The service cannot take work now (still loading, or draining on shutdown)."""
+    """The service cannot take work now (still loading, draining on shutdown, or a fault of its
+    database or disk); `retry_after_s` tells the client when to retry."""
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, field: str = "",
+                 value: Any = None, reason: str = "") -> None:
+        super().__init__(message, field=field, value=value, reason=reason)
+        self.retry_after_s = retry_after_s
 
 
 class Cancelled(FabulaError):

@@ -1,9 +1,9 @@
 """The one exception interceptor: domain errors become precise status codes, bugs become INTERNAL.
 
 Every non-OK answer carries a google.rpc.Status in the `grpc-status-details-bin` trailer with a
-`fabula.common.v1.ErrorDetail` (field, value, reason) and, for RESOURCE_EXHAUSTED, a
-`google.rpc.RetryInfo`, so clients and the gateway never have to parse messages; they read it
-with `fabula_wire.read_error_detail`.
+`fabula.common.v1.ErrorDetail` (field, value, reason) and, for RESOURCE_EXHAUSTED and
+UNAVAILABLE, a `google.rpc.RetryInfo`, so clients and the gateway never have to parse messages;
+they read it with `fabula_wire.read_error_detail`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from fabula.common.v1 import errors_pb2
 from fabula_wire import STATUS_DETAILS_KEY
 from services.toolkit import metrics
-from services.toolkit.errors import FabulaError, ResourceExhausted
+from services.toolkit.errors import FabulaError, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def status_for(error: FabulaError) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(errors_pb2.ErrorDetail(field=error.field, value=error.value, reason=error.reason))
     details = [detail]
-    if isinstance(error, ResourceExhausted):
+    if isinstance(error, (ResourceExhausted, Unavailable)):
         retry = any_pb2.Any()
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))

@@ -9,6 +9,7 @@ warm, NOT_SERVING again on SIGTERM), server reflection, and a graceful drain on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -93,8 +94,13 @@ async def serve(
     *,
     warm_up: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    watch: Callable[[RunningServer], Awaitable[None]] | None = None,
 ) -> None:
-    """Run a service until SIGTERM/SIGINT, then drain in-flight calls for `settings.grace_s`."""
+    """Run a service until SIGTERM/SIGINT, then drain in-flight calls for `settings.grace_s`.
+
+    `watch`, when given, runs from SERVING until shutdown begins and may flip health meanwhile
+    (the editor follows its database); it is stopped first, so nothing turns SERVING during a drain.
+    """
     metrics.serve_metrics(settings.host.strip("[]") if settings.host != "[::]" else "::",
                           settings.metrics_port)
     running = await start_server(
@@ -109,14 +115,21 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watching: asyncio.Task | None = None
     try:
         if warm_up is not None:
             await warm_up()
         await running.set_serving(True)
         log.info("serving (health SERVING)")
+        if watch is not None:
+            watching = asyncio.create_task(watch(running))
         await stop.wait()
         log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.grace_s)
     finally:
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         await running.stop(settings.grace_s)
         if on_shutdown is not None:
             await on_shutdown()

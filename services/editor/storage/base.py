@@ -33,12 +33,12 @@ QUOTA_BYTES = "STORAGE_QUOTA"
 QUOTA_RETRY_AFTER_S = 60.0
 
 
-def stale(what: str, expected: int, stored: int) -> Conflict:
+def stale(what: str, expected: int, stored: int, field: str = "expected_change_index") -> Conflict:
     if expected == 0:
         message = f"{what} already exists with change index {stored}; nothing was written"
     else:
         message = f"{what}: expected change index {expected} is stale, stored is {stored}; nothing was written"
-    return Conflict(message, field="expected_change_index", value=expected, reason=STALE_CHANGE_INDEX)
+    return Conflict(message, field=field, value=expected, reason=STALE_CHANGE_INDEX)
 
 
 def not_found(what: str) -> NotFound:
@@ -95,6 +95,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Reach the database afresh (not through a busy pool); raises when it is gone or broken."""
 
     # Accounts and sessions.
     @abc.abstractmethod
@@ -173,7 +177,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def import_objects(self, user_id: str, objects: Sequence[ImportedObject], keystore: bytes | None,
-                             quota: Quota, now_us: int) -> ImportResult:
+                             expected_keystore_index: int, quota: Quota, now_us: int, *,
+                             batch_bytes: int) -> ImportResult:
         """Store every object (replacing same ids, their change index incremented) and the keystore
-        if given, in one transaction: all or nothing. ResourceExhausted beyond `quota`."""
+        if given: all or nothing, visible at once. Conflict if `expected_keystore_index` is stale,
+        ResourceExhausted beyond `quota`. The data may be staged in several short transactions of
+        about `batch_bytes` each, so that a large import never holds the writer for its whole run."""
 

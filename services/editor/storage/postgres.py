@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from services.editor.storage import faults
 from services.editor.storage.sql import SqlStorage, Tx, UniqueViolation, not_open
 
 # pg_advisory_xact_lock key for schema migrations: "Fabula E" as a 64-bit integer.
@@ -57,6 +58,45 @@ SCHEMA_V1 = (
     )""",
 )
 
+# Objects of imports in progress (see SqlStorage.import_objects), invisible to every read.
+SCHEMA_V2 = (
+    """CREATE TABLE import_staging (
+        import_id TEXT NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        type SMALLINT NOT NULL,
+        id TEXT COLLATE "C" NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 BYTEA NOT NULL,
+        staged_us BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (import_id, type, id)
+    )""",
+)
+
+
+# Errors that say the database, not the call, is at fault: OperationalError covers lost
+# connections, shutdowns, statement and lock timeouts, deadlocks and a full disk; the others mean
+# the schema went away or its grants were revoked under the running service.
+_SCHEMA_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege,
+                psycopg.errors.InvalidSchemaName)
+
+
+def classify_fault(error: BaseException) -> str | None:
+    """The fault reason of a psycopg or pool error, or None when it is not a fault of the database."""
+    if isinstance(error, psycopg.errors.DiskFull):
+        return faults.DISK_FULL
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, *_SCHEMA_GONE)):
+        return faults.DATABASE_FAULT
+    return None
+
+
+def session_settings(*, statement_timeout_s: float, lock_timeout_s: float,
+                     idle_in_transaction_timeout_s: float) -> dict[str, str]:
+    """Per-connection limits: no statement, lock wait or forgotten transaction lasts for ever."""
+    return {"statement_timeout": f"{int(statement_timeout_s * 1000)}ms",
+            "lock_timeout": f"{int(lock_timeout_s * 1000)}ms",
+            "idle_in_transaction_session_timeout": f"{int(idle_in_transaction_timeout_s * 1000)}ms"}
+
 
 class _PostgresTx(Tx):
     for_update = " FOR UPDATE"
@@ -84,14 +124,21 @@ class _PostgresTx(Tx):
 
 
 class PostgresStorage(SqlStorage):
-    MIGRATIONS = (SCHEMA_V1,)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
 
-    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 30.0, **_: Any) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 30.0, pool_timeout_s: float = 5.0,
+                 lock_timeout_s: float = 5.0, statement_timeout_s: float = 30.0,
+                 idle_in_transaction_timeout_s: float = 60.0, **_: Any) -> None:
         self._url = url
         self._connect_timeout_s = connect_timeout_s
         self._opened = False
+        self._settings = session_settings(statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s,
+                                          idle_in_transaction_timeout_s=idle_in_transaction_timeout_s)
+        self._probe_timeout_s = pool_timeout_s
+        # `timeout`: how long a call waits for a free connection before PoolTimeout (UNAVAILABLE).
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=max(1, pool_size), open=False,
-                                         kwargs={"autocommit": True}, name="fabula-editor")
+                                         kwargs={"autocommit": True}, name="fabula-editor",
+                                         configure=self._configure, timeout=pool_timeout_s)
 
     def __repr__(self) -> str:
         return "PostgresStorage()"  # the URL may carry a password
@@ -105,22 +152,39 @@ class PostgresStorage(SqlStorage):
         self._opened = False
         await self._pool.close()
 
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        for name, value in self._settings.items():
+            await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+    async def check(self) -> None:
+        # A connection of its own: a pool busy with slow calls must not read as a database gone.
+        conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True,
+                                                     connect_timeout=max(1, int(self._probe_timeout_s)))
+        async with conn:
+            await self._configure(conn)
+            await conn.execute("SELECT MAX(version) FROM schema_migrations")
+
     async def _lock_migrations(self, tx: Tx) -> None:
+        # Replicas starting together wait for the one migrating, for as long as start-up waits
+        # for the database (the calls' lock_timeout is far shorter).
+        await tx.fetchone("SELECT set_config('lock_timeout', %s, true)", (f"{int(self._connect_timeout_s * 1000)}ms",))
         await tx.fetchone("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Tx]:
         if not self._opened:
             raise not_open()
-        async with self._pool.connection() as conn, conn.transaction():
-            yield _PostgresTx(conn)
+        with faults.faults_as_unavailable(classify_fault):
+            async with self._pool.connection() as conn, conn.transaction():
+                yield _PostgresTx(conn)
 
     @asynccontextmanager
     async def _read(self, snapshot: bool = False) -> AsyncIterator[Tx]:
         if not self._opened:
             raise not_open()
-        async with self._pool.connection() as conn, conn.transaction():
-            if snapshot:
-                # One view over every statement of an export, however long it streams.
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield _PostgresTx(conn)
+        with faults.faults_as_unavailable(classify_fault):
+            async with self._pool.connection() as conn, conn.transaction():
+                if snapshot:
+                    # One view over every statement of an export's snapshot.
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield _PostgresTx(conn)

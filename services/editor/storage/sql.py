@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -40,6 +42,12 @@ from services.editor.storage.base import (
     stale,
 )
 from services.toolkit.errors import AlreadyExists, NotFound, Unauthenticated, Unavailable
+
+log = logging.getLogger(__name__)
+
+IMPORT_INDEX_FIELD = "expected_keystore_change_index"
+# Staged rows older than this at start-up belong to an import whose process died.
+STALE_STAGING_US = 24 * 3600 * 1_000_000
 
 ACCOUNT_COLUMNS = "user_id, username, salt, kdf_opslimit, kdf_memlimit, auth_hash, created_us"
 META_COLUMNS = "type, id, size, change_index, sha256, created_us, updated_us"
@@ -95,6 +103,34 @@ class _SqlSnapshot(ExportSnapshot):
         return bytes(row[0])
 
 
+def _batches(objects: Sequence[ImportedObject], batch_bytes: int) -> list[list[ImportedObject]]:
+    """Consecutive groups of about `batch_bytes` (at least one object each)."""
+    batches: list[list[ImportedObject]] = []
+    current: list[ImportedObject] = []
+    size = 0
+    for item in objects:
+        if current and size + item.size > batch_bytes:
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _check_import_quota(quota: Quota, usage: Usage, objects: Sequence[ImportedObject],
+                        existing: dict[tuple[int, str], int]) -> tuple[int, int]:
+    """The objects and bytes an import adds, checked against the quota."""
+    added = sum(1 for o in objects if (o.type.proto, o.id) not in existing)
+    grown = sum(o.size - existing.get((o.type.proto, o.id), 0) for o in objects)
+    if added > 0:
+        check_objects(quota, usage.objects + added)
+    if grown > 0:
+        check_bytes(quota, usage.stored_bytes + grown)
+    return added, grown
+
+
 def not_open() -> Unavailable:
     """Calls that arrive before start-up has opened the database (health is still NOT_SERVING)."""
     return Unavailable("the editor's database is not open yet; retry shortly")
@@ -132,6 +168,7 @@ class SqlStorage(Storage):
                     await tx.execute(statement)
                 await tx.execute("INSERT INTO schema_migrations (version, applied_us) VALUES (%s, %s)",
                                  (version, system_clock()))
+            await tx.execute("DELETE FROM import_staging WHERE staged_us < %s", (system_clock() - STALE_STAGING_US,))
 
     async def schema_version(self) -> int:
         async with self._read() as tx:
@@ -336,34 +373,93 @@ class SqlStorage(Storage):
                                      (user_id,))
             yield _SqlSnapshot(tx, user_id, account, keystore, [_meta(r) for r in rows])
 
+    # An import is staged, then applied. Staging copies the archive's objects into
+    # `import_staging` in short transactions of about `batch_bytes` each, reading the spool with
+    # no transaction open, so other writers (on SQLite: everyone, for one file has one writer) get
+    # their turn between batches. Staged rows are invisible to every read. One last transaction
+    # then checks the keystore index and the quota and moves the rows into `objects` inside the
+    # database: that is what makes the import all or nothing and visible at once. Whatever
+    # happens, the staged rows are deleted again (the apply deletes them itself; rows left by a
+    # crash are swept at the next start).
+
     async def import_objects(self, user_id: str, objects: Sequence[ImportedObject], keystore: bytes | None,
-                             quota: Quota, now_us: int) -> ImportResult:
-        async with self._write() as tx:
-            usage = await self._lock_usage(tx, user_id)
+                             expected_keystore_index: int, quota: Quota, now_us: int, *,
+                             batch_bytes: int) -> ImportResult:
+        await self._precheck_import(user_id, objects, expected_keystore_index, quota)
+        import_id = uuid.uuid4().hex
+        applied = False
+        try:
+            for batch in _batches(objects, batch_bytes):
+                # Read from the spooled archive in a thread (it may be on disk), before the
+                # transaction: the writer is held only for the inserts.
+                loaded = [(item, await asyncio.to_thread(item.load)) for item in batch]
+                async with self._write() as tx:
+                    for item, data in loaded:
+                        await tx.execute(
+                            "INSERT INTO import_staging (import_id, user_id, type, id, size, sha256, staged_us, data) "
+                            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                            (import_id, user_id, item.type.proto, item.id, item.size, item.sha256, now_us, data))
+            result = await self._apply_import(import_id, user_id, objects, keystore, expected_keystore_index,
+                                              quota, now_us)
+            applied = True  # the apply deleted the staged rows in its own transaction
+            return result
+        finally:
+            if not applied:
+                # Shielded: a cancelled import (the client left) must still clear what it staged.
+                await asyncio.shield(self._drop_staged(import_id))
+
+    async def _drop_staged(self, import_id: str) -> None:
+        try:
+            async with self._write() as tx:
+                await tx.execute("DELETE FROM import_staging WHERE import_id = %s", (import_id,))
+        except Exception:  # left for the sweep at the next start; the import's outcome stands
+            log.warning("could not delete the staged rows of import %s", import_id, exc_info=True)
+
+    async def _precheck_import(self, user_id: str, objects: Sequence[ImportedObject], expected_keystore_index: int,
+                               quota: Quota) -> None:
+        """The apply's checks on a snapshot, so a doomed import is refused before it stages anything."""
+        async with self._read() as tx:
+            row = await tx.fetchone("SELECT keystore_change_index, object_count, bytes_stored FROM accounts "
+                                    "WHERE user_id = %s", (user_id,))
+            if row is None:
+                raise Unauthenticated("the account no longer exists")
             existing = {(int(r[0]), r[1]): int(r[2]) for r in await tx.fetchall(
                 "SELECT type, id, size FROM objects WHERE user_id = %s", (user_id,))}
-            added = sum(1 for o in objects if (o.type.proto, o.id) not in existing)
-            grown = sum(o.size - existing.get((o.type.proto, o.id), 0) for o in objects)
-            if added > 0:
-                check_objects(quota, usage.objects + added)
-            if grown > 0:
-                check_bytes(quota, usage.stored_bytes + grown)
-            for item in objects:
-                # Read from the spooled archive in a thread: it may be on disk.
-                data = await asyncio.to_thread(item.load)
-                key = (user_id, item.type.proto, item.id)
-                if (item.type.proto, item.id) in existing:
-                    await tx.execute(
-                        "UPDATE objects SET data = %s, size = %s, sha256 = %s, change_index = change_index + 1, "
-                        f"updated_us = %s WHERE {_OBJECT_KEY}", (data, item.size, item.sha256, now_us, *key))
-                else:
-                    await tx.execute(
-                        f"INSERT INTO objects (user_id, {META_COLUMNS}, data) "
-                        "VALUES (%s, %s, %s, %s, 1, %s, %s, %s, %s)",
-                        (*key, item.size, item.sha256, now_us, now_us, data))
+        if int(row[0]) != expected_keystore_index:
+            raise stale("keystore", expected_keystore_index, int(row[0]), IMPORT_INDEX_FIELD)
+        _check_import_quota(quota, Usage(objects=int(row[1]), stored_bytes=int(row[2])), objects, existing)
+
+    async def _apply_import(self, import_id: str, user_id: str, objects: Sequence[ImportedObject],
+                            keystore: bytes | None, expected_keystore_index: int, quota: Quota,
+                            now_us: int) -> ImportResult:
+        async with self._write() as tx:
+            usage = await self._lock_usage(tx, user_id)
+            row = await tx.fetchone("SELECT keystore_change_index FROM accounts WHERE user_id = %s", (user_id,))
+            keystore_index = int(row[0])
+            if keystore_index != expected_keystore_index:
+                raise stale("keystore", expected_keystore_index, keystore_index, IMPORT_INDEX_FIELD)
+            existing = {(int(r[0]), r[1]): int(r[2]) for r in await tx.fetchall(
+                "SELECT o.type, o.id, o.size FROM objects o JOIN import_staging s "
+                "ON o.type = s.type AND o.id = s.id WHERE s.import_id = %s AND o.user_id = %s",
+                (import_id, user_id))}
+            added, grown = _check_import_quota(quota, usage, objects, existing)
+            await tx.execute(
+                "UPDATE objects SET data = s.data, size = s.size, sha256 = s.sha256, "
+                "change_index = objects.change_index + 1, updated_us = %s FROM import_staging s "
+                "WHERE s.import_id = %s AND objects.user_id = %s AND objects.type = s.type AND objects.id = s.id",
+                (now_us, import_id, user_id))
+            await tx.execute(
+                f"INSERT INTO objects (user_id, {META_COLUMNS}, data) "
+                "SELECT s.user_id, s.type, s.id, s.size, 1, s.sha256, %s, %s, s.data FROM import_staging s "
+                "WHERE s.import_id = %s AND NOT EXISTS (SELECT 1 FROM objects o "
+                "WHERE o.user_id = s.user_id AND o.type = s.type AND o.id = s.id)",
+                (now_us, now_us, import_id))
+            await tx.execute("DELETE FROM import_staging WHERE import_id = %s", (import_id,))
             await self._add_usage(tx, user_id, added, grown)
             if keystore is not None:
+                keystore_index += 1
                 await tx.execute(
-                    "UPDATE accounts SET keystore = %s, keystore_change_index = keystore_change_index + 1, "
-                    "keystore_updated_us = %s WHERE user_id = %s", (keystore, now_us, user_id))
-        return ImportResult(imported_objects=len(objects), keystore_replaced=keystore is not None)
+                    "UPDATE accounts SET keystore = %s, keystore_change_index = %s, "
+                    "keystore_updated_us = %s WHERE user_id = %s", (keystore, keystore_index, now_us, user_id))
+        return ImportResult(imported_objects=len(objects), keystore_replaced=keystore is not None,
+                            keystore_change_index=keystore_index)

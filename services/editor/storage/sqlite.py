@@ -23,12 +23,14 @@ from typing import Any, TypeVar
 
 from fabula_wire import ObjectType
 from services.editor.storage.base import ObjectWrite
+from services.editor.storage import faults
 from services.editor.storage.sql import SqlStorage, Tx, UniqueViolation, not_open
 from services.editor.types import Account, ObjectMeta, Quota, StoredObject
 
 T = TypeVar("T")
 URL_PREFIX = "sqlite:///"
-BUSY_TIMEOUT_MS = 10_000
+# How long start-up waits for other processes switching the same file to WAL.
+STARTUP_LOCK_TIMEOUT_MS = 10_000
 
 SCHEMA_V1 = (
     """CREATE TABLE accounts (
@@ -66,6 +68,21 @@ SCHEMA_V1 = (
     )""",
 )
 
+# Objects of imports in progress (see SqlStorage.import_objects), invisible to every read.
+SCHEMA_V2 = (
+    """CREATE TABLE import_staging (
+        import_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 BLOB NOT NULL,
+        staged_us INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (import_id, type, id)
+    )""",
+)
+
 
 def path_from_url(url: str) -> Path:
     """`sqlite:///data/editor.db` is relative to the working directory; `sqlite:////abs.db` absolute."""
@@ -81,7 +98,7 @@ def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
     # Switching a fresh file to WAL needs an exclusive lock. When replicas start together, SQLite
     # may answer "database is locked" at once instead of calling the busy handler (it does so when
     # waiting could deadlock: this connection already holds a shared lock), so wait here instead.
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + STARTUP_LOCK_TIMEOUT_MS / 1000
     while True:
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -94,11 +111,34 @@ def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
         raise RuntimeError(f"could not switch {path} to WAL mode (got {mode!r})")
 
 
-def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+# The SQLite result codes that are faults of the file or its disk (or a lock held too long),
+# not of the call: answered UNAVAILABLE. Extended codes (SQLITE_IOERR_WRITE...) share the prefix.
+_FAULT_CODES = {"SQLITE_FULL": faults.DISK_FULL, "SQLITE_BUSY": faults.DATABASE_FAULT,
+                "SQLITE_LOCKED": faults.DATABASE_FAULT, "SQLITE_IOERR": faults.DATABASE_FAULT,
+                "SQLITE_CANTOPEN": faults.DATABASE_FAULT, "SQLITE_READONLY": faults.DATABASE_FAULT,
+                "SQLITE_CORRUPT": faults.DATABASE_FAULT, "SQLITE_NOTADB": faults.DATABASE_FAULT,
+                "SQLITE_PROTOCOL": faults.DATABASE_FAULT}
+
+
+def classify_fault(error: BaseException) -> str | None:
+    """The fault reason of a sqlite3 error, or None when it is not a fault of the database."""
+    if not isinstance(error, sqlite3.DatabaseError):
+        return None
+    name = getattr(error, "sqlite_errorname", "") or ""
+    for prefix, reason in _FAULT_CODES.items():
+        if name == prefix or name.startswith(prefix + "_"):
+            return reason
+    # A table gone from a migrated file: the file was replaced or damaged under the service.
+    if str(error).startswith("no such table"):
+        return faults.DATABASE_FAULT
+    return None
+
+
+def _connect(path: Path, read_only: bool, lock_timeout_s: float = STARTUP_LOCK_TIMEOUT_MS / 1000) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; this module says BEGIN and COMMIT itself.
     # check_same_thread=False: a connection is used by one task at a time, from pool threads.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=lock_timeout_s)
+    conn.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     if read_only:
         conn.execute("PRAGMA query_only = ON")
@@ -138,8 +178,31 @@ class _SqliteTx(Tx):
 
 
 def _finish(conn: sqlite3.Connection, commit: bool) -> None:
-    if conn.in_transaction:
-        conn.execute("COMMIT" if commit else "ROLLBACK")
+    if not conn.in_transaction:
+        return
+    if not commit:
+        conn.execute("ROLLBACK")
+        return
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        # A COMMIT refused for a full disk or a busy file leaves the transaction open; roll it
+        # back, or the connection's next BEGIN would fail for ever.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def probe(path: Path) -> None:
+    """Open the file afresh, read-only, and read the schema version: fails when the file is gone,
+    unreadable or no longer the migrated database (open connections would not notice)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0, check_same_thread=False)
+    try:
+        conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    finally:
+        conn.close()
 
 
 async def _at_once(call: Callable[[], T]) -> T:
@@ -158,11 +221,13 @@ def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class SqliteStorage(SqlStorage):
-    MIGRATIONS = (SCHEMA_V1,)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
 
-    def __init__(self, url: str, *, pool_size: int = 4, **_: Any) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, pool_timeout_s: float = 5.0, lock_timeout_s: float = 5.0,
+                 **_: Any) -> None:
         self.path = path_from_url(url)
         self._readers_count = max(1, pool_size)
+        self._pool_timeout_s, self._lock_timeout_s = pool_timeout_s, lock_timeout_s
         self._writer: sqlite3.Connection | None = None
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._writer_lock = asyncio.Lock()
@@ -182,8 +247,12 @@ class SqliteStorage(SqlStorage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._on(self._writer_thread, lambda: _connect(self.path, read_only=False))
         await self._migrate()
+        # After the migration (which may wait on other processes): calls wait at most this long.
+        await self._on(self._writer_thread,
+                       lambda: self._writer.execute(f"PRAGMA busy_timeout = {int(self._lock_timeout_s * 1000)}"))
         for _ in range(self._readers_count):
-            reader = await self._on(self._reader_threads, lambda: _connect(self.path, read_only=True))
+            reader = await self._on(self._reader_threads,
+                                    lambda: _connect(self.path, read_only=True, lock_timeout_s=self._lock_timeout_s))
             self._all_readers.append(reader)
             self._readers.put_nowait(reader)
 
@@ -198,6 +267,30 @@ class SqliteStorage(SqlStorage):
         self._writer_thread.shutdown(wait=True)
         self._reader_threads.shutdown(wait=True)
 
+    async def check(self) -> None:
+        await asyncio.to_thread(probe, self.path)
+
+    # Waiting for the writer or a reader: bounded, then UNAVAILABLE -----------------------------
+
+    @asynccontextmanager
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._pool_timeout_s):
+                await self._writer_lock.acquire()
+        except TimeoutError:
+            raise faults.unavailable(faults.DATABASE_FAULT, "the writer stayed busy") from None
+        try:
+            yield
+        finally:
+            self._writer_lock.release()
+
+    async def _take_reader(self) -> sqlite3.Connection:
+        try:
+            async with asyncio.timeout(self._pool_timeout_s):
+                return await self._readers.get()
+        except TimeoutError:
+            raise faults.unavailable(faults.DATABASE_FAULT, "no reader connection came free") from None
+
     # One hop per operation ------------------------------------------------------------------
     # The shared SQL code awaits each statement. Run on the connection's own thread with a `Tx`
     # whose statements execute at once (`_at_once`), such an operation never suspends, so it runs
@@ -205,6 +298,10 @@ class SqliteStorage(SqlStorage):
     # as they were (BEGIN IMMEDIATE ... COMMIT with synchronous=FULL; one reader snapshot).
 
     async def _in_one_hop(self, write: bool, operation: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        with faults.faults_as_unavailable(classify_fault):
+            return await self._run_hop(write, operation, *args)
+
+    async def _run_hop(self, write: bool, operation: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         if write:
             if self._writer is None:
@@ -212,11 +309,11 @@ class SqliteStorage(SqlStorage):
             conn = self._writer
             # The lock keeps this hop out of the middle of a statement-by-statement transaction
             # on the same connection; one writer thread runs the queued hops in order.
-            async with self._writer_lock:
+            async with self._writer_turn():
                 return await loop.run_in_executor(self._writer_thread, self._run_on, conn, operation, args)
         if not self._all_readers:
             raise not_open()
-        conn = await self._readers.get()
+        conn = await self._take_reader()
         future = loop.run_in_executor(self._reader_threads, self._run_on, conn, operation, args)
         # Back to the pool only once the thread is done with it, even if this task is cancelled.
         future.add_done_callback(lambda _: self._readers.put_nowait(conn))
@@ -242,6 +339,18 @@ class SqliteStorage(SqlStorage):
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Tx]:
+        with faults.faults_as_unavailable(classify_fault):
+            async with self._write_tx() as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def _read(self, snapshot: bool = False) -> AsyncIterator[Tx]:
+        with faults.faults_as_unavailable(classify_fault):
+            async with self._read_tx() as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def _write_tx(self) -> AsyncIterator[Tx]:
         conn = getattr(self._hop, "conn", None)
         if conn is not None:  # already on the writer thread, inside `_in_one_hop`
             conn.execute("BEGIN IMMEDIATE")
@@ -256,7 +365,7 @@ class SqliteStorage(SqlStorage):
             raise not_open()
         conn = self._writer
         run = lambda call: self._on(self._writer_thread, call)  # noqa: E731
-        async with self._writer_lock:
+        async with self._writer_turn():
             # IMMEDIATE takes the write lock now, so no other process can write between our reads
             # and our writes; within this process the lock above already serialises writers.
             await run(lambda: conn.execute("BEGIN IMMEDIATE"))
@@ -269,7 +378,7 @@ class SqliteStorage(SqlStorage):
             await run(lambda: _finish(conn, commit=True))
 
     @asynccontextmanager
-    async def _read(self, snapshot: bool = False) -> AsyncIterator[Tx]:
+    async def _read_tx(self) -> AsyncIterator[Tx]:
         conn = getattr(self._hop, "conn", None)
         if conn is not None:  # already on a reader thread, inside `_in_one_hop`
             conn.execute("BEGIN")
@@ -280,7 +389,7 @@ class SqliteStorage(SqlStorage):
             return
         if not self._all_readers:
             raise not_open()
-        conn = await self._readers.get()
+        conn = await self._take_reader()
         run = lambda call: self._on(self._reader_threads, call)  # noqa: E731
         released = False
 

@@ -9,6 +9,7 @@ import pytest
 
 from services.editor.storage import create_storage
 from services.toolkit.errors import Unavailable
+from tests.conftest import fresh_postgres_schema
 
 
 async def test_migration_is_idempotent(database_url):
@@ -49,3 +50,18 @@ async def test_calls_before_open_are_unavailable_not_internal(database_url):
     storage = create_storage(database_url)
     with pytest.raises(Unavailable):
         await storage.account_by_username("x")
+
+
+@pytest.mark.postgres
+async def test_postgres_connections_carry_the_timeouts():
+    with fresh_postgres_schema() as url:
+        storage = create_storage(url, pool_size=1, statement_timeout_s=12.5, lock_timeout_s=3.0,
+                                 idle_in_transaction_timeout_s=45.0)
+        await storage.open()
+        try:
+            async with storage._read() as tx:  # the connections every call runs on
+                shown = [(await tx.fetchone(f"SHOW {name}"))[0] for name in
+                         ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")]
+            assert shown == ["12500ms", "3s", "45s"]
+        finally:
+            await storage.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import os
+import sqlite3
 import tarfile
 
 import grpc
@@ -26,10 +28,16 @@ async def export(stub, user: User) -> bytes:
                                                                        metadata=user.metadata)])
 
 
-def import_(stub, user: User, archive: bytes, chunk: int = 7000):
+def import_(stub, user: User, archive: bytes, chunk: int = 7000, expected_keystore_index: int | None = 1):
+    """ImportAccount of `archive`; the first message carries the expected keystore index (a
+    freshly registered account's is 1) unless it is None."""
     async def requests():
-        for start in range(0, len(archive), chunk):
-            yield pb.ImportAccountRequest(chunk=archive[start:start + chunk])
+        pieces = [archive[start:start + chunk] for start in range(0, len(archive), chunk)] or [b""]
+        for number, piece in enumerate(pieces):
+            request = pb.ImportAccountRequest(chunk=piece)
+            if number == 0 and expected_keystore_index is not None:
+                request.expected_keystore_change_index = expected_keystore_index
+            yield request
 
     return stub.ImportAccount(requests(), metadata=user.metadata)
 
@@ -246,3 +254,65 @@ async def test_archive_size_and_quota_limits(database_url):
             await stub.PutObject(pb.PutObjectRequest(type=pb.OBJECT_TYPE_IMAGE, id=f"i{n}", data=os.urandom(40_000)),
                                  metadata=big.metadata)
         await refused(export(stub, big), grpc.StatusCode.FAILED_PRECONDITION, reason="ARCHIVE_TOO_LARGE")
+
+
+async def test_import_needs_the_expected_keystore_index(stub, alice: User, bob: User):
+    await fill(stub, alice)
+    archive = await export(stub, alice)
+    await refused(import_(stub, bob, archive, expected_keystore_index=None), INVALID,
+                  field="expected_keystore_change_index")
+    await refused(import_(stub, bob, archive, expected_keystore_index=2**63), INVALID,
+                  field="expected_keystore_change_index")
+    assert await contents_of(stub, bob) == {}
+
+
+async def test_import_with_a_stale_keystore_index_is_aborted_and_writes_nothing(stub, alice: User, bob: User):
+    await fill(stub, alice)
+    archive = await export(stub, alice)
+    # Another of Bob's devices changed his keystore since this import was prepared.
+    await stub.PutKeystore(pb.PutKeystoreRequest(keystore=b"bob's newer keystore", expected_change_index=1),
+                           metadata=bob.metadata)
+    await refused(import_(stub, bob, archive, expected_keystore_index=1), grpc.StatusCode.ABORTED,
+                  field="expected_keystore_change_index", reason="STALE_CHANGE_INDEX")
+    assert await contents_of(stub, bob) == {}
+    keystore = await stub.GetKeystore(pb.GetKeystoreRequest(), metadata=bob.metadata)
+    assert (keystore.keystore, keystore.change_index) == (b"bob's newer keystore", 2)
+    # Based on the current index, the same import goes through and says the keystore's new index.
+    reply = await import_(stub, bob, archive, expected_keystore_index=2)
+    assert (reply.imported_objects, reply.keystore_replaced, reply.keystore_change_index) == (len(OBJECTS), True, 3)
+
+
+async def test_a_large_sqlite_import_lets_other_writers_through_and_appears_at_once(tmp_path):
+    path = tmp_path / "editor.db"
+    settings = fast_settings(f"sqlite:///{path}", import_batch_bytes=1024)
+    async with embedded_editor(settings) as editor, grpc.aio.insecure_channel(editor.address) as channel:
+        stub = editor_pb2_grpc.EditorServiceStub(channel)
+        source, target, other = [await register(stub, name) for name in ("source", "target", "other")]
+        for number in range(300):
+            await stub.PutObject(pb.PutObjectRequest(type=pb.OBJECT_TYPE_STORY, id=f"s{number}",
+                                                     data=os.urandom(2000)), metadata=source.metadata)
+        archive = await export(stub, source)
+        watcher = sqlite3.connect(path)
+        importing = asyncio.ensure_future(import_(stub, target, archive))
+        try:
+            while watcher.execute("SELECT COUNT(*) FROM import_staging").fetchone()[0] == 0:
+                assert not importing.done(), await importing
+                await asyncio.sleep(0.01)
+            # Staging has begun, and nothing of the import is visible until all of it is ...
+            listing = await stub.ListObjects(pb.ListObjectsRequest(type=pb.OBJECT_TYPE_STORY), metadata=target.metadata)
+            assert list(listing.objects) == []
+            # ... while it holds the one writer only batch by batch, so another account's write
+            # goes through before the import is done.
+            await stub.PutObject(pb.PutObjectRequest(type=pb.OBJECT_TYPE_STORY, id="meanwhile", data=b"x"),
+                                 metadata=other.metadata)
+            assert not importing.done()
+            reply = await importing
+        finally:
+            watcher.close()
+        assert reply.imported_objects == 300
+        listing = await stub.ListObjects(pb.ListObjectsRequest(type=pb.OBJECT_TYPE_STORY, page_size=1000),
+                                         metadata=target.metadata)
+        assert len(listing.objects) == 300
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT COUNT(*) FROM import_staging").fetchone()[0] == 0
+    check.close()

@@ -119,6 +119,7 @@ async def test_a_disconnect_cancels_an_import(slow_stack):
         await never.wait()
 
     request = asyncio.create_task(client.post("/user/import", content=body_that_stalls(),
+                                              params={"expected_keystore_change_index": 1},
                                               headers={**HEADERS, "Content-Type": "application/x-tar"}))
     await asyncio.wait_for(slow.started.wait(), WAIT_S)
     request.cancel()

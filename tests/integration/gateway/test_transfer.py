@@ -13,6 +13,9 @@ import httpx
 
 from tests.integration.gateway.harness import HttpUser, b64, gateway_settings, register_user, serve_gateway
 
+# A freshly registered account's keystore change index, which every import here is based on.
+BASED_ON_FIRST_KEYSTORE = {"expected_keystore_change_index": 1}
+
 
 async def _put(client, user: HttpUser, path: str, data: bytes, expected: int = 0) -> None:
     reply = await client.put(f"/user/objects/{path}", headers=user.headers,
@@ -63,7 +66,8 @@ async def test_import_into_another_account_and_over_existing_objects(client, ali
     alice_keystore = (await client.get("/user/keystore", headers=alice.headers)).json()["keystore"]
 
     await _put(client, bob, "stories/tale", b"bob's older tale")
-    reply = await client.post("/user/import", headers={**bob.headers, "Content-Type": "application/x-tar"},
+    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"},
                               content=archive)
     assert reply.status_code == 200, reply.text
     assert reply.json() == {"imported_objects": 2, "keystore_replaced": True}
@@ -86,7 +90,8 @@ async def test_import_streams_a_chunked_body(client, alice: HttpUser, bob: HttpU
             yield archive[start:start + 100_000]
 
     # No Content-Length: the body arrives chunked and the gateway forwards it as it comes.
-    reply = await client.post("/user/import", headers={**bob.headers, "Content-Type": "application/x-tar"},
+    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"},
                               content=trickle())
     assert reply.status_code == 200, reply.text
     assert reply.json()["imported_objects"] == 1
@@ -100,24 +105,28 @@ async def test_a_broken_archive_is_refused_and_nothing_is_written(client, alice:
     position = archive.rfind(b"b" * 100)
     archive[position] ^= 0xFF
 
-    reply = await client.post("/user/import", headers={**bob.headers, "Content-Type": "application/x-tar"},
+    reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"},
                               content=bytes(archive))
     assert reply.status_code == 400
     assert reply.json()["error"]["code"] == "INVALID_ARGUMENT"
     listing = await client.get("/user/objects/stories", headers=bob.headers)
     assert listing.json()["objects"] == []
 
-    garbage = await client.post("/user/import", headers={**bob.headers, "Content-Type": "application/x-tar"},
+    garbage = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                headers={**bob.headers, "Content-Type": "application/x-tar"},
                                 content=os.urandom(5000))
     assert garbage.status_code == 400
-    empty = await client.post("/user/import", headers={**bob.headers, "Content-Type": "application/x-tar"})
+    empty = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                              headers={**bob.headers, "Content-Type": "application/x-tar"})
     assert empty.status_code == 400
 
 
 async def test_import_needs_an_archive_media_type(client, alice: HttpUser):
     for content_type in (None, "application/json", "text/plain"):
         headers = alice.headers | ({"Content-Type": content_type} if content_type else {})
-        reply = await client.post("/user/import", headers=headers, content=b"{}")
+        reply = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                  headers=headers, content=b"{}")
         assert reply.status_code == 415
         assert reply.json()["error"]["field"] == "content-type"
 
@@ -127,7 +136,8 @@ async def test_import_larger_than_its_limit_is_413(editor):
         async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
             user = await register_user(client, "dave")
             headers = {**user.headers, "Content-Type": "application/x-tar"}
-            declared = await client.post("/user/import", headers=headers, content=os.urandom(5000))
+            declared = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                         headers=headers, content=os.urandom(5000))
             assert declared.status_code == 413
             assert declared.json()["error"]["field"] == "body"
 
@@ -135,7 +145,22 @@ async def test_import_larger_than_its_limit_is_413(editor):
                 for _ in range(10):
                     yield os.urandom(1000)
 
-            streamed = await client.post("/user/import", headers=headers, content=chunked())
+            streamed = await client.post("/user/import", params=BASED_ON_FIRST_KEYSTORE,
+                                         headers=headers, content=chunked())
             assert streamed.status_code == 413
             assert streamed.json()["error"]["field"] == "body"
             assert (await client.get("/user/me", headers=user.headers)).status_code == 200
+
+
+async def test_import_is_based_on_the_keystore_change_index(client, alice: HttpUser, bob: HttpUser):
+    await _put(client, alice, "stories/tale", b"tale")
+    archive = await _export(client, alice)
+    headers = {**bob.headers, "Content-Type": "application/x-tar"}
+    missing = await client.post("/user/import", headers=headers, content=archive)
+    assert missing.status_code == 400
+    assert missing.json()["error"]["field"] == "expected_keystore_change_index"
+    stale = await client.post("/user/import", headers=headers, content=archive,
+                              params={"expected_keystore_change_index": 7})
+    assert stale.status_code == 409, stale.text
+    assert stale.json()["error"]["field"] == "expected_keystore_change_index"
+    assert (await client.get("/user/objects/stories", headers=bob.headers)).json()["objects"] == []

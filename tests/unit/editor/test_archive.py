@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tarfile
 
 import pytest
 
@@ -67,3 +68,56 @@ def test_every_truncation_is_refused_cleanly():
             assert error.field == "archive"
         else:  # only a cut inside the trailing zero blocks can still be complete
             assert cut >= len(data) - 2 * 10240
+
+
+# --- Tar header bounds: checked on every header before tarfile acts on it ---
+
+def _good_archive() -> bytes:
+    return _archive({(ObjectType.STORY, "a"): b"story"})
+
+
+def _refused(data: bytes) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as raised:
+        archive.read_archive(io.BytesIO(data), **LIMITS)
+    return raised.value
+
+
+def _with_checksum(header: bytearray) -> bytes:
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def test_a_large_pax_header_is_refused_before_it_is_read():
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(archive.MANIFEST)
+        info.size = 2
+        info.pax_headers = {"comment": "x" * (archive.MAX_EXTENSION_HEADER_BYTES + 1)}
+        tar.addfile(info, io.BytesIO(b"{}"))
+    assert _refused(out.getvalue()).reason == "HEADER_TOO_LARGE"
+
+
+def test_a_long_member_name_is_refused():
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("n" * (archive.MAX_NAME_CHARS + 1))
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    assert _refused(out.getvalue()).reason == "HEADER_TOO_LARGE"
+
+
+def test_a_negative_size_is_refused():
+    data = bytearray(_good_archive())
+    header = bytearray(data[:512])
+    header[124:136] = b"\xff" * 12  # base-256: -1
+    data[:512] = _with_checksum(header)
+    assert "negative" in _refused(bytes(data)).message
+
+
+def test_a_chain_of_extension_headers_is_bounded():
+    block = tarfile.BLOCKSIZE
+    long_name = tarfile.TarInfo("././@LongLink")
+    long_name.type, long_name.size = tarfile.GNUTYPE_LONGNAME, 8
+    chain = (long_name.tobuf(tarfile.USTAR_FORMAT) + b"manifest".ljust(block, b"\0")) * 400
+    assert "tar headers" in _refused(chain + _good_archive()).message

@@ -121,3 +121,12 @@ def test_a_control_off_its_neutral_value_is_active():
 def test_the_greedy_temperature_keeps_only_the_most_likely_token():
     cand = samplers.warp(LOGITS.clone(), SamplingParams(temperature=GREEDY_TEMPERATURE))
     assert cand.ids.tolist() == [int(torch.argmax(LOGITS))]
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 9e-7])
+def test_a_temperature_too_small_to_divide_by_is_refused(temperature):
+    with pytest.raises(InvalidArgument) as raised:
+        SamplingParams.from_mapping({"temperature": temperature}, "sampling.")
+    assert raised.value.field == "sampling.temperature"
+    assert SamplingParams.from_mapping({"temperature": 0.0}, "sampling.").temperature == 0.0
+    assert SamplingParams.from_mapping({"temperature": 1e-6}, "sampling.").temperature == 1e-6
