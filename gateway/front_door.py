@@ -125,11 +125,11 @@ class FrontDoor:
             try:
                 await self._admit_token(scope, headers.get(b"authorization", b""))
             except ApiError as error:
-                response = to_response(error)
-                # The body stays unread, so the connection cannot carry another request.
-                response.headers["connection"] = "close"
-                await response(scope, receive, send)
+                await to_response(error)(scope, receive, send)
                 return
+        # Refusals leave the connection open: uvicorn discards the rest of the body as it
+        # arrives (nothing is kept), whereas closing a socket with unread data resets it, and
+        # the reset can destroy the answer before the client reads it.
         await self._limited(scope, receive, send, limit)
 
     async def _admit_token(self, scope: Scope, authorization: bytes) -> None:
@@ -176,6 +176,5 @@ async def _refuse_body(send: Send, limit: int) -> None:
                                  "body")).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
