@@ -92,7 +92,11 @@ class BodyTooLarge(HTTPException):
 
 class FrontDoor:
     """ASGI middleware. `rules` come from `route_rules`; a request no rule matches (404, 405)
-    may carry `default_max_body_bytes` and needs no token here."""
+    may carry `default_max_body_bytes` and needs no token here.
+
+    Refusals leave the connection open: uvicorn discards the rest of the body as it arrives
+    (nothing is kept), whereas closing a socket with unread data resets it, and the reset can
+    destroy the answer before the client has read it."""
 
     def __init__(self, app: ASGIApp, *, rules: Iterable[RouteRule], default_max_body_bytes: int,
                  rate_limits: RateLimits, auth_cache: AuthCache, client_addresses: ClientAddresses) -> None:
@@ -127,9 +131,6 @@ class FrontDoor:
             except ApiError as error:
                 await to_response(error)(scope, receive, send)
                 return
-        # Refusals leave the connection open: uvicorn discards the rest of the body as it
-        # arrives (nothing is kept), whereas closing a socket with unread data resets it, and
-        # the reset can destroy the answer before the client reads it.
         await self._limited(scope, receive, send, limit)
 
     async def _admit_token(self, scope: Scope, authorization: bytes) -> None:
