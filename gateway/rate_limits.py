@@ -126,11 +126,18 @@ class RateLimits:
         await self.ensure_room(self.failed_logins_per_address, by_address)
         try:
             yield
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        except (grpc.aio.AioRpcError, ApiError) as error:
+            if _is_unauthenticated(error):
                 await self.count(self.failed_logins_per_username, by_username)
                 await self.count(self.failed_logins_per_address, by_address)
             raise
+
+
+def _is_unauthenticated(error: grpc.aio.AioRpcError | ApiError) -> bool:
+    """The editor refused the key: as its gRPC status, or already turned into the HTTP error."""
+    if isinstance(error, ApiError):
+        return error.status == 401
+    return error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 @asynccontextmanager
