@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import grpc
 from limits import RateLimitItem, parse
@@ -27,10 +28,13 @@ from limits.errors import StorageError
 from gateway.settings import GatewaySettings
 from gateway.errors import ApiError
 
+if TYPE_CHECKING:
+    import redis.asyncio
+
 log = logging.getLogger(__name__)
 
 
-def _storage(settings: GatewaySettings) -> tuple[Storage, object | None]:
+def _storage(settings: GatewaySettings) -> tuple[Storage, redis.asyncio.ConnectionPool | None]:
     """The counters' storage and, for Redis, the connection pool to close at shutdown."""
     if not settings.redis_url:
         return MemoryStorage(), None
@@ -53,10 +57,6 @@ class RateLimits:
         self.failed_logins_per_username: RateLimitItem = parse(settings.failed_login_limit_per_username)
         self.failed_logins_per_address: RateLimitItem = parse(settings.failed_login_limit_per_address)
         self.invalid_tokens: RateLimitItem = parse(settings.invalid_token_limit)
-
-    @property
-    def shared(self) -> bool:
-        return self._pool is not None
 
     async def close(self) -> None:
         if self._pool is not None:
