@@ -30,7 +30,8 @@ _MODELS = ["torch", "transformers", "accelerate", "safetensors"]
 PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
     # httptools: uvicorn's C HTTP parser, used when installed (never imported by name).
     # pybase64: SIMD base64 for the JSON bodies (gateway/schemas/common.py).
-    "gateway": [*_SERVING, "fastapi", "uvicorn", "httptools", "sse-starlette", "pybase64", "limits", "cachetools",
+    # redis: the rate limits' shared storage, imported only when a Redis URL is configured.
+    "gateway": [*_SERVING, "fastapi", "uvicorn", "httptools", "sse-starlette", "pybase64", "limits", "redis", "cachetools",
                 "httpx", "opentelemetry-instrumentation-fastapi"],
     "editor": [*_SERVING, "pynacl", "psycopg", "psycopg-pool"],
     # regex: lorebook keys with a per-search timeout (services/text/context.py).

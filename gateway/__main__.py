@@ -17,7 +17,10 @@ def main() -> None:
     from gateway.main import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=10,
+                # The app reads X-Forwarded-For itself, from trusted proxies only
+                # (gateway/client_address.py); uvicorn's own handling would believe 127.0.0.1.
+                proxy_headers=False)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,9 +15,6 @@ import grpc
 from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from fabula.editor.v1 import editor_pb2, editor_pb2_grpc
 from fabula.image.v1 import image_pb2_grpc
@@ -26,6 +22,7 @@ from fabula.text.v1 import text_pb2_grpc
 from gateway.clients import ServiceChannels
 from gateway.settings import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
+from gateway.rate_limits import RateLimits
 
 
 @dataclass(frozen=True)
@@ -39,28 +36,6 @@ class User:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),)
-
-
-class RateLimits:
-    """Per-user and per-address limits (in memory: one gateway replica's view).
-
-    A sliding window counter keeps two counters per key; a moving window would keep (and scan,
-    in worker threads) one timestamp per request in the window, which at busy users' rates cost
-    more CPU than the rest of the request (measured with bench/storage.py).
-    """
-
-    def __init__(self, settings: GatewaySettings) -> None:
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
-        self.per_user: RateLimitItem = parse(settings.rate_limit)
-        self.per_address: RateLimitItem = parse(settings.anonymous_rate_limit)
-
-    async def check(self, item: RateLimitItem, key: str) -> None:
-        if await self._limiter.hit(item, key):
-            return
-        stats = await self._limiter.get_window_stats(item, key)
-        retry_after = max(1.0, stats.reset_time - time.time())
-        raise ApiError(429, f"rate limit of {item} exceeded; retry in {retry_after:.0f}s",
-                       retry_after_s=retry_after)
 
 
 class AuthCache:
@@ -147,6 +122,11 @@ async def _user(request: Request, credentials: HTTPAuthorizationCredentials | No
             timeout=state.settings.request_timeout_s,
         )
     except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+            # Counted against the address's budget for unknown tokens (front_door.py refuses
+            # the address once it is spent).
+            limits: RateLimits = state.rate_limits
+            await limits.count(limits.invalid_tokens, limits.invalid_token_key(client_address(request)))
         raise from_rpc_error(error) from None
     user = User(user_id=reply.user_id, username=reply.username, token=token)
     cache.put(user)
@@ -160,15 +140,19 @@ async def current_user(request: Request, credentials: Credentials) -> User:
 async def rate_limited_user(request: Request, credentials: Credentials) -> User:
     user = await _user(request, credentials)
     limits: RateLimits = request.app.state.rate_limits
-    await limits.check(limits.per_user, f"user:{user.user_id}")
+    await limits.check(limits.per_user, limits.user_key(user.user_id))
     return user
 
 
 async def rate_limited_address(request: Request) -> None:
     """For calls made before login (register, login, salt): limit by client address."""
     limits: RateLimits = request.app.state.rate_limits
-    address = request.client.host if request.client else "unknown"
-    await limits.check(limits.per_address, f"addr:{address}")
+    await limits.check(limits.per_address, limits.address_key(client_address(request)))
+
+
+def client_address(request: Request) -> str:
+    """The client's address, through trusted proxies only (gateway/client_address.py)."""
+    return request.app.state.client_addresses.of(request.scope)
 
 
 Settings = Annotated[GatewaySettings, Depends(get_settings)]

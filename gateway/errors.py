@@ -127,7 +127,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        # 413 comes from the body limit (limits_middleware.BodyTooLarge), 400 from FastAPI when a
+        # 413 comes from the body limit (front_door.BodyTooLarge), 400 from FastAPI when a
         # body cannot be decoded at all (not UTF-8): either way the body is at fault.
         if error.status_code in (400, 413):
             return to_response(ApiError(error.status_code, f"body: {error.detail}", field="body"))

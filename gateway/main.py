@@ -12,9 +12,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from gateway import tracing
 from gateway.clients import ServiceChannels
 from gateway.settings import GatewaySettings
-from gateway.deps import AuthCache, RateLimits
+from gateway.client_address import ClientAddresses
+from gateway.deps import AuthCache
 from gateway.errors import install_handlers
-from gateway.limits_middleware import BodyLimitMiddleware
+from gateway.front_door import FrontDoor, route_rules
+from gateway.rate_limits import RateLimits
 from gateway.routes import health, image, objects, text, transfer, user
 
 ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router)
@@ -30,6 +32,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.channels.close()
+            await app.state.rate_limits.close()
 
     app = FastAPI(
         title="Fabula",
@@ -41,11 +44,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.auth_cache = AuthCache(settings.auth_cache_s)
     app.state.rate_limits = RateLimits(settings)
+    app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
-                       limits_by_path={"/user/import": settings.max_import_bytes})
+    app.add_middleware(FrontDoor, rules=route_rules(ROUTERS, settings),
+                       default_max_body_bytes=settings.max_sign_in_body_bytes,
+                       rate_limits=app.state.rate_limits, auth_cache=app.state.auth_cache,
+                       client_addresses=app.state.client_addresses)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])

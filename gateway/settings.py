@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+KiB = 1024
+MiB = 1024 * KiB
 
 
 class GatewaySettings(BaseSettings):
@@ -26,14 +32,69 @@ class GatewaySettings(BaseSettings):
     text_address: str = "127.0.0.1:50052"
     image_address: str = "127.0.0.1:50053"
 
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
-                                description="largest request body accepted (413 beyond)")
-    max_import_bytes: int = Field(1088 * 1024 * 1024, ge=1024,
+    # Request bodies, by route (gateway/body_limits.py): each limit is enforced while the body
+    # streams in, before anything parses it, so a hostile body costs at most its limit.
+    max_sign_in_body_bytes: int = Field(4 * KiB, ge=1024,
+                                        description="salt, login, account deletion and every route that takes no body")
+    max_account_body_bytes: int = Field(1536 * KiB, ge=1024,
+                                        description="register, change-password and PUT /user/keystore: the keystore "
+                                                    "(editor: 1 MiB) base64-encoded, with the JSON around it")
+    max_object_body_bytes: int = Field(22 * MiB, ge=1024,
+                                       description="PUT /user/objects/{type}/{id}: the editor's 16 MiB object "
+                                                   "base64-encoded, with the JSON around it")
+    max_text_body_bytes: int = Field(4 * MiB, ge=1024, description="text generation and both tokenize routes")
+    max_image_body_bytes: int = Field(44 * MiB, ge=1024,
+                                      description="image generation: the input image and mask base64-encoded, as "
+                                                  "much as the image service's 32 MiB message accepts")
+    max_import_bytes: int = Field(1088 * MiB, ge=1024,
                                   description="largest archive POST /user/import accepts (413 beyond); "
                                               "keep it at the editor's max_archive_bytes")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline forwarded to unary calls")
     stream_timeout_s: float = Field(600.0, gt=0, description="deadline forwarded to streaming calls")
     rate_limit: str = Field("600/minute", description="per-user limit, in the `limits` notation")
     anonymous_rate_limit: str = Field("60/minute", description="per-client-address limit before login")
+    failed_login_limit_per_username: str = Field(
+        "20/hour", description="failed logins to one username (from any address) before 429")
+    failed_login_limit_per_address: str = Field(
+        "50/hour", description="failed logins from one client address (to any username) before 429")
+    invalid_token_limit: str = Field(
+        "30/minute", description="requests with an unknown or revoked token from one client address before 429")
+    redis_url: str = Field("", description="keep rate limits in this Redis (redis://host:port/db) so every "
+                                           "replica shares them; empty keeps them in this process")
+    rate_limit_key_prefix: str = Field("fabula-gateway", min_length=1, max_length=100,
+                                       description="prefix of every rate-limit key in Redis")
+    redis_timeout_s: float = Field(0.5, gt=0, description="a Redis call slower than this answers 503")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="CIDR networks of reverse proxies whose X-Forwarded-For is believed; "
+                                          "empty: the client address is the connection's peer")
     auth_cache_s: float = Field(5.0, ge=0, description="how long a token's user is remembered")
     cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("rate_limit", "anonymous_rate_limit", "failed_login_limit_per_username",
+                     "failed_login_limit_per_address", "invalid_token_limit")
+    @classmethod
+    def _parses_as_a_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as error:
+            raise ValueError(f"not a rate limit in the `limits` notation (e.g. 10/minute): {error}") from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a CIDR network (e.g. 10.0.0.0/8)") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value

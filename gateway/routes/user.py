@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request, Response, status
 
 from fabula.editor.v1 import editor_pb2
 from gateway.calls import unary
-from gateway.deps import AddressLimited, Editor, RateLimitedUser, Settings
+from gateway.deps import AddressLimited, Editor, RateLimitedUser, Settings, client_address
+from gateway.rate_limits import RateLimits
 from gateway.schemas.common import error_responses
 from gateway.schemas.editor import (
     ChangePasswordRequest,
@@ -57,8 +58,11 @@ async def register(body: RegisterRequest, request: Request, _: AddressLimited, e
              summary="Exchange a username and authentication key for a session token")
 async def login(body: LoginRequest, request: Request, _: AddressLimited, editor: Editor,
                 settings: Settings) -> SessionResponse:
-    """A wrong key and an unknown username get the same 401, so neither reveals the other."""
-    reply = await unary(request, editor.Login(body.to_pb(), timeout=settings.request_timeout_s))
+    """A wrong key and an unknown username get the same 401, so neither reveals the other;
+    failures are limited per username and per client address (429 once either is spent)."""
+    limits: RateLimits = request.app.state.rate_limits
+    async with limits.login_attempt(body.username, client_address(request)):
+        reply = await unary(request, editor.Login(body.to_pb(), timeout=settings.request_timeout_s))
     return SessionResponse.from_pb(reply.session)
 
 

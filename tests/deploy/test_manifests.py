@@ -37,10 +37,14 @@ def settings_class(process: str) -> type[BaseSettings]:
     return found[0]
 
 
+FABULA_PROCESSES = ("editor", "text", "image", "gateway")
+
+
 def fabula_containers(overlay: str):
-    """(process, container) for the four Fabula processes' main containers."""
+    """(process, container) for the four Fabula processes' main containers (not Redis's)."""
     for container in containers(overlay):
-        if container.workload["kind"] == "Deployment" and not container.init:
+        if (container.workload["kind"] == "Deployment" and not container.init
+                and process_name(container.workload) in FABULA_PROCESSES):
             yield process_name(container.workload), container
 
 
@@ -164,7 +168,8 @@ def configured_containers(overlay: str):
     """(process whose settings it reads, container) for every container running Fabula code: the
     four processes' Deployments and the engine-build Job (the image service's settings)."""
     for container in containers(overlay):
-        if container.workload["kind"] in ("Deployment", "Job") and not container.init:
+        if (container.workload["kind"] in ("Deployment", "Job") and not container.init
+                and settings_process(container.workload) in FABULA_PROCESSES):
             yield settings_process(container.workload), container
 
 
@@ -359,6 +364,7 @@ def test_only_the_gateway_reaches_the_services_and_only_the_editor_postgres(over
         assert _allowed_sources(overlay, f"fabula-{service}") == {
             "grpc": {"pod:fabula-gateway"}, "metrics": {"ns:monitoring"}}, service
     assert _allowed_sources(overlay, "fabula-postgres") == {"postgres": {"pod:fabula-editor"}}
+    assert _allowed_sources(overlay, "fabula-redis") == {"redis": {"pod:fabula-gateway"}}
     assert _allowed_sources(overlay, "fabula-gateway") == {"http": {"ns:ingress-nginx", "ns:monitoring"}}
 
 
@@ -386,6 +392,17 @@ def test_gateway_balances_over_headless_services(overlay: str) -> None:
     from gateway import clients
 
     assert ("grpc.lb_policy_name", "round_robin") in clients._CHANNEL_OPTIONS
+
+
+def test_gateway_keeps_its_rate_limits_in_the_overlay_redis(overlay: str) -> None:
+    """Every gateway replica counts against the same limits: one Redis, reached by its Service."""
+    gateway = dict(fabula_containers(overlay))["gateway"]
+    env = container_env(overlay, gateway.spec)
+    svc = named(overlay, "Service", "fabula-redis")
+    port = svc["spec"]["ports"][0]["port"]
+    assert env["FABULA_GATEWAY_REDIS_URL"] == f"redis://fabula-redis.{svc['metadata']['namespace']}.svc.cluster.local:{port}/0"
+    assert named(overlay, "Deployment", "fabula-redis")["spec"]["replicas"] == 1
+    assert "FORWARDED_ALLOW_IPS" not in env, "uvicorn's proxy headers are off; the gateway reads them itself"
 
 
 def test_services_and_ingress_point_at_named_ports(overlay: str) -> None:

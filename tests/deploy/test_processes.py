@@ -104,6 +104,12 @@ def _rewrite(process: str, env: dict[str, str], rewrites: Rewrites, ports: dict[
         rewrites.apply(process, env, prefix + "DATABASE_URL", r"postgresql://fabula:[^@]+@fabula-postgres:5432/fabula",
                        database_url)
     if process == "gateway":
+        # The overlay's Redis is the local one; a prefix of this run's own keeps parallel runs
+        # (and other tests) from sharing counters with it.
+        rewrites.apply(process, env, prefix + "REDIS_URL", r"redis://fabula-redis\.fabula\.svc\.cluster\.local:6379/0",
+                       "redis://127.0.0.1:6379/0")
+        rewrites.apply(process, env, prefix + "RATE_LIMIT_KEY_PREFIX", r"fabula-gateway",
+                       f"test-processes-{os.getpid()}-{time.monotonic_ns()}")
         for service in ("editor", "text", "image"):
             service_port = _manifest(service)[1][f"FABULA_{service.upper()}_PORT"]
             rewrites.apply(process, env, f"{prefix}{service.upper()}_ADDRESS",
@@ -221,6 +227,7 @@ def test_only_local_differences_were_rewritten(stack: dict) -> None:
         expected |= {(process, key) for key in _on_volumes(process, _manifest(process)[1])}
     expected.add(("editor", "FABULA_EDITOR_DATABASE_URL"))
     expected |= {("gateway", f"FABULA_GATEWAY_{s}_ADDRESS") for s in ("EDITOR", "TEXT", "IMAGE")}
+    expected |= {("gateway", "FABULA_GATEWAY_REDIS_URL"), ("gateway", "FABULA_GATEWAY_RATE_LIMIT_KEY_PREFIX")}
     assert changed == expected
     for process in ORDER:
         started = stack[process]

@@ -48,7 +48,7 @@ async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[LiveGateway]
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=2, proxy_headers=False)  # as gateway/__main__.py
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -108,3 +108,36 @@ def events_of(body: str) -> list[tuple[str, dict]]:
         if kind:
             events.append((kind, json.loads("\n".join(data))))
     return events
+
+
+@dataclass
+class RawReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+async def raw_request(url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"",
+                      timeout_s: float = 10.0) -> RawReply:
+    """One HTTP/1.1 request on a fresh socket that sends `body` (possibly less than the declared
+    Content-Length, or nothing) and reads the answer without waiting to send more: it shows
+    whether the gateway answered before reading the body."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        writer.write(head.encode("latin-1") + body)
+        await writer.drain()
+        raw_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+        lines = raw_head.decode("latin-1").split("\r\n")
+        reply_headers = {name.strip().lower(): value.strip()
+                         for name, _, value in (line.partition(":") for line in lines[1:] if line)}
+        length = int(reply_headers.get("content-length", "0"))
+        reply_body = await asyncio.wait_for(reader.readexactly(length), timeout_s)
+        return RawReply(status=int(lines[0].split()[1]), headers=reply_headers, body=reply_body)
+    finally:
+        writer.close()

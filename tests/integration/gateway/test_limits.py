@@ -10,7 +10,7 @@ from tests.integration.gateway.harness import b64, gateway_settings, register_us
 
 
 async def test_body_over_the_limit_is_413_declared_or_streamed(editor):
-    async with serve_gateway(gateway_settings(editor.address, max_body_bytes=4096)) as live:
+    async with serve_gateway(gateway_settings(editor.address, max_object_body_bytes=4096)) as live:
         async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
             user = await register_user(client, "erin")
             body = f'{{"data": "{b64(os.urandom(6000))}", "expected_change_index": 0}}'.encode()
