@@ -4,6 +4,12 @@ A service hands over a `register(server)` callback that adds its servicers and r
 names of the services it added. The toolkit adds what every service keeps: the exception and
 tracing interceptors, the standard health service (NOT_SERVING until the service says it is
 warm, NOT_SERVING again on SIGTERM), server reflection, and a graceful drain on shutdown.
+
+The drain, in order: health turns NOT_SERVING; for `drain_delay_s` new calls are still accepted
+and served, so that load balancers and health-checking clients that have not yet noticed keep
+getting answers while they move away; then the server refuses new calls and gives every call it
+holds — running, or waiting in a service's queue — up to `grace_s` to finish; only then does
+the service's own shutdown run (closing queues, models, databases).
 """
 
 from __future__ import annotations
@@ -46,8 +52,12 @@ class RunningServer:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
-    async def stop(self, grace_s: float | None = None) -> None:
+    async def stop(self, grace_s: float | None = None, *, drain_delay_s: float = 0.0) -> None:
+        """NOT_SERVING; still accept new calls for `drain_delay_s`; then refuse new calls and
+        let those already accepted finish for up to `grace_s` (None: without limit)."""
         await self.set_serving(False)
+        if drain_delay_s > 0:
+            await asyncio.sleep(drain_delay_s)
         await self.server.stop(grace_s)
 
 
@@ -96,7 +106,8 @@ async def serve(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     watch: Callable[[RunningServer], Awaitable[None]] | None = None,
 ) -> None:
-    """Run a service until SIGTERM/SIGINT, then drain in-flight calls for `settings.grace_s`.
+    """Run a service until SIGTERM/SIGINT, then drain: `settings.drain_delay_s` still accepting
+    new calls, then `settings.grace_s` for the calls accepted to finish.
 
     `watch`, when given, runs from SERVING until shutdown begins and may flip health meanwhile
     (the editor follows its database); it is stopped first, so nothing turns SERVING during a drain.
@@ -124,13 +135,14 @@ async def serve(
         if watch is not None:
             watching = asyncio.create_task(watch(running))
         await stop.wait()
-        log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.grace_s)
+        log.info("shutting down: NOT_SERVING, accepting calls for %.1fs more, then %.1fs for them to finish",
+                 settings.drain_delay_s, settings.grace_s)
     finally:
         if watching is not None:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-        await running.stop(settings.grace_s)
+        await running.stop(settings.grace_s, drain_delay_s=settings.drain_delay_s)
         if on_shutdown is not None:
             await on_shutdown()
         log.info("stopped")

@@ -19,7 +19,10 @@ class ServiceSettings(BaseSettings):
         "development", description="'production' refuses development-only secrets")
     host: str = Field("127.0.0.1", description="address the gRPC server binds to ('[::]' in a pod)")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    grace_s: float = Field(10.0, ge=0, description="seconds in-flight calls get to finish on SIGTERM")
+    drain_delay_s: float = Field(
+        0.0, ge=0, description="seconds after SIGTERM that new calls are still served while health says NOT_SERVING "
+                               "(time for load balancers to move away); then new calls are refused")
+    grace_s: float = Field(10.0, ge=0, description="seconds accepted calls (running or queued) get to finish on SIGTERM")
     log_level: str = "INFO"
     log_json: bool = False
     otlp_endpoint: str = Field("", description="OTLP gRPC endpoint for traces; empty disables export")

@@ -137,7 +137,8 @@ def test_termination_grace_outlasts_the_drain(overlay: str) -> None:
             pre_stop = container.spec["lifecycle"]["preStop"]["sleep"]["seconds"]
             drain_s = pre_stop + 10  # uvicorn's timeout_graceful_shutdown in gateway/__main__.py
         else:
-            drain_s = float(env[f"FABULA_{process.upper()}_GRACE_S"])
+            prefix = f"FABULA_{process.upper()}_"
+            drain_s = float(env[f"{prefix}DRAIN_DELAY_S"]) + float(env[f"{prefix}GRACE_S"])
         assert grace_period > drain_s, f"{container.where}: {grace_period}s <= drain {drain_s}s"
 
 

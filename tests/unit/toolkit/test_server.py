@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,6 +16,10 @@ from services.toolkit.server import start_server
 
 SERVICE = "fabula.test.v1.Probe"
 
+# A call with reason "wait" stands for one waiting in a service's queue: it holds until released.
+_waiting = asyncio.Event()
+_released = asyncio.Event()
+
 
 async def _raise_from_field(request: errors_pb2.ErrorDetail, context) -> errors_pb2.ErrorDetail:
     # The request's `reason` picks what the handler does, so one method exercises every path.
@@ -25,6 +31,9 @@ async def _raise_from_field(request: errors_pb2.ErrorDetail, context) -> errors_
         raise errors.Conflict("change index 3 is stale; stored is 4", reason="STALE_CHANGE_INDEX")
     if request.reason == "bug":
         raise KeyError("oops")
+    if request.reason == "wait":
+        _waiting.set()
+        await _released.wait()
     return errors_pb2.ErrorDetail(field="echo:" + request.field)
 
 
@@ -125,3 +134,33 @@ async def test_reflection_lists_the_service(probe):
         break
     else:
         pytest.fail("reflection sent no answer")
+
+
+async def test_drain_serves_new_calls_then_finishes_held_ones(probe):
+    """SIGTERM's drain: NOT_SERVING at once, new calls still served during the delay, then new
+    calls refused while a call already held (queued) runs to completion."""
+    running, channel, call, _ = probe
+    _waiting.clear()
+    _released.clear()
+    held = asyncio.ensure_future(call(errors_pb2.ErrorDetail(field="held", reason="wait")))
+    await asyncio.wait_for(_waiting.wait(), 10)
+    stopping = asyncio.ensure_future(running.stop(30, drain_delay_s=2.0))
+    health_stub = health_pb2_grpc.HealthStub(channel)
+    reply = await health_stub.Check(health_pb2.HealthCheckRequest(service=""))
+    assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert (await call(errors_pb2.ErrorDetail(field="during delay"))).field == "echo:during delay"
+    assert not stopping.done()
+
+    async def refused() -> grpc.StatusCode:
+        while True:
+            try:
+                await call(errors_pb2.ErrorDetail(field="late"), timeout=5)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            await asyncio.sleep(0.05)
+
+    assert await asyncio.wait_for(refused(), 20) == grpc.StatusCode.UNAVAILABLE
+    assert not held.done() and not stopping.done()
+    _released.set()
+    assert (await held).field == "echo:held"
+    await asyncio.wait_for(stopping, 10)
