@@ -155,6 +155,8 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
         "FABULA_EDITOR_DATABASE_URL": f"sqlite:///{workdir / 'stack.db'}",
         "FABULA_EDITOR_AUTH_HASH_OPSLIMIT": "1",
         "FABULA_EDITOR_AUTH_HASH_MEMLIMIT": "8192",
+        "FABULA_EDITOR_MIN_KDF_OPSLIMIT": "1",
+        "FABULA_EDITOR_MIN_KDF_MEMLIMIT": "8192",
         "FABULA_EDITOR_LOG_LEVEL": "WARNING",
         "FABULA_GATEWAY_PORT": str(gateway_port),
         "FABULA_GATEWAY_EDITOR_ADDRESS": f"127.0.0.1:{editor_port}",

@@ -16,14 +16,16 @@ from fabula_sdk.errors import (
     RateLimitedError,
     ReplayError,
     TransportError,
+    WeakKdfError,
 )
 from fabula_sdk.stories import Stories, Story
-from fabula_sdk.types import DEFAULT_KDF, MINIMUM_KDF, KdfParams, ObjectMeta, Session
+from fabula_sdk.types import DEFAULT_KDF, KDF_FLOOR, MINIMUM_KDF, KdfParams, ObjectMeta, Session
 from fabula_wire import ObjectType
 
 __all__ = [
-    "DEFAULT_KDF", "MINIMUM_KDF", "ApiError", "ArchiveError", "AuthenticationError", "ConflictError", "CryptoError",
+    "DEFAULT_KDF", "KDF_FLOOR", "MINIMUM_KDF", "ApiError", "ArchiveError", "AuthenticationError", "ConflictError",
+    "CryptoError",
     "DecryptionError", "FabulaClient", "FabulaError", "InvalidRequestError", "KdfParams", "KeystoreError",
     "NotFoundError", "ObjectMeta", "ObjectType", "RateLimitedError", "ReplayError", "Session", "Stories", "Story",
-    "StoredObject", "TransportError",
+    "StoredObject", "TransportError", "WeakKdfError",
 ]

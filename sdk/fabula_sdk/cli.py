@@ -12,7 +12,7 @@ import typer
 
 from fabula_sdk.commands import account, common, image, lorebooks, presets, stories, text, transfer
 from fabula_sdk.session_store import default_home
-from fabula_sdk.types import DEFAULT_KDF, KdfParams
+from fabula_sdk.types import DEFAULT_KDF, MINIMUM_KDF, KdfParams
 
 COMMAND_MODULES = (account, stories, lorebooks, presets, transfer, text, image)
 
@@ -32,8 +32,12 @@ def main(
                                           help="Argon2id passes for a new account or password")] = DEFAULT_KDF.opslimit,
     memlimit: Annotated[int, typer.Option(envvar="FABULA_KDF_MEMLIMIT", min=8192,
                                           help="Argon2id bytes of memory for a new account or password")] = DEFAULT_KDF.memlimit,
+    # Hidden, and for test servers only: lowers the client's KDF floor to libsodium's minimum
+    # (docs/encryption.md, "The floor").
+    kdf_floor_for_tests: Annotated[bool, typer.Option(envvar="FABULA_KDF_FLOOR_FOR_TESTS", hidden=True)] = False,
 ) -> None:
-    ctx.obj = common.CliState(url=url, home=home or default_home(), kdf=KdfParams(opslimit, memlimit))
+    ctx.obj = common.CliState(url=url, home=home or default_home(), kdf=KdfParams(opslimit, memlimit),
+                              kdf_floor_for_tests=MINIMUM_KDF if kdf_floor_for_tests else None)
 
 
 for module in COMMAND_MODULES:

@@ -24,7 +24,7 @@ from fabula_sdk import archive, envelope, kdf
 from fabula_sdk.errors import ConflictError, DecryptionError, KeystoreError, ReplayError
 from fabula_sdk.keystore import Keystore, check_object_id, rewrap
 from fabula_sdk.transport import Transport
-from fabula_sdk.types import DEFAULT_KDF, ImportResult, KdfParams, ObjectMeta, Session
+from fabula_sdk.types import DEFAULT_KDF, KDF_FLOOR, ImportResult, KdfParams, ObjectMeta, Session
 from fabula_wire import ObjectType
 
 if TYPE_CHECKING:
@@ -42,9 +42,19 @@ class StoredObject:
 
 
 class FabulaClient:
-    def __init__(self, transport: Transport, *, kdf: KdfParams = DEFAULT_KDF) -> None:
+    """A signed-in user's view of the API, with every key kept on this side.
+
+    `kdf`: the Argon2id cost new accounts and new passwords are given. Neither it nor the cost a
+    server answers for a login may lie below KDF_FLOOR (WeakKdfError). `kdf_floor_for_tests`
+    lowers that floor, and exists only so that tests can use libsodium's minimum cost against a
+    test server: production code never sets it (docs/encryption.md, "The floor").
+    """
+
+    def __init__(self, transport: Transport, *, kdf: KdfParams = DEFAULT_KDF,
+                 kdf_floor_for_tests: KdfParams | None = None) -> None:
         self.transport = transport
-        self.kdf = kdf.check()  # the cost new accounts and new passwords are given
+        self.kdf_floor = KDF_FLOOR if kdf_floor_for_tests is None else kdf_floor_for_tests.check()
+        self.kdf = kdf.check()
         self.username: str | None = None
         self.user_id: str | None = None
         self.session: Session | None = None
@@ -54,19 +64,21 @@ class FabulaClient:
         self.revisions: dict[tuple[ObjectType, str], int] = {}
 
     @classmethod
-    def connect(cls, url: str, *, kdf: KdfParams = DEFAULT_KDF, timeout_s: float = 60.0) -> FabulaClient:
+    def connect(cls, url: str, *, kdf: KdfParams = DEFAULT_KDF, timeout_s: float = 60.0,
+                kdf_floor_for_tests: KdfParams | None = None) -> FabulaClient:
         """A client of the HTTP API at `url` (the gateway)."""
         from fabula_sdk.http_transport import HttpTransport
 
-        return cls(HttpTransport(url, timeout_s=timeout_s), kdf=kdf)
+        return cls(HttpTransport(url, timeout_s=timeout_s), kdf=kdf, kdf_floor_for_tests=kdf_floor_for_tests)
 
     @classmethod
-    def connect_grpc(cls, address: str, *, kdf: KdfParams = DEFAULT_KDF, timeout_s: float = 60.0) -> FabulaClient:
+    def connect_grpc(cls, address: str, *, kdf: KdfParams = DEFAULT_KDF, timeout_s: float = 60.0,
+                     kdf_floor_for_tests: KdfParams | None = None) -> FabulaClient:
         """A client of the editor service's gRPC API at `address` ("host:port"); needs the
         generated `fabula.editor.v1` modules (`make proto`)."""
         from fabula_sdk.grpc_transport import GrpcTransport
 
-        return cls(GrpcTransport(address, timeout_s=timeout_s), kdf=kdf)
+        return cls(GrpcTransport(address, timeout_s=timeout_s), kdf=kdf, kdf_floor_for_tests=kdf_floor_for_tests)
 
     def close(self) -> None:
         self.transport.close()
@@ -84,6 +96,7 @@ class FabulaClient:
     # --- the account --------------------------------------------------------------------------
 
     def register(self, username: str, password: str) -> Session:
+        kdf.require_floor(self.kdf, self.kdf_floor, asked_by="this client's kdf setting")
         salt = kdf.new_salt()
         keys = kdf.derive_keys(password, salt, self.kdf)
         keystore = Keystore.create(keys.key_encryption_key)
@@ -131,6 +144,7 @@ class FabulaClient:
         """Re-wrap the master key under the new password; every object stays as it is. Every
         session, this one included, is revoked and replaced by the returned one."""
         username = self._username()
+        kdf.require_floor(self.kdf, self.kdf_floor, asked_by="this client's kdf setting")
         old = self._password_keys(username, old_password)
         salt = kdf.new_salt()
         new = kdf.derive_keys(new_password, salt, self.kdf)
@@ -288,6 +302,8 @@ class FabulaClient:
         contents = archive.read_archive(path)
         if contents.keystore is None:
             raise DecryptionError("the archive holds no keystore, so its objects cannot be decrypted")
+        # No floor here: these keys only open the archive's keystore on this machine and are
+        # never sent, so a cheap cost gives a server nothing to guess against.
         keys = kdf.derive_keys(archive_password, contents.salt, contents.kdf)
         source = Keystore.open(contents.keystore, key_encryption_key=keys.key_encryption_key)
         if verify:
@@ -306,6 +322,7 @@ class FabulaClient:
 
     def _password_keys(self, username: str, password: str) -> kdf.PasswordKeys:
         salt = self.transport.get_salt(username)
+        kdf.require_floor(salt.kdf, self.kdf_floor, asked_by="the server")
         return kdf.derive_keys(password, salt.salt, salt.kdf)
 
     def _signed_in(self, username: str, session: Session) -> None:

@@ -82,6 +82,12 @@ class ReplayError(DecryptionError):
     already seen (a rollback or replay)."""
 
 
+class WeakKdfError(CryptoError):
+    """An Argon2id cost below the client's floor: asked for by the server for a login (a
+    compromised or misconfigured server), or chosen for a new password. Nothing was derived or
+    sent."""
+
+
 class KeystoreError(CryptoError):
     """The keystore is unusable: wrong password, tampered with, or holds no key for an object."""
 

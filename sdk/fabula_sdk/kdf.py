@@ -19,6 +19,7 @@ import nacl.pwhash.argon2id as argon2id
 import nacl.utils
 from nacl.encoding import RawEncoder
 
+from fabula_sdk.errors import WeakKdfError
 from fabula_sdk.types import KdfParams
 
 SALT_BYTES = argon2id.SALTBYTES  # 16
@@ -56,6 +57,17 @@ def root_key(password: str, salt: bytes, kdf: KdfParams) -> bytes:
         raise ValueError(f"salt must be {SALT_BYTES} bytes, not {len(salt)}")
     kdf.check()
     return argon2id.kdf(KEY_BYTES, password_bytes(password), salt, opslimit=kdf.opslimit, memlimit=kdf.memlimit)
+
+
+def require_floor(kdf: KdfParams, floor: KdfParams, *, asked_by: str) -> KdfParams:
+    """`kdf`, if it reaches `floor`; else WeakKdfError, before anything is derived."""
+    kdf.check()
+    if not kdf.at_least(floor):
+        raise WeakKdfError(
+            f"{asked_by} asked for an Argon2id cost of {kdf.opslimit} passes and {kdf.memlimit} bytes, below this "
+            f"client's floor of {floor.opslimit} passes and {floor.memlimit} bytes; refusing to derive keys that "
+            "cheap (a server that asks for this may be trying to brute-force the password)")
+    return kdf
 
 
 def subkey(root: bytes, personal: bytes) -> bytes:

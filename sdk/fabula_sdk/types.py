@@ -27,6 +27,10 @@ class KdfParams:
                              f"{argon2id.MEMLIMIT_MAX}, not {self.memlimit}")
         return self
 
+    def at_least(self, floor: KdfParams) -> bool:
+        """Whether this cost reaches `floor` in both passes and memory."""
+        return self.opslimit >= floor.opslimit and self.memlimit >= floor.memlimit
+
     def to_json(self) -> dict[str, int]:
         return {"opslimit": self.opslimit, "memlimit": self.memlimit}
 
@@ -34,7 +38,13 @@ class KdfParams:
 # libsodium's MODERATE cost (3 passes, 256 MiB); see docs/encryption.md for why. It is also what
 # the editor's decoy answers for unknown usernames, so a real account does not stand out.
 DEFAULT_KDF = KdfParams(opslimit=argon2id.OPSLIMIT_MODERATE, memlimit=argon2id.MEMLIMIT_MODERATE)
-# libsodium's minimum: for tests only.
+# The lowest cost this SDK derives a password's keys with, whoever asks (docs/encryption.md, "The
+# floor"): libsodium's INTERACTIVE cost (2 passes, 64 MiB). The cost of a login comes from the
+# server unauthenticated, so without a floor a compromised server could ask for a derivation cheap
+# enough to brute-force the password from the authentication key it is then sent.
+KDF_FLOOR = KdfParams(opslimit=argon2id.OPSLIMIT_INTERACTIVE, memlimit=argon2id.MEMLIMIT_INTERACTIVE)
+# libsodium's minimum: for tests only, with the floor lowered to it (FabulaClient's
+# `kdf_floor_for_tests`) against a server whose floor is lowered too.
 MINIMUM_KDF = KdfParams(opslimit=argon2id.OPSLIMIT_MIN, memlimit=argon2id.MEMLIMIT_MIN)
 
 

@@ -27,8 +27,10 @@ class Accounts:
         self._ttl_us = int(settings.session_ttl_s * 1_000_000)
 
     def _kdf(self, opslimit: int, memlimit: int, field: str) -> KdfParams:
-        return validation.kdf(opslimit, memlimit, max_opslimit=self._settings.max_kdf_opslimit,
-                              max_memlimit=self._settings.max_kdf_memlimit, field=field)
+        settings = self._settings
+        return validation.kdf(opslimit, memlimit, min_opslimit=settings.min_kdf_opslimit,
+                              min_memlimit=settings.min_kdf_memlimit, max_opslimit=settings.max_kdf_opslimit,
+                              max_memlimit=settings.max_kdf_memlimit, field=field)
 
     async def get_salt(self, username: str) -> tuple[bytes, KdfParams]:
         name = validation.username(username)

@@ -21,11 +21,12 @@ from services.toolkit.server import RunningServer, start_server
 
 
 def fast_settings(database_url: str, **overrides: object) -> EditorSettings:
-    """Settings for tests: libsodium's minimum Argon2id cost (the production defaults stay as they
-    are), small pools, no metrics port."""
+    """Settings for tests: libsodium's minimum Argon2id cost, the KDF floor lowered to it (the
+    production defaults stay as they are), small pools, no metrics port."""
     values: dict[str, object] = dict(
         database_url=database_url, auth_hash_opslimit=1, auth_hash_memlimit=8192, default_kdf_opslimit=1,
-        default_kdf_memlimit=8192, database_pool_size=4, metrics_port=0, port=0)
+        default_kdf_memlimit=8192, min_kdf_opslimit=1, min_kdf_memlimit=8192, database_pool_size=4,
+        metrics_port=0, port=0)
     values.update(overrides)
     return EditorSettings(**values)
 

@@ -56,6 +56,11 @@ class EditorSettings(ServiceSettings):
     # default, or the decoy would stand out.
     default_kdf_opslimit: int = Field(argon2id.OPSLIMIT_MODERATE, ge=argon2id.OPSLIMIT_MIN)
     default_kdf_memlimit: int = Field(argon2id.MEMLIMIT_MODERATE, ge=argon2id.MEMLIMIT_MIN)
+    # The floor below which a client-chosen cost is refused at registration and password change
+    # (docs/encryption.md, "The floor"): libsodium's INTERACTIVE cost, which SDK clients also
+    # require of what GetSalt answers. Only tests lower it, to libsodium's minimum, for speed.
+    min_kdf_opslimit: int = Field(argon2id.OPSLIMIT_INTERACTIVE, ge=argon2id.OPSLIMIT_MIN, le=argon2id.OPSLIMIT_MAX)
+    min_kdf_memlimit: int = Field(argon2id.MEMLIMIT_INTERACTIVE, ge=argon2id.MEMLIMIT_MIN, le=argon2id.MEMLIMIT_MAX)
     # Sane maxima for client-chosen KDF parameters (libsodium's own maxima are absurd).
     max_kdf_opslimit: int = Field(64, ge=argon2id.OPSLIMIT_MIN, le=argon2id.OPSLIMIT_MAX)
     max_kdf_memlimit: int = Field(4096 * MiB, ge=argon2id.MEMLIMIT_MIN, le=argon2id.MEMLIMIT_MAX)
@@ -87,6 +92,11 @@ class EditorSettings(ServiceSettings):
             raise ValueError("server_secret must not be empty")
         if self.default_kdf_opslimit > self.max_kdf_opslimit or self.default_kdf_memlimit > self.max_kdf_memlimit:
             raise ValueError("default_kdf_* must lie within max_kdf_*")
+        if self.default_kdf_opslimit < self.min_kdf_opslimit or self.default_kdf_memlimit < self.min_kdf_memlimit:
+            raise ValueError("default_kdf_* must not lie below min_kdf_* (the decoy would answer a cost "
+                             "no account can have)")
+        if self.min_kdf_opslimit > self.max_kdf_opslimit or self.min_kdf_memlimit > self.max_kdf_memlimit:
+            raise ValueError("min_kdf_* must not exceed max_kdf_*")
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
         # An object must fit in one gRPC message with its envelope.

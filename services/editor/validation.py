@@ -60,13 +60,17 @@ def auth_key(value: bytes, field: str = "auth_key") -> bytes:
     return exact_bytes(value, AUTH_KEY_BYTES, field)
 
 
-def kdf(opslimit: int, memlimit: int, *, max_opslimit: int, max_memlimit: int, field: str = "kdf") -> KdfParams:
-    if not argon2id.OPSLIMIT_MIN <= opslimit <= max_opslimit:
+def kdf(opslimit: int, memlimit: int, *, min_opslimit: int = argon2id.OPSLIMIT_MIN,
+        min_memlimit: int = argon2id.MEMLIMIT_MIN, max_opslimit: int, max_memlimit: int,
+        field: str = "kdf") -> KdfParams:
+    """A client-chosen Argon2id cost within [min, max]: the minimum is the server's floor, so
+    that no account is given a password derivation cheap enough to brute-force."""
+    if not min_opslimit <= opslimit <= max_opslimit:
         raise InvalidArgument(f"{field}.opslimit", opslimit,
-                              f"must be between {argon2id.OPSLIMIT_MIN} and {max_opslimit}")
-    if not argon2id.MEMLIMIT_MIN <= memlimit <= max_memlimit:
+                              f"must be between {min_opslimit} and {max_opslimit}")
+    if not min_memlimit <= memlimit <= max_memlimit:
         raise InvalidArgument(f"{field}.memlimit", memlimit,
-                              f"must be between {argon2id.MEMLIMIT_MIN} and {max_memlimit}")
+                              f"must be between {min_memlimit} and {max_memlimit}")
     return KdfParams(opslimit=opslimit, memlimit=memlimit)
 
 

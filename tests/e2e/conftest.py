@@ -41,7 +41,7 @@ def connect(gateway):
     clients: list[FabulaClient] = []
 
     def make(url: str | None = None) -> FabulaClient:
-        client = FabulaClient.connect(url or gateway.url, kdf=MINIMUM_KDF)
+        client = FabulaClient.connect(url or gateway.url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         clients.append(client)
         return client
 

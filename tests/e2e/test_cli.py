@@ -18,7 +18,7 @@ def fabula(gateway, tmp_path):
 
     def make(home_name: str, password: str = PASSWORD):
         env = {"FABULA_URL": gateway.url, "FABULA_HOME": str(tmp_path / home_name), "FABULA_PASSWORD": password,
-               "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192"}
+               "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192", "FABULA_KDF_FLOOR_FOR_TESTS": "1"}
 
         def run(*args: str, ok: bool = True, **extra_env: str):
             result = CliRunner().invoke(app, list(args), env={**env, **extra_env}, catch_exceptions=False)

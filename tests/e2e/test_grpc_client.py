@@ -21,7 +21,7 @@ from tests.e2e.conftest import PASSWORD, in_thread
 
 async def test_grpc_client_end_to_end(editor, connect, database, tmp_path):
     def scenario():
-        with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF) as client:
+        with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF) as client:
             with pytest.raises(InvalidRequestError) as bad:
                 client.register("", PASSWORD)
             assert (bad.value.status, bad.value.field) == (400, "username")
@@ -61,7 +61,7 @@ async def test_grpc_client_end_to_end(editor, connect, database, tmp_path):
     database.set_object_data(user_id, ObjectType.STORY_CONTENT, story.content_id, bytes(blob))
 
     def read_tampered():
-        with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF) as client:
+        with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF) as client:
             client.login("grace", "new secret")
             with pytest.raises(DecryptionError):
                 Stories(client).load(story.id)

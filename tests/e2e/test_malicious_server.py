@@ -1,11 +1,22 @@
 """A server that changes what it stores: a flipped byte, ciphertexts swapped between objects, an
-older version served again. The SDK refuses each with a DecryptionError and returns nothing."""
+older version served again. The SDK refuses each with a DecryptionError and returns nothing. A
+server that asks for a cheap password derivation is refused with a WeakKdfError."""
 
 from __future__ import annotations
 
 import pytest
 
-from fabula_sdk import DecryptionError, KeystoreError, ObjectType, ReplayError, Stories
+from fabula_sdk import (
+    KDF_FLOOR,
+    MINIMUM_KDF,
+    DecryptionError,
+    FabulaClient,
+    KeystoreError,
+    ObjectType,
+    ReplayError,
+    Stories,
+    WeakKdfError,
+)
 from tests.e2e.conftest import PASSWORD, in_thread
 
 
@@ -94,3 +105,25 @@ async def test_tampered_keystore(alice, database, connect):
             connect().login("alice", PASSWORD)
 
     await in_thread(login)
+
+
+async def test_a_cost_below_the_floor_is_never_derived(alice, gateway):
+    """alice's account has libsodium's minimum cost (this test server's floor is lowered to it),
+    which is what a compromised server would answer to make her password cheap to guess. A client
+    with the production floor refuses to derive from it, and refuses to give a cheap cost to a new
+    account or password of its own."""
+
+    def scenario():
+        with FabulaClient.connect(gateway.url) as production:
+            assert production.kdf_floor == KDF_FLOOR
+            with pytest.raises(WeakKdfError, match="the server asked for an Argon2id cost of 1 passes"):
+                production.login("alice", PASSWORD)
+            assert production.session is None and production.transport.token is None
+        with FabulaClient.connect(gateway.url, kdf=MINIMUM_KDF) as cheap:
+            with pytest.raises(WeakKdfError, match="this client's kdf setting"):
+                cheap.register("mallory", PASSWORD)
+        # The floor lowered on purpose (tests only) lets the same login through.
+        with FabulaClient.connect(gateway.url, kdf_floor_for_tests=MINIMUM_KDF) as lowered:
+            lowered.login("alice", PASSWORD)
+
+    await in_thread(scenario)

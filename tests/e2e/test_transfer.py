@@ -72,7 +72,7 @@ async def test_export_then_import_into_another_server(connect, database, other_s
     alice, stories = await in_thread(export)
 
     def import_():
-        bob = FabulaClient.connect(destination_url, kdf=MINIMUM_KDF)
+        bob = FabulaClient.connect(destination_url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         bob.register("bob", BOB_PASSWORD)
         own = Stories(bob).push("Bob's own story.", title="Bob")
         with pytest.raises(KeystoreError):  # the archive opens only with the password it was made under
@@ -82,7 +82,7 @@ async def test_export_then_import_into_another_server(connect, database, other_s
         assert (result.imported_objects, result.keystore_replaced) == (6, False)
         bob.close()
 
-        fresh = FabulaClient.connect(destination_url, kdf=MINIMUM_KDF)
+        fresh = FabulaClient.connect(destination_url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         fresh.login("bob", BOB_PASSWORD)
         for number, story in enumerate(stories):
             assert Stories(fresh).load(story.id).text == f"Alice's story {number}."

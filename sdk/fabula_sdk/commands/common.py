@@ -55,13 +55,15 @@ class CliState:
     url: str | None  # from --url / FABULA_URL; None: the saved session's, else DEFAULT_URL
     home: Path
     kdf: KdfParams = DEFAULT_KDF
+    kdf_floor_for_tests: KdfParams | None = None
 
     @property
     def sessions(self) -> SessionStore:
         return SessionStore(self.home)
 
     def client(self, url: str | None = None) -> FabulaClient:
-        return FabulaClient.connect(self.url or url or DEFAULT_URL, kdf=self.kdf)
+        return FabulaClient.connect(self.url or url or DEFAULT_URL, kdf=self.kdf,
+                                    kdf_floor_for_tests=self.kdf_floor_for_tests)
 
     def remember(self, client: FabulaClient) -> None:
         """Save the client's session so later commands need no password."""

@@ -174,3 +174,33 @@ async def test_delete_account_removes_everything(stub, alice: User, bob: User):
     assert list(listing.objects) == []
     got = await stub.GetObject(pb.GetObjectRequest(type=pb.OBJECT_TYPE_STORY, id="s0"), metadata=bob.metadata)
     assert got.data == b"bob's"
+
+
+async def test_kdf_below_the_servers_floor_is_refused(tmp_path):
+    """The production floor (libsodium's INTERACTIVE cost): a client, or a server-side bug, can
+    give no account a derivation cheaper than that, neither at registration nor at a password
+    change; the floor itself is accepted."""
+    settings = fast_settings(f"sqlite:///{tmp_path / 'floor.db'}", min_kdf_opslimit=2, min_kdf_memlimit=64 * 1024 * 1024,
+                             default_kdf_opslimit=3, default_kdf_memlimit=256 * 1024 * 1024)
+    floor = pb.KdfParams(opslimit=2, memlimit=64 * 1024 * 1024)
+    async with embedded_editor(settings) as editor, grpc.aio.insecure_channel(editor.address) as channel:
+        stub = editor_pb2_grpc.EditorServiceStub(channel)
+
+        def register_with(kdf: pb.KdfParams):
+            return stub.Register(pb.RegisterRequest(username="erin", salt=os.urandom(16), kdf=kdf,
+                                                    auth_key=os.urandom(32), keystore=b"k"))
+
+        await refused(register_with(pb.KdfParams(opslimit=1, memlimit=64 * 1024 * 1024)), grpc.StatusCode.INVALID_ARGUMENT,
+                      field="kdf.opslimit")
+        await refused(register_with(pb.KdfParams(opslimit=2, memlimit=64 * 1024 * 1024 - 1024)),
+                      grpc.StatusCode.INVALID_ARGUMENT, field="kdf.memlimit")
+        erin = (await register_with(floor)).session
+        metadata = (("authorization", f"Bearer {erin.token}"),)
+        salt = await stub.GetSalt(pb.GetSaltRequest(username="erin"))
+        assert salt.kdf == floor
+        # Only the new cost is checked here; the old key is never reached.
+        await refused(stub.ChangePassword(pb.ChangePasswordRequest(
+            old_auth_key=os.urandom(32), new_salt=os.urandom(16), new_kdf=FAST_KDF, new_auth_key=os.urandom(32),
+            keystore=b"k", expected_keystore_change_index=1), metadata=metadata),
+            grpc.StatusCode.INVALID_ARGUMENT, field="new_kdf.opslimit")
+        assert (await stub.GetSalt(pb.GetSaltRequest(username="erin"))).kdf == floor

@@ -49,7 +49,8 @@ def is_whole(data: bytes) -> bool:
 def start_editor(database_url: str, port: int, log: Path) -> subprocess.Popen:
     env = dict(os.environ, FABULA_EDITOR_DATABASE_URL=database_url, FABULA_EDITOR_PORT=str(port),
                FABULA_EDITOR_METRICS_PORT="0", FABULA_EDITOR_AUTH_HASH_OPSLIMIT="1",
-               FABULA_EDITOR_AUTH_HASH_MEMLIMIT="8192", FABULA_EDITOR_GRACE_S="0")
+               FABULA_EDITOR_AUTH_HASH_MEMLIMIT="8192", FABULA_EDITOR_MIN_KDF_OPSLIMIT="1",
+               FABULA_EDITOR_MIN_KDF_MEMLIMIT="8192", FABULA_EDITOR_GRACE_S="0")
     return subprocess.Popen([sys.executable, "-m", "services.editor"], cwd=REPO, env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 

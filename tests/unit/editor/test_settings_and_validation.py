@@ -40,6 +40,19 @@ def test_argon2_cost_below_libsodium_minimum_is_refused():
         EditorSettings(auth_hash_memlimit=4096)
 
 
+def test_kdf_floor_defaults_to_interactive_and_bounds_the_decoy():
+    settings = EditorSettings()
+    assert (settings.min_kdf_opslimit, settings.min_kdf_memlimit) == (2, 64 * 1024 * 1024)
+    with pytest.raises(ValidationError, match="min_kdf"):
+        EditorSettings(default_kdf_opslimit=1)
+    with pytest.raises(ValidationError, match="min_kdf"):
+        EditorSettings(min_kdf_opslimit=100)
+    with pytest.raises(InvalidArgument, match="between 2 and 64") as raised:
+        validation.kdf(1, 64 * 1024 * 1024, min_opslimit=2, min_memlimit=8192, max_opslimit=64,
+                       max_memlimit=2**32, field="new_kdf")
+    assert raised.value.field == "new_kdf.opslimit"
+
+
 def test_objects_must_fit_in_a_message():
     with pytest.raises(ValidationError, match="max_object_bytes"):
         EditorSettings(max_object_bytes=32 * 1024 * 1024)

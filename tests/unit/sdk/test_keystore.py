@@ -163,3 +163,16 @@ def test_bad_kdf_inputs():
         kdf.derive_keys("", kdf.new_salt(), MINIMUM_KDF)
     with pytest.raises(ValueError, match="kdf.memlimit"):
         kdf.derive_keys("pw", kdf.new_salt(), type(MINIMUM_KDF)(1, 10))
+
+
+def test_the_kdf_floor_refuses_cheaper_costs_in_either_dimension():
+    from fabula_sdk.errors import WeakKdfError
+    from fabula_sdk.models import KDF_FLOOR, KdfParams
+
+    assert (KDF_FLOOR.opslimit, KDF_FLOOR.memlimit) == (2, 64 * 1024 * 1024)
+    assert kdf.require_floor(KDF_FLOOR, KDF_FLOOR, asked_by="the server") == KDF_FLOOR
+    for cheaper in (KdfParams(1, KDF_FLOOR.memlimit), KdfParams(KDF_FLOOR.opslimit, KDF_FLOOR.memlimit - 1024),
+                    MINIMUM_KDF):
+        with pytest.raises(WeakKdfError, match="the server asked"):
+            kdf.require_floor(cheaper, KDF_FLOOR, asked_by="the server")
+    assert kdf.require_floor(MINIMUM_KDF, MINIMUM_KDF, asked_by="a test server") == MINIMUM_KDF
