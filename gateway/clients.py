@@ -9,6 +9,7 @@ import grpc
 from fabula.editor.v1 import editor_pb2_grpc
 from fabula.image.v1 import image_pb2_grpc
 from fabula.text.v1 import text_pb2_grpc
+from gateway import channel_policy
 from gateway.settings import GatewaySettings
 from gateway.tracing import records_call_spans
 from services.toolkit import tracing
@@ -20,12 +21,16 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
+    # Reconnect backoff, one retry of idempotent calls (channel_policy.py).
+    *channel_policy.channel_options(),
 ]
 
 
 def _open(address: str, settings: GatewaySettings) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS,
-                                     interceptors=tracing.client_interceptors(records_call_spans(settings)))
+    reconnecting = channel_policy.WaitWhileReconnecting()
+    return reconnecting.attach(grpc.aio.insecure_channel(
+        address, options=_CHANNEL_OPTIONS,
+        interceptors=[reconnecting, *tracing.client_interceptors(records_call_spans(settings))]))
 
 
 @dataclass
