@@ -15,6 +15,19 @@ Figures of the fuzz part:
 - `fuzz_calls`: calls the reflection-driven fuzzer made to the editor, text and image services
   (every method; empty, random, huge and extreme requests, as a signed-in user);
 - `fuzz_internal`: how many of them were answered INTERNAL or UNKNOWN (aim: 0).
+
+Figures of the kills-and-rollouts part, on the stack the fault tests run (tests/resilience/stack.py:
+editor on SQLite, text on a tiny seeded model, image on the built-in tiny model, and the gateway,
+each a real process on localhost), with three clients calling the routes that need the service
+(object writes and reads, short text generations, 64x64 one-step images):
+- kill: the service gets SIGKILL, stays down for two seconds and is started again on its port.
+  `kill_to_503_ms_<service>` is the time from the kill to the first 503 a client receives;
+  `kill_answer_max_ms_<service>` the slowest answer to a call sent while the service was down;
+  `recovery_ms_<service>` the time from the restarted service's SERVING to the first success;
+  `kill_to_503_ms` the largest of the three services' kill-to-503 times.
+- roll: a replacement starts on the same port; once it is SERVING the old process gets SIGTERM
+  and drains. `rolling_restart_5xx` counts the 5xx answers (and calls with no answer) over the
+  three services' rollouts; `rolling_restart_calls_<service>` the calls made meanwhile.
 """
 
 from __future__ import annotations
@@ -33,6 +46,9 @@ from bench.processes import free_port, running_processes
 
 AREA = "resilience"
 FUZZ_SEED = 0
+SERVICES = ("editor", "text", "image")
+DOWN_FOR_S = 2.0
+RECOVERY_TIMEOUT_S = 60.0
 
 
 def merge_into_results(measured: dict[str, Any], area: str = AREA) -> dict[str, Any]:
@@ -146,14 +162,81 @@ async def fuzz_figures() -> dict[str, Any]:
     return {"fuzz_calls": report.calls, "fuzz_internal": len(report.findings)}
 
 
+def _kill(stack, service: str) -> dict[str, float]:
+    from tests.resilience.stack import load_on
+
+    process = stack[service]
+    with load_on(stack, service) as load:
+        if load.wait_for_success_after(time.monotonic(), RECOVERY_TIMEOUT_S) is None:
+            raise RuntimeError(f"no call to {service} got through before the kill")
+        killed_at = time.monotonic()
+        process.kill()
+        dead_at = time.monotonic()  # the child reaped: nothing can answer from here on
+        time.sleep(DOWN_FOR_S)
+        restarting_at = time.monotonic()
+        process.start()
+        back_at = time.monotonic()
+        recovered = load.wait_for_success_after(back_at, RECOVERY_TIMEOUT_S)
+    refusals = [answer.received for answer in load.after(0) if answer.status == 503 and answer.received >= killed_at]
+    while_down = [answer for answer in load.after(dead_at) if answer.sent < restarting_at]
+    if not refusals or not while_down or recovered is None:
+        raise RuntimeError(f"{service}: no 503 after the kill, no call while down, or no recovery")
+    return {
+        f"kill_to_503_ms_{service}": round((min(refusals) - killed_at) * 1000, 1),
+        f"kill_answer_max_ms_{service}": round(max(a.received - a.sent for a in while_down) * 1000, 1),
+        f"recovery_ms_{service}": round(max(0.0, recovered.received - back_at) * 1000, 1),
+        f"kill_other_5xx_{service}": sum(1 for a in load.server_errors() if a.status != 503),
+    }
+
+
+def _roll(stack, service: str) -> dict[str, int]:
+    from tests.resilience.stack import load_on
+
+    with load_on(stack, service) as load:
+        if load.wait_for_success_after(time.monotonic(), RECOVERY_TIMEOUT_S) is None:
+            raise RuntimeError(f"no call to {service} got through before the roll")
+        stack[service].roll()
+        load.wait_for_success_after(time.monotonic(), RECOVERY_TIMEOUT_S)
+    return {f"rolling_restart_5xx_{service}": len(load.server_errors()),
+            f"rolling_restart_calls_{service}": len(load.answers)}
+
+
+def fault_figures() -> dict[str, Any]:
+    from tests.resilience.stack import running_stack
+
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fabula-bench-faults-") as workdir:
+        with running_stack(Path(workdir)) as stack:
+            for service in SERVICES:
+                figures.update(_roll(stack, service))
+            for service in SERVICES:
+                figures.update(_kill(stack, service))
+    figures["kill_to_503_ms"] = max(figures[f"kill_to_503_ms_{service}"] for service in SERVICES)
+    figures["rolling_restart_5xx"] = sum(figures[f"rolling_restart_5xx_{service}"] for service in SERVICES)
+    return figures
+
+
+def fault_summary(figures: dict[str, Any]) -> str:
+    per_service = "; ".join(
+        f"{service}: first 503 after {figures[f'kill_to_503_ms_{service}']:.0f} ms, slowest answer while down "
+        f"{figures[f'kill_answer_max_ms_{service}']:.0f} ms, success {figures[f'recovery_ms_{service}']:.0f} ms "
+        f"after it was back, {figures[f'rolling_restart_5xx_{service}']} 5xx in "
+        f"{figures[f'rolling_restart_calls_{service}']} calls during its roll" for service in SERVICES)
+    return (f"Kills and rollouts: each service killed (SIGKILL) under load from three clients, down "
+            f"{DOWN_FOR_S:.0f} s, started again on its port; and rolled (replacement on the same port, then "
+            f"SIGTERM and drain of the old process); real processes on localhost. {per_service}.")
+
+
 def run() -> dict[str, Any]:
     hostile = hostile_body_figures()
     figures = asyncio.run(fuzz_figures())
+    faults = fault_figures()
     return merge_into_results({
-        "figures": {**hostile, **figures},
+        "figures": {**hostile, **figures, **faults},
         "summary": "\n".join([
             hostile_body_summary(hostile),
             f"Fuzz: the fuzzer called every method of the editor, text and image services "
             f"{figures['fuzz_calls']} times in all (seeded, signed in).",
+            fault_summary(faults),
         ]),
     })
