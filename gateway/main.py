@@ -17,9 +17,10 @@ from gateway.deps import AuthCache
 from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
-from gateway.routes import health, image, objects, text, transfer, user
+from gateway.routes import health, image, object_data, objects, text, transfer, user
 
-ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router)
+ROUTERS = (health.router, user.router, objects.router, object_data.router, transfer.router, text.router,
+           image.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

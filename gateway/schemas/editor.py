@@ -121,6 +121,13 @@ def get_object_request(kind: ObjectKind, object_id: str) -> editor_pb2.GetObject
     return editor_pb2.GetObjectRequest(type=kind.proto, id=object_id)
 
 
+def put_object_data_request(kind: ObjectKind, object_id: str, data: bytes,
+                            expected_change_index: int) -> editor_pb2.PutObjectRequest:
+    """The raw-bytes write: the body is the data, the change index came in the query."""
+    return editor_pb2.PutObjectRequest(type=kind.proto, id=object_id, data=data,
+                                       expected_change_index=expected_change_index)
+
+
 def delete_object_request(kind: ObjectKind, object_id: str,
                           expected_change_index: int | None) -> editor_pb2.DeleteObjectRequest:
     message = editor_pb2.DeleteObjectRequest(type=kind.proto, id=object_id)
@@ -208,6 +215,19 @@ class ObjectMeta(BaseModel):
         return cls(id=meta.id, type=ObjectType.from_proto(meta.type), size=meta.size,
                    change_index=meta.change_index, created_at=_time(meta.created_at),
                    updated_at=_time(meta.updated_at), **extra)
+
+
+# The metadata of a raw-bytes read travels in these headers (the size is Content-Length).
+CHANGE_INDEX_HEADER = "X-Fabula-Change-Index"
+CREATED_AT_HEADER = "X-Fabula-Created-At"
+UPDATED_AT_HEADER = "X-Fabula-Updated-At"
+
+
+def object_meta_headers(meta: editor_pb2.ObjectMeta) -> dict[str, str]:
+    """A raw-bytes read's metadata headers, the times spelled exactly as the JSON routes spell them."""
+    fields = ObjectMeta.from_pb(meta).model_dump(mode="json")
+    return {CHANGE_INDEX_HEADER: str(fields["change_index"]), CREATED_AT_HEADER: fields["created_at"],
+            UPDATED_AT_HEADER: fields["updated_at"]}
 
 
 class ObjectWithData(ObjectMeta):

@@ -17,6 +17,7 @@ from fabula_wire import ObjectType
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ARCHIVE_MEDIA_TYPE = "application/x-tar"
+OCTET_STREAM = "application/octet-stream"
 
 
 def _b64(data: bytes) -> str:
@@ -74,14 +75,22 @@ class HttpTransport(Transport):
             raise TransportError("not signed in: log in or register first")
         return {"Authorization": f"Bearer {self.token}"}
 
-    def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-              signed_in: bool = True) -> Any:
+    def _send(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+              params: dict[str, Any] | None = None, signed_in: bool = True) -> httpx.Response:
+        headers = self._headers(signed_in)
+        if content is not None:
+            headers["Content-Type"] = OCTET_STREAM
         try:
-            response = self._http.request(method, path, json=json, params=params, headers=self._headers(signed_in))
+            response = self._http.request(method, path, json=json, content=content, params=params, headers=headers)
         except httpx.HTTPError as error:
             raise TransportError(f"{method} {self.url}{path} failed: {error}") from error
         if response.is_error:
             raise error_from_response(response)
+        return response
+
+    def _call(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+              params: dict[str, Any] | None = None, signed_in: bool = True) -> Any:
+        response = self._send(method, path, json=json, content=content, params=params, signed_in=signed_in)
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -141,13 +150,24 @@ class HttpTransport(Transport):
         body = self._call("GET", f"/user/objects/{type.value}", params=params)
         return [_meta(item) for item in body["objects"]], body["next_page_token"]
 
+    # Objects travel as raw bytes (the `/data` routes), not base64 in JSON: cheaper at both ends.
+
     def put_object(self, type: ObjectType, id: str, data: bytes, expected_change_index: int) -> ObjectMeta:
-        return _meta(self._call("PUT", f"/user/objects/{type.value}/{id}",
-                                json={"data": _b64(data), "expected_change_index": expected_change_index}))
+        return _meta(self._call("PUT", f"/user/objects/{type.value}/{id}/data", content=data,
+                                params={"expected_change_index": expected_change_index}))
 
     def get_object(self, type: ObjectType, id: str) -> tuple[ObjectMeta, bytes]:
-        body = self._call("GET", f"/user/objects/{type.value}/{id}")
-        return _meta(body), _unb64(body["data"])
+        response = self._send("GET", f"/user/objects/{type.value}/{id}/data")
+        headers = response.headers
+        try:
+            meta = ObjectMeta(id=id, type=type, size=len(response.content),
+                              change_index=int(headers["x-fabula-change-index"]),
+                              created_at=_time(headers["x-fabula-created-at"]),
+                              updated_at=_time(headers["x-fabula-updated-at"]))
+        except (KeyError, ValueError):
+            raise TransportError(f"GET {self.url}/user/objects/{type.value}/{id}/data answered without "
+                                 "valid X-Fabula-* metadata headers") from None
+        return meta, response.content
 
     def delete_object(self, type: ObjectType, id: str, expected_change_index: int | None = None) -> None:
         params = {"expected_change_index": expected_change_index} if expected_change_index is not None else None

@@ -118,3 +118,36 @@ async def test_calls_without_a_valid_token_are_refused(client, alice: HttpUser):
             assert reply.status_code == 401, (method, path, headers, reply.text)
             assert reply.json()["error"]["field"] == "authorization"
     assert (await client.get("/user/objects/stories/s", headers=alice.headers)).status_code == 200
+
+
+async def test_raw_bytes_routes_share_objects_with_the_json_routes(client, alice: HttpUser, bob: HttpUser):
+    first, second = os.urandom(3000), os.urandom(70_000)
+    raw = {**alice.headers, "Content-Type": "application/octet-stream"}
+    created = await client.put("/user/objects/stories/raw-1/data", params={"expected_change_index": 0},
+                               content=first, headers=raw)
+    assert created.status_code == 201 and set(created.json()) == META_FIELDS
+    assert (created.json()["size"], created.json()["change_index"]) == (3000, 1)
+    # The JSON route reads what the raw route wrote, and the other way round.
+    as_json = await client.get("/user/objects/stories/raw-1", headers=alice.headers)
+    assert base64.b64decode(as_json.json()["data"]) == first
+    assert (await _put(client, alice, "stories/raw-1", second, 1)).status_code == 200
+    read = await client.get("/user/objects/stories/raw-1/data", headers=alice.headers)
+    assert read.status_code == 200 and read.content == second
+    assert read.headers["content-type"] == "application/octet-stream"
+    assert read.headers["x-fabula-change-index"] == "2"
+    assert read.headers["x-fabula-created-at"] == created.json()["created_at"]
+    rewritten = (await client.get("/user/objects/stories/raw-1", headers=alice.headers)).json()
+    assert read.headers["x-fabula-updated-at"] == rewritten["updated_at"]
+    # The same rules as the JSON route: stale writes, missing objects, other users, bad input.
+    stale = await client.put("/user/objects/stories/raw-1/data", params={"expected_change_index": 1},
+                             content=b"stale", headers=raw)
+    assert stale.status_code == 409 and stale.json()["error"]["field"] == "expected_change_index"
+    assert (await client.get("/user/objects/stories/raw-1/data", headers=bob.headers)).status_code == 404
+    missing_index = await client.put("/user/objects/stories/raw-2/data", content=b"x", headers=raw)
+    assert missing_index.status_code == 400 and missing_index.json()["error"]["field"] == "expected_change_index"
+    empty = await client.put("/user/objects/stories/raw-2/data", params={"expected_change_index": 0},
+                             content=b"", headers=raw)
+    assert empty.status_code == 400 and empty.json()["error"]["field"] == "data"
+    bad_kind = await client.get("/user/objects/secrets/raw-1/data", headers=alice.headers)
+    assert bad_kind.status_code == 400 and bad_kind.json()["error"]["field"] == "type"
+    assert (await client.get("/user/objects/stories/raw-1/data")).status_code == 401
