@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import pybase64
 
 from bench.common import percentile
 from bench.processes import cpu_seconds, free_port, running_processes
@@ -104,8 +103,6 @@ class Client:
     http: aiohttp.ClientSession | None = None
     url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
-    # Each story's save body up to the change index: '{"data":"<base64>","expected_change_index":'
-    body_prefixes: dict[str, bytes] = field(default_factory=dict)
     user_id: str = ""
 
 
@@ -191,17 +188,16 @@ async def _http_setup(url: str, clients: list[Client]) -> None:
             "keystore": base64.b64encode(os.urandom(200)).decode()}) as reply:
             reply.raise_for_status()
             token = (await reply.json())["token"]
-        client.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        client.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
         for story_id in client.story_ids:
-            data = base64.b64encode(client.blobs[story_id]).decode()
-            client.body_prefixes[story_id] = f'{{"data":"{data}","expected_change_index":'.encode()
             await _http_save(client, story_id)
 
 
 async def _http_save(client: Client, story_id: str) -> None:
+    # The raw-bytes route, as the SDK saves: the ciphertext is the body.
     expected = client.indexes.get(story_id, 0)
-    body = client.body_prefixes[story_id] + b"%d}" % expected
-    async with client.http.put(client.url + story_id, data=body, headers=client.headers) as reply:
+    async with client.http.put(f"{client.url}{story_id}/data?expected_change_index={expected}",
+                               data=client.blobs[story_id], headers=client.headers) as reply:
         answer = await reply.read()
         if reply.status not in (200, 201):
             raise RuntimeError(f"save failed: {reply.status} {answer[:200]!r}")
@@ -209,12 +205,14 @@ async def _http_save(client: Client, story_id: str) -> None:
 
 
 async def _http_load(client: Client, story_id: str) -> None:
-    async with client.http.get(client.url + story_id, headers=client.headers) as reply:
+    async with client.http.get(f"{client.url}{story_id}/data", headers=client.headers) as reply:
         answer = await reply.read()
         if reply.status != 200:
             raise RuntimeError(f"load failed: {reply.status} {answer[:200]!r}")
-    # What a client does with the answer short of decrypting it: parse it, check the data came.
-    if len(pybase64.b64decode(json.loads(answer)["data"])) != len(client.blobs[story_id]):
+        # What a client does with the answer short of decrypting it: read its change index,
+        # check the data came.
+        client.indexes[story_id] = int(reply.headers["X-Fabula-Change-Index"])
+    if len(answer) != len(client.blobs[story_id]):
         raise RuntimeError("load failed: the data is not the story's")
 
 
