@@ -167,7 +167,7 @@ def test_bad_kdf_inputs():
 
 def test_the_kdf_floor_refuses_cheaper_costs_in_either_dimension():
     from fabula_sdk.errors import WeakKdfError
-    from fabula_sdk.models import KDF_FLOOR, KdfParams
+    from fabula_sdk.types import KDF_FLOOR, KdfParams
 
     assert (KDF_FLOOR.opslimit, KDF_FLOOR.memlimit) == (2, 64 * 1024 * 1024)
     assert kdf.require_floor(KDF_FLOOR, KDF_FLOOR, asked_by="the server") == KDF_FLOOR
