@@ -80,7 +80,8 @@ def test_installed_sdk_imports_no_server_code(sdk_venv, tmp_path):
 async def test_installed_cli_against_live_stack(sdk_venv, gateway, tmp_path):
     fabula = str(sdk_venv / "bin" / "fabula")
     env = {**_clean_environment(), "FABULA_URL": gateway.url, "FABULA_HOME": str(tmp_path / "home"),
-           "FABULA_PASSWORD": PASSWORD, "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192"}
+           "FABULA_PASSWORD": PASSWORD, "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192",
+           "FABULA_KDF_FLOOR_FOR_TESTS": "1"}
     story = tmp_path / "the-standalone-story.txt"
     story.write_text("Installed alone, it still keeps the secret.\n", "utf-8")
 
