@@ -7,9 +7,12 @@ file with the same settings, doing the same writes and reads. Both run at 1 and 
 clients, alternating in rounds so that machine noise hits both alike; ratios are full-stack ops/s
 divided by back-end ops/s.
 
+Stories move as the SDK moves them: raw bytes through `/user/objects/{type}/{id}/data`
+(`application/octet-stream`, metadata in headers), not base64 inside JSON.
+
 The load generator shares the machine's cores with the stack, so it does as little as it can per
-request: stories are sealed once with the real SDK and their JSON bodies built once (only the
-change index differs between saves), and aiohttp costs a fraction of httpx's CPU per request.
+request: stories are sealed once with the real SDK, and aiohttp costs a fraction of httpx's CPU
+per request.
 Where the cores went is reported beside the speeds: CPU milliseconds per operation of the
 client, the gateway and the editor processes (figures `*_cpu_ms_*`).
 
@@ -356,7 +359,8 @@ def _report(results: dict[str, Measurement], sealed_by_sdk: bool, load_average: 
     summary = (
         f"Saves and loads of {STORY_BYTES // 1024} KiB encrypted stories "
         f"({'sealed by the SDK' if sealed_by_sdk else 'random bytes: the SDK was not importable'}): "
-        "the full stack (aiohttp clients → uvicorn gateway process → editor process → SQLite) against the editor's "
+        "the full stack (aiohttp clients moving raw bytes through the /data routes, as the SDK does → uvicorn "
+        "gateway process → editor process → SQLite) against the editor's "
         f"storage back end alone, in-process, on the same machine in the same run ({ROUNDS} alternating rounds; "
         "ops/s is the median round, percentiles pool every round). The load generator, gateway and editor "
         f"share this machine's {os.cpu_count()} cores; its 1-minute load average (other work included) was "
