@@ -87,9 +87,9 @@ def run() -> dict[str, Any]:
     text_chars = len(history.text)
     with tempfile.TemporaryDirectory(prefix="fabula-bench-documents-") as workdir, \
             running_stack(Path(workdir)) as stack:
-        writer = FabulaClient.connect(stack.url, kdf=MINIMUM_KDF)
+        writer = FabulaClient.connect(stack.url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         writer.register("bench", PASSWORD)
-        reader = FabulaClient.connect(stack.url, kdf=MINIMUM_KDF)
+        reader = FabulaClient.connect(stack.url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         reader.login("bench", PASSWORD)
         sent = _BytesSent(writer)
         store = DocumentStore(writer, compact_after=10_000)  # the rounds measure segments, not compaction

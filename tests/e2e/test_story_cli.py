@@ -25,7 +25,7 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "importers"
 @pytest.fixture
 def fabula(ai_gateway, tmp_path):
     env = {"FABULA_URL": ai_gateway.url, "FABULA_HOME": str(tmp_path / "home"), "FABULA_PASSWORD": PASSWORD,
-           "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192"}
+           "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192", "FABULA_KDF_FLOOR_FOR_TESTS": "1"}
 
     def run(*args: str, ok: bool = True):
         result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
@@ -98,7 +98,7 @@ async def test_writing_a_story_from_the_command_line(fabula, ai_gateway, tmp_pat
     story, lorebook, preset, image_id, first_output, url = await in_thread(scenario)
 
     def check():
-        client = FabulaClient.connect(url, kdf=MINIMUM_KDF)
+        client = FabulaClient.connect(url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         try:
             client.login("writer", PASSWORD)
             store = DocumentStore(client)

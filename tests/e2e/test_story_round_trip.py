@@ -116,7 +116,7 @@ async def test_story_survives_export_and_import_bit_for_bit(ai_gateway, other_se
     archive = tmp_path / "alice.tar"
 
     def alice_side():
-        alice = FabulaClient.connect(ai_gateway.url, kdf=MINIMUM_KDF)
+        alice = FabulaClient.connect(ai_gateway.url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         alice.register("alice", PASSWORD)
         story_id = write_story(alice, ai_gateway.url)
         documents = decrypted_documents(alice)
@@ -134,7 +134,7 @@ async def test_story_survives_export_and_import_bit_for_bit(ai_gateway, other_se
     assert sum(1 for type, id in documents if type == "images" and not id.endswith("_thumb")) == 3
 
     def bob_side():
-        bob = FabulaClient.connect(other_server.url, kdf=MINIMUM_KDF)
+        bob = FabulaClient.connect(other_server.url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
         try:
             bob.register("bob", "bob's own password")
             bob.import_archive(archive, PASSWORD)
