@@ -17,9 +17,11 @@ from gateway.deps import AuthCache
 from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
-from gateway.routes import health, image, objects, text, transfer, user
+from gateway.image_jobs import ImageJobs
+from gateway.routes import a1111, health, image, objects, text, transfer, user
 
-ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router)
+ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router,
+           a1111.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -45,6 +47,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.auth_cache = AuthCache(settings.auth_cache_s)
     app.state.rate_limits = RateLimits(settings)
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
+    app.state.image_jobs = ImageJobs()
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
