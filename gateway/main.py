@@ -18,10 +18,10 @@ from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
 from gateway.image_jobs import ImageJobs
-from gateway.routes import a1111, health, image, objects, text, transfer, user
+from gateway.routes import a1111, health, image, novelai, objects, text, transfer, user
 
 ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router,
-           a1111.router)
+           a1111.router, novelai.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

@@ -130,7 +130,8 @@ class Txt2ImgBody(RequestBody):
             model=catalogue.model_for(checkpoint if isinstance(checkpoint, str) else ""),
             prompt=self.prompt, negative_prompt=self.negative_prompt, negative_preset="none", quality_tags=False,
             width=self.width or 0, height=self.height or 0, steps=self.steps or 0, sampler=sampler,
-            noise_schedule=schedule, n_images=self.batch_size * self.n_iter, preview_every=1)
+            noise_schedule=schedule, n_images=self.batch_size * self.n_iter, preview_every=1,
+            dialect=image_pb2.PROMPT_DIALECT_A1111)
         if self.cfg_scale is not None:
             params.guidance_scale = self.cfg_scale
         if self.seed >= 0:

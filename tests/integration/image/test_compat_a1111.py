@@ -12,27 +12,13 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
 import webuiapi
 from PIL import Image, PngImagePlugin
 
 from gateway.schemas.a1111 import NOISE_NOTE
 from services.editor.embedded import embedded_editor, fast_settings
-from services.image.models import load_model
-from services.image.settings import ModelOptions
 from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
-from tests.integration.image.conftest import png_bytes, running_image_service
-
-
-@pytest.fixture(scope="module")
-def builtin_tiny(tiny_folder, tmp_path_factory):
-    """The built-in model, loaded as `builtin:tiny-sd` (so its PNGs say builtin_model), from the
-    session's build of it rather than a second one."""
-    cache = tmp_path_factory.mktemp("builtin-cache")
-    (cache / "models").mkdir()
-    (cache / "models" / "tiny-sd").symlink_to(tiny_folder, target_is_directory=True)
-    return load_model("tiny", ModelOptions(source="builtin:tiny-sd"), cache_dir=cache, device=torch.device("cpu"),
-                      dtype=torch.float32)
+from tests.integration.image.conftest import noise_image, running_image_service
 
 
 @pytest.fixture
@@ -50,10 +36,6 @@ async def a1111(tmp_path, builtin_tiny):
             yield api, client, image
 
 
-def noise_image(seed: int = 3) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-
-
 async def test_txt2img_with_webuiapi(a1111) -> None:
     api, _, _ = a1111
     result = await asyncio.to_thread(api.txt2img, prompt="a lighthouse, (storm:1.2)", negative_prompt="fog",
@@ -66,10 +48,11 @@ async def test_txt2img_with_webuiapi(a1111) -> None:
     assert result.info["builtin_model"] is True and result.info["fabula_note"] == NOISE_NOTE
     infotext = result.info["infotexts"][0]
     assert "Seed: 42" in infotext and "Schedule type: Karras" in infotext and "CFG scale: 5" in infotext
-    assert json.loads(result.images[0].info["fabula"])["builtin_model"] is True
+    facts = json.loads(result.images[0].info["fabula"])
+    assert facts["builtin_model"] is True and facts["dialect"] == "a1111"
     again = await asyncio.to_thread(api.txt2img, prompt="a lighthouse, (storm:1.2)", negative_prompt="fog",
-                                    seed=42, width=64, height=64, steps=2, cfg_scale=5.0,
-                                    sampler_name="DPM++ 2M Karras")
+                                    seed=42, width=64, height=64, steps=2, cfg_scale=5.0, batch_size=2,
+                                    sampler_name="DPM++ 2M Karras")  # the older name, schedule included
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(result.images[0]))
 
 
