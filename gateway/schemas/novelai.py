@@ -1,5 +1,6 @@
-"""NovelAI's image API (POST {prefix}/ai/generate-image, prefix /novelai): its request body, and
-its translation onto the image service's protobuf. The answer is a ZIP of PNGs, as NovelAI's.
+"""NovelAI's API under the prefix /novelai: /ai/generate-image (answered with a ZIP of PNGs, as
+NovelAI's), /ai/generate and /ai/generate-stream; their bodies and their translation onto the
+image and text services' protobuf.
 
 NovelAI's body is `{"input": prompt, "model": ..., "action": ..., "parameters": {...}}`; the
 parameters below are the ones NovelAI's clients send (SillyTavern's src/endpoints/novelai.js
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from fabula.image.v1 import image_pb2
+from fabula.text.v1 import text_pb2
+from gateway.errors import ApiError
 from gateway.schemas.a1111 import NOISE_NOTE, ImageData, fabula_facts
 from gateway.schemas.common import RequestBody, Text
 
@@ -108,3 +111,114 @@ def honesty_headers(images: list[image_pb2.Image]) -> dict[str, str]:
     if images and fabula_facts(images[0].png).get("builtin_model"):
         return {"X-Fabula-Builtin-Model": "true", "X-Fabula-Note": NOISE_NOTE}
     return {}
+
+
+# Text ------------------------------------------------------------------------------------------
+
+# NovelAI's sampler numbers in `order`, and Fabula's samplers; NovelAI's CFG (6), top-g (7),
+# mirostat (8) and unified (9) samplers have no Fabula counterpart.
+ORDER_SAMPLERS = {0: text_pb2.SAMPLER_TEMPERATURE, 1: text_pb2.SAMPLER_TOP_K, 2: text_pb2.SAMPLER_TOP_P,
+                  3: text_pb2.SAMPLER_TAIL_FREE, 4: text_pb2.SAMPLER_TOP_A, 5: text_pb2.SAMPLER_TYPICAL_P,
+                  10: text_pb2.SAMPLER_MIN_P}
+OrderNumber = Literal[0, 1, 2, 3, 4, 5, 10]
+
+
+class TextParameters(RequestBody):
+    """NovelAI's text parameters, as SillyTavern's src/endpoints/novelai.js forwards them. Fields
+    that hold token ids of NovelAI's own tokenizers (bad_words_ids, logit_bias_exp,
+    repetition_penalty_whitelist) mean nothing to Fabula's models and are ignored, as are the
+    controls Fabula has no counterpart for (phrase_rep_pen, mirostat_*, cfg_*, prefix, use_cache,
+    return_full_text, generate_until_sentence)."""
+
+    use_string: bool = Field(True, description="only true: token-id input is NovelAI's tokenizer's")
+    temperature: float | None = None
+    max_length: int = Field(40, ge=1, le=2048, description="new tokens at most")
+    min_length: int = Field(0, ge=0, le=2048, description="new tokens at least")
+    top_k: int | None = Field(None, ge=0, le=2**32 - 1)
+    top_p: float | None = None
+    top_a: float | None = None
+    typical_p: float | None = None
+    tail_free_sampling: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    repetition_penalty_range: int | None = Field(None, ge=0, le=2**32 - 1)
+    repetition_penalty_slope: float | None = None
+    repetition_penalty_frequency: float | None = None
+    repetition_penalty_presence: float | None = None
+    stop_sequences: list[Text] | None = Field(
+        None, description="strings; NovelAI's token-id arrays are refused (Fabula's models have other tokenizers)")
+    order: list[OrderNumber] | None = Field(None, description="0 temperature, 1 top-k, 2 top-p, 3 tail-free, "
+                                                              "4 top-a, 5 typical, 10 min-p; the rest are off")
+
+    def sampling_pb(self) -> text_pb2.SamplingParameters:
+        sampling = text_pb2.SamplingParameters()
+        for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
+                             ("top_a", "top_a"), ("typical_p", "typical_p"), ("tail_free", "tail_free_sampling"),
+                             ("min_p", "min_p"), ("repetition_penalty", "repetition_penalty"),
+                             ("repetition_penalty_range", "repetition_penalty_range"),
+                             ("repetition_penalty_slope", "repetition_penalty_slope"),
+                             ("frequency_penalty", "repetition_penalty_frequency"),
+                             ("presence_penalty", "repetition_penalty_presence")):
+            value = getattr(self, theirs)
+            if value is not None:
+                setattr(sampling, ours, value)
+        if self.order:
+            listed = list(dict.fromkeys(ORDER_SAMPLERS[number] for number in self.order))
+            rest = [s for s in ORDER_SAMPLERS.values() if s not in listed]
+            sampling.sampler_order.extend([text_pb2.SamplerStep(sampler=s, enabled=True) for s in listed]
+                                          + [text_pb2.SamplerStep(sampler=s, enabled=False) for s in rest])
+        return sampling
+
+
+class GenerateTextBody(RequestBody):
+    input: Text = Field(description="the text to continue")
+    model: Text = Field("", max_length=200, description="a Fabula model; NovelAI's names (kayra-v1, clio-v1, ...) "
+                                                        "and unknown ones take the default model")
+    parameters: TextParameters = Field(default_factory=TextParameters)
+
+    def to_pb(self, model_names: set[str]) -> text_pb2.GenerationSpec:
+        p = self.parameters
+        if not p.use_string:
+            raise ApiError(400, "parameters.use_string: only text input is served (true); token ids are "
+                                "NovelAI's tokenizer's", field="parameters.use_string")
+        return text_pb2.GenerationSpec(model=self.model if self.model in model_names else "", prompt=self.input,
+                                       sampling=p.sampling_pb(), max_new_tokens=p.max_length,
+                                       min_new_tokens=p.min_length, stop_sequences=p.stop_sequences or [])
+
+
+# The text service's field names (after "spec.") as NovelAI's body names them.
+TEXT_FIELD_PREFIXES = ("spec.",)
+TEXT_FIELDS = {"prompt": "input", "model": "model", "max_new_tokens": "parameters.max_length",
+               "min_new_tokens": "parameters.min_length", "stop_sequences": "parameters.stop_sequences",
+               "sampling.tail_free": "parameters.tail_free_sampling",
+               "sampling.frequency_penalty": "parameters.repetition_penalty_frequency",
+               "sampling.presence_penalty": "parameters.repetition_penalty_presence",
+               "sampling.sampler_order": "parameters.order"}
+
+
+def text_body_field(field: str) -> str:
+    if field in TEXT_FIELDS:
+        return TEXT_FIELDS[field]
+    for prefix in ("sampling.", "stop_sequences"):
+        if field.startswith(prefix):
+            return "parameters." + field.removeprefix("sampling.")
+    return field
+
+
+class GenerateTextAnswer(BaseModel):
+    output: str = Field(description="the continuation")
+
+
+class TokenEvents:
+    """NovelAI's stream: `newToken` events with the text piece, its position and whether it is the
+    last; one instance per stream (it counts the pieces)."""
+
+    def __init__(self) -> None:
+        self._ptr = 0
+
+    def __call__(self, message: text_pb2.GenerateStreamResponse) -> tuple[str, Any]:
+        if message.WhichOneof("event") == "final":
+            return "newToken", {"token": "", "ptr": self._ptr, "final": True}
+        data = {"token": message.piece.text, "ptr": self._ptr, "final": False}
+        self._ptr += 1
+        return "newToken", data
