@@ -54,6 +54,9 @@ def body_limits(settings: GatewaySettings) -> dict[str, int]:
         "POST /sdapi/v1/txt2img": text,
         "POST /sdapi/v1/img2img": image,
         "POST /sdapi/v1/png-info": image,
+        "POST /novelai/ai/generate": text,
+        "POST /novelai/ai/generate-stream": text,
+        "POST /novelai/ai/generate-image": image,
     }
 
 
