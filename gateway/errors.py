@@ -131,7 +131,10 @@ def install_handlers(app: FastAPI) -> None:
         # body cannot be decoded at all (not UTF-8): either way the body is at fault.
         if error.status_code in (400, 413):
             return to_response(ApiError(error.status_code, f"body: {error.detail}", field="body"))
-        return to_response(ApiError(error.status_code, str(error.detail)))
+        response = to_response(ApiError(error.status_code, str(error.detail)))
+        if error.headers and "Allow" in error.headers:  # a 405 names the methods the path takes
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, error: Exception) -> JSONResponse:

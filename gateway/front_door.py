@@ -53,6 +53,12 @@ def body_limits(settings: GatewaySettings) -> dict[str, int]:
         "POST /ai/image/tokenize": text,
         "POST /ai/generate-image": image,
         "POST /ai/generate-image-stream": image,
+        "POST /sdapi/v1/txt2img": text,
+        "POST /sdapi/v1/img2img": image,
+        "POST /sdapi/v1/png-info": image,
+        "POST /novelai/ai/generate": text,
+        "POST /novelai/ai/generate-stream": text,
+        "POST /novelai/ai/generate-image": image,
     }
 
 

@@ -17,10 +17,11 @@ from gateway.deps import AuthCache
 from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
-from gateway.routes import health, image, object_data, objects, text, transfer, user
+from gateway.image_jobs import ImageJobs
+from gateway.routes import a1111, health, image, novelai, object_data, objects, text, transfer, user
 
 ROUTERS = (health.router, user.router, objects.router, object_data.router, transfer.router, text.router,
-           image.router)
+           image.router, a1111.router, novelai.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -46,6 +47,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.auth_cache = AuthCache(settings.auth_cache_s)
     app.state.rate_limits = RateLimits(settings)
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
+    app.state.image_jobs = ImageJobs()
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -112,3 +113,18 @@ async def collect(call) -> list[image_pb2.GenerateResponse]:
 
 def images_of(events) -> list[image_pb2.Image]:
     return [event.image for event in events if event.WhichOneof("event") == "image"]
+
+
+@pytest.fixture(scope="session")
+def builtin_tiny(tiny_folder, tmp_path_factory):
+    """The built-in model, loaded as `builtin:tiny-sd` (so its PNGs say builtin_model), from the
+    session's build of it rather than a second one."""
+    cache = tmp_path_factory.mktemp("builtin-cache")
+    (cache / "models").mkdir()
+    (cache / "models" / "tiny-sd").symlink_to(tiny_folder, target_is_directory=True)
+    return load_model("tiny", ModelOptions(source="builtin:tiny-sd"), cache_dir=cache, device=torch.device("cpu"),
+                      dtype=torch.float32)
+
+
+def noise_image(seed: int = 3) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8))
