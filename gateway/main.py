@@ -17,12 +17,14 @@ from gateway.deps import AuthCache
 from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
-from gateway.routes import health, image, objects, openai, text, transfer, user
+from gateway.routes import health, image, kobold, objects, openai, text, transfer, user
+from gateway.schemas.kobold import kobold_error_body
 from gateway.schemas.openai import openai_error_body
 
-ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router, openai.router)
+ROUTERS = (health.router, user.router, objects.router, transfer.router, text.router, image.router, openai.router,
+           kobold.router)
 # The compatible APIs answer errors in their clients' shapes.
-ERROR_SHAPES = {"/v1/": openai_error_body}
+ERROR_SHAPES = {"/v1/": openai_error_body, "/api/": kobold_error_body}
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -49,6 +51,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.rate_limits = RateLimits(settings)
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
     install_handlers(app, ERROR_SHAPES)
+    app.state.kobold_generations = kobold.Generations()
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(FrontDoor, rules=route_rules(ROUTERS, settings),

@@ -11,6 +11,12 @@ from typing import Any
 import grpc
 
 
+def cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (rather than a call it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _pump(index: int, call: grpc.aio.UnaryStreamCall, queue: asyncio.Queue) -> None:
     try:
         while (message := await call.read()) is not grpc.aio.EOF:
@@ -18,11 +24,17 @@ async def _pump(index: int, call: grpc.aio.UnaryStreamCall, queue: asyncio.Queue
     except grpc.aio.AioRpcError as error:
         await queue.put((index, None, error))
         return
+    except asyncio.CancelledError as error:
+        if cancelled_from_outside():
+            raise
+        await queue.put((index, None, error))  # someone cancelled the call (an abort): the reader decides
+        return
     await queue.put((index, None, None))
 
 
 async def merged(calls: Sequence[grpc.aio.UnaryStreamCall]) -> AsyncIterator[tuple[int, Any]]:
-    """(index, message) from every call until all have ended; a failed call raises its AioRpcError."""
+    """(index, message) from every call until all have ended; a failed call raises its AioRpcError
+    (or CancelledError, when something cancelled the call itself)."""
     if len(calls) == 1:  # the common case, without a task and a queue per message
         try:
             while (message := await calls[0].read()) is not grpc.aio.EOF:

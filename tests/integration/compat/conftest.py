@@ -40,9 +40,9 @@ def chat_model(tmp_path_factory) -> LoadedModel:
 
 
 @asynccontextmanager
-async def compat_stack(tmp_path, models, **gateway_overrides):
+async def compat_stack(tmp_path, models, *, text_options: dict | None = None, **gateway_overrides):
     async with embedded_editor(fast_settings(f"sqlite:///{tmp_path / 'editor.db'}")) as editor, \
-            running_text_service(models) as text:
+            running_text_service(models, **(text_options or {})) as text:
         settings = gateway_settings(editor.address, text_address=f"127.0.0.1:{text.server.port}",
                                     **gateway_overrides)
         async with serve_gateway(settings) as live, \
