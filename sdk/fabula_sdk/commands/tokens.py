@@ -50,7 +50,8 @@ def list_tokens(ctx: typer.Context) -> None:
 
 @tokens_app.command("revoke")
 @handle_errors
-def revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(help="the id shown by `fabula tokens list`")]) -> None:
+def revoke(ctx: typer.Context,
+           token_id: Annotated[str, typer.Argument(help="the id shown by `fabula tokens list`")]) -> None:
     """Revoke a token at once."""
     with _client(ctx) as tokens:
         tokens.revoke(token_id)
