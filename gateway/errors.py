@@ -109,14 +109,16 @@ def _validation_field(location: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def shape_for(path: str, shapes: Mapping[str, ErrorShape] | None) -> ErrorShape | None:
+    """The error body of the API served at `path` (None: the gateway's own)."""
+    return next((shape for prefix, shape in (shapes or {}).items() if path.startswith(prefix)), None)
+
+
 def install_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None = None) -> None:
     """`shapes`: path prefix → the error body of the API served under it (the gateway's own elsewhere)."""
-    prefixes = tuple((shapes or {}).items())
 
     def respond(request: Request, error: ApiError) -> JSONResponse:
-        path = request.url.path
-        shape = next((shape for prefix, shape in prefixes if path.startswith(prefix)), None)
-        return to_response(error, shape)
+        return to_response(error, shape_for(request.url.path, shapes))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:

@@ -57,7 +57,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(FrontDoor, rules=route_rules(ROUTERS, settings),
                        default_max_body_bytes=settings.max_sign_in_body_bytes,
                        rate_limits=app.state.rate_limits, auth_cache=app.state.auth_cache,
-                       client_addresses=app.state.client_addresses)
+                       client_addresses=app.state.client_addresses, error_shapes=ERROR_SHAPES)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
