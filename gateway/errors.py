@@ -2,14 +2,16 @@
 
 Body shape everywhere (plain responses and SSE error events alike):
 `{"error": {"code": "INVALID_ARGUMENT", "message": "...", "field": "..."}}` — `field` only when
-one field is at fault.
+one field is at fault. The compatible APIs answer in their own clients' shapes instead: main.py
+passes `install_handlers` a shape per path prefix (e.g. "/v1/" → OpenAI's error body); the status
+and the decision are the same, only the body differs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -89,12 +91,16 @@ def _body_field(field: str, message: str, prefixes: Sequence[str]) -> tuple[str,
     return field, message
 
 
-def to_response(error: ApiError) -> JSONResponse:
+# Builds an API's own error body from the gateway's decision.
+ErrorShape = Callable[[ApiError], dict[str, Any]]
+
+
+def to_response(error: ApiError, shape: ErrorShape | None = None) -> JSONResponse:
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
-    return JSONResponse(error_body(error.code, error.message, error.field), status_code=error.status,
-                        headers=headers)
+    body = shape(error) if shape is not None else error_body(error.code, error.message, error.field)
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def _validation_field(location: tuple[Any, ...]) -> str:
@@ -103,40 +109,50 @@ def _validation_field(location: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def install_handlers(app: FastAPI) -> None:
+def shape_for(path: str, shapes: Mapping[str, ErrorShape] | None) -> ErrorShape | None:
+    """The error body of the API served at `path` (None: the gateway's own)."""
+    return next((shape for prefix, shape in (shapes or {}).items() if path.startswith(prefix)), None)
+
+
+def install_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None = None) -> None:
+    """`shapes`: path prefix → the error body of the API served under it (the gateway's own elsewhere)."""
+
+    def respond(request: Request, error: ApiError) -> JSONResponse:
+        return to_response(error, shape_for(request.url.path, shapes))
+
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
-        return to_response(error)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return respond(request, error)
 
     @app.exception_handler(grpc.aio.AioRpcError)
-    async def _rpc_error(_: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
-        return to_response(from_rpc_error(error))
+    async def _rpc_error(request: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
+        return respond(request, from_rpc_error(error))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":
             # FastAPI locates a JSON syntax error by character offset; the body is what is wrong.
             reason = (first.get("ctx") or {}).get("error", "")
-            return to_response(ApiError(400, f"body: invalid JSON ({reason})", field="body"))
+            return respond(request, ApiError(400, f"body: invalid JSON ({reason})", field="body"))
         field = _validation_field(tuple(first.get("loc", ())))
         # Our own validators' messages read "Value error, must be ..."; the prefix is noise.
         text = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         message = f"{field}: {text}" if field else text
-        return to_response(ApiError(400, message, field=field or None))
+        return respond(request, ApiError(400, message, field=field or None))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         # 413 comes from the body limit (front_door.BodyTooLarge), 400 from FastAPI when a
         # body cannot be decoded at all (not UTF-8): either way the body is at fault.
         if error.status_code in (400, 413):
-            return to_response(ApiError(error.status_code, f"body: {error.detail}", field="body"))
-        response = to_response(ApiError(error.status_code, str(error.detail)))
+            return respond(request, ApiError(error.status_code, f"body: {error.detail}", field="body"))
+        response = respond(request, ApiError(error.status_code, str(error.detail)))
         if error.headers and "Allow" in error.headers:  # a 405 names the methods the path takes
             response.headers["Allow"] = error.headers["Allow"]
         return response
 
     @app.exception_handler(Exception)
-    async def _bug(_: Request, error: Exception) -> JSONResponse:
+    async def _bug(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error in the gateway")
-        return to_response(ApiError(500, "internal error", code="INTERNAL"))
+        return respond(request, ApiError(500, "internal error", code="INTERNAL"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from fastapi import APIRouter
@@ -26,7 +26,7 @@ from gateway import deps
 from gateway.client_address import ClientAddresses
 from gateway.settings import GatewaySettings
 from gateway.deps import AuthCache
-from gateway.errors import ApiError, error_body, to_response
+from gateway.errors import ApiError, ErrorShape, error_body, shape_for, to_response
 from gateway.rate_limits import RateLimits
 
 
@@ -59,6 +59,14 @@ def body_limits(settings: GatewaySettings) -> dict[str, int]:
         "POST /novelai/ai/generate": text,
         "POST /novelai/ai/generate-stream": text,
         "POST /novelai/ai/generate-image": image,
+        "POST /user/tokens": sign_in,
+        # The compatible APIs carry a prompt, as /ai/generate does.
+        "POST /v1/completions": text,
+        "POST /v1/chat/completions": text,
+        "POST /api/v1/generate": text,
+        "POST /api/extra/generate/stream": text,
+        "POST /api/extra/tokencount": text,
+        "POST /api/extra/abort": sign_in,
     }
 
 
@@ -107,8 +115,10 @@ class FrontDoor:
     destroy the answer before the client has read it."""
 
     def __init__(self, app: ASGIApp, *, rules: Iterable[RouteRule], default_max_body_bytes: int,
-                 rate_limits: RateLimits, auth_cache: AuthCache, client_addresses: ClientAddresses) -> None:
+                 rate_limits: RateLimits, auth_cache: AuthCache, client_addresses: ClientAddresses,
+                 error_shapes: Mapping[str, ErrorShape] | None = None) -> None:
         self.app = app
+        self.error_shapes = error_shapes  # the compatible APIs' own error bodies, by path prefix
         self.rules = tuple(rules)
         self.default_max_body_bytes = default_max_body_bytes
         self.rate_limits = rate_limits
@@ -130,16 +140,17 @@ class FrontDoor:
         limit = rule.max_body_bytes if rule else self.default_max_body_bytes
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        shape = shape_for(scope.get("path", ""), self.error_shapes)
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _refuse_body(send, limit)
+            await _refuse_body(send, limit, shape)
             return
         if rule is not None and rule.signed_in:
             try:
                 await self._admit_token(scope, headers.get(b"authorization", b""))
             except ApiError as error:
-                await to_response(error)(scope, receive, send)
+                await to_response(error, shape)(scope, receive, send)
                 return
-        await self._limited(scope, receive, send, limit)
+        await self._limited(scope, receive, send, limit, shape)
 
     async def _admit_token(self, scope: Scope, authorization: bytes) -> None:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
@@ -154,7 +165,8 @@ class FrontDoor:
         key = self.rate_limits.invalid_token_key(self.client_addresses.of(scope))
         await self.rate_limits.ensure_room(self.rate_limits.invalid_tokens, key)
 
-    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int,
+                       shape: ErrorShape | None) -> None:
         received = 0
         response_started = False
 
@@ -177,12 +189,14 @@ class FrontDoor:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await _refuse_body(send, limit)
+                await _refuse_body(send, limit, shape)
 
 
-async def _refuse_body(send: Send, limit: int) -> None:
-    body = json.dumps(error_body("PAYLOAD_TOO_LARGE", f"body: request body is larger than {limit} bytes",
-                                 "body")).encode()
+async def _refuse_body(send: Send, limit: int, shape: ErrorShape | None = None) -> None:
+    message = f"body: request body is larger than {limit} bytes"
+    document = shape(ApiError(413, message, field="body")) if shape else error_body("PAYLOAD_TOO_LARGE", message,
+                                                                                  "body")
+    body = json.dumps(document).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})

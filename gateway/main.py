@@ -18,10 +18,14 @@ from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
 from gateway.image_jobs import ImageJobs
-from gateway.routes import a1111, health, image, novelai, object_data, objects, text, transfer, user
+from gateway.routes import a1111, health, image, kobold, novelai, object_data, objects, openai, text, transfer, user
+from gateway.schemas.kobold import kobold_error_body
+from gateway.schemas.openai import openai_error_body
 
 ROUTERS = (health.router, user.router, objects.router, object_data.router, transfer.router, text.router,
-           image.router, a1111.router, novelai.router)
+           image.router, openai.router, kobold.router, a1111.router, novelai.router)
+# The compatible APIs answer errors in their clients' shapes.
+ERROR_SHAPES = {"/v1/": openai_error_body, "/api/": kobold_error_body}
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -48,13 +52,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.rate_limits = RateLimits(settings)
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
     app.state.image_jobs = ImageJobs()
-    install_handlers(app)
+    app.state.kobold_generations = kobold.Generations()
+    install_handlers(app, ERROR_SHAPES)
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(FrontDoor, rules=route_rules(ROUTERS, settings),
                        default_max_body_bytes=settings.max_sign_in_body_bytes,
                        rate_limits=app.state.rate_limits, auth_cache=app.state.auth_cache,
-                       client_addresses=app.state.client_addresses)
+                       client_addresses=app.state.client_addresses, error_shapes=ERROR_SHAPES)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])

@@ -69,6 +69,8 @@ class GatewaySettings(BaseSettings):
                                           "empty: the client address is the connection's peer")
     auth_cache_s: float = Field(5.0, ge=0, description="how long a token's user is remembered")
     cors_origins: list[str] = Field(default_factory=list)
+    openai_chat_max_tokens: int = Field(512, ge=1, description="max_tokens of an OpenAI chat request that "
+                                                               "sends none (OpenAI's own is the context window)")
 
     @field_validator("rate_limit", "anonymous_rate_limit", "failed_login_limit_per_username",
                      "failed_login_limit_per_address", "invalid_token_limit")

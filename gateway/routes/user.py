@@ -7,7 +7,9 @@ SDK for the client side of the protocol.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response, status
 
 from fabula.editor.v1 import editor_pb2
 from gateway.calls import unary
@@ -15,6 +17,9 @@ from gateway.deps import AddressLimited, Editor, RateLimitedUser, Settings, clie
 from gateway.rate_limits import RateLimits
 from gateway.schemas.common import error_responses
 from gateway.schemas.editor import (
+    ApiTokenInfo,
+    CreateApiTokenRequest,
+    CreatedApiToken,
     ChangePasswordRequest,
     ChangePasswordResponse,
     DeleteAccountRequest,
@@ -28,6 +33,7 @@ from gateway.schemas.editor import (
     SaltRequest,
     SaltResponse,
     SessionResponse,
+    revoke_api_token_request,
 )
 
 router = APIRouter(prefix="/user", tags=["user"])
@@ -124,3 +130,40 @@ async def put_keystore(body: PutKeystoreRequest, request: Request, user: RateLim
     reply = await unary(request, editor.PutKeystore(body.to_pb(), metadata=user.metadata,
                                                     timeout=settings.request_timeout_s))
     return PutKeystoreResponse.from_pb(reply)
+
+
+# Personal API tokens. A token itself is refused here (403 from the editor): only a session manages them.
+_TOKEN_ERRORS = error_responses(400, 401, 403, 429, 503, 504)
+TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,64}$", description="the token's id")]
+
+
+@router.post("/tokens", response_model=CreatedApiToken, status_code=status.HTTP_201_CREATED,
+             responses=_TOKEN_ERRORS, summary="Create a personal API token for the compatible APIs")
+async def create_api_token(body: CreateApiTokenRequest, request: Request, user: RateLimitedUser, editor: Editor,
+                           settings: Settings) -> CreatedApiToken:
+    """The token is scoped to generation (OpenAI- and KoboldAI-compatible APIs, /ai): it never reads or
+    writes stories. It is in this answer only; the server keeps its SHA-256."""
+    reply = await unary(request, editor.CreateApiToken(body.to_pb(), metadata=user.metadata,
+                                                       timeout=settings.request_timeout_s))
+    return CreatedApiToken.from_reply(reply)
+
+
+@router.get("/tokens", response_model=list[ApiTokenInfo], responses=_TOKEN_ERRORS,
+            summary="The account's personal API tokens (without the tokens themselves)")
+async def list_api_tokens(request: Request, user: RateLimitedUser, editor: Editor,
+                          settings: Settings) -> list[ApiTokenInfo]:
+    reply = await unary(request, editor.ListApiTokens(editor_pb2.ListApiTokensRequest(), metadata=user.metadata,
+                                                      timeout=settings.request_timeout_s))
+    return [ApiTokenInfo.from_pb(info) for info in reply.tokens]
+
+
+@router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+               responses=error_responses(400, 401, 403, 404, 429, 503, 504),
+               summary="Revoke a personal API token")
+async def revoke_api_token(token_id: TokenId, request: Request, user: RateLimitedUser, editor: Editor,
+                           settings: Settings) -> Response:
+    await unary(request, editor.RevokeApiToken(revoke_api_token_request(token_id), metadata=user.metadata,
+                                               timeout=settings.request_timeout_s))
+    # The gateway's auth cache may still hold the token for a few seconds (auth_cache_s); it is
+    # dropped when the client next presents it after that. Revocation is immediate at the editor.
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,10 +8,10 @@ validates the meaning of every value (username rules, key lengths, id pattern).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from fabula.editor.v1 import editor_pb2
 from fabula_wire import ObjectType
@@ -110,7 +110,26 @@ class PutObjectRequest(RequestBody):
                                            expected_change_index=self.expected_change_index)
 
 
+class CreateApiTokenRequest(RequestBody):
+    name: Text = Field(min_length=1, max_length=64, description="a name to recognise the token by, 1-64 characters")
+    # Not strict: a JSON body carries a timestamp as a string.
+    expires_at: AwareDatetime | None = Field(None, strict=False,
+                                             description="RFC 3339 with a time zone, in the future; "
+                                                         "null = never expires")
+
+    def to_pb(self) -> editor_pb2.CreateApiTokenRequest:
+        message = editor_pb2.CreateApiTokenRequest(name=self.name)
+        if self.expires_at is not None:
+            message.expires_at.FromDatetime(self.expires_at.astimezone(UTC))
+        return message
+
+
 # Requests made of a path and a query alone.
+
+
+def revoke_api_token_request(token_id: str) -> editor_pb2.RevokeApiTokenRequest:
+    return editor_pb2.RevokeApiTokenRequest(id=token_id)
+
 
 
 def list_objects_request(kind: ObjectKind, page_size: int | None, page_token: str) -> editor_pb2.ListObjectsRequest:
@@ -170,10 +189,34 @@ class ChangePasswordResponse(SessionResponse):
 class MeResponse(BaseModel):
     user_id: str
     username: str
+    scope: Literal["session", "generation"] = Field(
+        description="session: everything; generation: a personal API token (generation APIs only)")
 
     @classmethod
     def from_pb(cls, reply: editor_pb2.AuthenticateResponse) -> MeResponse:
-        return cls(user_id=reply.user_id, username=reply.username)
+        scope = "generation" if reply.scope == editor_pb2.TOKEN_SCOPE_GENERATION else "session"
+        return cls(user_id=reply.user_id, username=reply.username, scope=scope)
+
+
+class ApiTokenInfo(BaseModel):
+    id: str = Field(description="revoke it with DELETE /user/tokens/{id}")
+    name: str
+    created_at: datetime
+    expires_at: datetime | None = Field(description="null = never expires")
+
+    @classmethod
+    def from_pb(cls, info: editor_pb2.ApiTokenInfo) -> ApiTokenInfo:
+        return cls(id=info.id, name=info.name, created_at=_time(info.created_at),
+                   expires_at=_time(info.expires_at) if info.HasField("expires_at") else None)
+
+
+class CreatedApiToken(ApiTokenInfo):
+    token: str = Field(description="send as 'Authorization: Bearer <token>' to the compatible APIs; "
+                                   "shown only this once")
+
+    @classmethod
+    def from_reply(cls, reply: editor_pb2.CreateApiTokenResponse) -> CreatedApiToken:
+        return cls(**ApiTokenInfo.from_pb(reply.info).model_dump(), token=reply.token)
 
 
 class DeleteAccountResponse(BaseModel):

@@ -10,11 +10,11 @@ from typing import Annotated
 
 import typer
 
-from fabula_sdk.commands import account, common, image, lorebooks, presets, stories, text, transfer
+from fabula_sdk.commands import account, common, image, lorebooks, presets, stories, text, tokens, transfer
 from fabula_sdk.session_store import default_home
 from fabula_sdk.types import DEFAULT_KDF, MINIMUM_KDF, KdfParams
 
-COMMAND_MODULES = (account, stories, lorebooks, presets, transfer, text, image)
+COMMAND_MODULES = (account, stories, lorebooks, presets, transfer, text, image, tokens)
 
 app = typer.Typer(name="fabula", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fabula from the command line: end-to-end encrypted stories on a Fabula server.")

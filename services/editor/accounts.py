@@ -10,14 +10,17 @@ from __future__ import annotations
 import uuid
 
 from services.editor import metrics, validation
+from services.editor.api_tokens import is_api_token
 from services.editor.credentials import Credentials, new_session, token_hash
 from services.editor.settings import EditorSettings
 from services.editor.storage.base import Storage
 from services.editor.types import Account, Clock, KdfParams, Session
-from services.toolkit.errors import Conflict, Unauthenticated
+from services.toolkit.errors import Conflict, PermissionDenied, Unauthenticated
 
 LOGIN_FAILED = "wrong username or authentication key"
 BAD_TOKEN = "the session token is invalid, expired or revoked; log in again"
+API_TOKEN_REFUSED = ("a personal API token is scoped to generation: it cannot read or write stories or the "
+                     "account; use a session from login")
 MAX_TOKEN_CHARS = 512
 
 
@@ -75,6 +78,10 @@ class Accounts:
             metrics.AUTH_FAILURES.labels("missing_token").inc()
             raise Unauthenticated("missing session token: send 'authorization: Bearer <token>'",
                                   field="authorization")
+        if is_api_token(token):
+            # Refused without a look-up: whether it is valid or not, it may never reach storage.
+            metrics.AUTH_FAILURES.labels("api_token_out_of_scope").inc()
+            raise PermissionDenied(API_TOKEN_REFUSED, field="authorization")
         account = None
         if len(token) <= MAX_TOKEN_CHARS:
             account = await self._storage.account_for_session(token_hash(token), self._clock())

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.editor.accounts import Accounts
+from services.editor.api_tokens import ApiTokens
 from services.editor.credentials import Credentials
 from services.editor.health import DatabaseHealth
 from services.editor.objects import Objects
@@ -25,6 +26,7 @@ class EditorApp:
     storage: Storage
     credentials: Credentials
     accounts: Accounts
+    api_tokens: ApiTokens
     objects: Objects
     transfers: Transfers
     servicer: EditorServicer
@@ -43,8 +45,10 @@ class EditorApp:
         accounts = Accounts(storage, settings, credentials, clock)
         objects = Objects(storage, settings, clock)
         transfers = Transfers(storage, settings, clock)
+        api_tokens = ApiTokens(storage, settings, clock)
         return cls(settings=settings, storage=storage, credentials=credentials, accounts=accounts,
-                   objects=objects, transfers=transfers, servicer=EditorServicer(accounts, objects, transfers))
+                   api_tokens=api_tokens, objects=objects, transfers=transfers,
+                   servicer=EditorServicer(accounts, objects, transfers, api_tokens))
 
     @property
     def register(self) -> Register:

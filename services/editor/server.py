@@ -14,9 +14,11 @@ from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
 from services.editor import wire
 from services.editor.accounts import Accounts
+from services.editor.api_tokens import ApiTokens, is_api_token
 from services.editor.objects import Objects
 from services.editor.transfer import Transfers
-from services.editor.types import Account
+from services.editor.types import Account, Caller, TokenScope
+from services.toolkit.errors import Unauthenticated
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
 
@@ -32,11 +34,23 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str:
 
 
 class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
-    def __init__(self, accounts: Accounts, objects: Objects, transfers: Transfers) -> None:
+    def __init__(self, accounts: Accounts, objects: Objects, transfers: Transfers, api_tokens: ApiTokens) -> None:
         self._accounts, self._objects, self._transfers = accounts, objects, transfers
+        self._api_tokens = api_tokens
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Account:
+        """The session's account; a personal API token is refused here (PERMISSION_DENIED)."""
         return await self._accounts.authenticate(bearer_token(context))
+
+    async def _any_caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """A session's or a personal API token's account, with the token's scope (Authenticate only)."""
+        token = bearer_token(context)
+        if not is_api_token(token):
+            return Caller(await self._accounts.authenticate(token), TokenScope.SESSION)
+        account = await self._api_tokens.account(token)
+        if account is None:
+            raise Unauthenticated("the API token is invalid, expired or revoked", field="authorization")
+        return Caller(account, TokenScope.GENERATION)
 
     # Accounts and sessions.
     async def GetSalt(self, request: pb.GetSaltRequest, context) -> pb.GetSaltResponse:
@@ -58,8 +72,22 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
         return pb.LogoutResponse()
 
     async def Authenticate(self, request: pb.AuthenticateRequest, context) -> pb.AuthenticateResponse:
+        return wire.caller_to_pb(await self._any_caller(context))
+
+    # Personal API tokens.
+    async def CreateApiToken(self, request: pb.CreateApiTokenRequest, context) -> pb.CreateApiTokenResponse:
         account = await self._caller(context)
-        return pb.AuthenticateResponse(user_id=account.user_id, username=account.username)
+        token, stored = await self._api_tokens.create(account, request.name, wire.expires_at_from_pb(request))
+        return wire.created_api_token_to_pb(token, stored)
+
+    async def ListApiTokens(self, request: pb.ListApiTokensRequest, context) -> pb.ListApiTokensResponse:
+        account = await self._caller(context)
+        return wire.api_token_list_to_pb(await self._api_tokens.list(account))
+
+    async def RevokeApiToken(self, request: pb.RevokeApiTokenRequest, context) -> pb.RevokeApiTokenResponse:
+        account = await self._caller(context)
+        await self._api_tokens.revoke(account, request.id)
+        return pb.RevokeApiTokenResponse()
 
     async def ChangePassword(self, request: pb.ChangePasswordRequest, context) -> pb.ChangePasswordResponse:
         account = await self._caller(context)

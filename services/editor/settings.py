@@ -79,6 +79,7 @@ class EditorSettings(ServiceSettings):
     max_transfers_per_user: int = Field(1, ge=1, description="exports and imports one account may run at once")
     import_batch_bytes: int = Field(8 * MiB, ge=1024,
                                     description="objects staged per write transaction of an import")
+    max_api_tokens_per_user: int = Field(100, ge=1, description="personal API tokens an account may hold")
     max_page_size: int = Field(1000, ge=1)
     default_page_size: int = Field(100, ge=1)
 

@@ -7,6 +7,7 @@ as 64-bit integers, so a value read back is bit-for-bit the value written.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,3 +107,30 @@ class ImportResult:
     imported_objects: int
     keystore_replaced: bool
     keystore_change_index: int
+
+
+class TokenScope(enum.Enum):
+    """What a bearer token may be used for."""
+
+    SESSION = "session"  # from register, login or a password change: everything
+    GENERATION = "generation"  # a personal API token: the generation APIs only
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a bearer token belongs to, and what it may do."""
+
+    account: Account
+    scope: TokenScope
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A personal API token as stored and listed: never the token, only its SHA-256."""
+
+    id: str
+    user_id: str
+    name: str
+    token_hash: bytes
+    created_at_us: int
+    expires_at_us: int | None  # None: never expires

@@ -11,7 +11,17 @@ from collections.abc import AsyncIterable, AsyncIterator
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fabula.editor.v1 import editor_pb2 as pb
-from services.editor.types import ImportResult, KdfParams, Keystore, ObjectMeta, Session, StoredObject
+from services.editor.types import (
+    ApiToken,
+    Caller,
+    ImportResult,
+    KdfParams,
+    Keystore,
+    ObjectMeta,
+    Session,
+    StoredObject,
+    TokenScope,
+)
 
 
 def timestamp_to_pb(microseconds: int) -> Timestamp:
@@ -81,3 +91,31 @@ async def import_from_pb(
 def import_result_to_pb(result: ImportResult) -> pb.ImportAccountResponse:
     return pb.ImportAccountResponse(imported_objects=result.imported_objects, keystore_replaced=result.keystore_replaced,
                                     keystore_change_index=result.keystore_change_index)
+
+
+_SCOPES = {TokenScope.SESSION: pb.TOKEN_SCOPE_SESSION, TokenScope.GENERATION: pb.TOKEN_SCOPE_GENERATION}
+
+
+def caller_to_pb(caller: Caller) -> pb.AuthenticateResponse:
+    return pb.AuthenticateResponse(user_id=caller.account.user_id, username=caller.account.username,
+                                   scope=_SCOPES[caller.scope])
+
+
+def api_token_to_pb(token: ApiToken) -> pb.ApiTokenInfo:
+    info = pb.ApiTokenInfo(id=token.id, name=token.name, created_at=timestamp_to_pb(token.created_at_us))
+    if token.expires_at_us is not None:
+        info.expires_at.CopyFrom(timestamp_to_pb(token.expires_at_us))
+    return info
+
+
+def expires_at_from_pb(request: pb.CreateApiTokenRequest) -> int | None:
+    """The requested expiry in microseconds; None when the request leaves it out (never expires)."""
+    return request.expires_at.ToMicroseconds() if request.HasField("expires_at") else None
+
+
+def created_api_token_to_pb(token: str, stored: ApiToken) -> pb.CreateApiTokenResponse:
+    return pb.CreateApiTokenResponse(token=token, info=api_token_to_pb(stored))
+
+
+def api_token_list_to_pb(tokens: list[ApiToken]) -> pb.ListApiTokensResponse:
+    return pb.ListApiTokensResponse(tokens=[api_token_to_pb(token) for token in tokens])

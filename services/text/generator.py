@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from jinja2 import TemplateError
 
 from services.text.context import BuiltContext, ContextBuilder, check_inputs
 from services.text.models import LoadedModel, load_model
@@ -19,7 +20,7 @@ from services.text.presets_store import Preset, find, load_presets
 from services.text.scheduler import GenerationHandle, Scheduler, SchedulerConfig
 from services.text.sequence import GenerationRequest
 from services.text.settings import TextSettings
-from services.toolkit.errors import InvalidArgument, Unavailable
+from services.toolkit.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,31 @@ class TextGenerator:
             if len(text) > self.limits.max_prompt_chars:
                 raise InvalidArgument(f"texts[{index}]", text, f"at most {self.limits.max_prompt_chars} characters")
         return [len(model.encode(text)) for text in texts]
+
+    def apply_chat_template(self, model_name: str, messages: list[tuple[str, str]]) -> str:
+        """The prompt for a conversation of (role, content) turns, rendered by the model's own chat
+        template and ending where the assistant's reply begins."""
+        model = self.runtime(model_name, "model").model
+        if not messages:
+            raise InvalidArgument("messages", "[]", "must hold at least one message")
+        total = 0
+        for index, (role, content) in enumerate(messages):
+            if not role:
+                raise InvalidArgument(f"messages[{index}].role", role, "must not be empty")
+            total += len(role) + len(content)
+        if total > self.limits.max_prompt_chars:
+            raise InvalidArgument("messages", f"{total} characters",
+                                  f"at most {self.limits.max_prompt_chars} characters in all")
+        template = getattr(model.tokenizer, "chat_template", None)
+        if not template:
+            raise FailedPrecondition(f"model: {model.name} has no chat template; use a completion "
+                                     "(a ready prompt) instead", field="model")
+        turns = [{"role": role, "content": content} for role, content in messages]
+        try:
+            return model.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        except TemplateError as error:  # the template itself refuses the conversation (e.g. role order)
+            raise InvalidArgument("messages", f"{len(messages)} messages",
+                                  f"refused by the model's chat template: {error}") from None
 
     def list_presets(self) -> list[Preset]:
         return sorted(self.presets.values(), key=lambda preset: preset.name)

@@ -65,6 +65,12 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         return text_pb2.ListPresetsResponse(presets=[wire.preset_to_pb(preset)
                                                      for preset in self.generator.list_presets()])
 
+    async def ApplyChatTemplate(self, request: text_pb2.ApplyChatTemplateRequest, context
+                                ) -> text_pb2.ApplyChatTemplateResponse:
+        prompt = await asyncio.to_thread(self.generator.apply_chat_template, request.model,
+                                         wire.chat_messages_from_pb(request.messages))
+        return text_pb2.ApplyChatTemplateResponse(prompt=prompt)
+
 
 def registrar(generator: TextGenerator):
     """The `register` callback the toolkit's server takes."""

@@ -7,6 +7,7 @@ sampler number from a newer client) passes through as it is and is refused there
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fabula.text.v1 import text_pb2
@@ -201,3 +202,8 @@ def stats_to_pb(stats: Stats) -> text_pb2.GenerationStats:
         queue_ms=stats.queue_ms, tokens_per_second=stats.tokens_per_second,
         stop_sequence=stats.stop_sequence, model=stats.model)
 
+
+
+def chat_messages_from_pb(messages: Iterable[text_pb2.ChatMessage]) -> list[tuple[str, str]]:
+    """A conversation as (role, content) turns, oldest first."""
+    return [(message.role, message.content) for message in messages]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fabula_wire import ObjectType
 from services.editor.types import (
     Account,
+    ApiToken,
     ImportedObject,
     ImportResult,
     Keystore,
@@ -124,6 +125,23 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def delete_session(self, token_hash: bytes) -> None: ...
+
+    # Personal API tokens.
+    @abc.abstractmethod
+    async def add_api_token(self, token: ApiToken, max_per_user: int) -> None:
+        """Store a token; ResourceExhausted when the account already holds `max_per_user`."""
+
+    @abc.abstractmethod
+    async def list_api_tokens(self, user_id: str) -> list[ApiToken]:
+        """The account's tokens, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_api_token(self, user_id: str, id: str) -> bool:
+        """Revoke one of the account's tokens; False when it has none with that id."""
+
+    @abc.abstractmethod
+    async def account_for_api_token(self, token_hash: bytes, now_us: int) -> Account | None:
+        """The account of an unexpired API token, or None."""
 
     @abc.abstractmethod
     async def change_password(self, user_id: str, *, salt: bytes, kdf: KdfParams, auth_hash: bytes,

@@ -97,6 +97,19 @@ def session_settings(*, statement_timeout_s: float, lock_timeout_s: float,
             "lock_timeout": f"{int(lock_timeout_s * 1000)}ms",
             "idle_in_transaction_session_timeout": f"{int(idle_in_transaction_timeout_s * 1000)}ms"}
 
+# Personal API tokens: only the SHA-256 of each is kept; expires_us NULL = never.
+SCHEMA_V3 = (
+    """CREATE TABLE api_tokens (
+        token_hash BYTEA PRIMARY KEY,
+        id TEXT COLLATE "C" NOT NULL UNIQUE,
+        user_id TEXT COLLATE "C" NOT NULL REFERENCES accounts (user_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created_us BIGINT NOT NULL,
+        expires_us BIGINT
+    )""",
+    "CREATE INDEX api_tokens_by_user ON api_tokens (user_id)",
+)
+
 
 class _PostgresTx(Tx):
     for_update = " FOR UPDATE"
@@ -124,7 +137,7 @@ class _PostgresTx(Tx):
 
 
 class PostgresStorage(SqlStorage):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 
     def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 30.0, pool_timeout_s: float = 5.0,
                  lock_timeout_s: float = 5.0, statement_timeout_s: float = 30.0,

@@ -21,6 +21,7 @@ from typing import Any
 from fabula_wire import ObjectType
 from services.editor.types import (
     Account,
+    ApiToken,
     ImportedObject,
     ImportResult,
     Keystore,
@@ -32,6 +33,7 @@ from services.editor.types import (
     system_clock,
 )
 from services.editor.storage.base import (
+    QUOTA_RETRY_AFTER_S,
     ExportSnapshot,
     ObjectWrite,
     Storage,
@@ -41,7 +43,7 @@ from services.editor.storage.base import (
     not_found,
     stale,
 )
-from services.toolkit.errors import AlreadyExists, NotFound, Unauthenticated, Unavailable
+from services.toolkit.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ IMPORT_INDEX_FIELD = "expected_keystore_change_index"
 STALE_STAGING_US = 24 * 3600 * 1_000_000
 
 ACCOUNT_COLUMNS = "user_id, username, salt, kdf_opslimit, kdf_memlimit, auth_hash, created_us"
+API_TOKEN_COLUMNS = "id, user_id, name, token_hash, created_us, expires_us"
 META_COLUMNS = "type, id, size, change_index, sha256, created_us, updated_us"
 _OBJECT_KEY = "user_id = %s AND type = %s AND id = %s"
 
@@ -78,6 +81,11 @@ def _account(row: tuple) -> Account:
     return Account(user_id=row[0], username=row[1], salt=bytes(row[2]),
                    kdf=KdfParams(opslimit=int(row[3]), memlimit=int(row[4])),
                    auth_hash=bytes(row[5]), created_at_us=int(row[6]))
+
+
+def _api_token(row: tuple) -> ApiToken:
+    return ApiToken(id=row[0], user_id=row[1], name=row[2], token_hash=bytes(row[3]), created_at_us=int(row[4]),
+                    expires_at_us=None if row[5] is None else int(row[5]))
 
 
 def _meta(row: tuple) -> ObjectMeta:
@@ -227,6 +235,38 @@ class SqlStorage(Storage):
         async with self._write() as tx:
             await tx.execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash,))
 
+    # Personal API tokens.
+    async def add_api_token(self, token: ApiToken, max_per_user: int) -> None:
+        async with self._write() as tx:
+            # The account's row lock serialises concurrent creations, so the count stays a bound.
+            if not await tx.fetchone(f"SELECT 1 FROM accounts WHERE user_id = %s{tx.for_update}", (token.user_id,)):
+                raise Unauthenticated("the account no longer exists")
+            row = await tx.fetchone("SELECT COUNT(*) FROM api_tokens WHERE user_id = %s", (token.user_id,))
+            if row is not None and int(row[0]) >= max_per_user:
+                raise ResourceExhausted(f"an account holds at most {max_per_user} API tokens; revoke one first",
+                                        reason="API_TOKEN_QUOTA", retry_after_s=QUOTA_RETRY_AFTER_S)
+            await tx.execute(f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                             (token.id, token.user_id, token.name, token.token_hash, token.created_at_us,
+                              token.expires_at_us))
+
+    async def list_api_tokens(self, user_id: str) -> list[ApiToken]:
+        async with self._read() as tx:
+            rows = await tx.fetchall(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE user_id = %s "
+                                     "ORDER BY created_us, id", (user_id,))
+        return [_api_token(row) for row in rows]
+
+    async def delete_api_token(self, user_id: str, id: str) -> bool:
+        async with self._write() as tx:
+            return await tx.execute("DELETE FROM api_tokens WHERE user_id = %s AND id = %s", (user_id, id)) > 0
+
+    async def account_for_api_token(self, token_hash: bytes, now_us: int) -> Account | None:
+        columns = ", ".join(f"a.{name.strip()}" for name in ACCOUNT_COLUMNS.split(","))
+        async with self._read() as tx:
+            row = await tx.fetchone(
+                f"SELECT {columns} FROM api_tokens t JOIN accounts a ON a.user_id = t.user_id "
+                "WHERE t.token_hash = %s AND (t.expires_us IS NULL OR t.expires_us > %s)", (token_hash, now_us))
+        return _account(row) if row else None
+
     async def change_password(self, user_id: str, *, salt: bytes, kdf: KdfParams, auth_hash: bytes,
                               keystore: bytes, expected_keystore_index: int, session: NewSession,
                               now_us: int) -> int:
@@ -252,6 +292,7 @@ class SqlStorage(Storage):
                 raise Unauthenticated("the account no longer exists")
             deleted = await tx.execute("DELETE FROM objects WHERE user_id = %s", (user_id,))
             await tx.execute("DELETE FROM sessions WHERE user_id = %s", (user_id,))
+            await tx.execute("DELETE FROM api_tokens WHERE user_id = %s", (user_id,))
             await tx.execute("DELETE FROM accounts WHERE user_id = %s", (user_id,))
             return deleted
 

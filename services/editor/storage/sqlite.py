@@ -83,6 +83,19 @@ SCHEMA_V2 = (
     )""",
 )
 
+# Personal API tokens: only the SHA-256 of each is kept; expires_us NULL = never.
+SCHEMA_V3 = (
+    """CREATE TABLE api_tokens (
+        token_hash BLOB PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL REFERENCES accounts (user_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created_us INTEGER NOT NULL,
+        expires_us INTEGER
+    )""",
+    "CREATE INDEX api_tokens_by_user ON api_tokens (user_id)",
+)
+
 
 def path_from_url(url: str) -> Path:
     """`sqlite:///data/editor.db` is relative to the working directory; `sqlite:////abs.db` absolute."""
@@ -221,7 +234,7 @@ def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class SqliteStorage(SqlStorage):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 
     def __init__(self, url: str, *, pool_size: int = 4, pool_timeout_s: float = 5.0, lock_timeout_s: float = 5.0,
                  **_: Any) -> None:

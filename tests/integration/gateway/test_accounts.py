@@ -23,7 +23,7 @@ async def test_register_answers_a_session_and_me_knows_the_user(client):
     assert session["expires_at"].endswith("Z")
     me = await client.get("/user/me", headers={"Authorization": f"Bearer {session['token']}"})
     assert me.status_code == 200
-    assert me.json() == {"user_id": session["user_id"], "username": "alice"}
+    assert me.json() == {"user_id": session["user_id"], "username": "alice", "scope": "session"}
 
 
 async def test_register_twice_is_a_conflict(client, alice: HttpUser):

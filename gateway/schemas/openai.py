@@ -1,0 +1,305 @@
+"""The OpenAI-compatible bodies (/v1/models, /v1/completions, /v1/chat/completions) and their
+translation onto the text service's GenerationSpec, plus OpenAI's error shape.
+
+Beyond OpenAI's own fields, the extra samplers are accepted the way vLLM and llama.cpp's server
+accept them, as more body fields: `top_k`, `min_p`, `top_a`, `typical_p` (llama.cpp: also
+`typical`), `tfs` / `tfs_z` / `tail_free`, `repetition_penalty` (llama.cpp: `repeat_penalty`),
+`repetition_penalty_range` (llama.cpp: `repeat_last_n`, where -1 means the whole context),
+`repetition_penalty_slope`, `sampler_order` / `samplers` (names), `sampler_convention`,
+`min_tokens` (vLLM) and Fabula's `preset`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fabula.text.v1 import text_pb2
+from gateway.errors import ApiError
+from gateway.schemas.common import UINT64_MAX
+from gateway.schemas.compat import CompatBody, SamplingChoice, completed_order, finish_reason, spec
+
+# The service names GenerationSpec's fields; an OpenAI client knows them by OpenAI's names.
+PARAM_NAMES = {"max_new_tokens": "max_tokens", "stop_sequences": "stop", "tail_free": "tfs",
+               "min_new_tokens": "min_tokens", "prompt": "prompt"}
+FIELD_PREFIXES = ("spec.sampling.", "spec.")
+# llama.cpp's names for the warpers in its `samplers` list, and Fabula's own.
+WARPER_NAMES = {"temperature": "temperature", "temp": "temperature", "top_k": "top_k", "top_p": "top_p",
+                "top_a": "top_a", "typical_p": "typical_p", "typical": "typical_p", "typ_p": "typical_p",
+                "tail_free": "tail_free", "tfs": "tail_free", "tfs_z": "tail_free", "min_p": "min_p"}
+MAX_CHOICES = 16
+
+
+def openai_error_body(error: ApiError) -> dict[str, Any]:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+             429: "rate_limit_error", 499: "cancelled"}
+    param = error.field
+    if param:
+        head, _, rest = param.partition(".")
+        param = PARAM_NAMES.get(head, head) + (f".{rest}" if rest else "")
+    kind = kinds.get(error.status, "server_error" if error.status >= 500 else "invalid_request_error")
+    return {"error": {"message": error.message, "type": kind, "param": param or None,
+                      "code": error.code.lower()}}
+
+
+def unsupported(param: str, why: str) -> ApiError:
+    return ApiError(400, f"{param}: not supported by this server ({why})", field=param)
+
+
+class StreamOptions(CompatBody):
+    include_usage: bool = False
+
+
+class GenerationFields(CompatBody):
+    """The fields completions and chat completions share."""
+
+    model: str = Field("", description="a name from /v1/models; empty = the default model")
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="completions to generate for the prompt")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=UINT64_MAX - MAX_CHOICES,
+                             description="choice i uses seed + i, so n choices differ and each is reproducible")
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
+    logprobs: Any = None
+    top_logprobs: int | None = None
+    user: str | None = None
+    # Extra samplers, as vLLM and llama.cpp's server take them.
+    top_k: int | None = Field(None, ge=-1, description="0 or -1 = off")
+    min_p: float | None = None
+    top_a: float | None = None
+    typical_p: float | None = None
+    typical: float | None = None
+    tfs: float | None = None
+    tfs_z: float | None = None
+    tail_free: float | None = None
+    repetition_penalty: float | None = None
+    repeat_penalty: float | None = None
+    repetition_penalty_range: int | None = Field(None, ge=0)
+    repeat_last_n: int | None = Field(None, ge=-1, description="-1 = the whole context (llama.cpp)")
+    repetition_penalty_slope: float | None = None
+    sampler_order: list[str] | None = None
+    samplers: list[str] | None = None
+    sampler_convention: Literal["fabula", "koboldcpp"] | None = None
+    min_tokens: int = Field(0, ge=0)
+    preset: str = Field("", description="a Fabula preset (GET /ai/presets) under the fields given; default neutral")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> GenerationFields:
+        # Token probabilities are not (yet) given by the text service; say so instead of ignoring them.
+        if self.logprobs not in (None, False, 0):
+            raise unsupported("logprobs", "the text service does not report token probabilities")
+        if self.top_logprobs:
+            raise unsupported("top_logprobs", "the text service does not report token probabilities")
+        return self
+
+    def sampling(self) -> SamplingChoice:
+        top_k = self.top_k if self.top_k is None or self.top_k >= 0 else 0
+        range_ = self.repetition_penalty_range
+        if range_ is None and self.repeat_last_n is not None:
+            range_ = 0 if self.repeat_last_n == -1 else self.repeat_last_n
+            if self.repeat_last_n == 0:  # llama.cpp: 0 = the penalty looks at nothing
+                return self._sampling(top_k, None, penalty_off=True)
+        return self._sampling(top_k, range_)
+
+    def _sampling(self, top_k: int | None, range_: int | None, penalty_off: bool = False) -> SamplingChoice:
+        first = lambda *values: next((v for v in values if v is not None), None)  # noqa: E731
+        values = {
+            "temperature": self.temperature, "top_p": self.top_p, "top_k": top_k, "min_p": self.min_p,
+            "top_a": self.top_a, "typical_p": first(self.typical_p, self.typical),
+            "tail_free": first(self.tail_free, self.tfs, self.tfs_z),
+            "repetition_penalty": 1.0 if penalty_off else first(self.repetition_penalty, self.repeat_penalty),
+            "repetition_penalty_range": range_, "repetition_penalty_slope": self.repetition_penalty_slope,
+            "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+        }
+        return SamplingChoice(values=values, order=self._order(), convention=self.sampler_convention)
+
+    def _order(self) -> list[tuple[str, bool]]:
+        names = self.sampler_order if self.sampler_order is not None else self.samplers
+        if not names:
+            return []
+        field_name = "sampler_order" if self.sampler_order is not None else "samplers"
+        warpers: list[str] = []
+        for index, name in enumerate(names):
+            warper = WARPER_NAMES.get(name)
+            if warper is None:
+                raise ApiError(400, f"{field_name}[{index}]: unknown sampler {name!r}; known: "
+                                    f"{', '.join(sorted(WARPER_NAMES))}", field=f"{field_name}[{index}]")
+            if warper not in warpers:
+                warpers.append(warper)
+        return completed_order(warpers)
+
+    def biases(self) -> list[tuple[int, float]]:
+        biases = []
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isdigit() or int(key) > 2**32 - 1:
+                raise ApiError(400, f"logit_bias: keys must be token ids, got {key!r}", field="logit_bias")
+            biases.append((int(key), bias))
+        return biases
+
+    def specs(self, prompt: str, max_tokens: int | None) -> list[text_pb2.GenerationSpec]:
+        """One GenerationSpec per choice."""
+        sampling, biases = self.sampling(), self.biases()
+        return [spec(model=self.model, prompt=prompt, preset=self.preset, sampling=sampling,
+                     max_new_tokens=max_tokens, min_new_tokens=self.min_tokens, stop=list(self.stop or []),
+                     seed=None if self.seed is None else self.seed + index, logit_bias=biases)
+                for index in range(self.n)]
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionBody(GenerationFields):
+    prompt: str | list[str] = Field(description="the text to continue (a list of one string is accepted)")
+    max_tokens: int | None = Field(16, ge=1, description="default 16, as OpenAI's")
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _completion_only(self) -> CompletionBody:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise unsupported("prompt", "send one prompt per request (a string, or a list of one string)")
+        if self.echo:
+            raise unsupported("echo", "the prompt is not repeated in the answer")
+        if self.suffix:
+            raise unsupported("suffix", "insertion between a prompt and a suffix is not offered")
+        if self.best_of not in (None, 1) and self.best_of != self.n:
+            raise unsupported("best_of", "choices are not ranked; use n")
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+
+class ContentPart(CompatBody):
+    type: str
+    text: str = ""
+
+
+class ChatMessage(CompatBody):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self, index: int) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        for part_index, part in enumerate(self.content):
+            if part.type != "text":
+                raise unsupported(f"messages[{index}].content[{part_index}]",
+                                  f"only text parts are understood, got {part.type!r}")
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionBody(GenerationFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="default: the gateway's openai_chat_max_tokens")
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_only(self) -> ChatCompletionBody:
+        if self.tools:
+            raise unsupported("tools", "function calling is not offered")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise unsupported("response_format", "only plain text answers are offered")
+        return self
+
+    def template_request(self) -> text_pb2.ApplyChatTemplateRequest:
+        return text_pb2.ApplyChatTemplateRequest(model=self.model, messages=[
+            text_pb2.ChatMessage(role=message.role, content=message.text(index))
+            for index, message in enumerate(self.messages)])
+
+    def max_new_tokens(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def model_list(reply: text_pb2.ListModelsResponse) -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "fabula"}
+                                       for model in reply.models]}
+
+
+def usage(stats: list[text_pb2.GenerationStats]) -> dict[str, int]:
+    """Summed over the choices; the prompt counted once, as OpenAI counts it."""
+    prompt = stats[0].prompt_tokens if stats else 0
+    completion = sum(item.completion_tokens for item in stats)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion(replies: list[text_pb2.GenerateResponse], model: str) -> dict[str, Any]:
+    return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
+            "model": replies[0].stats.model or model,
+            "choices": [{"index": index, "text": reply.text, "logprobs": None,
+                         "finish_reason": finish_reason(reply.stats)} for index, reply in enumerate(replies)],
+            "usage": usage([reply.stats for reply in replies])}
+
+
+def chat_completion(replies: list[text_pb2.GenerateResponse], model: str) -> dict[str, Any]:
+    return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
+            "model": replies[0].stats.model or model,
+            "choices": [{"index": index, "message": {"role": "assistant", "content": reply.text},
+                         "logprobs": None, "finish_reason": finish_reason(reply.stats)}
+                        for index, reply in enumerate(replies)],
+            "usage": usage([reply.stats for reply in replies])}
+
+
+class ChunkWriter:
+    """The `data:` payloads of one streamed answer, completion or chat, all with the same id."""
+
+    def __init__(self, chat: bool, model: str) -> None:
+        self.chat, self.model = chat, model
+        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.created = int(time.time())
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, **extra}
+
+    def opening(self, index: int) -> dict[str, Any] | None:
+        """Chat streams open each choice with the assistant's role."""
+        if not self.chat:
+            return None
+        return self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}])
+
+    def text(self, index: int, text: str) -> dict[str, Any]:
+        if self.chat:
+            return self._chunk([{"index": index, "delta": {"content": text}, "logprobs": None,
+                                 "finish_reason": None}])
+        return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def end(self, index: int, stats: text_pb2.GenerationStats) -> dict[str, Any]:
+        self.model = stats.model or self.model
+        reason = finish_reason(stats)
+        if self.chat:
+            return self._chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+        return self._chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": reason}])
+
+    def usage(self, stats: list[text_pb2.GenerationStats]) -> dict[str, Any]:
+        return self._chunk([], usage=usage(stats))
