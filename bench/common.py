@@ -53,11 +53,24 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def write_result(area: str, result: dict[str, Any], command: str) -> Path:
+def write_result(area: str, result: dict[str, Any], command: str, merge: bool = False) -> Path:
     """Write bench/results/<area>.json: the machine and date (figures compare only on one machine),
     the figures, the ratios measured side by side in the same run, the command and a summary.
-    `regenerate_results_md` builds bench/RESULTS.md from these files."""
+    `regenerate_results_md` builds bench/RESULTS.md from these files.
+
+    With `merge` (a run of some parts of an area), figures and ratios are added to the existing
+    file's, which keeps the others; `runs` records each part's command, date and summary."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{area}.json"
+    if merge and path.exists():
+        document = json.loads(path.read_text())
+        date = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        document["figures"] = {**document.get("figures", {}), **result.get("figures", {})}
+        document["ratios"] = {**document.get("ratios", {}), **result.get("ratios", {})}
+        document.setdefault("runs", []).append({"command": command, "date": date, "machine": machine(),
+                                                "summary": result.get("summary", "")})
+        path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+        return path
     document = {
         "machine": machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -66,7 +79,6 @@ def write_result(area: str, result: dict[str, Any], command: str) -> Path:
         "command": command,
         "summary": result.get("summary", ""),
     }
-    path = RESULTS_DIR / f"{area}.json"
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     return path
 

@@ -16,8 +16,17 @@ Measured:
 - aggregate tokens/s of 8 concurrent streams in Fabula (continuous batching) against llama.cpp
   serving the same 8 requests one after another (it has no batching server in this setting).
 
+Prefix reuse, Fabula alone:
+- time to first token for a 2,000-token story continued right after its previous generation
+  (warm: its beginning is in the prefix cache) against a 2,000-token story never seen (cold);
+- the share of prompt tokens served from the prefix cache over a 20-step writing session through
+  the context builder (memory, author's note, lorebook entries switched on and off by the writer,
+  the story growing by each generation).
+
 `python -m bench text` (or `python -m bench.text`). On a machine with a CUDA GPU it also
-measures Fabula alone there: single and 32-stream tokens/s.
+measures Fabula alone there: single and 32-stream tokens/s. `python -m bench text --only prefix`
+runs only the prefix-reuse measurements (no llama.cpp needed) and merges their figures into the
+existing results file.
 """
 
 from __future__ import annotations
@@ -39,6 +48,11 @@ STREAMS = 8
 ROUNDS = 2
 TTFT_PROMPT_TOKENS = 1000
 GPU_STREAMS = 32
+CONTINUED_STORY_TOKENS = 2000
+CONTINUATION_TOKENS = 48
+SESSION_STEPS = 20
+# Steps at which the writer switches a lorebook entry on or off.
+LOREBOOK_CHANGES = {5: "The harbour", 10: "Mira", 15: "The harbour"}
 
 PROMPTS = [
     "The old lighthouse keeper climbed the stairs one last time and",
@@ -149,6 +163,13 @@ class Fabula:
         return Run(final.completion_tokens, time.perf_counter() - started,
                    final.time_to_first_token_ms / 1000)
 
+    async def generate_spec(self, spec) -> tuple[str, object]:
+        """(text, final stats) of one unary generation."""
+        from fabula.text.v1 import text_pb2
+
+        reply = await self.stub.Generate(text_pb2.GenerateRequest(spec=spec))
+        return reply.text, reply.stats
+
     async def concurrent(self, prompts: list[str], new_tokens: int) -> tuple[float, list[Run]]:
         started = time.perf_counter()
         runs = await asyncio.gather(*(self.generate(p, new_tokens, seed=i) for i, p in enumerate(prompts)))
@@ -252,8 +273,114 @@ async def _measure_gpu() -> dict:
     return {"gpu_single_stream_tokens_per_s": single, "gpu_aggregate32_tokens_per_s": sum(r.tokens for r in runs) / seconds}
 
 
-def run() -> dict:
-    return asyncio.run(_measure())
+def _continue_spec(prompt: str, new_tokens: int, seed: int):
+    from fabula.text.v1 import text_pb2
+
+    return text_pb2.GenerationSpec(prompt=prompt, preset="balanced", max_new_tokens=new_tokens,
+                                   min_new_tokens=new_tokens, seed=seed)
+
+
+async def _ttft_cold_and_cached(fabula: Fabula, rounds: int) -> tuple[list[float], list[float]]:
+    """Time to first token of a never-seen 2,000-token story, and of the same story continued
+    right after that generation (the story plus what was generated)."""
+    cold, cached = [], []
+    for round_index in range(rounds):
+        story = await _long_prompt(fabula, CONTINUED_STORY_TOKENS, 100 + round_index)
+        text, stats = await fabula.generate_spec(_continue_spec(story, CONTINUATION_TOKENS, round_index))
+        cold.append(stats.time_to_first_token_ms)
+        _, stats = await fabula.generate_spec(_continue_spec(story + text, 1, round_index))
+        cached.append(stats.time_to_first_token_ms)
+        print(f"   prefix round {round_index + 1}: ttft cold {cold[-1]:.0f} ms, continued {cached[-1]:.0f} ms "
+              f"({stats.cached_prompt_tokens} of {stats.prompt_tokens} prompt tokens cached)", flush=True)
+    return cold, cached
+
+
+def _session_context(story: str, switched_off: set[str]):
+    from fabula.text.v1 import text_pb2
+
+    lorebook = [
+        text_pb2.LorebookEntry(name="The harbour", keys=["harbour"], text=(
+            "The harbour of Saltmere is a crescent of black stone, its piers older than the town, "
+            "its lighthouse dark since the night the keeper vanished.")),
+        text_pb2.LorebookEntry(name="Mira", keys=["Mira"], text=(
+            "Mira is a young thief from the glass city, quick, proud and owed a great deal of money "
+            "by people who would rather she disappeared.")),
+        text_pb2.LorebookEntry(name="The dragon", keys=["dragon"], text=(
+            "The dragon beneath the mountain speaks only in riddles and remembers every name it hears.")),
+    ]
+    for entry in lorebook:
+        entry.disabled = entry.name in switched_off
+    return text_pb2.StoryContext(
+        story=story, lorebook=lorebook, authors_note="[ Style: slow, atmospheric, third person. ]",
+        memory=("This is the story of Captain Reyes, the harbour of Saltmere, and the thief Mira, "
+                "told in the old way, one night at a time."))
+
+
+async def _session_hit_rate(fabula: Fabula) -> float:
+    """Share of prompt tokens served from the cache over a writing session: each step continues
+    the story built by the context builder, then the story grows by what was generated."""
+    from fabula.text.v1 import text_pb2
+
+    story = (await _long_prompt(fabula, 1500, 200)).replace(" the night", " the harbour night", 3)
+    switched_off: set[str] = set()
+    prompt_tokens = cached_tokens = 0
+    for step in range(SESSION_STEPS):
+        if step in LOREBOOK_CHANGES:
+            switched_off ^= {LOREBOOK_CHANGES[step]}
+        spec = text_pb2.GenerationSpec(context=_session_context(story, switched_off), preset="balanced",
+                                       max_new_tokens=CONTINUATION_TOKENS, min_new_tokens=CONTINUATION_TOKENS,
+                                       seed=step)
+        text, stats = await fabula.generate_spec(spec)
+        prompt_tokens += stats.prompt_tokens
+        cached_tokens += stats.cached_prompt_tokens
+        story += text
+    return cached_tokens / prompt_tokens
+
+
+async def _measure_prefix() -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        fabula = Fabula(Path(workdir), max_batch_size=STREAMS)
+        await fabula.start()
+        try:
+            await fabula.generate(PROMPTS[0], 4)
+            cold, cached = await _ttft_cold_and_cached(fabula, ROUNDS + 1)
+            hit_rate = await _session_hit_rate(fabula)
+        finally:
+            await fabula.stop()
+    median = statistics.median
+    figures = {
+        "ttft_ms_2000_tokens_cold": median(cold),
+        "ttft_ms_2000_tokens_continued": median(cached),
+        "prefix_hit_rate_session": hit_rate,
+        "prefix_session_steps": SESSION_STEPS,
+    }
+    summary = (
+        f"Prefix reuse (Fabula alone, the same model and service): time to first token of a "
+        f"{CONTINUED_STORY_TOKENS}-token story continued right after its previous {CONTINUATION_TOKENS}-token "
+        f"generation, cold (never seen) vs continued (median of {ROUNDS + 1}); hit rate over a "
+        f"{SESSION_STEPS}-step writing session through the context builder with memory, author's note and "
+        f"{len(LOREBOOK_CHANGES)} lorebook changes. Targets: ttft_cold_vs_cached >= 5, prefix_hit_rate_session "
+        f">= 0.8."
+    )
+    return {"figures": figures, "ratios": {"ttft_cold_vs_cached": median(cold) / median(cached)},
+            "summary": summary}
+
+
+PARTS = {"compare": _measure, "prefix": _measure_prefix}
+
+
+def run(only: list[str] | None = None) -> dict:
+    """Every measurement, or the named parts (`compare`: against llama.cpp; `prefix`: reuse)."""
+    unknown = sorted(set(only or ()) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    result: dict = {"figures": {}, "ratios": {}, "summary": ""}
+    for name in only or PARTS:
+        part = asyncio.run(PARTS[name]())
+        result["figures"].update(part["figures"])
+        result["ratios"].update(part["ratios"])
+        result["summary"] = " ".join(filter(None, (result["summary"], part["summary"])))
+    return result
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ class TextGenerator:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         config = SchedulerConfig(max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
-                                 prefill_chunk_tokens=self.settings.prefill_chunk_tokens)
+                                 prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
+                                 prefix_cache_bytes=self.settings.prefix_cache_mb * 2**20,
+                                 prefix_block_tokens=self.settings.prefix_block_tokens)
         for name, source in self.settings.models.items():
             model = load_model(name, source, cache_dir=self.settings.cache_dir, device=self.settings.device,
                                dtype=self.settings.dtype, quantization=self.settings.quantization)

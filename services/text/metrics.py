@@ -25,6 +25,12 @@ TOKENS_PER_SECOND = Histogram(
     buckets=(1, 5, 10, 20, 40, 80, 160, 320, 640, 1280))
 GENERATIONS = Counter("fabula_text_generations_total", "Generations finished, by finish reason",
                       ["model", "finish_reason"])
+PROMPT_TOKENS = Counter("fabula_text_prompt_tokens_total", "Prompt tokens of the requests processed", ["model"])
+PREFIX_CACHED_TOKENS = Counter(
+    "fabula_text_prefix_cached_tokens_total",
+    "Prompt tokens served from the prefix cache (hit rate = this / fabula_text_prompt_tokens_total)", ["model"])
+PREFIX_CACHE_BYTES = Gauge("fabula_text_prefix_cache_bytes", "Memory held by the prefix cache", ["model"])
+PREFIX_CACHE_BLOCKS = Gauge("fabula_text_prefix_cache_blocks", "Blocks held by the prefix cache", ["model"])
 REJECTED = Counter("fabula_text_rejected_total", "Requests refused because the queue was full", ["model"])
 
 

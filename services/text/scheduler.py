@@ -5,7 +5,8 @@ Each loop iteration:
 1. takes the waiting requests the batch has room for (the worker hands them over);
 2. drops cancelled sequences (a client that went away frees its slot within one step) and
    processes one chunk of one new prompt (long prompts are processed in chunks so the running
-   batch is never stalled for long);
+   batch is never stalled for long). A prompt starts from the longest beginning of it whose keys
+   and values are in the prefix cache (`prefix_cache.py`), and leaves its own blocks there;
 3. runs one decode step for every running sequence at once: one forward pass over the batch
    (`decode_step.py`), each row with its own position and attention mask (`BatchKVCache`), then
    each sequence draws its next token with its own sampling parameters and its own seeded
@@ -28,6 +29,7 @@ from services.text import metrics
 from services.text.decode_step import decode_step_for
 from services.text.kv_cache import BatchKVCache
 from services.text.models import LoadedModel
+from services.text.prefix_cache import PrefixCache
 from services.text.sequence import GenerationRequest, Piece, Sequence, Stats
 from services.toolkit.worker import Handle, QueueMetrics, Worker
 
@@ -39,6 +41,8 @@ class SchedulerConfig:
     max_batch_size: int = 16
     max_queue: int = 64
     prefill_chunk_tokens: int = 512
+    prefix_cache_bytes: int = 512 * 2**20  # 0 turns prefix reuse off
+    prefix_block_tokens: int = 32
 
 
 class _Prefill:
@@ -46,7 +50,7 @@ class _Prefill:
 
     def __init__(self, seq: Sequence) -> None:
         self.seq = seq
-        self.cache = DynamicCache()
+        self.cache: DynamicCache | None = None  # set by the prefix-cache lookup on the first chunk
         self.done = 0
 
 
@@ -62,6 +66,7 @@ class Scheduler:
             num_layers=model.num_layers, kv_heads=model.kv_heads, head_dim=model.head_dim,
             dtype=model.dtype, device=model.device, max_rows=config.max_batch_size)
         self._step = decode_step_for(model.model, self._cache)
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes, config.prefix_block_tokens)
         self.steps = 0  # decode steps run (tests and metrics read it)
         self._worker: Worker[Sequence, Piece, Stats] = Worker(
             self, service="text", model=model.name, capacity=config.max_batch_size, max_queue=config.max_queue,
@@ -139,13 +144,20 @@ class Scheduler:
     def _prefill_chunk(self, prefill: _Prefill) -> None:
         seq = prefill.seq
         prompt = seq.prompt_ids
-        end = min(prefill.done + self.config.prefill_chunk_tokens, len(prompt))
+        if prefill.cache is None:
+            self._start_from_prefix(prefill)
+        # Chunks end at multiples of the chunk size whatever the cached part was, so a prompt's
+        # keys and values are computed over the same spans with and without reuse.
+        chunk = self.config.prefill_chunk_tokens
+        end = min((prefill.done // chunk + 1) * chunk, len(prompt))
         ids = torch.tensor([prompt[prefill.done: end]], dtype=torch.long, device=self.model.device)
         out = self.model.model(input_ids=ids, past_key_values=prefill.cache, use_cache=True, logits_to_keep=1)
         prefill.done = end
         if end < len(prompt):
             return
         self._prefilling.popleft()
+        self.prefix_cache.store(prompt, prefill.cache)
+        self._record_prefix_cache()
         token = seq.next_token(out.logits[0, -1].to("cpu"))
         now = time.perf_counter()
         seq.accept(token, now)
@@ -159,6 +171,17 @@ class Scheduler:
         seq.fed = len(prompt)
         self._running.append(seq)
         self._publish(seq)
+
+    def _start_from_prefix(self, prefill: _Prefill) -> None:
+        match = self.prefix_cache.lookup(prefill.seq.prompt_ids)
+        prefill.cache, prefill.done = match.cache, match.tokens
+        prefill.seq.cached_prompt_tokens = match.tokens
+        metrics.PROMPT_TOKENS.labels(self.model.name).inc(len(prefill.seq.prompt_ids))
+        metrics.PREFIX_CACHED_TOKENS.labels(self.model.name).inc(match.tokens)
+
+    def _record_prefix_cache(self) -> None:
+        metrics.PREFIX_CACHE_BYTES.labels(self.model.name).set(self.prefix_cache.bytes)
+        metrics.PREFIX_CACHE_BLOCKS.labels(self.model.name).set(self.prefix_cache.blocks)
 
     def _decode_step(self) -> None:
         rows = self._running

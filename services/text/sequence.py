@@ -48,6 +48,7 @@ class Stats:
     tokens_per_second: float
     stop_sequence: str = ""
     model: str = ""
+    cached_prompt_tokens: int = 0
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
 
@@ -87,6 +88,7 @@ class Sequence:
         self.reported_tokens = 0  # output tokens already sent with a piece
         self.pending_token: int | None = None  # drawn, not yet fed to the model
         self.fed = 0  # tokens of this sequence in the batch cache
+        self.cached_prompt_tokens = 0  # prompt tokens taken from the prefix cache
         self.finish: FinishReason | None = None
         self.stop_sequence = ""
         self.final_text: str | None = None
@@ -239,6 +241,7 @@ class Sequence:
             tokens_per_second=decoded_after_first / decode_s if decoded_after_first else 0.0,
             stop_sequence=self.stop_sequence,
             model=self.model.name,
+            cached_prompt_tokens=self.cached_prompt_tokens,
             text=text,
             token_ids=list(self.output_ids),
         )

@@ -31,6 +31,10 @@ class TextSettings(ServiceSettings):
     max_batch_size: int = Field(16, ge=1, le=256, description="sequences decoded together per model")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")
     prefill_chunk_tokens: int = Field(512, ge=16, description="prompt tokens processed per scheduler step")
+    prefix_cache_mb: int = Field(512, ge=0, description="memory per model for the keys and values of recent prompts, "
+                                                     "reused by prompts that start the same way; 0 = off")
+    prefix_block_tokens: int = Field(32, ge=1, le=4096, description="tokens per prefix-cache block (reuse is "
+                                                                  "block by block)")
     max_new_tokens: int = Field(1024, ge=1, description="the largest max_new_tokens a request may ask for")
     max_prompt_chars: int = Field(200_000, ge=1, description="longest prompt or story accepted, in characters")
     default_preset: str = Field("balanced", description="preset used when a request names none")

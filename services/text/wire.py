@@ -200,7 +200,8 @@ def stats_to_pb(stats: Stats) -> text_pb2.GenerationStats:
         completion_tokens=stats.completion_tokens, seed=stats.seed,
         time_to_first_token_ms=stats.time_to_first_token_ms, total_ms=stats.total_ms,
         queue_ms=stats.queue_ms, tokens_per_second=stats.tokens_per_second,
-        stop_sequence=stats.stop_sequence, model=stats.model)
+        stop_sequence=stats.stop_sequence, model=stats.model,
+        cached_prompt_tokens=stats.cached_prompt_tokens)
 
 
 

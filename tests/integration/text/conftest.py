@@ -33,11 +33,13 @@ class RunningText:
 
 @asynccontextmanager
 async def running_text_service(models: list[LoadedModel], *, max_batch_size: int = 8, max_queue: int = 16,
-                               prefill_chunk_tokens: int = 512, max_new_tokens: int = 1024):
+                               prefill_chunk_tokens: int = 512, max_new_tokens: int = 1024,
+                               prefix_cache_bytes: int = 64 * 2**20, prefix_block_tokens: int = 32):
     settings = TextSettings(models={model.name: model.source for model in models}, max_batch_size=max_batch_size,
                             max_queue=max_queue, max_new_tokens=max_new_tokens, warmup_tokens=2)
     generator = TextGenerator(settings)
-    config = SchedulerConfig(max_batch_size=max_batch_size, max_queue=max_queue, prefill_chunk_tokens=prefill_chunk_tokens)
+    config = SchedulerConfig(max_batch_size=max_batch_size, max_queue=max_queue, prefill_chunk_tokens=prefill_chunk_tokens,
+                             prefix_cache_bytes=prefix_cache_bytes, prefix_block_tokens=prefix_block_tokens)
     for model in models:
         generator.add_model(model, config)
     server = await start_server(registrar(generator), serving=False)
