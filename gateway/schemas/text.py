@@ -8,6 +8,7 @@ messages, which name the field, reach the client unchanged.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from google.protobuf.json_format import MessageToDict
@@ -212,6 +213,8 @@ class GenerateBody(RequestBody):
     logit_bias: list[LogitBias] = Field(default_factory=list)
     phrase_bias: list[PhraseBias] = Field(default_factory=list)
     seed: Uint64 | None = None
+    top_probabilities: Uint32 = Field(0, description="alternatives reported per generated token, before and "
+                                                     "after the samplers (0: none; at most 20)")
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateBody:
@@ -228,6 +231,7 @@ class GenerateBody(RequestBody):
     def to_pb(self) -> text_pb2.GenerationSpec:
         spec = text_pb2.GenerationSpec(
             model=self.model, preset=self.preset, min_new_tokens=self.min_new_tokens,
+            top_probabilities=self.top_probabilities,
             stop_sequences=self.stop_sequences, banned_strings=self.banned_strings,
             logit_bias=[text_pb2.LogitBias(token_id=b.token_id, bias=b.bias) for b in self.logit_bias],
             phrase_bias=[text_pb2.PhraseBias(phrase=b.phrase, bias=b.bias) for b in self.phrase_bias])
@@ -258,6 +262,37 @@ class TokenizeBody(RequestBody):
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int = 0
+
+
+def _logprob(value: float) -> float | None:
+    """JSON has no -infinity: a token that could not be drawn has logprob null."""
+    return value if math.isfinite(value) else None
+
+
+class TokenAlternative(BaseModel):
+    token_id: int
+    text: str
+    logprob: float | None
+
+    @classmethod
+    def from_pb(cls, message: text_pb2.TokenAlternative) -> TokenAlternative:
+        return cls(token_id=message.token_id, text=message.text, logprob=_logprob(message.logprob))
+
+
+class TokenProbabilities(BaseModel):
+    token_id: int
+    logprob_before: float | None
+    logprob_after: float | None
+    before: list[TokenAlternative]
+    after: list[TokenAlternative]
+
+    @classmethod
+    def from_pb(cls, message: text_pb2.TokenProbabilities) -> TokenProbabilities:
+        return cls(token_id=message.token_id, logprob_before=_logprob(message.logprob_before),
+                   logprob_after=_logprob(message.logprob_after),
+                   before=[TokenAlternative.from_pb(a) for a in message.before],
+                   after=[TokenAlternative.from_pb(a) for a in message.after])
 
 
 class GenerationStats(BaseModel):
@@ -274,7 +309,8 @@ class GenerationStats(BaseModel):
     @classmethod
     def from_pb(cls, stats: text_pb2.GenerationStats) -> GenerationStats:
         return cls(finish_reason=FINISH_REASONS.get(stats.finish_reason, "cancelled"),
-                   usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens),
+                   usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
+                               cached_prompt_tokens=stats.cached_prompt_tokens),
                    seed=stats.seed, model=stats.model, stop_sequence=stats.stop_sequence,
                    time_to_first_token_ms=stats.time_to_first_token_ms, total_ms=stats.total_ms,
                    queue_ms=stats.queue_ms, tokens_per_second=stats.tokens_per_second)
@@ -307,12 +343,15 @@ class GenerateResult(BaseModel):
     token_ids: list[int]
     stats: GenerationStats
     context_report: ContextReport | None = None
+    probabilities: list[TokenProbabilities] = Field(default_factory=list,
+                                                    description="with top_probabilities: one per token")
 
     @classmethod
     def from_pb(cls, reply: text_pb2.GenerateResponse) -> GenerateResult:
         report = ContextReport.from_pb(reply.context_report) if reply.HasField("context_report") else None
         return cls(text=reply.text, token_ids=list(reply.token_ids), stats=GenerationStats.from_pb(reply.stats),
-                   context_report=report)
+                   context_report=report,
+                   probabilities=[TokenProbabilities.from_pb(p) for p in reply.probabilities])
 
 
 class TokenizeResult(BaseModel):
@@ -355,7 +394,10 @@ def stream_event_from_pb(message: text_pb2.GenerateStreamResponse) -> tuple[str,
     """A message of GenerateStream as an SSE event: `context`, `piece` or `final`, and its data."""
     kind = message.WhichOneof("event")
     if kind == "piece":
-        return "piece", {"text": message.piece.text, "token_ids": list(message.piece.token_ids)}
+        data: dict[str, Any] = {"text": message.piece.text, "token_ids": list(message.piece.token_ids)}
+        if message.piece.probabilities:
+            data["probabilities"] = [TokenProbabilities.from_pb(p).model_dump() for p in message.piece.probabilities]
+        return "piece", data
     if kind == "context_report":
         return "context", ContextReport.from_pb(message.context_report).model_dump()
     return "final", GenerationStats.from_pb(message.final).model_dump()

@@ -24,10 +24,14 @@ from fabula_sdk.ai_http import AiHttpClient
 
 @dataclass(frozen=True)
 class TextPiece:
-    """New text of a streamed continuation, with the tokens it came from."""
+    """New text of a streamed continuation, with the tokens it came from (and, when asked for with
+    `top_probabilities`, one entry per token: token_id, logprob_before, logprob_after, and the
+    `before` / `after` alternatives as token_id, text, logprob; a logprob is None where the token
+    could not be drawn)."""
 
     text: str
     token_ids: list[int]
+    probabilities: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,15 @@ class GenerationStats:
     total_ms: float
     tokens_per_second: float
     stop_sequence: str = ""
+    cached_prompt_tokens: int = 0  # prompt tokens whose processing the service's prefix cache saved
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> GenerationStats:
         return cls(finish_reason=body["finish_reason"], prompt_tokens=body["usage"]["prompt_tokens"],
                    completion_tokens=body["usage"]["completion_tokens"], seed=body["seed"], model=body["model"],
                    time_to_first_token_ms=body["time_to_first_token_ms"], total_ms=body["total_ms"],
-                   tokens_per_second=body["tokens_per_second"], stop_sequence=body.get("stop_sequence", ""))
+                   tokens_per_second=body["tokens_per_second"], stop_sequence=body.get("stop_sequence", ""),
+                   cached_prompt_tokens=body["usage"].get("cached_prompt_tokens", 0))
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Generation:
     token_ids: list[int]
     stats: GenerationStats
     context_report: ContextReport | None = None
+    probabilities: list[dict[str, Any]] = field(default_factory=list)  # as in TextPiece
 
 
 StreamEvent = TextPiece | GenerationStats | ContextReport
@@ -87,7 +94,8 @@ class TextClient(AiHttpClient):
         report = body.get("context_report")
         return Generation(text=body["text"], token_ids=list(body["token_ids"]),
                           stats=GenerationStats.from_json(body["stats"]),
-                          context_report=ContextReport.from_json(report) if report else None)
+                          context_report=ContextReport.from_json(report) if report else None,
+                          probabilities=list(body.get("probabilities", [])))
 
     def stream(self, **options: Any) -> Iterator[StreamEvent]:
         """The continuation as it is written: a ContextReport first (for story contexts), then
@@ -95,7 +103,7 @@ class TextClient(AiHttpClient):
         stops the generation on the server."""
         for kind, body in self._events("/ai/generate-stream", options):
             if kind == "piece":
-                yield TextPiece(body["text"], list(body["token_ids"]))
+                yield TextPiece(body["text"], list(body["token_ids"]), list(body.get("probabilities", [])))
             elif kind == "context":
                 yield ContextReport.from_json(body)
             elif kind == "final":

@@ -320,6 +320,11 @@ class GenerationSpec:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     phrase_bias: tuple[tuple[str, float], ...] = ()  # (phrase, bias)
     seed: int | None = None
+    top_probabilities: int = 0
+
+
+# The most alternatives a request may ask to see per generated token (OpenAI's top_logprobs cap).
+MAX_TOP_PROBABILITIES = 20
 
 
 @dataclass(frozen=True)
@@ -334,6 +339,7 @@ class GenerationParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     phrase_bias: tuple[tuple[str, float], ...] = ()
     seed: int | None = None
+    top_probabilities: int = 0  # alternatives reported per generated token; 0 = none
 
     @classmethod
     def from_spec(cls, spec: GenerationSpec, base_sampling: SamplingParams, limits: Limits,
@@ -359,6 +365,9 @@ class GenerationParams:
             BIAS_RANGE.check(f"{prefix}phrase_bias[{index}].bias", bias)
         if spec.seed is not None and spec.seed > limits.max_seed:
             raise InvalidArgument(f"{prefix}seed", spec.seed, f"must be within [0, {limits.max_seed}]")
+        if not 0 <= spec.top_probabilities <= MAX_TOP_PROBABILITIES:
+            raise InvalidArgument(f"{prefix}top_probabilities", spec.top_probabilities,
+                                  f"must be within [0, {MAX_TOP_PROBABILITIES}]")
         return cls(
             sampling=sampling,
             max_new_tokens=max_new,
@@ -368,6 +377,7 @@ class GenerationParams:
             logit_bias=tuple(spec.logit_bias),
             phrase_bias=tuple(zip(phrases, (bias for _, bias in spec.phrase_bias))),
             seed=spec.seed,
+            top_probabilities=spec.top_probabilities,
         )
 
     def check_against_vocab(self, vocab_size: int, prefix: str = "spec.") -> None:

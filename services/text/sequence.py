@@ -11,7 +11,7 @@ from enum import Enum
 
 import torch
 
-from services.text import samplers
+from services.text import probabilities, samplers
 from services.text.decoding import IncrementalDetokenizer, OutputGuard
 from services.text.models import LoadedModel
 from services.text.params import GenerationParams
@@ -34,6 +34,8 @@ class FinishReason(Enum):
 class Piece:
     text: str
     token_ids: list[int]
+    # With top_probabilities: one entry per token of token_ids.
+    probabilities: list[probabilities.TokenProbabilities] = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Stats:
     cached_prompt_tokens: int = 0
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
+    probabilities: list[probabilities.TokenProbabilities] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +86,10 @@ class Sequence:
         # Tokens that may not be drawn at a given output position (after a banned string there).
         self.banned_at: dict[int, set[int]] = {}
         self.backtracks = 0
+        # With top_probabilities: one entry per output token (taken back with it), and the one of
+        # the token just drawn until it is accepted.
+        self.token_probabilities: list[probabilities.TokenProbabilities] = []
+        self._drawn_probabilities: probabilities.TokenProbabilities | None = None
         self.generated = 0  # tokens drawn, including ones taken back and the end-of-text token
         self.emitted_chars = 0
         self.reported_tokens = 0  # output tokens already sent with a piece
@@ -115,6 +122,8 @@ class Sequence:
         sampling = self.params.sampling
         length = len(self.prompt_ids) + len(self.output_ids)
         logits = logits.float()
+        # The penalties work in place: keep the model's own row only when it is to be reported.
+        raw = logits.clone() if self.params.top_probabilities else None
         logits = samplers.apply_penalties(logits, self.context[:length], sampling)
         logits = samplers.apply_logit_bias(logits, self.bias_ids, self.bias_values)
         if self.phrases:
@@ -129,7 +138,15 @@ class Sequence:
             # Everything is banned here: end the text rather than draw from nothing. (The max, not
             # `isfinite(...).any()`: one pass over the vocabulary instead of four, every step.)
             return int(self.eos_ids[0])
-        return samplers.draw(samplers.warp(logits, sampling), self.generator)
+        candidates = samplers.warp(logits, sampling)
+        token = samplers.draw(candidates, self.generator)
+        if raw is not None:
+            self._drawn_probabilities = probabilities.describe(
+                raw, candidates, token, self.params.top_probabilities, self._token_text)
+        return token
+
+    def _token_text(self, token: int) -> str:
+        return self.model.tokenizer.decode([token])
 
     # --- accepting a token -----------------------------------------------------------------
 
@@ -145,6 +162,9 @@ class Sequence:
             return None
         position = len(self.output_ids)
         self.context[len(self.prompt_ids) + position] = token
+        if self._drawn_probabilities is not None:
+            self.token_probabilities.append(self._drawn_probabilities)
+            self._drawn_probabilities = None
         before = len(self.detok.text)
         self.detok.push(token)
         match = self.guard.first_match(self.detok.text, before) if self.guard.active else None
@@ -178,6 +198,7 @@ class Sequence:
         for later in [p for p in self.banned_at if p > keep]:
             del self.banned_at[later]
         self.detok.truncate(keep)
+        del self.token_probabilities[keep:]
         # The model was fed the prompt and the output before the token just drawn. It must forget
         # down to the token before `keep`'s position (the prompt's last when keep == 0) and be fed
         # that token again, whose logits are the ones to draw position `keep` from.
@@ -218,9 +239,10 @@ class Sequence:
         if not new_text and (self.finish is None or tokens_upto <= self.reported_tokens):
             return None
         tokens = self.output_ids[self.reported_tokens: tokens_upto]
+        probs = self.token_probabilities[self.reported_tokens: tokens_upto]
         self.emitted_chars = limit
         self.reported_tokens = max(self.reported_tokens, tokens_upto)
-        return Piece(new_text, tokens)
+        return Piece(new_text, tokens, probs)
 
     def stats(self) -> Stats:
         end = self.finished_at or time.perf_counter()
@@ -244,4 +266,5 @@ class Sequence:
             cached_prompt_tokens=self.cached_prompt_tokens,
             text=text,
             token_ids=list(self.output_ids),
+            probabilities=list(self.token_probabilities),
         )

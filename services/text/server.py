@@ -26,8 +26,9 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         async for _ in handle:
             pass
         stats = handle.result
-        response = text_pb2.GenerateResponse(text=stats.text, token_ids=stats.token_ids,
-                                             stats=wire.stats_to_pb(stats))
+        response = text_pb2.GenerateResponse(
+            text=stats.text, token_ids=stats.token_ids, stats=wire.stats_to_pb(stats),
+            probabilities=[wire.token_probabilities_to_pb(p) for p in stats.probabilities])
         if prepared.context is not None:
             response.context_report.CopyFrom(wire.context_report_to_pb(prepared.context))
         return response

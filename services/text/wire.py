@@ -16,6 +16,7 @@ from services.text.context_units import TextUnit, TrimDirection
 from services.text.models import LoadedModel
 from services.text.params import SAMPLING_FIELDS, GenerationSpec, SamplerConvention, SamplerName, SamplingParams
 from services.text.presets_store import Preset
+from services.text.probabilities import Alternative, TokenProbabilities
 from services.text.sequence import FinishReason, Piece, Stats
 from services.text.story_context import ContextConfig, LoreCategory, LoreEntry, StoryContext
 
@@ -150,6 +151,7 @@ def spec_from_pb(message: text_pb2.GenerationSpec) -> GenerationSpec:
         logit_bias=tuple((entry.token_id, entry.bias) for entry in message.logit_bias),
         phrase_bias=tuple((entry.phrase, entry.bias) for entry in message.phrase_bias),
         seed=message.seed if message.HasField("seed") else None,
+        top_probabilities=message.top_probabilities,
     )
 
 
@@ -190,8 +192,20 @@ def context_report_to_pb(built: BuiltContext) -> text_pb2.ContextReport:
                                   prompt=built.prompt)
 
 
+def alternative_to_pb(alternative: Alternative) -> text_pb2.TokenAlternative:
+    return text_pb2.TokenAlternative(token_id=alternative.token_id, text=alternative.text,
+                                     logprob=alternative.logprob)
+
+
+def token_probabilities_to_pb(probs: TokenProbabilities) -> text_pb2.TokenProbabilities:
+    return text_pb2.TokenProbabilities(
+        token_id=probs.token_id, logprob_before=probs.logprob_before, logprob_after=probs.logprob_after,
+        before=[alternative_to_pb(a) for a in probs.before], after=[alternative_to_pb(a) for a in probs.after])
+
+
 def piece_to_pb(piece: Piece) -> text_pb2.TextPiece:
-    return text_pb2.TextPiece(text=piece.text, token_ids=piece.token_ids)
+    return text_pb2.TextPiece(text=piece.text, token_ids=piece.token_ids,
+                              probabilities=[token_probabilities_to_pb(p) for p in piece.probabilities])
 
 
 def stats_to_pb(stats: Stats) -> text_pb2.GenerationStats:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,9 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop before this text (repeatable)")] = None,
     ban: Annotated[list[str] | None, typer.Option("--ban", help="never write this text (repeatable)")] = None,
     show_context: Annotated[bool, typer.Option("--show-context", help="print the context report to stderr")] = False,
+    probs: Annotated[int, typer.Option("--probs", min=0, max=20, help="after the text, print each token's "
+                                       "probability and its N most likely alternatives, before and after "
+                                       "the samplers, to stderr")] = 0,
 ) -> None:
     """Continue PROMPT (or a --story file), printing the text as the model writes it."""
     story_text = _read(story)
@@ -57,22 +61,48 @@ def generate(
         options["sampling"] = sampling
     if seed is not None:
         options["seed"] = seed
+    if probs:
+        options["top_probabilities"] = probs
     if story_text is not None:
         options["context"] = {"story": story_text, "memory": memory, "authors_note": note}
     else:
         options["prompt"] = prompt
+    token_probabilities: list[dict] = []
     with TextClient(state(ctx).url or saved.url, saved.token) as ai:
         for event in ai.stream(**options):
             if isinstance(event, TextPiece):
                 typer.echo(event.text, nl=False)
+                token_probabilities.extend(event.probabilities)
             elif isinstance(event, ContextReport) and show_context:
                 for entry in event.entries:
                     mark = "+" if entry["included"] else "-"
                     typer.echo(f"{mark} {entry['source']}: {entry['reason']} ({entry['tokens']} tokens)", err=True)
             elif isinstance(event, GenerationStats):
                 typer.echo("")
+                for line in probability_lines(token_probabilities):
+                    typer.echo(line, err=True)
                 typer.echo(f"[{event.finish_reason}; {event.completion_tokens} tokens, "
                            f"{event.tokens_per_second:.1f} tokens/s, seed {event.seed}]", err=True)
+
+
+def _percent(logprob: float | None) -> str:
+    return "0%" if logprob is None else f"{100 * math.exp(logprob):.1f}%"
+
+
+def probability_lines(token_probabilities: list[dict]) -> list[str]:
+    """One line per generated token: the token, its probability before → after the samplers, then
+    the alternatives of each distribution."""
+    lines = []
+    for entry in token_probabilities:
+        chosen = next((a["text"] for a in entry["before"] + entry["after"] if a["token_id"] == entry["token_id"]),
+                      f"#{entry['token_id']}")
+
+        def alternatives(side: str) -> str:
+            return ", ".join(f"{a['text']!r} {_percent(a['logprob'])}" for a in entry[side])
+
+        lines.append(f"{chosen!r} {_percent(entry['logprob_before'])} -> {_percent(entry['logprob_after'])}"
+                     f"  | before: {alternatives('before')}  | after: {alternatives('after')}")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -52,6 +52,20 @@ async def test_generate_and_stream_agree(ai):
     assert events[-1][1]["usage"] == result["stats"]["usage"]
 
 
+async def test_token_probabilities_over_http(ai):
+    client, _ = ai
+    body = {**BODY, "top_probabilities": 2}
+    result = (await client.post("/ai/generate", json=body)).json()
+    events = events_of((await client.post("/ai/generate-stream", json=body)).text)
+    streamed = [probs for kind, data in events if kind == "piece" for probs in data["probabilities"]]
+    assert streamed == result["probabilities"]
+    assert [probs["token_id"] for probs in streamed] == result["token_ids"]
+    assert all(len(probs["before"]) == 2 and probs["before"][0]["logprob"] <= 0 for probs in streamed)
+    assert "probabilities" not in events_of((await client.post("/ai/generate-stream", json=BODY)).text)[0][1]
+    refused = await client.post("/ai/generate", json={**BODY, "top_probabilities": 21})
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "top_probabilities"
+
+
 async def test_story_context_event_and_report(ai):
     client, _ = ai
     body = {"context": {"story": "A dragon slept.", "memory": "Ada is brave.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import pytest
@@ -239,3 +240,48 @@ async def test_several_models_by_name(text_service, tiny_model, tiny_model_b):
         b = await stream(running.stub, model="tiny-b", max_new_tokens=10, seed=1)
         assert a[1] == a_named[1] != b[1]
         assert a[2].model == "tiny" and b[2].model == "tiny-b"
+
+
+async def test_token_probabilities_come_with_each_token_and_do_not_change_the_output(tiny_service):
+    plain_text, plain_ids, _, _ = await stream(tiny_service.stub, max_new_tokens=20, seed=9, preset="balanced")
+    text, ids, _, messages = await stream(tiny_service.stub, max_new_tokens=20, seed=9, preset="balanced",
+                                          top_probabilities=3)
+    assert (text, ids) == (plain_text, plain_ids)
+    pieces = [m.piece for m in messages if m.WhichOneof("event") == "piece"]
+    assert all(len(p.probabilities) == len(p.token_ids) for p in pieces)
+    reported = [probs for p in pieces for probs in p.probabilities]
+    assert [probs.token_id for probs in reported] == ids
+    for probs in reported:
+        assert len(probs.before) == 3 and 1 <= len(probs.after) <= 3
+        before = [a.logprob for a in probs.before]
+        assert before == sorted(before, reverse=True) and before[0] <= 0
+        assert probs.logprob_before <= before[0] and probs.logprob_after <= 0
+        assert sum(math.exp(a.logprob) for a in probs.after) <= 1 + 1e-5
+    reply = await tiny_service.stub.Generate(text_pb2.GenerateRequest(spec=spec(
+        max_new_tokens=20, seed=9, preset="balanced", top_probabilities=3)))
+    assert list(reply.token_ids) == ids and [p.token_id for p in reply.probabilities] == ids
+    plain = [m.piece for m in (await stream(tiny_service.stub, max_new_tokens=5, seed=9))[3]
+             if m.WhichOneof("event") == "piece"]
+    assert all(not p.probabilities for p in plain)
+
+
+async def test_after_top_k_the_alternatives_are_the_top_k_renormalised(tiny_service):
+    # The neutral preset changes nothing else, so "after" is exactly "before" cut to 3 tokens.
+    _, ids, _, messages = await stream(tiny_service.stub, max_new_tokens=15, seed=4, preset="neutral",
+                                       sampling=text_pb2.SamplingParameters(top_k=3), top_probabilities=3,
+                                       min_new_tokens=0)  # nothing bans the end of text
+    reported = [probs for m in messages if m.WhichOneof("event") == "piece" for probs in m.piece.probabilities]
+    assert [probs.token_id for probs in reported] == ids
+    for probs in reported:
+        kept = math.log(sum(math.exp(a.logprob) for a in probs.before))
+        assert [a.token_id for a in probs.after] == [a.token_id for a in probs.before]
+        assert [a.logprob for a in probs.after] == pytest.approx([a.logprob - kept for a in probs.before], abs=1e-4)
+        assert probs.token_id in [a.token_id for a in probs.before]
+        assert probs.logprob_after == pytest.approx(probs.logprob_before - kept, abs=1e-4)
+
+
+async def test_too_many_alternatives_is_refused_naming_the_field(tiny_service):
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await tiny_service.stub.Generate(text_pb2.GenerateRequest(spec=spec(max_new_tokens=5, top_probabilities=21)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "top_probabilities" in error.value.details()

@@ -73,5 +73,11 @@ async def test_cli_generate_streams_to_the_terminal(live, tmp_path):
 
     assert (await asyncio.to_thread(expected)) in result.stdout
     assert "length; 15 tokens" in result.stderr
+    with_probs = await asyncio.to_thread(run, "The knight", "-n", "15", "--min-new-tokens", "15", "--seed", "4",
+                                         "--preset", "neutral", "--probs", "3")
+    assert with_probs.exit_code == 0, with_probs.output
+    assert with_probs.stdout == result.stdout
+    lines = [line for line in with_probs.stderr.splitlines() if "| before:" in line]
+    assert len(lines) == 15 and all(line.count("%") >= 2 + 3 for line in lines)
     bad = await asyncio.to_thread(run, "x", "--temperature", "-1")
     assert bad.exit_code == 1 and "temperature" in bad.stderr
