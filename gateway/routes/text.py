@@ -4,7 +4,8 @@ The bodies and their protobuf translation are in gateway/schemas/text.py.
 
 Streaming: the first message is awaited before the response starts, so a request the service
 refuses gets its proper HTTP status (400, 429, ...) instead of a 200 with an error event. After
-that, events are `context` (the context builder's report), `piece` (text and token ids), `final`
+that, events are `context` (the context builder's report), `piece` (text, token ids and, when asked
+for with top_probabilities, their probabilities), `final`
 (finish reason, usage, timings, seed) and, should the service fail mid-stream, `error` with the
 same JSON body as any error response. A client that disconnects cancels the generation.
 """
