@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+import torch
+
 from fabula.text.v1 import text_pb2
-from services.text.testing import CORPUS
+from services.text.models import load_model
+from services.text.testing import CORPUS, build_tiny_model
 
 STORY = " ".join(CORPUS[:3] * 3)
 
@@ -61,3 +65,25 @@ async def test_two_users_on_the_same_scenario_share_its_blocks_and_keep_their_se
         assert warm.scheduler().prefix_cache.blocks <= blocks + 2 * 2
     assert [list(r.token_ids) for r in together] == [list(r.token_ids) for r in alone]
     assert all(r.stats.cached_prompt_tokens >= r.stats.prompt_tokens - 16 for r in together)
+
+
+@pytest.mark.gpu
+async def test_gpu_path_bf16_scripted_step_with_and_without_reuse(text_service, tmp_path):
+    """The GPU path: bf16 weights on CUDA, the written-out Llama decode step, a batch and prefix
+    reuse; the same seeded session with and without the cache, and a seeded request alone and in
+    a batch, give the same tokens."""
+    folder = build_tiny_model(tmp_path / "tiny-gpu", seed=0)
+    model = load_model("tiny-gpu", str(folder), cache_dir=tmp_path / "cache", device="cuda", dtype="bfloat16",
+                       quantization="none")
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+    async with text_service([model], prefill_chunk_tokens=48, prefix_cache_bytes=0) as cold:
+        without = await writing_session(cold.stub, steps=3)
+    async with text_service([model], prefill_chunk_tokens=48, prefix_block_tokens=8) as warm:
+        assert type(warm.scheduler()._step).__name__ == "LlamaDecodeStep"
+        with_reuse = await writing_session(warm.stub, steps=3)
+        alone = await generate(warm.stub, STORY + " The end?", seed=7)
+        batched = await asyncio.gather(*(generate(warm.stub, STORY[: 40 * (i + 1)], seed=i) for i in range(4)),
+                                       generate(warm.stub, STORY + " The end?", seed=7))
+    assert [list(r.token_ids) for r in with_reuse] == [list(r.token_ids) for r in without]
+    assert sum(r.stats.cached_prompt_tokens for r in with_reuse) > 0
+    assert list(batched[-1].token_ids) == list(alone.token_ids)
