@@ -359,8 +359,8 @@ async def _measure_prefix() -> dict:
         f"Prefix reuse (Fabula alone, the same model and service): time to first token of a "
         f"{CONTINUED_STORY_TOKENS}-token story continued right after its previous {CONTINUATION_TOKENS}-token "
         f"generation, cold (never seen) vs continued (median of {ROUNDS}); hit rate over a "
-        f"{SESSION_STEPS}-step writing session ({SESSION_STEP_TOKENS} tokens a step) through the context builder with memory, author's note and "
-        f"{len(LOREBOOK_CHANGES)} lorebook changes. Targets: ttft_cold_vs_cached >= 5, prefix_hit_rate_session "
+        f"{SESSION_STEPS}-step writing session ({SESSION_STEP_TOKENS} tokens a step) through the context "
+        f"builder with memory, author's note and {len(LOREBOOK_CHANGES)} lorebook changes. Targets: ttft_cold_vs_cached >= 5, prefix_hit_rate_session "
         f">= 0.8."
     )
     return {"figures": figures, "ratios": {"ttft_cold_vs_cached": median(cold) / median(cached)},
