@@ -10,7 +10,8 @@ from tests.e2e.conftest import PASSWORD, in_thread
 
 async def test_tokens_create_list_revoke(gateway, tmp_path):
     env = {"FABULA_URL": gateway.url, "FABULA_HOME": str(tmp_path / "home"), "FABULA_PASSWORD": PASSWORD,
-           "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192"}
+           "FABULA_KDF_OPSLIMIT": "1", "FABULA_KDF_MEMLIMIT": "8192",
+           "FABULA_KDF_FLOOR_FOR_TESTS": "1"}
 
     def fabula(*args: str, ok: bool = True):
         result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
