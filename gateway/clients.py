@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import grpc
@@ -13,6 +14,9 @@ from gateway import channel_policy
 from gateway.settings import GatewaySettings
 from gateway.tracing import records_call_spans
 from services.toolkit import tracing
+from services.toolkit.callers import CallerTokenInterceptor, TokenSigner
+
+log = logging.getLogger(__name__)
 
 # Round robin matters in Kubernetes: with a headless Service and a "dns:///" target the channel
 # keeps a connection to every replica instead of pinning all calls to the first one it found.
@@ -26,11 +30,23 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def _open(address: str, settings: GatewaySettings) -> grpc.aio.Channel:
+def _open(address: str, audience: str, settings: GatewaySettings, signer: TokenSigner | None) -> grpc.aio.Channel:
     reconnecting = channel_policy.WaitWhileReconnecting()
-    return reconnecting.attach(grpc.aio.insecure_channel(
-        address, options=_CHANNEL_OPTIONS,
-        interceptors=[reconnecting, *tracing.client_interceptors(records_call_spans(settings))]))
+    interceptors = [reconnecting, *tracing.client_interceptors(records_call_spans(settings))]
+    if signer is not None:
+        interceptors.append(CallerTokenInterceptor(signer, audience))
+    return reconnecting.attach(grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS,
+                                                         interceptors=interceptors))
+
+
+def _signer(settings: GatewaySettings) -> TokenSigner | None:
+    key = settings.caller_signing_key.get_secret_value()
+    if not key:
+        # Only in development (production refuses to start): services with caller keys will
+        # answer these calls UNAUTHENTICATED.
+        log.warning("FABULA_GATEWAY_CALLER_SIGNING_KEY is not set: calls to the services go unsigned")
+        return None
+    return TokenSigner(key, ttl_s=settings.caller_token_ttl_s)
 
 
 @dataclass
@@ -52,8 +68,10 @@ class ServiceChannels:
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> ServiceChannels:
-        return cls(editor=_open(settings.editor_address, settings), text=_open(settings.text_address, settings),
-                   image=_open(settings.image_address, settings))
+        signer = _signer(settings)
+        return cls(editor=_open(settings.editor_address, "editor", settings, signer),
+                   text=_open(settings.text_address, "text", settings, signer),
+                   image=_open(settings.image_address, "image", settings, signer))
 
     async def close(self) -> None:
         for channel in (self.editor, self.text, self.image):

@@ -23,6 +23,7 @@ from gateway.clients import ServiceChannels
 from gateway.settings import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
 from gateway.rate_limits import RateLimits
+from services.toolkit.callers import set_current_user
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ async def _user(request: Request, credentials: HTTPAuthorizationCredentials | No
     cache: AuthCache = state.auth_cache
     user = cache.get(token)
     if user is not None:
+        set_current_user(user.user_id)
         return user
     try:
         reply = await state.channels.editor_stub.Authenticate(
@@ -130,6 +132,8 @@ async def _user(request: Request, credentials: HTTPAuthorizationCredentials | No
         raise from_rpc_error(error) from None
     user = User(user_id=reply.user_id, username=reply.username, token=token)
     cache.put(user)
+    # Every service call this request makes from here on carries a caller token naming the user.
+    set_current_user(user.user_id)
     return user
 
 

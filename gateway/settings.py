@@ -6,7 +6,7 @@ from typing import Literal
 
 import ipaddress
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,11 @@ class GatewaySettings(BaseSettings):
     editor_address: str = "127.0.0.1:50051"
     text_address: str = "127.0.0.1:50052"
     image_address: str = "127.0.0.1:50053"
+
+    caller_signing_key: SecretStr = Field(
+        SecretStr(""), description="Ed25519 signing key (base64 seed) for the caller tokens the services require; "
+                                   "`make run` generates one per run, production refuses to start without")
+    caller_token_ttl_s: float = Field(60.0, gt=0, le=600, description="lifetime of one caller token")
 
     # Request bodies, by route (gateway/body_limits.py): each limit is enforced while the body
     # streams in, before anything parses it, so a hostile body costs at most its limit.
@@ -100,3 +105,19 @@ class GatewaySettings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("caller_signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr) -> SecretStr:
+        from services.toolkit.callers import public_key_of
+
+        if value.get_secret_value():
+            public_key_of(value.get_secret_value())  # a key that does not parse is a start-up error
+        return value
+
+    @model_validator(mode="after")
+    def _signing_key_in_production(self) -> GatewaySettings:
+        if self.environment == "production" and not self.caller_signing_key.get_secret_value():
+            raise ValueError("FABULA_GATEWAY_CALLER_SIGNING_KEY must be set in production: the services accept "
+                             "only calls the gateway signed")
+        return self

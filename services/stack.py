@@ -1,6 +1,7 @@
 """`make run`: every Fabula process on localhost with its embedded defaults, until Ctrl-C.
 
-Starts each service that exists (editor, text, image) and the gateway as child processes, waits
+Starts each service that exists (editor, text, image) and the gateway as child processes (with a
+caller-token key pair made for this run: the gateway signs, the services verify), waits
 until each reports SERVING on the standard gRPC health service, prints the URLs, and on Ctrl-C
 (or SIGTERM) asks every child to stop, giving it its drain grace before killing it.
 """
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.toolkit.callers import new_key_pair, public_key_of
 
 STOP_GRACE_S = 15.0
 
@@ -46,11 +49,15 @@ PROCESSES = (
 
 
 def _child_environment() -> dict[str, str]:
-    """Point the gateway at the services' ports unless the user pointed it elsewhere."""
+    """Point the gateway at the services' ports, and give it a caller-token signing key generated
+    for this run with its public key to every service, unless the user set them."""
     env = dict(os.environ)
+    signing_key = env.get("FABULA_GATEWAY_CALLER_SIGNING_KEY") or new_key_pair()[0]
+    env["FABULA_GATEWAY_CALLER_SIGNING_KEY"] = signing_key
     for process in PROCESSES:
         if process.speaks_grpc:
             env.setdefault(f"FABULA_GATEWAY_{process.name.upper()}_ADDRESS", f"127.0.0.1:{process.port}")
+            env.setdefault(f"{process.env_prefix}CALLER_KEYS", public_key_of(signing_key))
     return env
 
 

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     from services.toolkit.server import serve
 
     app = EditorApp.create(settings)
-    asyncio.run(serve(settings, app.register, warm_up=app.open, on_shutdown=app.close, watch=app.watch_database))
+    asyncio.run(serve(settings, app.register, audience="editor", callers_required=not settings.accept_direct_clients,
+                      warm_up=app.open, on_shutdown=app.close, watch=app.watch_database))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from services.editor.app import EditorApp
 from services.editor.settings import EditorSettings
 from services.editor.storage import Storage
 from services.editor.types import Clock, system_clock
+from services.toolkit.callers import caller_check
 from services.toolkit.server import RunningServer, start_server
 
 
@@ -49,8 +50,12 @@ async def embedded_editor(settings: EditorSettings | None = None, *,
     app = EditorApp.create(settings, clock)
     await app.open()
     try:
+        # With caller keys configured it checks callers as the process does; without, it takes
+        # every call as a direct client's.
+        callers = (caller_check(settings.caller_keys, "editor", required=not settings.accept_direct_clients)
+                   if settings.caller_keys else None)
         running = await start_server(app.register, "127.0.0.1:0", max_message_bytes=settings.max_message_bytes,
-                                     max_concurrent_rpcs=settings.max_concurrent_rpcs)
+                                     max_concurrent_rpcs=settings.max_concurrent_rpcs, callers=callers)
         watch = asyncio.create_task(app.watch_database(running))
         try:
             yield EmbeddedEditor(address=f"127.0.0.1:{running.port}", port=running.port, storage=app.storage,

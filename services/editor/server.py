@@ -1,7 +1,9 @@
 """The gRPC servicer: protobuf in, domain call, protobuf out (the conversions are wire.py's). No SQL
 and no crypto decisions here.
 
-The bearer token is read from the "authorization" metadata in one place, `_caller`.
+The bearer token is read from the "authorization" metadata in one place, `_caller`. A call the
+gateway signed (services/toolkit/callers.py) still carries the user's session, checked here on
+every call so a revoked session is refused at once; the signed user must be the session's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from services.editor.api_tokens import ApiTokens, is_api_token
 from services.editor.objects import Objects
 from services.editor.transfer import Transfers
 from services.editor.types import Account, Caller, TokenScope
-from services.toolkit.errors import Unauthenticated
+from services.toolkit.callers import current_caller
+from services.toolkit.errors import PermissionDenied, Unauthenticated
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
 
@@ -40,17 +43,27 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Account:
         """The session's account; a personal API token is refused here (PERMISSION_DENIED)."""
-        return await self._accounts.authenticate(bearer_token(context))
+        return self._signed_for(await self._accounts.authenticate(bearer_token(context)))
+
+    @staticmethod
+    def _signed_for(account: Account) -> Account:
+        """`account`, unless the gateway signed this call for another user."""
+        signed = current_caller()
+        # "" is the gateway before it knows the user (it is checking this very token).
+        if signed is not None and signed.user_id and signed.user_id != account.user_id:
+            raise PermissionDenied("the session belongs to another user than the gateway signed for",
+                                   field="authorization", reason="CALLER_MISMATCH")
+        return account
 
     async def _any_caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """A session's or a personal API token's account, with the token's scope (Authenticate only)."""
         token = bearer_token(context)
         if not is_api_token(token):
-            return Caller(await self._accounts.authenticate(token), TokenScope.SESSION)
+            return Caller(self._signed_for(await self._accounts.authenticate(token)), TokenScope.SESSION)
         account = await self._api_tokens.account(token)
         if account is None:
             raise Unauthenticated("the API token is invalid, expired or revoked", field="authorization")
-        return Caller(account, TokenScope.GENERATION)
+        return Caller(self._signed_for(account), TokenScope.GENERATION)
 
     # Accounts and sessions.
     async def GetSalt(self, request: pb.GetSaltRequest, context) -> pb.GetSaltResponse:

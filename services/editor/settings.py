@@ -41,6 +41,10 @@ class EditorSettings(ServiceSettings):
         SecretStr(DEVELOPMENT_SECRET),
         description="keys the decoy salts of unknown usernames; must be set (32+ characters) in production",
     )
+    accept_direct_clients: bool = Field(
+        True, description="also serve clients that reach the editor without the gateway (the SDK's gRPC "
+                          "transport): they sign in and authenticate with their session token; false = only "
+                          "calls the gateway signed (FABULA_EDITOR_CALLER_KEYS)")
     session_ttl_s: float = Field(30 * 24 * 3600, gt=0, description="how long a session token is accepted")
 
     # The server's own Argon2id cost for hashing authentication keys.

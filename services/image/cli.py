@@ -28,7 +28,7 @@ async def run(settings: ImageSettings) -> None:
     from services.image.generator import ImageGenerator
     from services.image.server import registrar
 
-    await serve_generator(settings, ImageGenerator(settings), registrar)
+    await serve_generator(settings, ImageGenerator(settings), registrar, audience="image")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,7 @@ async def run(settings: TextSettings) -> None:
     from services.text.generator import TextGenerator
     from services.text.server import registrar
 
-    await serve_generator(settings, TextGenerator(settings), registrar)
+    await serve_generator(settings, TextGenerator(settings), registrar, audience="text")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,7 @@ def settings_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace
     return overrides
 
 
-async def serve_generator(settings: ServiceSettings, generator: Generator, registrar) -> None:
+async def serve_generator(settings: ServiceSettings, generator: Generator, registrar, *, audience: str) -> None:
     from services.toolkit.server import serve
 
     async def warm_up() -> None:
@@ -65,7 +65,7 @@ async def serve_generator(settings: ServiceSettings, generator: Generator, regis
     async def on_shutdown() -> None:
         generator.close()
 
-    await serve(settings, registrar(generator), warm_up=warm_up, on_shutdown=on_shutdown)
+    await serve(settings, registrar(generator), audience=audience, warm_up=warm_up, on_shutdown=on_shutdown)
 
 
 async def run_in_passing_thread(function: Callable[[], T]) -> T:

@@ -2,7 +2,7 @@
 
 A service hands over a `register(server)` callback that adds its servicers and returns the full
 names of the services it added. The toolkit adds what every service keeps: the exception and
-tracing interceptors, the standard health service (NOT_SERVING until the service says it is
+tracing interceptors, the caller-token check (`callers.py`), the standard health service (NOT_SERVING until the service says it is
 warm, NOT_SERVING again on SIGTERM), server reflection, and a graceful drain on shutdown.
 
 The drain, in order: health turns NOT_SERVING; for `drain_delay_s` new calls are still accepted
@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.toolkit import metrics, tracing
+from services.toolkit.callers import CallerCheck, caller_check
 from services.toolkit.interceptor import ExceptionInterceptor
 from services.toolkit.settings import ServiceSettings
 
@@ -68,14 +69,19 @@ async def start_server(
     max_message_bytes: int = 32 * 1024 * 1024,
     max_concurrent_rpcs: int | None = None,
     serving: bool = True,
+    callers: CallerCheck | None = None,
 ) -> RunningServer:
     """Start a server on `address` ("host:0" picks a free port) and return it with its port.
 
     Tests call this with the default address; `serve` calls it with the configured one and
-    `serving=False`, flipping health to SERVING only after the models are warm.
+    `serving=False`, flipping health to SERVING only after the models are warm. `callers` checks
+    every call's caller token; `serve` always installs one, while an in-process test server
+    without it takes every call as an anonymous caller's.
     """
     server = grpc.aio.server(
-        interceptors=[*tracing.server_interceptors(), ExceptionInterceptor()],
+        # The exception interceptor wraps the caller check, so a refused token is UNAUTHENTICATED
+        # with its ErrorDetail like any other domain error.
+        interceptors=[*tracing.server_interceptors(), ExceptionInterceptor(), *([callers] if callers else [])],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -102,6 +108,8 @@ async def serve(
     settings: ServiceSettings,
     register: Register,
     *,
+    audience: str,
+    callers_required: bool = True,
     warm_up: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     watch: Callable[[RunningServer], Awaitable[None]] | None = None,
@@ -111,7 +119,10 @@ async def serve(
 
     `watch`, when given, runs from SERVING until shutdown begins and may flip health meanwhile
     (the editor follows its database); it is stopped first, so nothing turns SERVING during a drain.
+    Calls must carry a caller token for `audience` signed with a key of `settings.caller_keys`
+    (with `callers_required=False`, a call without one passes with no caller).
     """
+    callers = _callers(settings, audience, callers_required)
     metrics.serve_metrics(settings.host.strip("[]") if settings.host != "[::]" else "::",
                           settings.metrics_port)
     running = await start_server(
@@ -120,6 +131,7 @@ async def serve(
         max_message_bytes=settings.max_message_bytes,
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
         serving=False,
+        callers=callers,
     )
     log.info("gRPC listening on %s:%d", settings.host, running.port)
     stop = asyncio.Event()
@@ -146,3 +158,13 @@ async def serve(
         if on_shutdown is not None:
             await on_shutdown()
         log.info("stopped")
+
+
+def _callers(settings: ServiceSettings, audience: str, required: bool) -> CallerCheck:
+    if not settings.caller_keys.strip():
+        variable = f"{settings.model_config.get('env_prefix', 'FABULA_')}CALLER_KEYS"
+        log.error("%s is not set: the service accepts only calls signed by the gateway and needs its public "
+                  "key(s). `make run` generates a key pair per run; `python -m services.toolkit.callers` "
+                  "prints one (docs/architecture.md, \"Service-to-service trust\").", variable)
+        raise SystemExit(2)
+    return caller_check(settings.caller_keys, audience, required=required)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,16 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it")
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
     max_concurrent_rpcs: int = Field(256, ge=1, description="calls beyond this are refused at once")
+    caller_keys: str = Field("", description="the gateway's Ed25519 public key(s), base64, comma-separated (two "
+                                             "while the key is rotated); calls must carry a token signed with one")
+
+    @field_validator("caller_keys")
+    @classmethod
+    def _check_caller_keys(cls, value: str) -> str:
+        from services.toolkit.callers import parse_public_keys
+
+        parse_public_keys(value)  # a key that does not parse is a start-up error naming it
+        return value
 
     @property
     def address(self) -> str:
