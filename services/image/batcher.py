@@ -31,7 +31,8 @@ Handle = worker.Handle[Job, Event, None]
 class Batcher:
     """One model's denoising loop, run by a `Worker`."""
 
-    def __init__(self, pipeline: ImagePipeline, *, max_batch_images: int, max_queue: int) -> None:
+    def __init__(self, pipeline: ImagePipeline, *, max_batch_images: int, max_queue: int,
+                 max_per_user: int | None = None) -> None:
         self.pipeline = pipeline
         self.model = pipeline.model.name
         backend_limit = pipeline.backend.max_batch_images
@@ -40,14 +41,20 @@ class Batcher:
         self.unet_calls = 0  # for tests and benchmarks: work actually done
         self._worker: worker.Worker[Job, Event, None] = worker.Worker(
             self, service="image", model=self.model, capacity=self.max_batch_images, max_queue=max_queue,
-            metrics=worker.QueueMetrics(metrics.QUEUE_DEPTH.labels(self.model), metrics.REJECTED.labels(self.model)))
+            max_per_owner=max_per_user, metrics=worker.QueueMetrics(metrics.QUEUE_DEPTH.labels(self.model), metrics.REJECTED.labels(self.model)))
 
     # --- the caller's side (event loop thread) ---
 
-    def submit(self, job: Job) -> tuple[Handle, int]:
-        """Queue `job`; returns its handle and how many requests are ahead of it."""
+    def reserve(self, owner: str = "", images: int = 1) -> worker.Reservation[Job, Event, None]:
+        """Hold a place for `owner`'s job of `images` (RESOURCE_EXHAUSTED at once if there is none),
+        before the costly preparation of the job."""
+        return self._worker.reserve(owner, images)
+
+    def submit(self, job: Job, place: worker.Reservation[Job, Event, None] | None = None) -> tuple[Handle, int]:
+        """Queue `job` (in `place`, when one was reserved); returns its handle and how many requests
+        are ahead of it."""
         job.emit = functools.partial(self._worker.emit, job)  # type: ignore[assignment]
-        handle = self._worker.submit(job)
+        handle = place.submit(job) if place is not None else self._worker.submit(job)
         return handle, handle.queue_position
 
     def stop(self) -> None:

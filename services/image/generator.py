@@ -63,7 +63,8 @@ class ImageGenerator:
         pipeline = ImagePipeline(model, backend, self.settings.max_prompt_chunks)
         self.pipelines[model.name] = pipeline
         self.batchers[model.name] = Batcher(pipeline, max_batch_images=self.settings.max_batch_images,
-                                            max_queue=self.settings.max_queue)
+                                            max_queue=self.settings.max_queue,
+                                            max_per_user=self.settings.max_generations_per_user)
 
     async def warm_up(self) -> None:
         """One small generation per model, so the first user does not pay for lazy set-up."""
@@ -77,13 +78,22 @@ class ImageGenerator:
                 pass
             log.info("model %s warm", name)
 
-    async def submit(self, raw: RawRequest) -> tuple[Accepted, Handle]:
-        """Validate (off the event loop: images are decoded), queue, and return the first event."""
-        job = await asyncio.to_thread(self._job, raw)
-        pipeline = self.pipelines[job.request.model.name]
-        request = job.request
-        pipeline.check_shape(job)
-        handle, ahead = self.batchers[request.model.name].submit(job)
+    async def submit(self, raw: RawRequest, owner: str = "") -> tuple[Accepted, Handle]:
+        """Hold a place in the model's queue for `owner`, then validate (off the event loop: images
+        are decoded), queue in that place, and return the first event.
+
+        The place comes first so that a request there is no room for (the queue is full, the user
+        is at their cap) is refused before its uploaded image is decoded."""
+        batcher = self.batchers.get(raw.model or self.default_model)
+        if batcher is None:
+            raise InvalidArgument("params.model", raw.model,
+                                  f"unknown model; choose from {', '.join(sorted(self.batchers))}")
+        with batcher.reserve(owner, max(1, raw.n_images)) as place:
+            job = await asyncio.to_thread(self._job, raw)
+            pipeline = self.pipelines[job.request.model.name]
+            request = job.request
+            pipeline.check_shape(job)
+            handle, ahead = batcher.submit(job, place)
         prompt, negative = pipeline.reports(job)
         accepted = Accepted(seeds=request.seeds, width=job.request.width, height=job.request.height,
                             steps=request.steps, sampler=request.sampler.name, model=request.model.name,

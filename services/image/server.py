@@ -10,6 +10,7 @@ import grpc
 from fabula.image.v1 import image_pb2, image_pb2_grpc
 from services.image import wire
 from services.image.generator import ImageGenerator
+from services.toolkit.callers import caller_user_id
 
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 
@@ -20,7 +21,7 @@ class ImageServicer(image_pb2_grpc.ImageServiceServicer):
 
     async def Generate(self, request: image_pb2.GenerateRequest, context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[image_pb2.GenerateResponse]:
-        accepted, handle = await self.generator.submit(wire.raw_request_from_pb(request))
+        accepted, handle = await self.generator.submit(wire.raw_request_from_pb(request), caller_user_id())
         # Leaving this generator early (client gone, deadline passed) cancels the job in the batch.
         try:
             yield wire.event_to_pb(accepted)

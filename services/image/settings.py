@@ -60,6 +60,8 @@ class ImageSettings(ServiceSettings):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
     max_batch_images: int = Field(8, ge=1, le=64, description="images denoised together in one UNet call")
     max_queue: int = Field(16, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")
+    max_generations_per_user: int = Field(2, ge=1, description="one user's requests running or waiting at once, "
+                                                               "per model; more get RESOURCE_EXHAUSTED")
     max_pixels: int = Field(1024 * 1024, ge=64 * 64, description="largest width x height generated")
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, description="largest uploaded image (or outpainted canvas)")
     max_steps: int = Field(150, ge=1, le=1000)

@@ -66,6 +66,7 @@ class TextGenerator:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         config = SchedulerConfig(max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
+                                 max_per_user=self.settings.max_generations_per_user,
                                  prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
                                  prefix_cache_bytes=self.settings.prefix_cache_mb * 2**20,
                                  prefix_block_tokens=self.settings.prefix_block_tokens)
@@ -87,7 +88,7 @@ class TextGenerator:
             started = time.perf_counter()
             spec = GenerationSpec(model=name, prompt="Once upon a time",
                                   max_new_tokens=self.settings.warmup_tokens, seed=0)
-            handle = await self.start(spec)
+            _, handle = await self.start(spec)
             async for _ in handle:
                 pass
             log.info("model %s warm in %.2fs", name, time.perf_counter() - started)
@@ -135,12 +136,17 @@ class TextGenerator:
             prompt_ids = [bos]
         return Prepared(runtime, GenerationRequest(prompt_ids=prompt_ids, params=params), built)
 
-    async def start(self, spec: GenerationSpec) -> GenerationHandle:
-        prepared = await asyncio.to_thread(self.prepare, spec)
-        return self.submit(prepared)
+    async def start(self, spec: GenerationSpec, owner: str = "") -> tuple[Prepared, GenerationHandle]:
+        """Queue `owner`'s generation. Its place is held before the prompt is built (that costs
+        CPU: tokenizing, a story's lorebook), so a request the queue or the owner's cap has no
+        room for is refused before any of that work."""
+        scheduler = self.runtime(spec.model).scheduler
+        with scheduler.reserve(owner) as place:
+            prepared = await asyncio.to_thread(self.prepare, spec)
+            return prepared, scheduler.submit_reserved(place, prepared.request)
 
-    def submit(self, prepared: Prepared) -> GenerationHandle:
-        return prepared.runtime.scheduler.submit(prepared.request)
+    def submit(self, prepared: Prepared, owner: str = "") -> GenerationHandle:
+        return prepared.runtime.scheduler.submit(prepared.request, owner)
 
     # --- tokens --------------------------------------------------------------------------------
 

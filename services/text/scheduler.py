@@ -31,7 +31,7 @@ from services.text.kv_cache import BatchKVCache
 from services.text.models import LoadedModel
 from services.text.prefix_cache import PrefixCache
 from services.text.sequence import GenerationRequest, Piece, Sequence, Stats
-from services.toolkit.worker import Handle, QueueMetrics, Worker
+from services.toolkit.worker import Handle, QueueMetrics, Reservation, Worker
 
 GenerationHandle = Handle[Sequence, Piece, Stats]
 
@@ -40,6 +40,7 @@ GenerationHandle = Handle[Sequence, Piece, Stats]
 class SchedulerConfig:
     max_batch_size: int = 16
     max_queue: int = 64
+    max_per_user: int | None = None  # None: no cap (in-process tests and benchmarks)
     prefill_chunk_tokens: int = 512
     prefix_cache_bytes: int = 512 * 2**20  # 0 turns prefix reuse off
     prefix_block_tokens: int = 32
@@ -70,13 +71,22 @@ class Scheduler:
         self.steps = 0  # decode steps run (tests and metrics read it)
         self._worker: Worker[Sequence, Piece, Stats] = Worker(
             self, service="text", model=model.name, capacity=config.max_batch_size, max_queue=config.max_queue,
-            metrics=QueueMetrics(metrics.QUEUE_DEPTH.labels(model.name), metrics.REJECTED.labels(model.name)))
+            max_per_owner=config.max_per_user, metrics=QueueMetrics(metrics.QUEUE_DEPTH.labels(model.name), metrics.REJECTED.labels(model.name)))
 
     # --- the asyncio side ------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest) -> GenerationHandle:
-        """Queue a request; RESOURCE_EXHAUSTED at once when the queue is full."""
-        return self._worker.submit(Sequence(request, self.model))
+    def submit(self, request: GenerationRequest, owner: str = "") -> GenerationHandle:
+        """Queue `owner`'s request; RESOURCE_EXHAUSTED at once when the queue is full or the
+        owner is at its cap."""
+        return self._worker.submit(Sequence(request, self.model), owner)
+
+    def reserve(self, owner: str = "") -> Reservation[Sequence, Piece, Stats]:
+        """Hold a place for `owner`'s request while its prompt is built (the checks of `submit`)."""
+        return self._worker.reserve(owner)
+
+    def submit_reserved(self, place: Reservation[Sequence, Piece, Stats], request: GenerationRequest
+                        ) -> GenerationHandle:
+        return place.submit(Sequence(request, self.model))
 
     def stop(self) -> None:
         self._worker.stop()

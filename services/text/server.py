@@ -11,6 +11,7 @@ import grpc
 from fabula.text.v1 import text_pb2, text_pb2_grpc
 from services.text import wire
 from services.text.generator import TextGenerator
+from services.toolkit.callers import caller_user_id
 
 SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextService"].full_name
 
@@ -21,8 +22,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
 
     async def Generate(self, request: text_pb2.GenerateRequest, context: grpc.aio.ServicerContext
                        ) -> text_pb2.GenerateResponse:
-        prepared = await asyncio.to_thread(self.generator.prepare, wire.spec_from_pb(request.spec))
-        handle = self.generator.submit(prepared)
+        prepared, handle = await self.generator.start(wire.spec_from_pb(request.spec), caller_user_id())
         async for _ in handle:
             pass
         stats = handle.result
@@ -35,8 +35,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
 
     async def GenerateStream(self, request: text_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[text_pb2.GenerateStreamResponse]:
-        prepared = await asyncio.to_thread(self.generator.prepare, wire.spec_from_pb(request.spec))
-        handle = self.generator.submit(prepared)
+        prepared, handle = await self.generator.start(wire.spec_from_pb(request.spec), caller_user_id())
         if prepared.context is not None:
             yield text_pb2.GenerateStreamResponse(context_report=wire.context_report_to_pb(prepared.context))
         # Leaving this generator early (the client went away, the deadline passed) closes the

@@ -30,6 +30,8 @@ class TextSettings(ServiceSettings):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
     max_batch_size: int = Field(16, ge=1, le=256, description="sequences decoded together per model")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")
+    max_generations_per_user: int = Field(4, ge=1, description="one user's generations running or waiting at "
+                                                               "once, per model; more get RESOURCE_EXHAUSTED")
     prefill_chunk_tokens: int = Field(512, ge=16, description="prompt tokens processed per scheduler step")
     prefix_cache_mb: int = Field(512, ge=0, description="memory per model for the keys and values of recent prompts, "
                                                      "reused by prompts that start the same way; 0 = off")

@@ -6,13 +6,24 @@ step, a denoising step), stream events back and leave when done or cancelled. `W
 shape; what one iteration does is the service's `DomainLoop`.
 
 - **Capacity and the queue.** Each job has a weight (text: 1 sequence, image: its images) and the
-  batch holds `capacity` of it; jobs join in arrival order at the start of an iteration while they
-  fit, and a job heavier than the whole capacity runs alone rather than never. A job that would
-  join at the next iteration is always accepted; beyond those, `max_queue` jobs may wait. One
-  more is refused at once with RESOURCE_EXHAUSTED, reason `QUEUE_FULL` (not the generic
-  RESOURCE_EXHAUSTED: a client can tell a full queue from a quota) and a retry-after from the
-  domain, which can estimate when its batch has room. The message names the service and the model,
-  since a process serves several.
+  batch holds `capacity` of it; jobs join at the start of an iteration while they fit, and a job
+  heavier than the whole capacity runs alone rather than never. A job that would join at the next
+  iteration is always accepted; beyond those, `max_queue` jobs may wait. One more is refused at
+  once with RESOURCE_EXHAUSTED, reason `QUEUE_FULL` (not the generic RESOURCE_EXHAUSTED: a client
+  can tell a full queue from a quota) and a retry-after from the domain, which can estimate when
+  its batch has room. The message names the service and the model, since a process serves several.
+- **Fairness across users.** Every job has an owner (the verified caller's user id). Waiting jobs
+  join in round robin across owners, each owner's in arrival order: the owner whose job joins goes
+  to the back of the turn, so a user with many jobs waiting gets one place in the batch for every
+  one each other waiting user gets, not one per job. With `max_per_owner`, an owner's unfinished
+  jobs (waiting or running) are capped: one more is refused with RESOURCE_EXHAUSTED, reason
+  `USER_LIMIT`, while other users are still admitted, so no single account can fill the queue.
+  Jobs without an owner ("": no verified caller, an in-process server without a caller check) take
+  turns as one owner, with no cap.
+- **Reservations.** `reserve()` makes every check `submit()` makes and holds the place (in the
+  owner's count and the queue's) until `Reservation.submit(job)` turns it into a job or it is
+  released: a service whose job takes costly preparation (decoding an uploaded image) refuses a
+  request it has no room for before paying for it. A held place counts as waiting beyond the batch.
 - **Thread start.** The thread starts with the first job submitted, never in a constructor: the
   domain is then fully built before its thread can see it, no owner can forget to start it, and a
   model nobody asks for holds no thread (nor the OpenMP pool torch keeps for every thread that ran
@@ -40,11 +51,13 @@ import enum
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from services.toolkit.errors import ResourceExhausted, Unavailable
+
+ANONYMOUS = ""
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +122,9 @@ class Handle(Generic[JobT, EventT, ResultT]):
     error from the iteration."""
 
     def __init__(self, worker: Worker[JobT, EventT, ResultT], job: JobT, loop: asyncio.AbstractEventLoop,
-                 weight: int) -> None:
+                 weight: int, owner: str) -> None:
         self.job = job
+        self.owner = owner
         self.result: ResultT | None = None
         self.finished = False  # the stream ended, with a result or an error
         self.queue_position = 0  # jobs waiting or in the batch when this one was queued
@@ -141,24 +155,60 @@ class Handle(Generic[JobT, EventT, ResultT]):
                 self.cancel()
 
 
+class Reservation(Generic[JobT, EventT, ResultT]):
+    """A place held in a worker's queue for one job of `owner`; use it as a context manager, which
+    releases the place unless `submit` used it."""
+
+    def __init__(self, worker: Worker[JobT, EventT, ResultT], owner: str) -> None:
+        self.owner = owner
+        self._worker = worker
+        self._held = True
+
+    def submit(self, job: JobT) -> Handle[JobT, EventT, ResultT]:
+        """Queue `job` in the held place (UNAVAILABLE if the worker stopped meanwhile)."""
+        if not self._held:
+            raise RuntimeError("this reservation was already used or released")
+        self._held = False
+        return self._worker._submit_reserved(job, self.owner)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._worker._release(self.owner)
+
+    def __enter__(self) -> Reservation[JobT, EventT, ResultT]:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.release()
+
+
 class Worker(Generic[JobT, EventT, ResultT]):
     """The thread, the bounded queue and the hand-over of events for one model's domain loop."""
 
     def __init__(self, domain: DomainLoop[JobT], *, service: str, model: str, capacity: int, max_queue: int,
-                 metrics: QueueMetrics | None = None) -> None:
+                 max_per_owner: int | None = None, metrics: QueueMetrics | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {max_queue}")
+        if max_per_owner is not None and max_per_owner < 1:
+            raise ValueError(f"max_per_owner must be at least 1, got {max_per_owner}")
         self.service = service
         self.model = model
         self.capacity = capacity
         self.max_queue = max_queue
+        self.max_per_owner = max_per_owner
         self._domain = domain
         self._metrics = metrics
         self._cond = threading.Condition()
         # Guarded by _cond:
-        self._waiting: collections.deque[Handle[JobT, EventT, ResultT]] = collections.deque()
+        # The waiting jobs: each owner's in arrival order, and the owners in turn order.
+        self._queues: dict[str, collections.deque[Handle[JobT, EventT, ResultT]]] = {}
+        self._turns: collections.deque[str] = collections.deque()
+        self._waiting = 0
+        self._owned: collections.Counter[str] = collections.Counter()  # each owner's unfinished jobs
+        self._reserved = 0  # places held by reservations not yet submitted
         self._withdrawn: list[Handle[JobT, EventT, ResultT]] = []
         self._handles: dict[int, Handle[JobT, EventT, ResultT]] = {}  # every unfinished job, by id(job)
         self._load = 0  # the admitted jobs' weight
@@ -170,21 +220,52 @@ class Worker(Generic[JobT, EventT, ResultT]):
 
     # --- the event loop's side -----------------------------------------------------------------
 
-    def submit(self, job: JobT) -> Handle[JobT, EventT, ResultT]:
-        """Queue `job` (call on the event loop that will read its events); RESOURCE_EXHAUSTED at
-        once when the queue is full, UNAVAILABLE once stopped."""
-        handle = Handle(self, job, asyncio.get_running_loop(), self._domain.weight(job))
+    def submit(self, job: JobT, owner: str = ANONYMOUS) -> Handle[JobT, EventT, ResultT]:
+        """Queue `job` for `owner` (call on the event loop that will read its events);
+        RESOURCE_EXHAUSTED at once when the owner is at its cap or the queue is full, UNAVAILABLE
+        once stopped."""
+        return self.reserve(owner, self._domain.weight(job)).submit(job)
+
+    def reserve(self, owner: str = ANONYMOUS, weight: int = 1) -> Reservation[JobT, EventT, ResultT]:
+        """Hold a place for a job of `owner` weighing about `weight`, refusing as `submit` would."""
+        probe: Handle[JobT, EventT, ResultT] = Handle(self, None, asyncio.get_running_loop(),  # type: ignore[arg-type]
+                                                      weight, owner)
         with self._cond:
             if self._stopping:
                 raise Unavailable(f"the {self.service} service is shutting down")
-            if self._beyond_batch_locked(handle) > self.max_queue:
-                if self._metrics is not None:
-                    self._metrics.rejected.inc()
+            if self.max_per_owner is not None and owner != ANONYMOUS and self._owned[owner] >= self.max_per_owner:
+                self._count_rejection()
                 raise ResourceExhausted(
-                    f"the {self.service} queue of model {self.model} is full ({len(self._waiting)} waiting); "
+                    f"at most {self.max_per_owner} {self.service} generations per user run or wait at once; "
+                    "retry when one has finished", retry_after_s=self._domain.retry_after_s(), reason="USER_LIMIT")
+            if self._beyond_batch_locked(probe) > self.max_queue:
+                self._count_rejection()
+                raise ResourceExhausted(
+                    f"the {self.service} queue of model {self.model} is full ({self._waiting} waiting); "
                     "retry shortly", retry_after_s=self._domain.retry_after_s(), reason="QUEUE_FULL")
-            handle.queue_position = len(self._waiting) + self._active
-            self._waiting.append(handle)
+            self._owned[owner] += 1
+            self._reserved += 1
+        return Reservation(self, owner)
+
+    def _release(self, owner: str) -> None:
+        with self._cond:
+            self._reserved -= 1
+            self._disown_locked(owner)
+
+    def _disown_locked(self, owner: str) -> None:
+        self._owned[owner] -= 1
+        if not self._owned[owner]:
+            del self._owned[owner]
+
+    def _submit_reserved(self, job: JobT, owner: str) -> Handle[JobT, EventT, ResultT]:
+        handle = Handle(self, job, asyncio.get_running_loop(), self._domain.weight(job), owner)
+        with self._cond:
+            self._reserved -= 1
+            if self._stopping:
+                self._disown_locked(owner)
+                raise Unavailable(f"the {self.service} service is shutting down")
+            handle.queue_position = self._waiting + self._active
+            self._enqueue_locked(handle)
             self._handles[id(job)] = handle
             self._set_depth_locked()
             if self._thread is None:
@@ -205,7 +286,7 @@ class Worker(Generic[JobT, EventT, ResultT]):
     @property
     def queue_depth(self) -> int:
         """Jobs waiting to join the batch."""
-        return len(self._waiting)
+        return self._waiting
 
     @property
     def active(self) -> int:
@@ -225,25 +306,63 @@ class Worker(Generic[JobT, EventT, ResultT]):
             handle._cancelled = True
             self._domain.mark_cancelled(handle.job)
             if handle._state is _State.WAITING:
-                self._waiting.remove(handle)
+                self._dequeue_locked(handle)
                 handle._state = _State.WITHDRAWN
                 self._withdrawn.append(handle)
                 self._set_depth_locked()
             self._cond.notify()
 
+    def _count_rejection(self) -> None:
+        if self._metrics is not None:
+            self._metrics.rejected.inc()
+
+    def _enqueue_locked(self, handle: Handle[JobT, EventT, ResultT]) -> None:
+        queue = self._queues.get(handle.owner)
+        if queue is None:
+            queue = self._queues[handle.owner] = collections.deque()
+            self._turns.append(handle.owner)
+        queue.append(handle)
+        self._waiting += 1
+
+    def _dequeue_locked(self, handle: Handle[JobT, EventT, ResultT]) -> None:
+        """Take a waiting job out of its owner's queue (it joined the batch, or was cancelled)."""
+        queue = self._queues[handle.owner]
+        if queue[0] is handle:
+            queue.popleft()
+        else:
+            queue.remove(handle)
+        self._waiting -= 1
+        if not queue:
+            del self._queues[handle.owner]
+            self._turns.remove(handle.owner)
+
+    def _fair_order_locked(self, new: Handle[JobT, EventT, ResultT] | None = None
+                           ) -> Iterator[Handle[JobT, EventT, ResultT]]:
+        """The waiting jobs (and `new`, as if queued) in the order they would join the batch if
+        it had room for all: each owner's first job in turn order, then each one's second, ..."""
+        queues: list[Iterable[Handle[JobT, EventT, ResultT]]] = [self._queues[owner] for owner in self._turns]
+        if new is not None:
+            if new.owner in self._queues:
+                index = list(self._turns).index(new.owner)
+                queues[index] = itertools.chain(queues[index], (new,))
+            else:
+                queues.append((new,))
+        for round_ in itertools.zip_longest(*queues):
+            yield from (handle for handle in round_ if handle is not None)
+
     def _beyond_batch_locked(self, new: Handle[JobT, EventT, ResultT]) -> int:
         """How many of the waiting jobs and `new` would not join the batch at the next iteration."""
         load, joining = self._load, 0
-        for handle in itertools.chain(self._waiting, (new,)):
+        for handle in self._fair_order_locked(new):
             if load and load + handle._weight > self.capacity:
                 break
             load += handle._weight
             joining += 1
-        return len(self._waiting) + 1 - joining
+        return self._waiting + 1 - joining + self._reserved
 
     def _set_depth_locked(self) -> None:
         if self._metrics is not None:
-            self._metrics.depth.set(len(self._waiting))
+            self._metrics.depth.set(self._waiting)
 
     # --- for the domain, on the worker thread --------------------------------------------------
 
@@ -262,6 +381,7 @@ class Worker(Generic[JobT, EventT, ResultT]):
     def _end(self, job: JobT, item: _End[ResultT] | BaseException) -> None:
         with self._cond:
             handle = self._handles.pop(id(job))
+            self._disown_locked(handle.owner)
             if handle._state is _State.ADMITTED:
                 self._load -= handle._weight
                 self._active -= 1
@@ -296,12 +416,16 @@ class Worker(Generic[JobT, EventT, ResultT]):
         self._flush()
 
     def _admit_locked(self) -> list[JobT]:
+        """The waiting jobs that join now, in round robin across owners (module docstring)."""
         jobs = []
-        while self._waiting:
-            handle = self._waiting[0]
+        while self._turns:
+            owner = self._turns[0]
+            handle = self._queues[owner][0]
             if self._load and self._load + handle._weight > self.capacity:
                 break
-            self._waiting.popleft()
+            self._dequeue_locked(handle)
+            if owner in self._queues:  # more of its jobs wait: its next turn comes after the others'
+                self._turns.rotate(-1)
             handle._state = _State.ADMITTED
             self._load += handle._weight
             self._active += 1
@@ -317,7 +441,9 @@ class Worker(Generic[JobT, EventT, ResultT]):
             jobs = [handle.job for handle in self._handles.values() if handle._state in states]
             self._withdrawn.clear()
             if waiting_too:
-                self._waiting.clear()
+                self._queues.clear()
+                self._turns.clear()
+                self._waiting = 0
                 self._set_depth_locked()
         for job in jobs:
             self.fail(job, error)

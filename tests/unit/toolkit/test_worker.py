@@ -35,6 +35,7 @@ class Counting:
         self.per_iteration = per_iteration
         self.fail_on_iteration = fail_on_iteration
         self.batch: list[Count] = []
+        self.admitted: list[Count] = []  # every job that joined, in order
         self.iterations = 0
         self.withdrawn: list[Count] = []
         self.resets = 0
@@ -45,6 +46,7 @@ class Counting:
 
     def admit(self, jobs: list[Count]) -> None:
         self.batch.extend(jobs)
+        self.admitted.extend(jobs)
 
     def iterate(self) -> None:
         if self.gate is not None and not self.gate.acquire(timeout=30):
@@ -84,10 +86,11 @@ class Counting:
 def make():
     made: list[tuple[Counting, Worker]] = []
 
-    def make(*, capacity: int = 4, max_queue: int = 4, **options) -> tuple[Counting, Worker[Count, int, int]]:
+    def make(*, capacity: int = 4, max_queue: int = 4, max_per_owner: int | None = None,
+             **options) -> tuple[Counting, Worker[Count, int, int]]:
         domain = Counting(**options)
         domain.worker = Worker(domain, service="test", model=f"m{next(_names)}", capacity=capacity,
-                               max_queue=max_queue)
+                               max_queue=max_queue, max_per_owner=max_per_owner)
         made.append((domain, domain.worker))
         return domain, domain.worker
 
@@ -251,3 +254,84 @@ def test_bad_limits_are_refused() -> None:
         Worker(Counting(), service="test", model="m", capacity=0, max_queue=1)
     with pytest.raises(ValueError, match="max_queue"):
         Worker(Counting(), service="test", model="m", capacity=1, max_queue=-1)
+
+
+async def test_waiting_jobs_join_in_round_robin_across_owners(make) -> None:
+    domain, worker = make(capacity=1, max_queue=10, gated=True)
+    blocker = worker.submit(Count(1), owner="x")
+    await until(lambda: worker.active == 1, "the first job joined")
+    # "a" queues three jobs before anyone else: they must not all go first.
+    jobs = {name: Count(1) for name in ("a1", "a2", "a3", "b1", "b2", "c1")}
+    handles = [worker.submit(jobs[name], owner=name[0]) for name in jobs]
+    domain.gate.release(100)
+    for handle in [blocker, *handles]:
+        await collect(handle)
+    names = {id(job): name for name, job in jobs.items()}
+    assert [names[id(job)] for job in domain.admitted[1:]] == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+async def test_an_owner_at_its_cap_is_refused_while_another_is_admitted(make) -> None:
+    domain, worker = make(capacity=1, max_queue=10, max_per_owner=2, gated=True)
+    first, second = worker.submit(Count(1), owner="a"), worker.submit(Count(1), owner="a")
+    with pytest.raises(ResourceExhausted) as refused:
+        worker.submit(Count(1), owner="a")
+    assert refused.value.reason == "USER_LIMIT"
+    assert refused.value.retry_after_s == 2.5
+    other = worker.submit(Count(1), owner="b")
+    await until(lambda: worker.active == 1, "a's first job joined")
+    assert worker.queue_depth == 2  # a's second and b's
+    domain.gate.release(1)
+    await collect(first)
+    # One of a's jobs finished: a may queue another.
+    third = worker.submit(Count(1), owner="a")
+    domain.gate.release(100)
+    for handle in (second, other, third):
+        assert await collect(handle) == [1]
+
+
+async def test_a_cancelled_job_no_longer_counts_against_its_owner(make) -> None:
+    domain, worker = make(capacity=1, max_queue=10, max_per_owner=2, gated=True)
+    worker.submit(Count(5), owner="a")
+    waiting = worker.submit(Count(1), owner="a")
+    waiting.cancel()
+    domain.gate.release(1)  # the worker withdraws it after this iteration
+    await until(lambda: waiting.job in domain.withdrawn, "the cancelled job was withdrawn")
+    worker.submit(Count(1), owner="a")  # not refused
+
+
+async def test_jobs_without_an_owner_have_no_cap(make) -> None:
+    _, worker = make(capacity=1, max_queue=10, max_per_owner=1, gated=True)
+    for _ in range(3):
+        worker.submit(Count(1))
+
+
+def test_a_cap_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_per_owner"):
+        Worker(Counting(), service="test", model="m", capacity=1, max_queue=1, max_per_owner=0)
+
+
+async def test_a_reservation_holds_its_place_until_released(make) -> None:
+    domain, worker = make(capacity=1, max_queue=1, max_per_owner=2, gated=True)
+    worker.submit(Count(5), owner="x")
+    await until(lambda: worker.active == 1, "the first job joined")
+    with worker.reserve(owner="a") as reservation:
+        with pytest.raises(ResourceExhausted) as refused:
+            worker.submit(Count(1), owner="b")  # the queue's one place is held
+        assert refused.value.reason == "QUEUE_FULL"
+    assert reservation.owner == "a"
+    worker.submit(Count(1), owner="b")  # released on leaving the block
+
+
+async def test_a_reservation_counts_against_its_owner_and_becomes_the_job(make) -> None:
+    domain, worker = make(capacity=1, max_queue=5, max_per_owner=2, gated=True)
+    worker.submit(Count(1), owner="a")
+    with worker.reserve(owner="a") as reservation:
+        with pytest.raises(ResourceExhausted) as refused:
+            worker.reserve(owner="a")
+        assert refused.value.reason == "USER_LIMIT"
+        handle = reservation.submit(Count(2))
+    # Submitted, the place is the job's: leaving the block released nothing.
+    with pytest.raises(ResourceExhausted):
+        worker.submit(Count(1), owner="a")
+    domain.gate.release(100)
+    assert await collect(handle) == [1, 2]
