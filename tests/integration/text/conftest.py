@@ -17,6 +17,7 @@ from services.text.models import LoadedModel, load_model
 from services.text.server import registrar
 from services.text.settings import TextSettings
 from services.text.testing import build_tiny_model
+from services.toolkit.callers import CallerCheck
 from services.toolkit.server import RunningServer, start_server
 
 
@@ -34,15 +35,17 @@ class RunningText:
 @asynccontextmanager
 async def running_text_service(models: list[LoadedModel], *, max_batch_size: int = 8, max_queue: int = 16,
                                prefill_chunk_tokens: int = 512, max_new_tokens: int = 1024,
-                               prefix_cache_bytes: int = 64 * 2**20, prefix_block_tokens: int = 32):
+                               prefix_cache_bytes: int = 64 * 2**20, prefix_block_tokens: int = 32,
+                               max_per_user: int | None = None, callers: CallerCheck | None = None):
     settings = TextSettings(models={model.name: model.source for model in models}, max_batch_size=max_batch_size,
                             max_queue=max_queue, max_new_tokens=max_new_tokens, warmup_tokens=2)
     generator = TextGenerator(settings)
-    config = SchedulerConfig(max_batch_size=max_batch_size, max_queue=max_queue, prefill_chunk_tokens=prefill_chunk_tokens,
-                             prefix_cache_bytes=prefix_cache_bytes, prefix_block_tokens=prefix_block_tokens)
+    config = SchedulerConfig(max_batch_size=max_batch_size, max_queue=max_queue, max_per_user=max_per_user,
+                             prefill_chunk_tokens=prefill_chunk_tokens, prefix_cache_bytes=prefix_cache_bytes,
+                             prefix_block_tokens=prefix_block_tokens)
     for model in models:
         generator.add_model(model, config)
-    server = await start_server(registrar(generator), serving=False)
+    server = await start_server(registrar(generator), serving=False, callers=callers)
     await generator.warm_up()
     await server.set_serving(True)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
