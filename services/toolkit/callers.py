@@ -16,8 +16,9 @@ a call's queueing on the way in: `DEFAULT_TTL_S`.
   rotation); `CallerCheck` is the server interceptor that refuses a call without a valid token
   (UNAUTHENTICATED) and makes the verified caller readable with `current_caller()`.
 
-Keys travel as standard base64: the 32-byte seed for the signing key, 32 bytes for a public key.
-`python -m services.toolkit.callers` prints a new pair.
+Keys travel as standard base64 (or 64 hex digits): the 32-byte seed for the signing key, 32 bytes
+for a public key. `python -m services.toolkit.callers` prints a new pair, and with a signing key as
+its argument the public key that goes with it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import base64
 import binascii
 import contextvars
 import json
+import string
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -83,10 +85,13 @@ def _b64decode(text: str) -> bytes:
 
 
 def _key_bytes(text: str, what: str) -> bytes:
+    text = text.strip()
+    if len(text) == 64 and all(char in string.hexdigits for char in text):
+        return bytes.fromhex(text)  # `openssl rand -hex 32` makes a signing key too
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError(f"{what} is not valid base64") from None
+        raise ValueError(f"{what} is neither base64 nor 64 hex digits") from None
     if len(raw) != 32:
         raise ValueError(f"{what} must be 32 bytes (base64), got {len(raw)}")
     return raw
@@ -288,12 +293,19 @@ class CallerTokenInterceptor(
         return await continuation(self._signed(client_call_details), request_iterator)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m services.toolkit.callers",
+                                     description="Make a caller-token key pair (docs/architecture.md).")
+    parser.add_argument("signing_key", nargs="?", help="print the public key of this signing key instead")
+    args = parser.parse_args(argv)
+    if args.signing_key:
+        print(public_key_of(args.signing_key))
+        return
     signing, public = new_key_pair()
-    print("# The gateway's signing key (secret):")
-    print(f"FABULA_GATEWAY_CALLER_SIGNING_KEY={signing}")
-    print("# The public key, for every service (FABULA_EDITOR_/TEXT_/IMAGE_CALLER_KEYS):")
-    print(f"CALLER_KEYS={public}")
+    print(f"signing-key={signing}")
+    print(f"public-keys={public}")
 
 
 if __name__ == "__main__":

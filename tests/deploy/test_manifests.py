@@ -437,4 +437,4 @@ def test_secrets_are_generated_or_templated(overlay: str) -> None:
             else:
                 assert name not in present, f"gpu: Secret {name} must come from its template, not kustomize"
                 assert name in templates and (key is None or key in templates[name]), f"{container.where}: {name}/{key}"
-    assert json.dumps(sorted(templates)) == json.dumps(["fabula-editor-secrets", "fabula-postgres"])
+    assert json.dumps(sorted(templates)) == json.dumps(["fabula-caller-keys", "fabula-editor-secrets", "fabula-postgres"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from services.toolkit.callers import (
-    CLOCK_SKEW_S, TokenSigner, TokenVerifier, new_key_pair, parse_public_keys, public_key_of)
+    CLOCK_SKEW_S, TokenSigner, TokenVerifier, main, new_key_pair, parse_public_keys, public_key_of)
 from services.toolkit.errors import Unauthenticated
 
 
@@ -86,7 +88,23 @@ def test_either_key_of_a_rotation_is_accepted(keys):
     assert verifier.verify(TokenSigner(new_signing).mint("b", "image")).user_id == "b"
 
 
-@pytest.mark.parametrize("text, message", [("not base64!", "not valid base64"), ("AAAA", "must be 32 bytes")])
+def test_a_hex_signing_key_works_like_its_base64(keys):
+    signing, public = keys
+    hex_key = base64.b64decode(signing).hex()
+    assert public_key_of(hex_key) == public
+    token = TokenSigner(hex_key).mint("u", "text")
+    assert TokenVerifier(parse_public_keys(public), "text").verify(token).user_id == "u"
+
+
+def test_the_command_prints_a_pair_and_a_public_key(keys, capsys):
+    main([])
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.split())
+    assert public_key_of(lines["signing-key"]) == lines["public-keys"]
+    main([keys[0]])
+    assert capsys.readouterr().out.strip() == keys[1]
+
+
+@pytest.mark.parametrize("text, message", [("not base64!", "neither base64 nor"), ("AAAA", "must be 32 bytes")])
 def test_bad_public_keys_are_named(text, message):
     with pytest.raises(ValueError, match=message):
         parse_public_keys(text)
