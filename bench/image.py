@@ -47,11 +47,10 @@ def _service_env(port: int) -> dict[str, str]:
 
 
 async def _measure() -> dict:
-    import grpc
     import torch
     from diffusers import EulerDiscreteScheduler
 
-    from bench.processes import cpu_seconds, free_port, grpc_serving, running_processes
+    from bench.processes import cpu_seconds, free_port, grpc_serving, running_processes, signed_channel
     from fabula.image.v1 import image_pb2, image_pb2_grpc
     from services.image.models import load_model
     from services.image.settings import DEFAULT_MODEL_SOURCE, ImageSettings, ModelOptions
@@ -78,7 +77,7 @@ async def _measure() -> dict:
     with tempfile.TemporaryDirectory() as workdir, \
             running_processes(["services.image"], _service_env(port), Path(workdir) / "image.log",
                               lambda: grpc_serving(address), start_timeout_s=300) as (process,):
-        channel = grpc.aio.insecure_channel(address)
+        channel = signed_channel(address, "image")
         stub = image_pb2_grpc.ImageServiceStub(channel)
 
         async def service(seed: int) -> float:

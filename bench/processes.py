@@ -1,5 +1,9 @@
 """Fabula's processes as a deployment runs them (`python -m <module>`), for benchmarks that
-measure the real thing: free ports, starting and stopping, waiting until ready, CPU time."""
+measure the real thing: free ports, starting and stopping, waiting until ready, CPU time.
+
+The services accept only calls signed by the gateway: the processes started here share one
+caller-token key pair made for this benchmark run, and `signed_channel` opens a channel whose
+calls carry tokens signed with it, for a benchmark that talks to a service directly."""
 
 from __future__ import annotations
 
@@ -13,7 +17,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
+
+from services.toolkit.callers import CallerTokenInterceptor, TokenSigner, new_key_pair
+
 REPO = Path(__file__).resolve().parent.parent
+_SIGNING_KEY, _PUBLIC_KEY = new_key_pair()
+
+
+def caller_keys_env() -> dict[str, str]:
+    """The caller-token keys of this run, for every process (each reads its own)."""
+    return {"FABULA_GATEWAY_CALLER_SIGNING_KEY": _SIGNING_KEY, "FABULA_EDITOR_CALLER_KEYS": _PUBLIC_KEY,
+            "FABULA_TEXT_CALLER_KEYS": _PUBLIC_KEY, "FABULA_IMAGE_CALLER_KEYS": _PUBLIC_KEY}
+
+
+def signed_channel(address: str, audience: str, user_id: str = "") -> grpc.aio.Channel:
+    """A channel to the service `audience` at `address` whose calls the gateway might have made
+    for `user_id` ("" = no user: no per-user cap applies)."""
+    interceptor = CallerTokenInterceptor(TokenSigner(_SIGNING_KEY), audience, user_id)
+    return grpc.aio.insecure_channel(address, interceptors=[interceptor])
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -43,7 +65,8 @@ def running_processes(modules: list[str], env: dict[str, str], log_path: Path, i
     with open(log_path, "wb") as log:
         try:
             for module in modules:
-                processes.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env={**os.environ, **env},
+                processes.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
+                                                  env={**os.environ, **caller_keys_env(), **env},
                                                   stdout=log, stderr=subprocess.STDOUT))
             _wait_until_ready(is_ready, processes, log_path, start_timeout_s)
             yield processes

@@ -116,9 +116,7 @@ class Fabula:
         self._processes = contextlib.ExitStack()
 
     async def start(self) -> None:
-        import grpc
-
-        from bench.processes import free_port, grpc_serving, running_processes
+        from bench.processes import free_port, grpc_serving, running_processes, signed_channel
         from fabula.text.v1 import text_pb2, text_pb2_grpc
 
         port = free_port()
@@ -129,7 +127,7 @@ class Fabula:
         self._processes.enter_context(running_processes(
             ["services.text"], env, self.workdir / f"text-{port}.log", lambda: grpc_serving(address),
             start_timeout_s=900))
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = signed_channel(address, "text")
         self.stub = text_pb2_grpc.TextServiceStub(self.channel)
         model = (await self.stub.ListModels(text_pb2.ListModelsRequest())).models[0]
         self.weights, self.device = model.dtype, model.device

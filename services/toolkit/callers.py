@@ -268,14 +268,17 @@ class CallerTokenInterceptor(
     grpc.aio.StreamStreamClientInterceptor,
 ):
     """Adds a token for `audience`, naming the request's user (`set_current_user`), to every call
-    on a channel: no route can forget it, and no call goes out unsigned."""
+    on a channel: no route can forget it, and no call goes out unsigned. A fixed `user_id` names
+    that user instead (tools and benchmarks that call a service directly)."""
 
-    def __init__(self, signer: TokenSigner, audience: str) -> None:
+    def __init__(self, signer: TokenSigner, audience: str, user_id: str | None = None) -> None:
         self._signer = signer
         self._audience = audience
+        self._user_id = user_id
 
     def _signed(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        token = self._signer.mint(_current_user.get(), self._audience)
+        user_id = self._user_id if self._user_id is not None else _current_user.get()
+        token = self._signer.mint(user_id, self._audience)
         metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), (METADATA_KEY, token))
         return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                                           details.wait_for_ready)
