@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from services.toolkit.callers import CallerTokenInterceptor, TokenSigner, new_key_pair
+from services.toolkit.callers import TokenSigner, caller_token_interceptors, new_key_pair
 
 REPO = Path(__file__).resolve().parent.parent
 _SIGNING_KEY, _PUBLIC_KEY = new_key_pair()
@@ -34,8 +34,8 @@ def caller_keys_env() -> dict[str, str]:
 def signed_channel(address: str, audience: str, user_id: str = "") -> grpc.aio.Channel:
     """A channel to the service `audience` at `address` whose calls the gateway might have made
     for `user_id` ("" = no user: no per-user cap applies)."""
-    interceptor = CallerTokenInterceptor(TokenSigner(_SIGNING_KEY), audience, user_id)
-    return grpc.aio.insecure_channel(address, interceptors=[interceptor])
+    interceptors = caller_token_interceptors(TokenSigner(_SIGNING_KEY), audience, user_id)
+    return grpc.aio.insecure_channel(address, interceptors=interceptors)
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

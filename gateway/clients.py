@@ -14,7 +14,7 @@ from gateway import channel_policy
 from gateway.settings import GatewaySettings
 from gateway.tracing import records_call_spans
 from services.toolkit import tracing
-from services.toolkit.callers import CallerTokenInterceptor, TokenSigner
+from services.toolkit.callers import TokenSigner, caller_token_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _open(address: str, audience: str, settings: GatewaySettings, signer: TokenS
     reconnecting = channel_policy.WaitWhileReconnecting()
     interceptors = [reconnecting, *tracing.client_interceptors(records_call_spans(settings))]
     if signer is not None:
-        interceptors.append(CallerTokenInterceptor(signer, audience))
+        interceptors.extend(caller_token_interceptors(signer, audience))
     return reconnecting.attach(grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS,
                                                          interceptors=interceptors))
 

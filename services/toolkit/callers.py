@@ -10,8 +10,8 @@ is meant for (a token for the text service is refused by the editor), `exp` its 
 seconds). The gateway mints a fresh one per call, so the lifetime only has to cover clock skew and
 a call's queueing on the way in: `DEFAULT_TTL_S`.
 
-- `TokenSigner` (the gateway) mints tokens; `CallerTokenInterceptor` is the gateway's client
-  interceptor that puts one in every call, for the user `set_current_user` named.
+- `TokenSigner` (the gateway) mints tokens; `caller_token_interceptors` are the gateway's client
+  interceptors that put one in every call, for the user `set_current_user` named.
 - `TokenVerifier` (a service) checks one against every configured public key (two during a key
   rotation); `CallerCheck` is the server interceptor that refuses a call without a valid token
   (UNAUTHENTICATED) and makes the verified caller readable with `current_caller()`.
@@ -261,12 +261,7 @@ def caller_check(public_keys: str, audience: str, *, required: bool = True) -> C
 # --- the gateway's side: the client interceptor --------------------------------------------------
 
 
-class CallerTokenInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _CallerTokens:
     """Adds a token for `audience`, naming the request's user (`set_current_user`), to every call
     on a channel: no route can forget it, and no call goes out unsigned. A fixed `user_id` names
     that user instead (tools and benchmarks that call a service directly)."""
@@ -283,17 +278,35 @@ class CallerTokenInterceptor(
         return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                                           details.wait_for_ready)
 
+
+class _UnaryUnary(_CallerTokens, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._signed(client_call_details), request)
 
+
+class _UnaryStream(_CallerTokens, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(self._signed(client_call_details), request)
 
+
+class _StreamUnary(_CallerTokens, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
         return await continuation(self._signed(client_call_details), request_iterator)
 
+
+class _StreamStream(_CallerTokens, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         return await continuation(self._signed(client_call_details), request_iterator)
+
+
+def caller_token_interceptors(signer: TokenSigner, audience: str, user_id: str | None = None
+                              ) -> list[grpc.aio.ClientInterceptor]:
+    """The client interceptors that sign every call of a channel (see `_CallerTokens`).
+
+    One object per kind of call: a grpc.aio channel files an interceptor under the first of the
+    four interfaces it implements only, so one object implementing all four would sign unary
+    calls and let streaming ones go out unsigned."""
+    return [kind(signer, audience, user_id) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fabula.common.v1 import errors_pb2
-from services.toolkit.callers import METADATA_KEY, TokenSigner, caller_check, caller_user_id, new_key_pair
+from services.toolkit.callers import (
+    METADATA_KEY, TokenSigner, caller_check, caller_token_interceptors, caller_user_id, new_key_pair, set_current_user)
 from services.toolkit.interceptor import read_error_detail
 from services.toolkit.server import start_server
 
@@ -97,6 +98,22 @@ async def test_optional_check_lets_unsigned_calls_through_but_not_bad_tokens(key
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call(errors_pb2.ErrorDetail(), metadata=_signed("v1.bogus.token"))
         assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await channel.close()
+        await running.stop(0)
+
+
+async def test_the_client_interceptors_sign_unary_and_streaming_calls(keys):
+    signing, public = keys
+    running = await start_server(_register, callers=caller_check(public, "text"))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}",
+                                        interceptors=caller_token_interceptors(TokenSigner(signing), "text"))
+    codec = (errors_pb2.ErrorDetail.SerializeToString, errors_pb2.ErrorDetail.FromString)
+    try:
+        set_current_user("user-9")  # what the gateway does once it knows the request's user
+        assert (await channel.unary_unary(f"/{SERVICE}/Call", *codec)(errors_pb2.ErrorDetail())).value == "user-9"
+        stream = channel.unary_stream(f"/{SERVICE}/Stream", *codec)(errors_pb2.ErrorDetail())
+        assert [reply.value async for reply in stream] == ["user-9"]
     finally:
         await channel.close()
         await running.stop(0)
