@@ -11,6 +11,12 @@ Figures of the hostile-body part (the gateway's front door):
 - `hostile_body_413_ms`: the slowest of those four answers (413), from connecting;
 - `hostile_body_sent_mib`: the most any of the four clients had sent when the answer came.
 
+Figures of the victim part (`bench/fair_load.py`: the whole stack as real processes, user B's short
+text generations alone and while user A floods text and image generation at its per-user caps):
+- `ratios.victim_p99_alone_vs_under_attack`: B's p99 latency alone ÷ B's p99 under attack (aim:
+  at least 0.5); `victim_*_ms` B's latencies, `victim_queue_*` the part waiting for a place in the
+  batch, `victim_service_*` the text service's whole time for the request.
+
 Figures of the fuzz part:
 - `fuzz_calls`: calls the reflection-driven fuzzer made to the editor, text and image services
   (every method; empty, random, huge and extreme requests, as a signed-in user);
@@ -34,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -227,16 +235,99 @@ def fault_summary(figures: dict[str, Any]) -> str:
             f"SIGTERM and drain of the old process); real processes on localhost. {per_service}.")
 
 
+VICTIM_REQUESTS = 40
+ROUNDS = 3
+ATTACK_TEXT_STREAMS = 6  # the text cap (4) and two more
+ATTACK_IMAGE_STREAMS = 3  # the image cap (2) and one more
+REFUSAL_PAUSE_S = 0.1
+CALL_TIMEOUT_S = 120.0
+
+
+async def _victim_measure(stack_url: str) -> dict:
+    from bench.common import percentile
+    from bench.fair_load import Outcomes, flood, sign_up, until_saturated, victim
+
+    alone, attacked, attacks = Outcomes(), Outcomes(), Outcomes()
+    async with httpx.AsyncClient(base_url=stack_url, timeout=CALL_TIMEOUT_S,
+                                 limits=httpx.Limits(max_connections=64)) as client:
+        attacker, target = await sign_up(client, "attacker"), await sign_up(client, "victim")
+        # A few requests first, so that no phase pays for the first calls' set-up.
+        await victim(client, target, Outcomes(), text_requests=5)
+        # Alternating phases: the machine is shared, and its other load drifts.
+        for _ in range(ROUNDS):
+            await victim(client, target, alone, text_requests=VICTIM_REQUESTS)
+            stop = asyncio.Event()
+            flooding = asyncio.create_task(flood(client, attacker, stop, attacks, text_streams=ATTACK_TEXT_STREAMS,
+                                                 image_streams=ATTACK_IMAGE_STREAMS, refusal_pause_s=REFUSAL_PAUSE_S))
+            try:
+                await until_saturated(client, attacker, attacks)
+                await victim(client, target, attacked, text_requests=VICTIM_REQUESTS)
+            finally:
+                stop.set()
+                await flooding
+    if set(alone.statuses) != {200} or set(attacked.statuses) != {200}:
+        raise RuntimeError(f"the victim was not always served: alone {alone.statuses}, "
+                           f"under attack {attacked.statuses}")
+    p99_alone, p99_attacked = percentile(alone.latencies_s, 0.99), percentile(attacked.latencies_s, 0.99)
+    figures = {
+        "victim_p50_alone_ms": round(statistics.median(alone.latencies_s) * 1000, 1),
+        "victim_p99_alone_ms": round(p99_alone * 1000, 1),
+        "victim_p50_under_attack_ms": round(statistics.median(attacked.latencies_s) * 1000, 1),
+        "victim_p99_under_attack_ms": round(p99_attacked * 1000, 1),
+        # Of that, the time the text service reports the request waited for a place in the batch.
+        "victim_queue_p99_under_attack_ms": round(percentile(attacked.queue_s, 0.99) * 1000, 1),
+        # The text service's whole time for the request (queue, prompt, decoding); the rest of the
+        # latency is the gateway and the way there and back.
+        "victim_service_p50_alone_ms": round(statistics.median(alone.service_s) * 1000, 1),
+        "victim_service_p50_under_attack_ms": round(statistics.median(attacked.service_s) * 1000, 1),
+        "victim_service_p99_under_attack_ms": round(percentile(attacked.service_s, 0.99) * 1000, 1),
+        "victim_requests_per_phase": VICTIM_REQUESTS * ROUNDS,
+        "attacker_served": attacks.statuses.get(200, 0),
+        "attacker_refused_429": attacks.statuses.get(429, 0),
+        "load_average_1m_end": round(os.getloadavg()[0], 2),
+    }
+    return {"figures": figures, "ratios": {"victim_p99_alone_vs_under_attack": round(p99_alone / p99_attacked, 3)}}
+
+
+SUMMARY = (
+    "Victim vs attacker: the whole stack as real processes on this machine (editor on SQLite, text and image "
+    "services on tiny seeded models with their default batch sizes, queues and per-user caps: 4 text, 2 image "
+    "generations per user; the gateway's rate limit out of the way). User B sends {requests} short text "
+    "generations (8 tokens) one after another alone, then as many while user A keeps {text} text streams "
+    "(400 tokens) and {image} image streams (64x64, 30 steps) going, each resent the moment it ends (100 ms "
+    "after a refusal), in {rounds} alternating rounds; `victim_p99_alone_vs_under_attack` = B's p99 alone / B's "
+    "p99 under attack (aim >= 0.5). Where B's time goes: `victim_queue_*` is its wait for a place in the "
+    "batch (the fairness and the caps keep it short), `victim_service_*` the text service's whole time for "
+    "it, the rest the gateway and the way there and back. Every process shares the machine's cores with A's "
+    "admitted generations and with other work (`load_average_1m_end`), so B's slowdown under attack is CPU "
+    "time, not waiting."
+)
+
+
+def victim_figures() -> dict[str, Any]:
+    """The victim part: figures, ratios and its summary line."""
+    from bench.fair_load import fabula_stack
+
+    with tempfile.TemporaryDirectory(prefix="fabula-victim-") as workdir, fabula_stack(Path(workdir)) as stack:
+        measured = asyncio.run(_victim_measure(stack.url))
+    measured["summary"] = SUMMARY.format(requests=VICTIM_REQUESTS, text=ATTACK_TEXT_STREAMS,
+                                         image=ATTACK_IMAGE_STREAMS, rounds=ROUNDS)
+    return measured
+
+
 def run() -> dict[str, Any]:
     hostile = hostile_body_figures()
     figures = asyncio.run(fuzz_figures())
     faults = fault_figures()
+    victim = victim_figures()
     return merge_into_results({
-        "figures": {**hostile, **figures, **faults},
+        "figures": {**hostile, **figures, **faults, **victim["figures"]},
+        "ratios": victim["ratios"],
         "summary": "\n".join([
             hostile_body_summary(hostile),
             f"Fuzz: the fuzzer called every method of the editor, text and image services "
             f"{figures['fuzz_calls']} times in all (seeded, signed in).",
             fault_summary(faults),
+            victim["summary"],
         ]),
     })

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.toolkit.callers import METADATA_KEY, TokenSigner
 from tests.conftest import fresh_postgres_schema
 from tests.deploy.kube import autoscaled_series, container_env, mount_for, named
 
@@ -256,13 +257,25 @@ def _assert_written_on_volume(started: Started, key: str) -> None:
         f"{started.process}: nothing written to {key} ({manifest_path})"
 
 
+def _as_gateway(service: str) -> tuple[tuple[str, str], ...]:
+    """The caller token the gateway would send `service`, signed with the manifest's key: the
+    services take only calls signed with the key pair the overlay gives them."""
+    signing_key = _manifest("gateway")[1]["FABULA_GATEWAY_CALLER_SIGNING_KEY"]
+    return ((METADATA_KEY, TokenSigner(signing_key).mint("", service)),)
+
+
 def test_editor_serves_get_salt_and_metrics(stack: dict) -> None:
     from fabula.editor.v1 import editor_pb2, editor_pb2_grpc
 
     started = _started(stack, "editor")
     with grpc.insecure_channel(f"127.0.0.1:{started.ports['port']}") as channel:
-        reply = editor_pb2_grpc.EditorServiceStub(channel).GetSalt(
-            editor_pb2.GetSaltRequest(username="manifest-check"), timeout=10)
+        stub = editor_pb2_grpc.EditorServiceStub(channel)
+        reply = stub.GetSalt(editor_pb2.GetSaltRequest(username="manifest-check"), timeout=10,
+                             metadata=_as_gateway("editor"))
+        # The manifest lets only the gateway in.
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetSalt(editor_pb2.GetSaltRequest(username="manifest-check"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert len(reply.salt) == 16
     assert "fabula_rpc_requests_total" in httpx.get(f"http://127.0.0.1:{started.ports['metrics']}/metrics").text
 
@@ -273,7 +286,8 @@ def test_text_serves_count_tokens_and_metrics(stack: dict) -> None:
     started = _started(stack, "text")
     with grpc.insecure_channel(f"127.0.0.1:{started.ports['port']}") as channel:
         reply = text_pb2_grpc.TextServiceStub(channel).CountTokens(
-            text_pb2.CountTokensRequest(texts=["Once upon a time, a dragon", ""]), timeout=30)
+            text_pb2.CountTokensRequest(texts=["Once upon a time, a dragon", ""]), timeout=30,
+            metadata=_as_gateway("text"))
     assert reply.counts[0] > 3 and reply.counts[1] == 0
     _assert_scaling_series_exported(started)
     # The default model is a GGUF file, converted at start-up into FABULA_TEXT_CACHE_DIR: the
@@ -293,7 +307,8 @@ def test_image_serves_tokenize_and_metrics(stack: dict) -> None:
     service = image_pb2.DESCRIPTOR.services_by_name
     (stub_name,) = [name for name in service]
     with grpc.insecure_channel(f"127.0.0.1:{started.ports['port']}") as channel:
-        reply = getattr(image_pb2_grpc, f"{stub_name}Stub")(channel).Tokenize(request, timeout=30)
+        reply = getattr(image_pb2_grpc, f"{stub_name}Stub")(channel).Tokenize(request, timeout=30,
+                                                                              metadata=_as_gateway("image"))
     assert reply.ByteSize() > 0
     _assert_scaling_series_exported(started)
     # The built-in model is built, and model hashes remembered, in FABULA_IMAGE_CACHE_DIR.
