@@ -38,6 +38,9 @@ class Limits:
     image_batch: int = 8
     image_queue: int = 16
     image_per_user: int = 2
+    # The gateway's per-user request rate: out of the way, so that what holds the attacker back is
+    # the services' caps alone.
+    gateway_rate: str = "1000000/minute"
 
 
 @dataclass
@@ -74,8 +77,7 @@ def fabula_stack(workdir: Path, limits: Limits = Limits()) -> Iterator[Stack]:
         "FABULA_IMAGE_MAX_GENERATIONS_PER_USER": str(limits.image_per_user), "FABULA_IMAGE_LOG_LEVEL": "WARNING",
         "FABULA_GATEWAY_PORT": str(ports["gateway"]),
         **{f"FABULA_GATEWAY_{name.upper()}_ADDRESS": f"127.0.0.1:{ports[name]}" for name in ("editor", "text", "image")},
-        # The gateway's own per-user rate stays out of the way: the services' caps are measured.
-        "FABULA_GATEWAY_RATE_LIMIT": "1000000/minute", "FABULA_GATEWAY_ANONYMOUS_RATE_LIMIT": "1000000/minute",
+        "FABULA_GATEWAY_RATE_LIMIT": limits.gateway_rate, "FABULA_GATEWAY_ANONYMOUS_RATE_LIMIT": "1000000/minute",
         "FABULA_GATEWAY_LOG_LEVEL": "WARNING",
         "HF_HUB_OFFLINE": "1",
     }
@@ -107,16 +109,23 @@ async def sign_up(client: httpx.AsyncClient, username: str) -> dict[str, str]:
 
 @dataclass
 class Outcomes:
-    """What one side's requests got: status → count, and the latencies of the successful ones."""
+    """What one side's requests got: status → count, the latencies of the successful ones and, for
+    text, the parts of each the service reports: waiting in its queue, and all its own time."""
 
     statuses: dict[int, int] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
+    queue_s: list[float] = field(default_factory=list)
+    service_s: list[float] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
     def record(self, status: int, seconds: float, body: str) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if status == 200:
             self.latencies_s.append(seconds)
+            stats = json.loads(body).get("stats")
+            if stats and "queue_ms" in stats:
+                self.queue_s.append(stats["queue_ms"] / 1000)
+                self.service_s.append(stats["total_ms"] / 1000)
         elif len(self.messages) < 20:
             self.messages.append(body[:300])
 
@@ -129,10 +138,9 @@ async def timed_post(client: httpx.AsyncClient, path: str, body: dict, headers: 
 
 
 async def flood(client: httpx.AsyncClient, headers: dict, stop: asyncio.Event, outcomes: Outcomes, *,
-                text_streams: int, image_streams: int) -> None:
-    """The attacker: `text_streams` + `image_streams` loops, each sending its next long generation
-    as soon as the last one ended or was refused (after a 20 ms pause, so the refusals measure the
-    services' caps rather than this process's CPU)."""
+                text_streams: int, image_streams: int, refusal_pause_s: float = 0.02) -> None:
+    """The attacker: `text_streams` + `image_streams` loops (more than its caps), each sending its
+    next long generation the moment the last one ended, or `refusal_pause_s` after a refusal."""
 
     async def loop(path: str, body: dict) -> None:
         while not stop.is_set():
@@ -141,7 +149,7 @@ async def flood(client: httpx.AsyncClient, headers: dict, stop: asyncio.Event, o
             except httpx.HTTPError:
                 status = 0
             if status != 200:
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(refusal_pause_s)
 
     await asyncio.gather(*[loop("/ai/generate", ATTACK_TEXT) for _ in range(text_streams)],
                          *[loop("/ai/generate-image", ATTACK_IMAGE) for _ in range(image_streams)])

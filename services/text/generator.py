@@ -145,9 +145,6 @@ class TextGenerator:
             prepared = await asyncio.to_thread(self.prepare, spec)
             return prepared, scheduler.submit_reserved(place, prepared.request)
 
-    def submit(self, prepared: Prepared, owner: str = "") -> GenerationHandle:
-        return prepared.runtime.scheduler.submit(prepared.request, owner)
-
     # --- tokens --------------------------------------------------------------------------------
 
     def tokenize(self, model_name: str, text: str) -> tuple[list[int], list[str]]:

@@ -122,3 +122,24 @@ async def test_requests_of_different_sizes_and_samplers_all_finish(image_service
                                      for p in requests])
     sizes = [(images_of(r)[0].width, images_of(r)[0].height) for r in replies]
     assert sizes == [(64, 64), (128, 64), (64, 64), (64, 64)]
+
+
+async def test_a_full_queue_refuses_an_upload_before_decoding_it(image_service_with) -> None:
+    # The place in the queue is taken before the uploaded image is decoded: with no place left,
+    # even an image that would not decode is refused for the queue, not looked at.
+    async with image_service_with(max_batch_images=1, max_queue=0) as service:
+        running = service.stub.Generate(image_pb2.GenerateRequest(params=params(steps=150)))
+        await _first_progress(running)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await collect(service.stub.Generate(image_pb2.GenerateRequest(
+                params=params(), img2img=image_pb2.ImageToImage(image=b"not an image"))))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert read_error_detail(raised.value)[0].reason == "QUEUE_FULL"
+        running.cancel()
+        # With room again, the same upload is looked at, and refused for what it is.
+        await _wait_idle(service)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await collect(service.stub.Generate(image_pb2.GenerateRequest(
+                params=params(), img2img=image_pb2.ImageToImage(image=b"not an image"))))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
