@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
+from services.toolkit.callers import new_key_pair
 from tests.integration.editor.client import User, register
 
 REPO = Path(__file__).resolve().parents[3]
@@ -50,7 +51,9 @@ def start_editor(database_url: str, port: int, log: Path) -> subprocess.Popen:
     env = dict(os.environ, FABULA_EDITOR_DATABASE_URL=database_url, FABULA_EDITOR_PORT=str(port),
                FABULA_EDITOR_METRICS_PORT="0", FABULA_EDITOR_AUTH_HASH_OPSLIMIT="1",
                FABULA_EDITOR_AUTH_HASH_MEMLIMIT="8192", FABULA_EDITOR_MIN_KDF_OPSLIMIT="1",
-               FABULA_EDITOR_MIN_KDF_MEMLIMIT="8192", FABULA_EDITOR_GRACE_S="0")
+               FABULA_EDITOR_MIN_KDF_MEMLIMIT="8192", FABULA_EDITOR_GRACE_S="0",
+               # The test is a direct client (sessions only); the editor still needs the gateway's key.
+               FABULA_EDITOR_CALLER_KEYS=new_key_pair()[1])
     return subprocess.Popen([sys.executable, "-m", "services.editor"], cwd=REPO, env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
