@@ -67,3 +67,29 @@ async def test_grpc_client_end_to_end(editor, connect, database, tmp_path):
                 Stories(client).load(story.id)
 
     await in_thread(read_tampered)
+
+
+async def test_grpc_client_against_an_editor_that_checks_callers(tmp_path):
+    """Where the editor checks caller tokens, a direct gRPC client is served only if direct clients
+    are allowed (it signs in and authenticates with its session); a gateway-only editor refuses it
+    before it can even sign in."""
+    from services.editor.embedded import embedded_editor, fast_settings
+    from services.toolkit.callers import new_key_pair
+
+    public_key = new_key_pair()[1]
+    for allowed in (True, False):
+        settings = fast_settings(f"sqlite:///{tmp_path / f'editor-{allowed}.db'}", caller_keys=public_key,
+                                 accept_direct_clients=allowed)
+        async with embedded_editor(settings) as editor:
+            def scenario():
+                with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF) as client:
+                    client.register("heidi", PASSWORD)
+                    story = Stories(client).push("Direct.", title="Direct")
+                    assert Stories(client).load(story.id).text == "Direct."
+
+            if allowed:
+                await in_thread(scenario)
+            else:
+                with pytest.raises(AuthenticationError) as refused:
+                    await in_thread(scenario)
+                assert (refused.value.status, refused.value.field) == (401, "fabula-caller")
