@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from fabula.editor.v1 import editor_pb2, editor_pb2_grpc
+from fabula_wire import read_error_detail
 from services.editor.embedded import embedded_editor, fast_settings
 from services.toolkit.callers import METADATA_KEY, TokenSigner, new_key_pair
-from services.toolkit.interceptor import read_error_detail
 from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
 
 

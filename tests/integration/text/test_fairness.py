@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from fabula.text.v1 import text_pb2
+from fabula_wire import read_error_detail
 from services.toolkit.callers import METADATA_KEY, TokenSigner, caller_check, new_key_pair
-from services.toolkit.interceptor import read_error_detail
 
 # Long enough (on the long-context tiny model) that it runs until the test cancels it.
 LONG = dict(prompt="The knight", max_new_tokens=1024, min_new_tokens=1024, preset="neutral")

@@ -8,9 +8,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fabula.common.v1 import errors_pb2
+from fabula_wire import read_error_detail
 from services.toolkit.callers import (
     METADATA_KEY, TokenSigner, caller_check, caller_token_interceptors, caller_user_id, new_key_pair, set_current_user)
-from services.toolkit.interceptor import read_error_detail
 from services.toolkit.server import start_server
 
 SERVICE = "fabula.test.v1.Whoami"
