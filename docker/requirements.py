@@ -22,9 +22,10 @@ from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
+# pynacl: the caller tokens every process signs (gateway) or verifies (services/toolkit/callers.py).
 _SERVING = ["grpcio", "grpcio-health-checking", "grpcio-reflection", "grpcio-status", "protobuf",
             "pydantic-settings", "prometheus-client", "opentelemetry-sdk",
-            "opentelemetry-instrumentation-grpc", "opentelemetry-exporter-otlp-proto-grpc"]
+            "opentelemetry-instrumentation-grpc", "opentelemetry-exporter-otlp-proto-grpc", "pynacl"]
 _MODELS = ["torch", "transformers", "accelerate", "safetensors"]
 
 PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
@@ -34,7 +35,7 @@ PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
     # pillow: the A1111 API reads PNG metadata (png-info) and inverts inpainting masks.
     "gateway": [*_SERVING, "fastapi", "uvicorn", "httptools", "sse-starlette", "pybase64", "limits", "redis", "cachetools",
                 "httpx", "opentelemetry-instrumentation-fastapi", "pillow"],
-    "editor": [*_SERVING, "pynacl", "psycopg", "psycopg-pool"],
+    "editor": [*_SERVING, "psycopg", "psycopg-pool"],
     # regex: lorebook keys with a per-search timeout (services/text/context.py).
     "text": [*_SERVING, *_MODELS, "gguf", "regex"],
     # torchsde: diffusers' DPMSolverSDEScheduler (the DPM++ SDE sampler) imports it; diffusers

@@ -231,7 +231,9 @@ def test_the_engine_job_builds_what_the_image_service_looks_up(overlay: str) -> 
     (job,) = jobs
     image = dict(fabula_containers(overlay))["image"]
     job_env, image_env = (container_env(overlay, c.spec) for c in (job, image))
-    image_keys = {k: v for k, v in image_env.items() if k.startswith("FABULA_IMAGE_")}
+    # Building engines serves no calls: the caller-token keys are the one setting it does without.
+    image_keys = {k: v for k, v in image_env.items()
+                  if k.startswith("FABULA_IMAGE_") and k != "FABULA_IMAGE_CALLER_KEYS"}
     assert {k: v for k, v in job_env.items() if k.startswith("FABULA_IMAGE_")} == image_keys
     assert image_keys["FABULA_IMAGE_BACKEND"] == "tensorrt"
     assert job.spec["command"] == ["python", "-m", "services.image.backends.tensorrt.build_all"]
