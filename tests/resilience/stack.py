@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from services.toolkit.callers import new_key_pair
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
 SERVING_LINE = "serving (health SERVING)"
@@ -142,7 +144,10 @@ def running_stack(workdir: Path, *, database_url: str | None = None, drain_delay
     """Editor (SQLite by default), text (a tiny seeded model), image (the built-in tiny model)
     and the gateway, each a process of its own; all stopped at the end."""
     ports = {name: free_port() for name in ("editor", "text", "image", "gateway")}
-    common = {"METRICS_PORT": "0", "LOG_LEVEL": "INFO", "DRAIN_DELAY_S": str(drain_delay_s), "GRACE_S": "20"}
+    # The gateway signs every call with a key made for this stack; the services check its public half.
+    signing_key, public_key = new_key_pair()
+    common = {"METRICS_PORT": "0", "LOG_LEVEL": "INFO", "DRAIN_DELAY_S": str(drain_delay_s), "GRACE_S": "20",
+              "CALLER_KEYS": public_key}
     service_env = {
         "editor": {"DATABASE_URL": database_url or f"sqlite:///{workdir / 'editor.db'}",
                    "AUTH_HASH_OPSLIMIT": "1", "AUTH_HASH_MEMLIMIT": "8192", "DEFAULT_KDF_OPSLIMIT": "1",
@@ -157,6 +162,7 @@ def running_stack(workdir: Path, *, database_url: str | None = None, drain_delay
         env = {prefix + key: value for key, value in {**common, **extra, "PORT": str(ports[name])}.items()}
         processes[name] = Process(name, f"services.{name}", ports[name], env, workdir)
     gateway_env = {"FABULA_GATEWAY_PORT": str(ports["gateway"]), "FABULA_GATEWAY_LOG_LEVEL": "WARNING",
+                   "FABULA_GATEWAY_CALLER_SIGNING_KEY": signing_key,
                    "FABULA_GATEWAY_RATE_LIMIT": "1000000/minute",
                    "FABULA_GATEWAY_ANONYMOUS_RATE_LIMIT": "1000000/minute",
                    **{f"FABULA_GATEWAY_{name.upper()}_ADDRESS": f"127.0.0.1:{ports[name]}"
