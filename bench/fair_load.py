@@ -62,6 +62,8 @@ def fabula_stack(workdir: Path, limits: Limits = Limits()) -> Iterator[Stack]:
         "FABULA_EDITOR_PORT": str(ports["editor"]), "FABULA_EDITOR_METRICS_PORT": "0",
         "FABULA_EDITOR_DATABASE_URL": f"sqlite:///{workdir / 'editor.db'}",
         "FABULA_EDITOR_AUTH_HASH_OPSLIMIT": "1", "FABULA_EDITOR_AUTH_HASH_MEMLIMIT": "8192",
+        # The users sign up with libsodium's minimum Argon2id cost (random keys; nothing to protect).
+        "FABULA_EDITOR_MIN_KDF_OPSLIMIT": "1", "FABULA_EDITOR_MIN_KDF_MEMLIMIT": "8192",
         "FABULA_EDITOR_LOG_LEVEL": "WARNING",
         "FABULA_TEXT_PORT": str(ports["text"]), "FABULA_TEXT_METRICS_PORT": "0",
         "FABULA_TEXT_MODELS": json.dumps({"tiny": str(text_model)}), "FABULA_TEXT_CACHE_DIR": str(workdir / "cache"),

@@ -82,7 +82,8 @@ async def test_grpc_client_against_an_editor_that_checks_callers(tmp_path):
                                  accept_direct_clients=allowed)
         async with embedded_editor(settings) as editor:
             def scenario():
-                with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF) as client:
+                with FabulaClient.connect_grpc(editor.address, kdf=MINIMUM_KDF,
+                                               kdf_floor_for_tests=MINIMUM_KDF) as client:
                     client.register("heidi", PASSWORD)
                     story = Stories(client).push("Direct.", title="Direct")
                     assert Stories(client).load(story.id).text == "Direct."
