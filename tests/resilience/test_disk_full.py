@@ -46,7 +46,8 @@ def small_volume(tmp_path):
 def start_editor(database_url: str, port: int, log: Path) -> subprocess.Popen:
     env = dict(os.environ, FABULA_EDITOR_DATABASE_URL=database_url, FABULA_EDITOR_PORT=str(port),
                FABULA_EDITOR_METRICS_PORT="0", FABULA_EDITOR_AUTH_HASH_OPSLIMIT="1",
-               FABULA_EDITOR_AUTH_HASH_MEMLIMIT="8192", FABULA_EDITOR_GRACE_S="0",
+               FABULA_EDITOR_AUTH_HASH_MEMLIMIT="8192", FABULA_EDITOR_MIN_KDF_OPSLIMIT="1",
+               FABULA_EDITOR_MIN_KDF_MEMLIMIT="8192", FABULA_EDITOR_GRACE_S="0",
                # The gateway here signs nothing (it has no key): the editor takes it as a direct client.
                FABULA_EDITOR_CALLER_KEYS=new_key_pair()[1])
     return subprocess.Popen([sys.executable, "-m", "services.editor"], cwd=REPO, env=env,
