@@ -12,10 +12,29 @@ PROTO_STAMP := $(PROTO_OUT)/.generated
 PROTO_PACKAGE := protos/pyproject.toml.in
 CHECKOV := $(VENV)/checkov/bin/checkov
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The web editor (web/, docs/web.md): its dependencies from the committed lockfile, its build in
+# web/dist, rebuilt when a source changes. The browser tests drive Debian's Chromium.
+WEB_MODULES := web/node_modules/.package-lock.json
+WEB_SRC := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
+WEB_BUILD := web/dist/index.html
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install proto run test test-all bench engines clean images images-cpu images-gpu k8s-check constraints
+.PHONY: install proto web run test test-all bench engines clean images images-cpu images-gpu k8s-check constraints
 
-install: $(STAMP)
+install: $(STAMP) web
+
+web: $(WEB_BUILD)
+
+$(WEB_MODULES): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+$(WEB_BUILD): $(WEB_MODULES) $(WEB_SRC)
+	cd web && npm run build
+
+# The browser tests' Chromium, from Debian (never a browser download); the tests run as root.
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,14 +67,14 @@ $(PROTO_STAMP): $(PROTO_SRC) $(PROTO_PACKAGE) $(STAMP)
 	cp $(PROTO_PACKAGE) $(PROTO_OUT)/pyproject.toml
 	touch $@
 
-run: install proto
+run: install proto web
 	$(PY) -m services.stack
 
-test: install proto $(CHECKOV)
+test: install proto web $(CHECKOV) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 # Also the tests marked slow (minutes on a CPU).
-test-all: install proto $(CHECKOV)
+test-all: install proto web $(CHECKOV) $(CHROMIUM)
 	FABULA_SLOW_TESTS=1 $(PY) -m pytest -q
 
 bench: install proto
@@ -91,4 +110,4 @@ constraints: install
 	$(PY) docker/constraints.py > docker/constraints.txt
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) build web/node_modules web/dist

@@ -18,12 +18,14 @@ from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
 from gateway.image_jobs import ImageJobs
-from gateway.routes import a1111, health, image, kobold, novelai, object_data, objects, openai, text, transfer, user
+from gateway.routes import a1111, health, image, kobold, novelai, object_data, objects, openai, text, transfer, user, web
 from gateway.schemas.kobold import kobold_error_body
 from gateway.schemas.openai import openai_error_body
 
 ROUTERS = (health.router, user.router, objects.router, object_data.router, transfer.router, text.router,
-           image.router, openai.router, kobold.router, a1111.router, novelai.router)
+           image.router, openai.router, kobold.router, a1111.router, novelai.router,
+           # Last: the web editor's page and files (only `/` and `/assets/...`).
+           web.router)
 # The compatible APIs answer errors in their clients' shapes.
 ERROR_SHAPES = {"/v1/": openai_error_body, "/api/": kobold_error_body}
 

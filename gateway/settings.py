@@ -32,6 +32,9 @@ class GatewaySettings(BaseSettings):
     text_address: str = "127.0.0.1:50052"
     image_address: str = "127.0.0.1:50053"
 
+    web_dir: str = Field("", description="the built web editor (`make web` writes web/dist); empty = web/dist "
+                                         "beside the gateway package (a source checkout)")
+
     caller_signing_key: SecretStr = Field(
         SecretStr(""), description="Ed25519 signing key (base64 seed) for the caller tokens the services require; "
                                    "`make run` generates one per run, production refuses to start without")

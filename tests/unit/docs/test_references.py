@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 # Build output, environments, caches and data: not part of the tree a person clones (.gitignore).
 SKIPPED_TOP_DIRS = {"build", "data", "models", "engines"}
-SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+# node_modules: the web editor's npm dependencies (make web), with their own documents.
+SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules"}
 TEXT_SUFFIXES = {".md", ".py", ".toml", ".yaml", ".yml", ".txt", ".cfg", ".ini", ".json", ".sh"}
 TEXT_NAMES = {"Makefile", ".dockerignore", ".gitignore"}
 # A Markdown file name, with the folders written before it (possibly "../").
