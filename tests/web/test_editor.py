@@ -307,3 +307,56 @@ def test_the_default_argon2id_cost_runs_in_the_browser(new_page):
 
     salt = httpx.post(page.url.split("#")[0].rstrip("/") + "/user/salt", json={"username": username}).json()
     assert salt["kdf"] == {"opslimit": 3, "memlimit": 268435456}
+
+
+def test_typing_inside_ai_text_makes_edited_text_and_after_it_user_text(new_page, base_url):
+    page = new_page()
+    username = unique("editor-")
+    sign_up(page, username)
+    client = sdk_client(base_url, username)
+    try:
+        made = client.documents.create_story(title="Origins", text="Opening.")
+        made.history.generate(" The sea was black.")
+        client.documents.save(made)
+        page.get_by_role("button", name="Sign out").click()
+        sign_in(page, username)
+        open_story(page, "Origins")
+        page.locator(".story-text").click()
+        page.keyboard.press("Control+End")
+        page.keyboard.type(" Mine.")  # right after AI text: the writer's own
+        for _ in range(len(" black. Mine.")):
+            page.keyboard.press("ArrowLeft")
+        page.keyboard.type("very")  # inside AI text: edited AI text
+        wait_saved(page)
+        assert page.locator(".story-text .origin-edit").inner_text() == "very"
+        doc = client.documents.open(made.id)
+        blocks = [(b.origin.value, b.text) for b in doc.history.blocks if isinstance(b, TextBlock)]
+        assert blocks == [("prompt", "Opening."), ("ai", " The sea was"), ("edit", "very"), ("ai", " black."),
+                          ("user", " Mine.")]
+    finally:
+        client.close()
+
+
+def test_a_stale_save_becomes_a_branch_and_loses_nothing(new_page, base_url):
+    first, second = new_page(), new_page()
+    username = unique("twodevices-")
+    sign_up(first, username)
+    new_story(first, "Shared")
+    type_text(first, "Common start.")
+    sign_in(second, username)
+    open_story(second, "Shared")
+    type_text(first, " First device.")
+    second.locator(".story-text").click()
+    second.keyboard.press("Control+End")
+    second.keyboard.type(" Second device.")
+    second.locator('.save-state[data-state="conflict"]').wait_for()
+    assert second.locator(".story-text").inner_text() == "Common start. Second device."
+    client = sdk_client(base_url, username)
+    try:
+        [entry] = client.documents.list_stories()
+        doc = client.documents.open(entry.id)
+        assert doc.history.text == "Common start. Second device."
+        leaves = {doc.history.text_at(leaf) for leaf in doc.history.leaves()}
+        assert leaves == {"Common start. First device.", "Common start. Second device."}
+    finally:
+        client.close()

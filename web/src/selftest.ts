@@ -1,7 +1,7 @@
 // The browser's crypto and document code checked against the published test vectors
 // (docs/encryption-vectors.json, docs/format-vectors.json): the same bytes as the Python SDK.
 // Loaded on demand (window.fabulaSelfTest), never on the first page load.
-import { equalBytes, fromHex, toHex, utf8, decodeUtf8 } from "./crypto/bytes";
+import { fromHex, toHex, utf8, decodeUtf8 } from "./crypto/bytes";
 import { inflate, openObject, sealPayload } from "./crypto/envelope";
 import { deriveKeys } from "./crypto/kdf";
 import { derivedKey, Keystore, parseBody, rewrap, wrapMasterKey, type ObjectType } from "./crypto/keystore";
@@ -128,6 +128,5 @@ export async function run(encText: string, fmtText: string): Promise<CheckResult
       return error instanceof NewerFormatError ? true : String(error);
     }
   });
-  void equalBytes;
   return results;
 }

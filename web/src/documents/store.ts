@@ -251,10 +251,6 @@ export class StoryStore {
     }
     await this.vault.delete("storycontent", contentId).catch(ignoreMissing);
   }
-
-  async saveStoryFields(doc: StoryDoc): Promise<{ doc: StoryDoc; conflicted: boolean }> {
-    return this.save(doc);
-  }
 }
 
 function ignoreMissing(error: unknown): void {
