@@ -360,3 +360,47 @@ def test_a_stale_save_becomes_a_branch_and_loses_nothing(new_page, base_url):
         assert leaves == {"Common start. First device.", "Common start. Second device."}
     finally:
         client.close()
+
+
+def test_remember_this_device_is_opt_in_and_sign_out_forgets(new_page):
+    page = new_page()
+    username = unique("remember-")
+    sign_up(page, username)
+    assert page.evaluate("() => Object.keys(localStorage)") == []  # nothing kept unless asked
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Remember this device", exact=False).check()
+    page.locator("form button[type=submit]").click()
+    page.get_by_role("heading", name="Your stories").wait_for()
+    assert page.evaluate("() => Object.keys(localStorage)") == ["fabula.rememberedDevice"]
+    page.reload()
+    page.get_by_role("heading", name="Your stories").wait_for()  # signed in without the password
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Username").wait_for()
+    assert page.evaluate("() => Object.keys(localStorage)") == []
+    page.reload()
+    page.get_by_label("Username").wait_for()
+
+
+def test_a_cost_below_the_floor_is_refused_before_anything_is_derived_or_sent(new_page, base_url):
+    from fabula_sdk import MINIMUM_KDF
+
+    username = unique("cheap-")
+    client = FabulaClient.connect(base_url, kdf=MINIMUM_KDF, kdf_floor_for_tests=MINIMUM_KDF)
+    try:
+        client.register(username, PASSWORD)  # this stack's editor accepts libsodium's minimum cost
+    finally:
+        client.close()
+    page = new_page()
+    sent = []
+    page.on("request", lambda request: sent.append(request.url))
+    page.goto("/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.locator("form button[type=submit]").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "1 passes and 8192 bytes, below this client's floor of 2 passes and 67108864 bytes" in alert.inner_text()
+    assert any(url.endswith("/user/salt") for url in sent)
+    assert not any(url.endswith("/user/login") for url in sent)
