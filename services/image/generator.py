@@ -10,9 +10,14 @@ import torch
 from services.image.batcher import Batcher, Handle
 from services.image.backends import create_backend
 from services.image.conditioning import CHUNK_TOKENS, stage_prompt
+from services.image.control import check_source
 from services.image.events import Accepted, PromptReport
+from services.image.guidance import GuidanceModels
 from services.image.models import LoadedModel, load_model
-from services.image.params import RawRequest, check_dialect, check_inputs
+from services.image.control import RawControl
+from services.image.images import encode_png
+from services.image.params import MAX_SIDE, RawRequest, check_dialect, check_inputs, fit_size
+from services.image.preprocessors import preprocess
 from services.image.pipeline import ImagePipeline, Job
 from services.image.prompts import join_tags
 from services.image.samplers import SAMPLERS
@@ -60,7 +65,9 @@ class ImageGenerator:
 
     def add_model(self, model: LoadedModel) -> None:
         backend = create_backend(model, self.settings, self.device)
-        pipeline = ImagePipeline(model, backend, self.settings.max_prompt_chunks)
+        # Back ends that cannot run them get none; requests with guidance are refused there.
+        guidance = GuidanceModels(model, self.settings) if backend.supports_extras else None
+        pipeline = ImagePipeline(model, backend, self.settings.max_prompt_chunks, guidance)
         self.pipelines[model.name] = pipeline
         self.batchers[model.name] = Batcher(pipeline, max_batch_images=self.settings.max_batch_images,
                                             max_queue=self.settings.max_queue,
@@ -121,6 +128,24 @@ class ImageGenerator:
                       else join_tags(prompt, model.quality_tags))
         staged = stage_prompt(pipeline.tokenizers, prompt, language, steps)
         return PromptReport.build(pipeline.tokenizers[0], staged, prompt, language)
+
+    def preprocess_control(self, raw: RawControl, width: int, height: int) -> tuple[bytes, int, int]:
+        """The control image a generation would use (PNG), at width x height (0: the source's size,
+        fitted to max_pixels in multiples of 64; a pose's canvas)."""
+        source = check_source(raw, "control", max_input_pixels=self.settings.max_input_pixels)
+        for name, value in (("width", width), ("height", height)):
+            if value and (value % 64 or not 64 <= value <= MAX_SIDE):
+                raise InvalidArgument(name, value, f"must be a multiple of 64 between 64 and {MAX_SIDE}")
+        if not width or not height:
+            own = (source.pose.width, source.pose.height) if source.pose is not None else source.image.size
+            fit = fit_size(*own, self.settings.max_pixels)
+            width, height = width or fit[0], height or fit[1]
+        if width * height > self.settings.max_pixels:
+            raise InvalidArgument("width", f"{width}x{height}",
+                                  f"width x height must be at most {self.settings.max_pixels} pixels")
+        image = preprocess(source, width, height, depth_model=self.settings.depth_model,
+                           background_removal_model=self.settings.background_removal_model)
+        return encode_png(image, {}), width, height
 
     @property
     def chunk_tokens(self) -> int:

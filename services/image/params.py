@@ -11,6 +11,7 @@ from enum import Enum
 from PIL import Image
 
 from services.image import images as pixels
+from services.image.guidance import Guidance, RawGuidance, check_guidance
 from services.image.models import LoadedModel
 from services.image.prompts import Dialect, join_tags
 from services.image.samplers import EXPONENTIAL, KARRAS, NATIVE, SamplerSpec, find_sampler, SAMPLERS
@@ -71,6 +72,8 @@ class RawRequest:
     right: int = 0
     top: int = 0
     bottom: int = 0
+    # Reference images, control images, character prompts (any action).
+    guidance: RawGuidance = field(default_factory=RawGuidance)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Request:
     only_masked: bool = False
     only_masked_padding: int = 32
     outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)  # left, right, top, bottom
+    guidance: Guidance = field(default_factory=Guidance)
     extras: dict = field(default_factory=dict)
 
     @property
@@ -125,7 +129,7 @@ def _side(field_name: str, value: int) -> int:
     return value
 
 
-def _fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     """A generation size for an input image: its size scaled to fit max_pixels, in multiples of 64."""
     scale = min(1.0, math.sqrt(max_pixels / (width * height)))
     fit_w = max(64, int(width * scale) // 64 * 64)
@@ -196,6 +200,7 @@ def check_inputs(raw: RawRequest, models: dict[str, LoadedModel], default_model:
         width=0, height=0, steps=steps, guidance_scale=guidance, guidance_rescale=rescale, sampler=sampler,
         noise_schedule=schedule, seeds=[(seed + i) % (SEED_MAX + 1) for i in range(n_images)],
         preview_every=raw.preview_every, dialect=dialect)
+    request.guidance = check_guidance(raw.guidance, model, settings)
     _CHECK_ACTION[raw.action](raw, request, settings)
     if request.width * request.height > settings.max_pixels:
         raise InvalidArgument("params.width", f"{request.width}x{request.height}",
@@ -205,7 +210,7 @@ def check_inputs(raw: RawRequest, models: dict[str, LoadedModel], default_model:
 
 def _size(raw: RawRequest, request: Request, settings: ImageSettings, image: Image.Image | None) -> None:
     if image is not None and not raw.width and not raw.height:
-        request.width, request.height = _fit_size(*image.size, settings.max_pixels)
+        request.width, request.height = fit_size(*image.size, settings.max_pixels)
         return
     request.width = _side("params.width", raw.width) if raw.width else request.model.defaults.width
     request.height = _side("params.height", raw.height) if raw.height else request.model.defaults.height

@@ -29,6 +29,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from services.image import guidance as guided
 from services.image import images as pixels
 from services.image.backends.base import Backend
 from services.image.conditioning import Conditioning, PromptTokenizer, StagedPrompt, encode, stage_prompt
@@ -36,7 +37,7 @@ from services.image.events import Event, GeneratedImage, Progress, PromptReport
 from services.image.models import BUILTIN_PREFIX, LoadedModel
 from services.image.params import Action, MaskedContent, Request
 from services.image.schedule import stage_at
-from services.toolkit.errors import InvalidArgument
+from services.toolkit.errors import FailedPrecondition, InvalidArgument
 
 # Written into every image's parameters, so an image says which release made it.
 VERSION = f"fabula {importlib.metadata.version('fabula')}"
@@ -48,10 +49,13 @@ class Prompts:
 
     positive: StagedPrompt
     negative: StagedPrompt
+    # Character prompts (regions.py): (prompt, its undesired content) each.
+    characters: list[tuple[StagedPrompt, StagedPrompt]] = field(default_factory=list)
 
     @property
     def chunks(self) -> int:
-        return max(self.positive.chunks, self.negative.chunks)
+        return max(self.positive.chunks, self.negative.chunks,
+                   *(prompt.chunks for pair in self.characters for prompt in pair))
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Job:
     latent_mask: torch.Tensor | None = None  # 1 = redraw
     unet_extra: torch.Tensor | None = None  # inpainting UNets: mask and masked-image latents
     preview_latents: torch.Tensor | None = None
+    guidance: guided.JobGuidance | None = None  # references, controls, character regions
 
     @property
     def n_images(self) -> int:
@@ -130,8 +135,11 @@ class Job:
 
 
 class ImagePipeline:
-    def __init__(self, model: LoadedModel, backend: Backend, max_chunks: int) -> None:
+    def __init__(self, model: LoadedModel, backend: Backend, max_chunks: int,
+                 guidance: guided.GuidanceModels | None = None) -> None:
         self.model = model
+        # The model's IP-Adapter and ControlNets; None serves no references, controls or characters.
+        self.guidance = guidance
         self.backend = backend
         self.device = backend.device
         self.tokenizers = [PromptTokenizer(t, max_chunks) for t in model.tokenizers]
@@ -154,8 +162,11 @@ class ImagePipeline:
         return self.finish(job)
 
     def tokenize(self, request: Request) -> Prompts:
-        return Prompts(stage_prompt(self.tokenizers, request.prompt, request.dialect, request.steps),
-                       stage_prompt(self.tokenizers, request.negative_prompt, request.dialect, request.steps))
+        def staged(text: str) -> StagedPrompt:
+            return stage_prompt(self.tokenizers, text, request.dialect, request.steps)
+
+        return Prompts(staged(request.prompt), staged(request.negative_prompt),
+                       [(staged(c.prompt), staged(c.negative_prompt)) for c in request.guidance.characters])
 
     def reports(self, job: Job) -> tuple[PromptReport, PromptReport]:
         # The first tokenizer's view (SDXL's two CLIP tokenizers split text the same way).
@@ -165,6 +176,10 @@ class ImagePipeline:
 
     def check_shape(self, job: Job) -> None:
         request = job.request
+        if request.guidance and (self.guidance is None or not self.backend.supports_extras):
+            raise FailedPrecondition(f"model {self.model.name} runs on the {self.backend.name} back end, which runs "
+                                     "no references, controls or characters; serve it with backend eager or compiled "
+                                     "for them")
         reason = self.backend.check_shape(request.n_images, request.height, request.width, job.prompts.chunks)
         if reason is not None:
             raise InvalidArgument("params.width", f"{request.width}x{request.height}x{request.n_images}", reason)
@@ -175,6 +190,7 @@ class ImagePipeline:
         self.encode_prompt(job)
         self.prepare_timesteps(job)
         self.prepare_latents(job)
+        guided.prepare(self, job)
 
     # --- 2. encode_prompt ---
 
@@ -184,20 +200,28 @@ class ImagePipeline:
         chunks = prompts.chunks
         encoders = [lambda ids, i=i: self.backend.encode_text(i, ids) for i in range(len(self.tokenizers))]
         job.do_cfg = request.guidance_scale > 1 and self.model.unet.config.time_cond_proj_dim is None
-        staged = [prompts.negative, prompts.positive] if job.do_cfg else [prompts.positive]
+        # Each row's text context: its prompt, then (several characters) each character's prompt
+        # of the same side, whose tokens attend only inside the character's region.
+        negative = [prompts.negative] + [pair[1] for pair in prompts.characters]
+        positive = [prompts.positive] + [pair[0] for pair in prompts.characters]
+        staged = [negative, positive] if job.do_cfg else [positive]
         # Alternations repeat texts: each distinct text is encoded once.
-        encoded: list[dict[str, Conditioning]] = [{} for _ in staged]
-        # The stages of both prompts interleave: a new conditioning wherever either changes.
-        ends = sorted({stage.until_step for prompt in staged for stage in prompt.stages})
+        encoded: dict[str, Conditioning] = {}
+        # The stages of all prompts interleave: a new conditioning wherever any changes.
+        ends = sorted({stage.until_step for side in staged for prompt in side for stage in prompt.stages})
         job.conditionings, job.stage = [], -1
         for end in ends:
             rows = []
-            for prompt, cache in zip(staged, encoded):
-                index = stage_at([stage.until_step for stage in prompt.stages], end)
-                text = prompt.stages[index].text
-                if text not in cache:
-                    cache[text] = encode(self.tokenizers, encoders, prompt.tokenized[index], chunks)
-                rows.append(cache[text])
+            for side in staged:
+                parts = []
+                for prompt in side:
+                    index = stage_at([stage.until_step for stage in prompt.stages], end)
+                    text = prompt.stages[index].text
+                    if text not in encoded:
+                        encoded[text] = encode(self.tokenizers, encoders, prompt.tokenized[index], chunks)
+                    parts.append(encoded[text])
+                rows.append(parts[0] if len(parts) == 1 else
+                            Conditioning(torch.cat([part.hidden for part in parts], dim=1), parts[0].pooled))
             job.conditionings.append(StepConditioning(end, rows))
         self._condition(job)
 
@@ -350,7 +374,11 @@ class ImagePipeline:
             else:
                 # Jobs at different steps share the call: one timestep per row.
                 timestep = torch.cat([t.float().reshape(1).expand(job.rows) for t, job in zip(timesteps, jobs)])
-        noise_pred = self.backend.unet(sample, timestep, embeds, added)
+        extras = guided.unet_extras(self, jobs, inputs, timesteps)
+        if extras is None:
+            noise_pred = self.backend.unet(sample, timestep, embeds, added)
+        else:
+            noise_pred = self.backend.unet(sample, timestep, embeds, added, extras)
         offset = 0
         for job, t in zip(jobs, timesteps):
             self._step(job, t, noise_pred[offset:offset + job.rows])

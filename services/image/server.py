@@ -36,6 +36,12 @@ class ImageServicer(image_pb2_grpc.ImageServiceServicer):
         return wire.tokenize_response_to_pb(report, chunk_tokens=self.generator.chunk_tokens,
                                             max_chunks=self.generator.settings.max_prompt_chunks)
 
+    async def PreprocessControl(self, request: image_pb2.PreprocessControlRequest, context
+                                ) -> image_pb2.PreprocessControlResponse:
+        png, width, height = await asyncio.to_thread(self.generator.preprocess_control,
+                                                     *wire.preprocess_args_from_pb(request))
+        return wire.preprocess_response_to_pb(png, width, height)
+
     async def ListModels(self, request: image_pb2.ListModelsRequest, context) -> image_pb2.ListModelsResponse:
         return wire.list_models_response_to_pb(self.generator)
 

@@ -13,6 +13,18 @@ from services.toolkit.settings import ServiceSettings
 DEFAULT_MODEL_SOURCE = "builtin:tiny-sd"
 
 
+class IPAdapterOptions(BaseModel):
+    """A model's IP-Adapter (reference images): local files, loaded with diffusers' `load_ip_adapter`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str = Field(description="the IP-Adapter weights file (.safetensors or .bin, e.g. ip-adapter_sd15.safetensors), "
+                                     "or builtin:tiny-ip-adapter")
+    image_encoder: str | None = Field(None, description="the CLIP vision encoder folder (transformers "
+                                                        "CLIPVisionModelWithProjection); None = image_encoder/ "
+                                                        "beside the weights")
+
+
 class ModelOptions(BaseModel):
     """One served model: where it is and its per-model defaults (all optional but `source`)."""
 
@@ -33,6 +45,14 @@ class ModelOptions(BaseModel):
     steps: int | None = Field(None, ge=1, le=500)
     guidance_scale: float | None = Field(None, ge=0, le=50)
     sampler: str | None = None
+    ip_adapter: IPAdapterOptions | None = Field(
+        None, description="reference images (vibe transfer); None = none, except builtin models, which get "
+                          "builtin:tiny-ip-adapter")
+    controlnets: dict[str, str] | None = Field(
+        None, description="ControlNets by name → a local diffusers ControlNetModel folder or builtin:tiny-controlnet; "
+                          "a control of kind K uses the one named K (canny, lineart, scribble, pose, depth, "
+                          "background_removal) unless it names another. None = none, except builtin models, which "
+                          "get builtin:tiny-controlnet for every kind")
 
 
 class ImageSettings(ServiceSettings):
@@ -70,6 +90,14 @@ class ImageSettings(ServiceSettings):
     max_prompt_chunks: int = Field(4, ge=1, le=32,
                                    description="77-token chunks a prompt may use; further words are dropped "
                                                "and reported")
+    max_references: int = Field(4, ge=0, le=16, description="reference images per request")
+    max_controls: int = Field(4, ge=0, le=16, description="control images per request")
+    max_characters: int = Field(6, ge=0, le=16, description="character prompts per request")
+    depth_model: Path | None = Field(None, description="a local transformers depth-estimation folder (DPT, "
+                                                      "Depth Anything) for depth controls; None = depth is refused")
+    background_removal_model: Path | None = Field(
+        None, description="a local U2-Net-style ONNX file (one 1x3xHxW input, a saliency map out, as rembg's "
+                          "u2net.onnx) for background-removal controls; None = refused")
     warmup_steps: int = Field(1, ge=0, description="denoising steps run per model at start-up before SERVING")
 
     @field_validator("models")

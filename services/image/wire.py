@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING
 
 from fabula.image.v1 import image_pb2
 from services.image.events import Accepted, Event, Finished, GeneratedImage, Progress, PromptReport, StageReport
+from services.image.control import RawControl
+from services.image.guidance import RawGuidance, describe
 from services.image.params import Action, RawRequest
+from services.image.references import RawReference
+from services.image.regions import RawCharacter
 from services.image.prompts import Dialect
 
 if TYPE_CHECKING:
@@ -31,6 +35,11 @@ DIALECTS = {Dialect.NOVELAI: image_pb2.PROMPT_DIALECT_NOVELAI, Dialect.A1111: im
 _DIALECT_NAMES = {number: dialect.value for dialect, number in DIALECTS.items()}
 _NOISE_SCHEDULE_NAMES = {number: name for name, number in NOISE_SCHEDULES.items()}
 _MASKED_CONTENT_NAMES = {number: name for name, number in MASKED_CONTENTS.items()}
+CONTROL_KINDS = {"": image_pb2.CONTROL_KIND_UNSPECIFIED, "canny": image_pb2.CONTROL_KIND_CANNY,
+                 "lineart": image_pb2.CONTROL_KIND_LINEART, "scribble": image_pb2.CONTROL_KIND_SCRIBBLE,
+                 "pose": image_pb2.CONTROL_KIND_POSE, "depth": image_pb2.CONTROL_KIND_DEPTH,
+                 "background_removal": image_pb2.CONTROL_KIND_BACKGROUND_REMOVAL, "raw": image_pb2.CONTROL_KIND_RAW}
+_CONTROL_KIND_NAMES = {number: name for name, number in CONTROL_KINDS.items()}
 
 
 def _enum_name(names: dict[int, str], number: int) -> str:
@@ -74,7 +83,29 @@ def raw_request_from_pb(message: image_pb2.GenerateRequest) -> RawRequest:
         raw.mask_blur = _optional(source, "mask_blur")
         raw.strength = _optional(source, "strength")
         raw.masked_content = _enum_name(_MASKED_CONTENT_NAMES, source.masked_content)
+    raw.guidance = RawGuidance(
+        references=[RawReference(item.image, _optional(item, "strength"), _optional(item, "information_extracted"))
+                    for item in message.references],
+        controls=[control_from_pb(item) for item in message.controls],
+        characters=[RawCharacter(item.prompt, item.negative_prompt, item.x, item.y, item.width, item.height,
+                                 item.center) for item in message.characters])
     return raw
+
+
+def control_from_pb(message: image_pb2.Control) -> RawControl:
+    return RawControl(kind=_CONTROL_KIND_NAMES.get(message.kind, f"<unknown {message.kind}>"), image=message.image,
+                      strength=_optional(message, "strength"), pose_json=message.pose_json,
+                      low_threshold=_optional(message, "low_threshold"),
+                      high_threshold=_optional(message, "high_threshold"), start=_optional(message, "start"),
+                      end=_optional(message, "end"), controlnet=message.controlnet)
+
+
+def preprocess_args_from_pb(message: image_pb2.PreprocessControlRequest) -> tuple[RawControl, int, int]:
+    return control_from_pb(message.control), message.width, message.height
+
+
+def preprocess_response_to_pb(png: bytes, width: int, height: int) -> image_pb2.PreprocessControlResponse:
+    return image_pb2.PreprocessControlResponse(png=png, width=width, height=height)
 
 
 def tokenize_args_from_pb(message: image_pb2.TokenizeRequest) -> tuple[str, str, bool, str, int]:
@@ -145,7 +176,8 @@ def model_info_to_pb(name: str, pipeline: ImagePipeline, *, is_default: bool) ->
                           for preset, text in model.negative_presets.items()],
         default_negative_preset=model.default_negative_preset, inpainting_unet=model.inpainting_unet,
         # The message's field is still called `engine`; it carries the back end's name.
-        engine=pipeline.backend.name, hash=model.short_hash)
+        engine=pipeline.backend.name, hash=model.short_hash,
+        **describe(pipeline.guidance))
 
 
 def sampler_info_to_pb(spec: SamplerSpec) -> image_pb2.SamplerInfo:
@@ -159,4 +191,6 @@ def list_models_response_to_pb(generator: ImageGenerator) -> image_pb2.ListModel
         models=[model_info_to_pb(name, pipeline, is_default=name == generator.default_model)
                 for name, pipeline in generator.pipelines.items()],
         samplers=[sampler_info_to_pb(spec) for spec in generator.samplers.values()],
-        max_pixels=settings.max_pixels, max_steps=settings.max_steps, max_images=settings.max_images)
+        max_pixels=settings.max_pixels, max_steps=settings.max_steps, max_images=settings.max_images,
+        max_references=settings.max_references, max_controls=settings.max_controls,
+        max_characters=settings.max_characters)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -13,6 +14,17 @@ if TYPE_CHECKING:
     from services.image.settings import ImageSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class UNetExtras:
+    """What a UNet call carries beyond the text context: ControlNet residuals added to the skip
+    connections, and what the cross-attention processors read (`cross_attention_kwargs`, e.g.
+    regional masks and reference images, services/image/attention.py)."""
+
+    down_residuals: list[torch.Tensor] | None = None
+    mid_residual: torch.Tensor | None = None
+    cross_attention_kwargs: dict[str, Any] | None = None
 
 
 class BackendUnavailable(RuntimeError):
@@ -44,9 +56,13 @@ class Backend(ABC):
     def encode_text(self, index: int, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text encoder `index` on [batch, 77] ids: (hidden states, pooled or None)."""
 
+    # Whether `unet` takes UNetExtras (controls, characters, references); engines with a fixed
+    # graph do not.
+    supports_extras: ClassVar[bool] = True
+
     @abstractmethod
     def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-             added_cond_kwargs: dict[str, torch.Tensor] | None) -> torch.Tensor:
+             added_cond_kwargs: dict[str, torch.Tensor] | None, extras: UNetExtras | None = None) -> torch.Tensor:
         """The noise (or v) prediction."""
 
     @abstractmethod

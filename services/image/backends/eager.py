@@ -31,10 +31,16 @@ class EagerBackend(Backend):
         return output.hidden_states[-2].to(self.dtype), pooled
 
     @torch.inference_mode()
-    def unet(self, sample, timestep, encoder_hidden_states, added_cond_kwargs):
+    def unet(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, extras=None):
+        if extras is None:
+            return self._unet()(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=None,
+                                cross_attention_kwargs=None, added_cond_kwargs=added_cond_kwargs,
+                                return_dict=False)[0]
         return self._unet()(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=None,
-                            cross_attention_kwargs=None, added_cond_kwargs=added_cond_kwargs,
-                            return_dict=False)[0]
+                            cross_attention_kwargs=extras.cross_attention_kwargs,
+                            added_cond_kwargs=added_cond_kwargs,
+                            down_block_additional_residuals=extras.down_residuals,
+                            mid_block_additional_residual=extras.mid_residual, return_dict=False)[0]
 
     def _vae_dtype(self) -> torch.dtype:
         vae = self.model.vae

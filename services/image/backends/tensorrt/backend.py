@@ -49,6 +49,8 @@ def plan_engines(model, settings, compute_capability: tuple[int, int], trt_versi
 class TensorRTBackend(Backend):
     name = "tensorrt"
     auto_priority = 20
+    # Its engines are the plain UNet graph: no ControlNet residuals, no masked or extra attention.
+    supports_extras = False
 
     @classmethod
     def unavailable_reason(cls, model, settings, device) -> str | None:
@@ -104,7 +106,10 @@ class TensorRTBackend(Backend):
         hidden = out["hidden_states"].to(self.dtype)
         return hidden, out.get("text_embeds")
 
-    def unet(self, sample, timestep, encoder_hidden_states, added_cond_kwargs):
+    def unet(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, extras=None):
+        if extras is not None:
+            raise RuntimeError("the tensorrt back end runs no controls, characters or references "
+                               "(pipeline.check_shape refuses such requests first)")
         rows = sample.shape[0]
         factor = self.model.vae_scale_factor
         images = max(1, rows // 2)
