@@ -18,6 +18,9 @@ from gateway.errors import ApiError
 from gateway.schemas.common import error_responses
 from gateway.schemas.image import (
     FIELD_PREFIXES,
+    PREVIEW_FIELD_PREFIXES,
+    ControlPreview,
+    ControlPreviewBody,
     GenerateImageBody,
     GenerateImageResult,
     GenerateStream,
@@ -31,7 +34,7 @@ from gateway.sse import relay_stream
 router = APIRouter(prefix="/ai", tags=["image"])
 
 ZIP_MEDIA_TYPE = "application/zip"
-ERRORS = error_responses(400, 401, 429, 503, 504)
+ERRORS = error_responses(400, 401, 409, 429, 503, 504)
 
 
 def _wants_zip(body: GenerateImageBody, request: Request) -> bool:
@@ -72,6 +75,15 @@ async def tokenize_image(body: TokenizeImageBody, request: Request, user: RateLi
     reply = await unary(request, image.Tokenize(body.to_pb(), timeout=settings.request_timeout_s),
                         field_prefixes=FIELD_PREFIXES)
     return TokenizeImageResult.from_pb(reply)
+
+
+@router.post("/image/control-preview", response_model=ControlPreview, responses=ERRORS,
+             summary="The control image a generation would be steered by (Canny, line art, scribble, pose, ...)")
+async def control_preview(body: ControlPreviewBody, request: Request, user: RateLimitedUser, image: ImageService,
+                          settings: Settings) -> ControlPreview:
+    reply = await unary(request, image.PreprocessControl(body.to_preview_pb(), timeout=settings.request_timeout_s),
+                        field_prefixes=PREVIEW_FIELD_PREFIXES)
+    return ControlPreview.from_pb(reply)
 
 
 @router.get("/image/models", response_model=ImageModels, responses=error_responses(401, 429, 503),

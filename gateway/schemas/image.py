@@ -21,6 +21,8 @@ from gateway.schemas.common import Base64Bytes, RequestBody, Text, Uint32
 # The service names fields of its request ("params.width", "inpaint.mask"); the HTTP body is
 # flat, so the field the client sees is "width", "mask" (errors.py applies this).
 FIELD_PREFIXES = ("params.", "img2img.", "inpaint.", "outpaint.")
+# The preview's body is the control itself: "control.image" is "image" there.
+PREVIEW_FIELD_PREFIXES = ("control.",)
 
 Schedule = Literal["native", "karras", "exponential"]
 Content = Literal["original", "fill", "latent_noise", "latent_nothing"]
@@ -33,6 +35,71 @@ _CONTENTS = {"original": image_pb2.MASKED_CONTENT_ORIGINAL, "fill": image_pb2.MA
 Dialect = Literal["novelai", "a1111"]
 _DIALECTS = {"novelai": image_pb2.PROMPT_DIALECT_NOVELAI, "a1111": image_pb2.PROMPT_DIALECT_A1111}
 _DIALECT_NAMES = {value: name for name, value in _DIALECTS.items()}
+
+
+ControlKindName = Literal["canny", "lineart", "scribble", "pose", "depth", "background_removal", "raw"]
+_CONTROL_KINDS = {"canny": image_pb2.CONTROL_KIND_CANNY, "lineart": image_pb2.CONTROL_KIND_LINEART,
+                  "scribble": image_pb2.CONTROL_KIND_SCRIBBLE, "pose": image_pb2.CONTROL_KIND_POSE,
+                  "depth": image_pb2.CONTROL_KIND_DEPTH, "background_removal": image_pb2.CONTROL_KIND_BACKGROUND_REMOVAL,
+                  "raw": image_pb2.CONTROL_KIND_RAW}
+# The lists' lengths are capped by the service (ListModels' max_references, ...); this bound only
+# stops a body of thousands of entries before it is converted.
+MAX_LIST = 64
+
+
+class ReferenceBody(RequestBody):
+    """A reference image (NovelAI's vibe transfer)."""
+
+    image: Base64Bytes = Field(description="base64 PNG/JPEG/WebP")
+    strength: float | None = Field(None, description="0 to 2; default 0.6")
+    information_extracted: float | None = Field(None, description="how much of the image is used, (0, 1]; default 1")
+
+    def to_pb(self) -> image_pb2.ReferenceImage:
+        message = image_pb2.ReferenceImage(image=self.image)
+        if self.strength is not None:
+            message.strength = self.strength
+        if self.information_extracted is not None:
+            message.information_extracted = self.information_extracted
+        return message
+
+
+class ControlBody(RequestBody):
+    """A control image steering the composition through a ControlNet."""
+
+    kind: ControlKindName = Field(description="canny, lineart, scribble, pose, depth, background_removal or raw")
+    image: Base64Bytes = Field(b"", description="base64 source image (not needed for pose)")
+    strength: float | None = Field(None, description="ControlNet scale, 0 to 2; default 1")
+    pose_json: Text = Field("", max_length=262144, description="pose: OpenPose keypoints JSON")
+    low_threshold: Uint32 | None = Field(None, description="canny: low threshold (default 100)")
+    high_threshold: Uint32 | None = Field(None, description="canny: high threshold (default 200)")
+    start: float | None = Field(None, description="fraction of the steps where it starts acting (default 0)")
+    end: float | None = Field(None, description="fraction of the steps where it stops (default 1)")
+    controlnet: Text = Field("", max_length=200, description="the model's ControlNet to use; default: the kind's")
+
+    def to_pb(self) -> image_pb2.Control:
+        message = image_pb2.Control(kind=_CONTROL_KINDS[self.kind], image=self.image, pose_json=self.pose_json,
+                                    controlnet=self.controlnet)
+        for name in ("strength", "low_threshold", "high_threshold", "start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(message, name, value)
+        return message
+
+
+class CharacterBody(RequestBody):
+    """A character prompt steering only its region (NovelAI V4's character prompts)."""
+
+    prompt: Text = Field(description="the character's prompt")
+    negative_prompt: Text = Field("", description="its undesired content")
+    x: float = Field(0.0, description="region left, as a fraction of the width (0 to 1)")
+    y: float = Field(0.0, description="region top, as a fraction of the height")
+    width: float = Field(0.0, description="region width as a fraction (all four 0 = whole canvas)")
+    height: float = Field(0.0, description="region height as a fraction")
+    center: Text = Field("", max_length=8, description="or a grid position A1..E5 (C3 = centre)")
+
+    def to_pb(self) -> image_pb2.CharacterPrompt:
+        return image_pb2.CharacterPrompt(prompt=self.prompt, negative_prompt=self.negative_prompt, x=self.x, y=self.y,
+                                         width=self.width, height=self.height, center=self.center)
 
 
 def _dialect_field():
@@ -76,6 +143,12 @@ class GenerateImageBody(RequestBody):
     bottom: Uint32 = Field(0, description="outpaint: pixels added at the bottom")
     response_format: Literal["json", "zip"] = Field(
         "json", description="json (base64 PNGs) or zip (the PNGs); Accept: application/zip also asks for zip")
+    references: list[ReferenceBody] = Field(default_factory=list, max_length=MAX_LIST,
+                                            description="reference images (vibe transfer), any action")
+    controls: list[ControlBody] = Field(default_factory=list, max_length=MAX_LIST,
+                                        description="control images (ControlNet), any action")
+    characters: list[CharacterBody] = Field(default_factory=list, max_length=MAX_LIST,
+                                            description="character prompts with regions, any action")
 
     def to_pb(self) -> image_pb2.GenerateRequest:
         params = image_pb2.GenerationParams(
@@ -91,7 +164,9 @@ class GenerateImageBody(RequestBody):
             params.noise_schedule = _SCHEDULES[self.noise_schedule]
         if self.seed is not None:
             params.seed = self.seed
-        request = image_pb2.GenerateRequest(params=params)
+        request = image_pb2.GenerateRequest(params=params, references=[r.to_pb() for r in self.references],
+                                            controls=[c.to_pb() for c in self.controls],
+                                            characters=[c.to_pb() for c in self.characters])
         content = _CONTENTS[self.masked_content] if self.masked_content else 0
         if self.action == "generate":
             request.txt2img.SetInParent()
@@ -116,6 +191,26 @@ class GenerateImageBody(RequestBody):
             if self.mask_blur is not None:
                 outpaint.mask_blur = self.mask_blur
         return request
+
+
+class ControlPreviewBody(ControlBody):
+    """A control to preprocess, and the size to render it at."""
+
+    width: Uint32 = Field(0, description="multiple of 64; 0 = the source's size fitted to max_pixels")
+    height: Uint32 = Field(0, description="multiple of 64; 0 = the source's size fitted to max_pixels")
+
+    def to_preview_pb(self) -> image_pb2.PreprocessControlRequest:
+        return image_pb2.PreprocessControlRequest(control=self.to_pb(), width=self.width, height=self.height)
+
+
+class ControlPreview(BaseModel):
+    png: str = Field(description="base64 PNG: the control image as the ControlNet sees it")
+    width: int
+    height: int
+
+    @classmethod
+    def from_pb(cls, reply: image_pb2.PreprocessControlResponse) -> ControlPreview:
+        return cls(png=base64.b64encode(reply.png).decode("ascii"), width=reply.width, height=reply.height)
 
 
 class PromptChunk(BaseModel):
@@ -306,6 +401,8 @@ class ImageModelInfo(BaseModel):
     inpainting_unet: bool
     engine: str
     hash: str
+    references: bool = Field(description="whether it takes reference images (an IP-Adapter is configured)")
+    controlnets: list[str] = Field(description="its ControlNets by name")
 
 
 class SamplerInfo(BaseModel):
@@ -320,6 +417,9 @@ class ImageModels(BaseModel):
     max_pixels: int
     max_steps: int
     max_images: int
+    max_references: int
+    max_controls: int
+    max_characters: int
 
     @classmethod
     def from_pb(cls, reply: image_pb2.ListModelsResponse) -> ImageModels:
@@ -331,10 +431,13 @@ class ImageModels(BaseModel):
                 quality_tags=m.quality_tags, quality_tags_position=m.quality_tags_position,
                 negative_presets=[NegativePreset(name=p.name, text=p.text) for p in m.negative_presets],
                 default_negative_preset=m.default_negative_preset, inpainting_unet=m.inpainting_unet,
-                engine=m.engine, hash=m.hash) for m in reply.models],
+                engine=m.engine, hash=m.hash, references=m.references, controlnets=list(m.controlnets))
+                for m in reply.models],
             samplers=[SamplerInfo(name=s.name, display_name=s.display_name,
                                   noise_schedules=[_SCHEDULE_NAMES[v] for v in s.noise_schedules
                                                    if v in _SCHEDULE_NAMES])
                       for s in reply.samplers],
-            max_pixels=reply.max_pixels, max_steps=reply.max_steps, max_images=reply.max_images)
+            max_pixels=reply.max_pixels, max_steps=reply.max_steps, max_images=reply.max_images,
+            max_references=reply.max_references, max_controls=reply.max_controls,
+            max_characters=reply.max_characters)
 

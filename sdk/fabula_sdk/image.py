@@ -13,7 +13,10 @@ inpaint, outpaint), `prompt`, `negative_prompt`, `negative_preset`, `quality_tag
 `height`, `steps`, `guidance_scale`, `guidance_rescale`, `sampler`, `noise_schedule`, `seed`,
 `n_images`, `preview_every`, `dialect` (novelai or a1111); for image actions `image` and `mask` as bytes (encoded here),
 `strength`, `extra_noise`, `mask_blur`, `masked_content`, `only_masked`, `only_masked_padding`,
-`left`/`right`/`top`/`bottom`. Failures raise the SDK's `ApiError` subclasses, also mid-stream.
+`left`/`right`/`top`/`bottom`; with any action `references` (dicts of `image` bytes, `strength`,
+`information_extracted`), `controls` (`kind`, `image` bytes or `pose_json`, `strength`, ...) and
+`characters` (`prompt`, `negative_prompt`, region `x`/`y`/`width`/`height` fractions or `center`
+A1..E5). Failures raise the SDK's `ApiError` subclasses, also mid-stream.
 """
 
 from __future__ import annotations
@@ -85,11 +88,19 @@ class ImageResult:
 ImageEvent = ImageAccepted | ImageProgress | GeneratedImage | ImageFinished
 
 
-def _body(options: dict[str, Any]) -> dict[str, Any]:
-    body = dict(options)
-    for key in ("image", "mask"):
+def _encoded(item: dict[str, Any], keys: tuple[str, ...] = ("image", "mask")) -> dict[str, Any]:
+    body = dict(item)
+    for key in keys:
         if isinstance(body.get(key), bytes | bytearray):
             body[key] = base64.b64encode(body[key]).decode("ascii")
+    return body
+
+
+def _body(options: dict[str, Any]) -> dict[str, Any]:
+    body = _encoded(options)
+    for key in ("references", "controls"):
+        if key in body:
+            body[key] = [_encoded(item) for item in body[key]]
     return body
 
 
@@ -127,6 +138,12 @@ class ImageClient(AiHttpClient):
         return self._request("POST", "/ai/image/tokenize",
                              {"prompt": prompt, "model": model, "quality_tags": quality_tags, "dialect": dialect,
                               "steps": steps}).json()
+
+    def control_preview(self, kind: str, image: bytes = b"", *, width: int = 0, height: int = 0,
+                        **options: Any) -> bytes:
+        """The control image (PNG) a generation with this control would be steered by."""
+        body = _encoded({"kind": kind, "image": image, "width": width, "height": height, **options})
+        return base64.b64decode(self._request("POST", "/ai/image/control-preview", body).json()["png"])
 
     def models(self) -> dict[str, Any]:
         """The models (defaults, quality tags, presets), the samplers and the limits."""

@@ -14,6 +14,7 @@ are summed and added to the UNet's skip connections.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -117,7 +118,8 @@ def check_controls(raw: list[RawControl], *, max_controls: int, max_input_pixels
         if name not in available:
             raise FailedPrecondition(
                 f"{where}.controlnet: model {model.name} has no ControlNet {name!r}; configured: "
-                f"{', '.join(sorted(available)) or 'none'} (the model's `controlnets` in FABULA_IMAGE_MODELS)")
+                f"{', '.join(sorted(available)) or 'none'} (the model's `controlnets` in FABULA_IMAGE_MODELS)",
+                field=f"{where}.controlnet")
         source = check_source(item, where, max_input_pixels=max_input_pixels)
         controls.append(Control(source, float(strength), float(start), float(end), name))
     return controls
@@ -178,8 +180,8 @@ def build_tiny_controlnet(folder: Path, unet: torch.nn.Module, seed: int = 20240
     folder.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        network = ControlNetModel.from_unet(unet.float() if unet.dtype != torch.float32 else unet,
-                                            conditioning_embedding_out_channels=(16, 32, 64, 64))
+        source = unet if unet.dtype == torch.float32 else copy.deepcopy(unet).float()
+        network = ControlNetModel.from_unet(source, conditioning_embedding_out_channels=(16, 32, 64, 64))
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for module in [*network.controlnet_down_blocks, network.controlnet_mid_block,

@@ -74,7 +74,7 @@ def check_guidance(raw: RawGuidance, model: LoadedModel, settings: ImageSettings
                                   max_prompt_chars=settings.max_prompt_chars)
     if raw.references and ip_adapter_options(model) is None:
         raise FailedPrecondition(f"references: model {model.name} has no IP-Adapter; the operator sets one with the "
-                                 "model's `ip_adapter` in FABULA_IMAGE_MODELS")
+                                 "model's `ip_adapter` in FABULA_IMAGE_MODELS", field="references")
     references = check_references(raw.references, max_references=settings.max_references,
                                   max_input_pixels=settings.max_input_pixels)
     controls = check_controls(raw.controls, max_controls=settings.max_controls,

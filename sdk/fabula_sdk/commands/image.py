@@ -42,6 +42,14 @@ def image(
     mask: Annotated[Path | None, typer.Option("--mask", help="inpaint: white = redraw")] = None,
     strength: Annotated[float | None, typer.Option("--strength", help="how much is redrawn, (0, 1]")] = None,
     extend: Annotated[str | None, typer.Option("--extend", help="outpaint: LEFT,RIGHT,TOP,BOTTOM pixels")] = None,
+    reference: Annotated[list[str] | None, typer.Option(
+        "--reference", help="reference image PATH[:strength[:information]] (vibe transfer); repeatable")] = None,
+    control: Annotated[list[str] | None, typer.Option(
+        "--control", help="control KIND:PATH[:strength] (canny, lineart, scribble, pose with a keypoints .json, "
+                          "depth, background_removal); repeatable")] = None,
+    character: Annotated[list[str] | None, typer.Option(
+        "--character", help='character "prompt@x,y,w,h" (fractions of the canvas) or "prompt@C3" (grid); '
+                            "repeatable")] = None,
 ) -> None:
     """Generate an image from PROMPT and save it as a PNG (parameters embedded), with progress."""
     saved = state(ctx).sessions.load()
@@ -71,6 +79,12 @@ def image(
             except ValueError:
                 raise fail(f"--extend expects LEFT,RIGHT,TOP,BOTTOM in pixels, got {extend!r}") from None
             options.update(action="outpaint", left=left, right=right, top=top, bottom=bottom)
+    if reference:
+        options["references"] = [_reference(text) for text in reference]
+    if control:
+        options["controls"] = [_control(text) for text in control]
+    if character:
+        options["characters"] = [_character(text) for text in character]
     written: list[Path] = []
     with ImageClient(state(ctx).url or saved.url, saved.token) as ai:
         progress = None
@@ -97,6 +111,73 @@ def image(
                 progress.__exit__(None, None, None)
     for path in written:
         typer.echo(f"{path}")
+
+
+def _number(option: str, text: str, part: str) -> float:
+    try:
+        return float(part)
+    except ValueError:
+        raise fail(f"{option} {text!r}: {part!r} is not a number") from None
+
+
+def _read(option: str, text: str, path: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as error:
+        raise fail(f"{option} {text!r}: cannot read {path} ({error.strerror})") from None
+
+
+def _reference(text: str) -> dict:
+    """PATH[:strength[:information]]; a path may itself hold colons (only trailing numbers split off)."""
+    parts = text.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 2 and _is_number(parts[-1]):
+        numbers.insert(0, float(parts.pop()))
+    item: dict = {"image": _read("--reference", text, ":".join(parts))}
+    if numbers:
+        item["strength"] = numbers[0]
+    if len(numbers) > 1:
+        item["information_extracted"] = numbers[1]
+    return item
+
+
+def _control(text: str) -> dict:
+    kind, _, rest = text.partition(":")
+    if not rest:
+        raise fail(f"--control expects KIND:PATH[:strength], got {text!r}")
+    path, strength = rest, None
+    head, _, tail = rest.rpartition(":")
+    if head and _is_number(tail):
+        path, strength = head, float(tail)
+    item: dict = {"kind": kind}
+    data = _read("--control", text, path)
+    if kind == "pose":
+        item["pose_json"] = data.decode("utf-8", errors="replace")
+    else:
+        item["image"] = data
+    if strength is not None:
+        item["strength"] = strength
+    return item
+
+
+def _character(text: str) -> dict:
+    prompt, separator, region = text.rpartition("@")
+    if not separator:
+        return {"prompt": text}
+    if "," not in region:
+        return {"prompt": prompt, "center": region.strip()}
+    values = [_number("--character", text, part) for part in region.split(",")]
+    if len(values) != 4:
+        raise fail(f"--character expects prompt@x,y,w,h (four fractions) or prompt@C3, got {text!r}")
+    return {"prompt": prompt, **dict(zip(("x", "y", "width", "height"), values))}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:
