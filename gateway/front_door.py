@@ -53,6 +53,7 @@ def body_limits(settings: GatewaySettings) -> dict[str, int]:
         "POST /ai/image/tokenize": text,
         "POST /ai/generate-image": image,
         "POST /ai/generate-image-stream": image,
+        "POST /ai/image/control-preview": image,
         "POST /sdapi/v1/txt2img": text,
         "POST /sdapi/v1/img2img": image,
         "POST /sdapi/v1/png-info": image,

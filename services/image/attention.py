@@ -130,6 +130,18 @@ class PassThroughProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 
+def plain_processors(unet: torch.nn.Module) -> dict:
+    """The UNet's processors without this module's (as they were before `install`)."""
+    processors = {}
+    for name, current in unet.attn_processors.items():
+        if isinstance(current, PassThroughProcessor):
+            current = current.inner
+        elif isinstance(current, GuidedAttnProcessor):
+            current = AttnProcessor2_0()
+        processors[name] = current
+    return processors
+
+
 def install(unet: torch.nn.Module, ip_layers: dict[str, tuple[torch.nn.Module, torch.nn.Module]] | None = None
             ) -> None:
     """Put a GuidedAttnProcessor on every cross-attention layer of `unet` (with its IP-Adapter

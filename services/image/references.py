@@ -172,8 +172,12 @@ def load_ip_adapter(model: LoadedModel, options: IPAdapterOptions, cache_dir: Pa
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     weights, encoder_folder = _resolve(options, model, cache_dir)
+    from services.image.attention import plain_processors
+
     unet = model.unet
-    before = dict(unet.attn_processors)
+    # diffusers' loader re-creates each layer's processor from its class: start from plain ones.
+    before = plain_processors(unet)
+    unet.set_attn_processor(dict(before))
     pipe = model.pipeline()
     try:
         pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name, image_encoder_folder=None,
