@@ -299,3 +299,106 @@ NETWORKS: dict[str, NetworkSpec] = {spec.name: spec for spec in (
 
 def networks_for(model: LoadedModel) -> list[NetworkSpec]:
     return [spec for spec in NETWORKS.values() if spec.applies(model)]
+
+
+# --- the guidance networks (ControlNet, IP-Adapter's image encoder) ---
+# They are loaded beside a model (services/image/guidance.py), so their specs carry the network.
+
+
+class _ControlNet(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, xl: bool) -> None:
+        super().__init__()
+        self.network, self.xl = network, xl
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, *added):
+        extra = {"text_embeds": added[0], "time_ids": added[1]} if self.xl else None
+        # The conditioning scale is applied to the residuals by the caller (it is a plain product).
+        down, mid = self.network(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                 controlnet_cond=controlnet_cond, conditioning_scale=1.0, added_cond_kwargs=extra,
+                                 return_dict=False)
+        return (*down, mid)
+
+
+@dataclass
+class ControlNetSpec(NetworkSpec):
+    """A ControlNet of a model: the UNet's inputs plus the control image; the down-block
+    residuals and the mid-block residual out."""
+
+    network: torch.nn.Module | None = None
+    name: str = "controlnet"
+
+    def _down_count(self) -> int:
+        return len(self.network.controlnet_down_blocks)
+
+    def inputs(self, model):
+        names = ["sample", "timestep", "encoder_hidden_states", "controlnet_cond"]
+        return names + (["text_embeds", "time_ids"] if model.family == "sdxl" else [])
+
+    def outputs(self, model):
+        return [f"down_{i}" for i in range(self._down_count())] + ["mid"]
+
+    def axes(self, model):
+        axes = {"sample": {0: "2B", 2: "H", 3: "W"}, "timestep": {0: "2B"}, "encoder_hidden_states": {0: "2B", 1: "S"},
+                "controlnet_cond": {0: "2B", 2: "8H", 3: "8W"}}
+        for name in self.outputs(model):
+            axes[name] = {0: "2B", 2: f"{name}_H", 3: f"{name}_W"}
+        if model.family == "sdxl":
+            axes.update(text_embeds={0: "2B"}, time_ids={0: "2B"})
+        return axes
+
+    def module(self, model):
+        return _ControlNet(self.network, model.family == "sdxl").eval()
+
+    def sample_inputs(self, model, batch, height, width, chunks, device):
+        unet_inputs = list(UNetSpec().sample_inputs(model, batch, height, width, chunks, device))
+        unet_inputs[0] = unet_inputs[0][:, :self.network.config.in_channels]
+        control = torch.rand(batch, 3, height, width, dtype=model.unet.dtype, device=device)
+        return (*unet_inputs[:3], control, *unet_inputs[3:])
+
+    def shapes(self, model, profile):
+        shapes = UNetSpec().shapes(model, profile)
+        channels = self.network.config.in_channels
+        shapes["sample"] = tuple((s[0], channels, *s[2:]) for s in shapes["sample"])
+        shapes["controlnet_cond"] = tuple((s[0], 3, s[2] * model.vae_scale_factor, s[3] * model.vae_scale_factor)
+                                          for s in shapes["sample"])
+        return dict(shapes)
+
+
+class _ImageEncoder(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values):
+        output = self.encoder(pixel_values, output_hidden_states=True)
+        return output.image_embeds, output.hidden_states[-2]
+
+
+@dataclass
+class ImageEncoderSpec(NetworkSpec):
+    """IP-Adapter's CLIP vision encoder: image embeddings (IP-Adapter) and the penultimate hidden
+    states (IP-Adapter Plus) of preprocessed reference images."""
+
+    encoder: torch.nn.Module | None = None
+    name: str = "image_encoder"
+
+    def inputs(self, model):
+        return ["pixel_values"]
+
+    def outputs(self, model):
+        return ["image_embeds", "hidden_states"]
+
+    def axes(self, model):
+        return {"pixel_values": {0: "R"}, "image_embeds": {0: "R"}, "hidden_states": {0: "R"}}
+
+    def module(self, model):
+        return _ImageEncoder(self.encoder).eval()
+
+    def sample_inputs(self, model, batch, height, width, chunks, device):
+        side = self.encoder.config.image_size
+        return (torch.randn(batch, 3, side, side, dtype=self.encoder.dtype, device=device),)
+
+    def shapes(self, model, profile):
+        # One row per reference image of a request (max_references).
+        side = self.encoder.config.image_size
+        return {"pixel_values": ((1, 3, side, side), (1, 3, side, side), (16, 3, side, side))}

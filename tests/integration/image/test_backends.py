@@ -155,3 +155,36 @@ def test_tensorrt_engine_builds_and_matches_pytorch(tiny_model, tmp_path) -> Non
     with torch.inference_mode():
         expected = spec.module(model)(*inputs)
     torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-3)
+
+
+def test_guidance_networks_export_to_onnx_and_match_pytorch(tiny_model, tmp_path) -> None:
+    """The ControlNet and IP-Adapter image encoder specs (the TensorRT path's first half), checked
+    with onnxruntime on shapes other than the traced ones."""
+    import onnxruntime
+
+    from services.image.backends.export_specs import ControlNetSpec, ImageEncoderSpec
+    from services.image.control import build_tiny_controlnet
+    from services.image.references import build_tiny_ip_adapter
+    from diffusers import ControlNetModel
+    from transformers import CLIPVisionModelWithProjection
+
+    network = ControlNetModel.from_pretrained(str(build_tiny_controlnet(tmp_path / "cn", tiny_model.unet)),
+                                              local_files_only=True).eval()
+    encoder = CLIPVisionModelWithProjection.from_pretrained(
+        str(build_tiny_ip_adapter(tmp_path / "ip", tiny_model.unet) / "image_encoder"), local_files_only=True).eval()
+    for spec, shape in ((ControlNetSpec(network=network), (3, 128, 64, 2)), (ImageEncoderSpec(encoder=encoder),
+                                                                             (3, 0, 0, 1))):
+        path = export_onnx(spec, tiny_model, tmp_path / f"{spec.name}.onnx")
+        inputs = spec.sample_inputs(tiny_model, *shape, torch.device("cpu"))
+        with torch.inference_mode():
+            expected = spec.module(tiny_model)(*inputs)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == spec.inputs(tiny_model)
+        got = session.run(spec.outputs(tiny_model), {name: tensor.numpy() for name, tensor in
+                                                     zip(spec.inputs(tiny_model), inputs)})
+        assert len(got) == len(expected) == len(spec.outputs(tiny_model))
+        for ours, theirs in zip(got, expected, strict=True):
+            assert ours.shape == tuple(theirs.shape)
+            np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-3, atol=1e-4)
+        shapes = spec.shapes(tiny_model, Profile.parse("1-4x512-1024"))
+        assert set(shapes) == set(spec.inputs(tiny_model))
