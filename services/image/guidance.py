@@ -222,6 +222,38 @@ def _control_residuals(pipeline: ImagePipeline, jobs: list[Job], inputs: list[to
     return [torch.cat(parts) for parts in zip(*downs)], torch.cat(mids)
 
 
+def parameters_json(guidance: Guidance) -> dict:
+    """What the PNG's "fabula" chunk records of the guidance (settings, not the uploaded images)."""
+    values: dict = {}
+    if guidance.references:
+        values["references"] = [{"strength": r.strength, "information_extracted": r.information_extracted}
+                                for r in guidance.references]
+    if guidance.controls:
+        values["controls"] = [{"kind": c.source.kind.value, "controlnet": c.controlnet, "strength": c.strength,
+                               "start": c.start, "end": c.end} for c in guidance.controls]
+    if guidance.characters:
+        values["characters"] = [{"prompt": c.prompt, "negative_prompt": c.negative_prompt,
+                                 "box": [round(v, 4) for v in c.box], "center": c.center}
+                                for c in guidance.characters]
+    return values
+
+
+def parameters_text(guidance: Guidance) -> dict[str, str]:
+    """Fields of the A1111 "parameters" line (quoted by images.format_parameters); ControlNet units
+    as A1111's ControlNet extension writes them."""
+    fields: dict[str, str] = {}
+    for index, control in enumerate(guidance.controls):
+        fields[f"ControlNet {index}"] = (f"Module: {control.source.kind.value}, Model: {control.controlnet}, "
+                                         f"Weight: {control.strength:g}, Guidance Start: {control.start:g}, "
+                                         f"Guidance End: {control.end:g}")
+    for index, reference in enumerate(guidance.references):
+        fields[f"Reference {index}"] = (f"Strength: {reference.strength:g}, "
+                                        f"Information extracted: {reference.information_extracted:g}")
+    for index, character in enumerate(guidance.characters):
+        fields[f"Character {index}"] = f"{character.prompt} @ " + ",".join(f"{v:g}" for v in character.box)
+    return fields
+
+
 def describe(models: GuidanceModels | None) -> dict:
     if models is None:
         return {"references": False, "controlnets": []}

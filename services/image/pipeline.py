@@ -459,6 +459,7 @@ class ImagePipeline:
             values.update(only_masked=request.only_masked, only_masked_padding=request.only_masked_padding)
         if request.action == Action.OUTPAINT:
             values.update(dict(zip(("left", "right", "top", "bottom"), request.outpaint)))
+        values.update(guided.parameters_json(request.guidance))
         return values
 
     def parameters_text(self, request: Request, seed: int) -> str:
@@ -483,6 +484,7 @@ class ImagePipeline:
             fields["Masked area padding"] = request.only_masked_padding
         if request.action == Action.OUTPAINT:
             fields["Outpaint"] = "left {} right {} top {} bottom {}".format(*request.outpaint)
+        fields.update(guided.parameters_text(request.guidance))
         fields["Version"] = VERSION
         return pixels.format_parameters(request.prompt, request.negative_prompt, fields)
 

@@ -226,3 +226,99 @@ async def test_http_sdk_and_cli_carry_references_controls_and_characters(live, t
     assert out.read_bytes() == over_http
     bad = await asyncio.to_thread(cli, "--character", "a dragon@0.9,0,0.5,1")
     assert bad.exit_code == 1 and "characters[0].width" in bad.stderr
+
+
+def _jobs_alone_and_together(model, raws, cache_dir):
+    """Latents of each request denoised alone, then all of them sharing UNet calls."""
+    from services.image.generator import ImageGenerator
+    from services.image.params import check_inputs
+    from services.image.pipeline import Job
+    from services.image.settings import ImageSettings
+
+    settings = ImageSettings(models={model.name: model.source}, cache_dir=cache_dir, backend="eager", warmup_steps=0)
+    generator = ImageGenerator(settings)
+    generator.add_model(model)
+    pipeline = generator.pipelines[model.name]
+
+    def job(raw):
+        request = check_inputs(raw, generator.models, model.name, settings)
+        prepared = Job(request, pipeline.tokenize(request), emit=lambda event: None)
+        pipeline.prepare(prepared)
+        return prepared
+
+    alone = []
+    for raw in raws:
+        single = job(raw)
+        while not single.done:
+            pipeline.denoise([single])
+        alone.append(single.latents)
+    jobs = [job(raw) for raw in raws]
+    keys = {j.key for j in jobs}
+    while not all(j.done for j in jobs):
+        for key in keys:
+            group = [j for j in jobs if j.key == key and not j.done]
+            if group:
+                pipeline.denoise(group)
+    return alone, [j.latents for j in jobs], keys
+
+
+def test_guided_and_plain_jobs_share_unet_calls_without_changing_each_other(guided_model, tmp_path) -> None:
+    from services.image.control import RawControl
+    from services.image.guidance import RawGuidance
+    from services.image.params import RawRequest
+    from services.image.references import RawReference
+    from services.image.regions import RawCharacter
+
+    common = dict(model="guided", width=128, height=128, steps=3, sampler="euler", seed=7)
+    raws = [
+        RawRequest(prompt="a knight", **common, guidance=RawGuidance(
+            references=[RawReference(picture(1), 1.0, 0.5)],
+            controls=[RawControl(kind="pose", pose_json=POSE, end=0.5)])),
+        RawRequest(prompt="a knight", **common),
+        # One character (two segments of 77 tokens) beside a plain prompt of two chunks: one group.
+        RawRequest(prompt="a knight", **common, guidance=RawGuidance(
+            characters=[RawCharacter("a dragon", x=0.5, width=0.5, height=1.0)])),
+        RawRequest(prompt="a knight BREAK a castle", dialect="a1111", **common),
+    ]
+    alone, together, keys = _jobs_alone_and_together(guided_model, raws, tmp_path)
+    assert len(keys) == 2  # rows of guided and plain jobs really were in the same UNet calls
+    for single, shared in zip(alone, together):
+        torch.testing.assert_close(shared, single, rtol=1e-4, atol=1e-4)
+    assert (alone[0] - alone[1]).abs().mean() > 1e-3
+
+
+async def test_the_png_records_the_guidance(service) -> None:
+    from services.image.images import parse_parameters
+
+    request = image_pb2.GenerateRequest(
+        params=params(model="guided"), references=[image_pb2.ReferenceImage(image=picture(), strength=0.8)],
+        controls=[image_pb2.Control(kind=image_pb2.CONTROL_KIND_CANNY, image=picture(), end=0.5)],
+        characters=[image_pb2.CharacterPrompt(prompt="a dragon, red", center="C3")])
+    [image] = images_of(await collect(service.stub.Generate(request)))
+    recorded = json.loads(decode(image.png).info["fabula"])
+    assert recorded["references"] == [{"strength": pytest.approx(0.8), "information_extracted": 1.0}]
+    assert recorded["controls"][0] | {"strength": 1.0} == {"kind": "canny", "controlnet": "canny", "strength": 1.0,
+                                                          "start": 0.0, "end": 0.5}
+    assert recorded["characters"] == [{"prompt": "a dragon, red", "negative_prompt": "", "center": "C3",
+                                       "box": [0.25, 0.25, 0.75, 0.75]}]
+    _, _, fields = parse_parameters(image.parameters)
+    assert fields["ControlNet 0"].startswith("Module: canny, Model: canny, Weight: 1")
+    assert fields["Character 0"] == "a dragon, red @ 0.25,0.25,0.75,0.75"
+
+
+def test_sdxl_takes_references_controls_and_characters(tiny_sdxl_folder, tmp_path) -> None:
+    from services.image.control import RawControl
+    from services.image.guidance import RawGuidance
+    from services.image.params import RawRequest
+    from services.image.references import RawReference
+    from services.image.regions import RawCharacter
+
+    options = ModelOptions(source=str(tiny_sdxl_folder), ip_adapter=IPAdapterOptions(weights="builtin:tiny-ip-adapter"),
+                           controlnets={"canny": "builtin:tiny-controlnet"})
+    model = load_model("xlg", options, cache_dir=tmp_path, device=torch.device("cpu"), dtype=torch.float32)
+    common = dict(model="xlg", prompt="a knight", width=128, height=128, steps=2, sampler="euler", seed=3)
+    raws = [RawRequest(**common), RawRequest(**common, guidance=RawGuidance(
+        references=[RawReference(picture(1), 1.0)], controls=[RawControl(kind="canny", image=picture(2))],
+        characters=[RawCharacter("a dragon", center="A3")]))]
+    alone, _, _ = _jobs_alone_and_together(model, raws, tmp_path)
+    assert (alone[0] - alone[1]).abs().mean() > 1e-3

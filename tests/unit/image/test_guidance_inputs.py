@@ -181,3 +181,22 @@ def test_background_removal_runs_a_u2net_style_onnx_model(tmp_path) -> None:
     result = np.asarray(remove_background(subject, path))
     assert tuple(result[2, 2]) == (255, 255, 255)  # background → white
     assert result[32, 32, 0] > 200 and result[32, 32, 1] < 120  # the subject kept
+
+
+def test_depth_runs_a_local_transformers_depth_model(tmp_path) -> None:
+    """A small random DPT saved as a transformers folder, loaded as an operator's would be."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(0)
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
+                       neck_hidden_sizes=[16, 16, 16, 16], fusion_hidden_size=16)
+    DPTForDepthEstimation(config).save_pretrained(tmp_path / "dpt")
+    DPTImageProcessor(size={"height": 64, "width": 64}, keep_aspect_ratio=False).save_pretrained(tmp_path / "dpt")
+    image = Image.fromarray((np.random.RandomState(0).rand(80, 120, 3) * 255).astype(np.uint8))
+    result = depth(image, tmp_path / "dpt")
+    array = np.asarray(result)
+    assert result.size == (120, 80) and result.mode == "RGB"
+    assert array.min() == 0 and array.max() >= 250  # normalised to the full range
+    with pytest.raises(FailedPrecondition, match="FABULA_IMAGE_DEPTH_MODEL"):
+        depth(image, tmp_path / "missing")
