@@ -32,29 +32,47 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 class AttentionGuidance:
     """What one UNet call's cross-attention layers need beyond the text context.
 
-    `region_masks`: [rows, tokens, H, W] at latent resolution, 1 where a position may attend to
-    the token (None: no row has regions). `ip_tokens`: [rows, references, tokens, dim] projected
-    image embeddings, `ip_scales`: [rows, references] (None: no row has references).
+    `regions`: per job of the call, None (it attends everywhere) or (masks [segments, H, W] at
+    latent resolution, tokens per segment): the text context is that many segments of equal
+    length, and a position attends to a segment's tokens where its mask is 1. `mask_rows` maps
+    each row to its job (None: one job, whose mask is broadcast over its rows rather than
+    copied). `ip_tokens`: [rows, references, tokens, dim] projected image embeddings,
+    `ip_scales`: [rows, references] (None: no row has references).
     """
 
     latent_size: tuple[int, int]
-    region_masks: torch.Tensor | None = None
+    context_tokens: int = 0
+    regions: list[tuple[torch.Tensor, int] | None] | None = None
+    mask_rows: torch.Tensor | None = None
     ip_tokens: torch.Tensor | None = None
     ip_scales: torch.Tensor | None = None
     _masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def mask_for(self, positions: int) -> torch.Tensor | None:
-        """The boolean attention mask [rows, 1, positions, tokens] for a layer with `positions` queries."""
-        if self.region_masks is None:
+        """The boolean attention mask [rows or 1, 1, positions, tokens] for a layer with `positions` queries."""
+        if self.regions is None:
             return None
         if positions not in self._masks:
             height, width = _layer_size(self.latent_size, positions)
-            # A cell attends to a character's tokens if it overlaps the region at all, so that a
-            # small region keeps at least one cell on the coarsest levels.
-            masks = F.interpolate(self.region_masks.float(), size=(height, width), mode="area") > 0
-            masks = masks.flatten(2).transpose(1, 2)  # [rows, positions, tokens]
+            per_job = []
+            for region in self.regions:
+                if region is None:
+                    per_job.append(torch.ones(positions, self.context_tokens, dtype=torch.bool,
+                                              device=self._device()))
+                    continue
+                masks, segment_tokens = region
+                # A cell attends to a character's tokens if it overlaps the region at all, so that
+                # a small region keeps at least one cell on the coarsest levels.
+                cells = F.interpolate(masks[None].float(), size=(height, width), mode="area")[0] > 0
+                per_job.append(cells.flatten(1).transpose(0, 1).repeat_interleave(segment_tokens, dim=1))
+            masks = torch.stack(per_job)  # [jobs, positions, tokens]
+            if self.mask_rows is not None:
+                masks = masks[self.mask_rows]
             self._masks[positions] = masks[:, None]
         return self._masks[positions]
+
+    def _device(self) -> torch.device:
+        return next(region[0].device for region in self.regions if region is not None)
 
 
 def _layer_size(latent_size: tuple[int, int], positions: int) -> tuple[int, int]:
@@ -65,6 +83,25 @@ def _layer_size(latent_size: tuple[int, int], positions: int) -> tuple[int, int]
     if height * width != positions:
         raise ValueError(f"no UNet level of latents {latent_size} has {positions} positions")
     return height, width
+
+
+# The most bytes of attention weights one masked attention call may hold (a masked call cannot use
+# the fused kernels on every device, and characters multiply the context's length): beyond it the
+# queries are taken in slices, which gives the same result.
+MASKED_ATTENTION_BYTES = 256 * 1024 * 1024
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+    batch, heads, positions, _ = query.shape
+    per_query = batch * heads * key.shape[2] * 4
+    step = max(1, MASKED_ATTENTION_BYTES // per_query)
+    if step >= positions:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+    return torch.cat([F.scaled_dot_product_attention(query[:, :, i:i + step], key, value,
+                                                     attn_mask=mask[:, :, i:i + step], dropout_p=0.0, is_causal=False)
+                      for i in range(0, positions, step)], dim=2)
 
 
 class GuidedAttnProcessor(AttnProcessor2_0):
@@ -99,8 +136,7 @@ class GuidedAttnProcessor(AttnProcessor2_0):
 
         query = heads(query)
         mask = guidance.mask_for(positions)
-        out = F.scaled_dot_product_attention(query, heads(key), heads(value), attn_mask=mask, dropout_p=0.0,
-                                             is_causal=False)
+        out = _attend(query, heads(key), heads(value), mask)
         if guidance.ip_tokens is not None and self.to_k_ip is not None:
             tokens = guidance.ip_tokens.to(query.dtype)
             for index in range(tokens.shape[1]):

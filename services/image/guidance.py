@@ -103,7 +103,7 @@ class GuidanceModels:
 class JobGuidance:
     """A job's prepared guidance: region masks, reference tokens, control images."""
 
-    region_masks: torch.Tensor | None = None  # [tokens, H, W] at latent size
+    region_masks: torch.Tensor | None = None  # [segments, H, W] at latent size: the base prompt, each character
     ip_tokens: torch.Tensor | None = None  # [rows, references, tokens, dim]
     ip_scales: torch.Tensor | None = None  # [rows, references]
     controls: list[tuple[Control, torch.Tensor]] = field(default_factory=list)  # with [rows, 3, H, W] images
@@ -123,7 +123,7 @@ def prepare(pipeline: ImagePipeline, job: Job) -> None:
     segment = job.embeds.shape[1] // (1 + len(guidance.characters))
     prepared.base_tokens = segment
     if guidance.characters:
-        prepared.region_masks = regions.token_masks(guidance.characters, segment, height, width).to(device)
+        prepared.region_masks = regions.segment_masks(guidance.characters, height, width).to(device)
     if guidance.references:
         guided, unguided = models.ip_adapter.tokens(guidance.references)
         n = job.n_images
@@ -167,18 +167,17 @@ def unet_extras(pipeline: ImagePipeline, jobs: list[Job], inputs: list[torch.Ten
     latent_size = (jobs[0].latents.shape[2], jobs[0].latents.shape[3])
     guidance = attention.AttentionGuidance(latent_size)
     if any(item is not None and item.region_masks is not None for item in prepared):
-        tokens = jobs[0].embeds.shape[1]
-        masks = []
-        for job, item in zip(jobs, prepared):
-            mask = item.region_masks if item is not None and item.region_masks is not None else \
-                torch.ones(tokens, *latent_size, device=pipeline.device)
-            masks.append(mask[None].expand(job.rows, -1, -1, -1))
-        guidance.region_masks = torch.cat(masks)
+        guidance.context_tokens = jobs[0].embeds.shape[1]
+        guidance.regions = [(item.region_masks, item.base_tokens)
+                            if item is not None and item.region_masks is not None else None for item in prepared]
+        if len(jobs) > 1:
+            guidance.mask_rows = torch.repeat_interleave(torch.arange(len(jobs), device=pipeline.device),
+                                                         torch.tensor(rows, device=pipeline.device))
     if any(item is not None and item.ip_tokens is not None for item in prepared):
         guidance.ip_tokens = _pad([item.ip_tokens if item else None for item in prepared], rows, 0.0)
         guidance.ip_scales = _pad([item.ip_scales if item else None for item in prepared], rows, 0.0)
     down, mid = _control_residuals(pipeline, jobs, inputs, timesteps)
-    kwargs = {"guidance": guidance} if guidance.region_masks is not None or guidance.ip_tokens is not None else None
+    kwargs = {"guidance": guidance} if guidance.regions is not None or guidance.ip_tokens is not None else None
     if kwargs is None and down is None:
         return None
     return UNetExtras(down_residuals=down, mid_residual=mid, cross_attention_kwargs=kwargs)

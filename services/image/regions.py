@@ -112,10 +112,7 @@ def latent_mask(box: tuple[float, float, float, float], height: int, width: int)
     return inside.float()
 
 
-def token_masks(characters: list[Character], segment_tokens: int, height: int, width: int) -> torch.Tensor:
-    """[tokens, height, width]: the base prompt's `segment_tokens` tokens attend everywhere, each
-    character's `segment_tokens` tokens only in its region."""
-    masks = [torch.ones(segment_tokens, height, width)]
-    for character in characters:
-        masks.append(latent_mask(character.box, height, width)[None].expand(segment_tokens, height, width))
-    return torch.cat(masks)
+def segment_masks(characters: list[Character], height: int, width: int) -> torch.Tensor:
+    """[1 + characters, height, width]: the base prompt's segment of the text context attends
+    everywhere, each character's only in its region."""
+    return torch.stack([torch.ones(height, width)] + [latent_mask(c.box, height, width) for c in characters])

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from services.image.attention import _layer_size
+from services.image.attention import AttentionGuidance, _attend, _layer_size
 from services.image.control import RawControl, check_source
 from services.image.preprocessors import COLOURS, canny, draw_pose, lineart, parse_pose, remove_background, \
     scribble, depth
 from services.image.references import RawReference, check_references
-from services.image.regions import RawCharacter, check_characters, grid_box, latent_mask, token_masks
+from services.image.regions import RawCharacter, check_characters, grid_box, latent_mask, segment_masks
 from services.toolkit.errors import FailedPrecondition, InvalidArgument
 
 
@@ -66,8 +66,8 @@ def test_grid_positions_and_rectangles_become_boxes() -> None:
     assert mask[:, :4].sum() == 16 and mask[:, 4:].sum() == 0
     tiny = latent_mask((0.5, 0.5, 0.51, 0.51), 4, 4)
     assert tiny.sum() == 1  # a region under one cell keeps the cell under its centre
-    masks = token_masks([left], 3, 4, 8)
-    assert masks.shape == (6, 4, 8) and masks[:3].min() == 1 and masks[3:, :, 4:].max() == 0
+    masks = segment_masks([left], 4, 8)
+    assert masks.shape == (2, 4, 8) and masks[0].min() == 1 and masks[1, :, 4:].max() == 0
 
 
 def test_attention_levels_are_found_from_the_query_count() -> None:
@@ -200,3 +200,18 @@ def test_depth_runs_a_local_transformers_depth_model(tmp_path) -> None:
     assert array.min() == 0 and array.max() >= 250  # normalised to the full range
     with pytest.raises(FailedPrecondition, match="FABULA_IMAGE_DEPTH_MODEL"):
         depth(image, tmp_path / "missing")
+
+
+def test_region_masks_repeat_per_segment_and_per_row(monkeypatch) -> None:
+    left = segment_masks(characters(RawCharacter("b", x=0.0, y=0.0, width=0.5, height=1.0)), 4, 8)
+    guidance = AttentionGuidance((4, 8), context_tokens=6, regions=[(left, 3), None],
+                                 mask_rows=torch.tensor([0, 0, 1]))
+    mask = guidance.mask_for(8)  # the level of 2x4 positions
+    assert mask.shape == (3, 1, 8, 6)
+    assert mask[0, 0, :, :3].all() and mask[2].all()
+    assert mask[0, 0, 0, 3:].all() and not mask[0, 0, 3, 3:].any()  # (0, 0) inside, (0, 3) outside the region
+    # Slicing the queries (for long masked contexts) gives the same attention.
+    query, key, value = torch.randn(3, 2, 8, 4), torch.randn(3, 2, 6, 4), torch.randn(3, 2, 6, 4)
+    whole = _attend(query, key, value, mask)
+    monkeypatch.setattr("services.image.attention.MASKED_ATTENTION_BYTES", 3 * 2 * 6 * 4 * 3)
+    torch.testing.assert_close(_attend(query, key, value, mask), whole)
