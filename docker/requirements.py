@@ -40,7 +40,8 @@ PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
     "text": [*_SERVING, *_MODELS, "gguf", "regex"],
     # torchsde: diffusers' DPMSolverSDEScheduler (the DPM++ SDE sampler) imports it; diffusers
     # itself does not depend on it and hides the sampler behind a lazy export without it.
-    "image": [*_SERVING, *_MODELS, "diffusers", "pillow", "torchsde"],
+    # opencv-python-headless and onnxruntime: the control preprocessors (services/image/preprocessors.py).
+    "image": [*_SERVING, *_MODELS, "diffusers", "pillow", "torchsde", "opencv-python-headless", "onnxruntime"],
 }
 # Only the model servers run on GPUs; TensorRT comes from the `tensorrt` extra.
 GPU_EXTRAS = {"text": ["tensorrt"], "image": ["tensorrt"]}
