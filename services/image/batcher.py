@@ -173,5 +173,5 @@ class Batcher:
     @staticmethod
     def _free(job: Job) -> None:
         # Free the job's tensors now rather than when the caller lets go of it.
-        job.latents = job.embeds = job.image_latents = job.noise = job.unet_extra = None
+        job.latents = job.embeds = job.image_latents = job.noise = job.unet_extra = job.guidance = None
         job.conditionings = []

@@ -321,3 +321,66 @@ def test_sdxl_takes_references_controls_and_characters(tiny_sdxl_folder, tmp_pat
         characters=[RawCharacter("a dragon", center="A3")]))]
     alone, _, _ = _jobs_alone_and_together(model, raws, tmp_path)
     assert (alone[0] - alone[1]).abs().mean() > 1e-3
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(decode(png).convert("RGB"), dtype=np.int16)
+
+
+async def test_a_control_matches_diffusers_controlnet_pipeline(service, guided_model) -> None:
+    """One control through the service and diffusers' StableDiffusionControlNetPipeline on the same
+    components and control image: the same picture (up to float rounding)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline
+
+    control = image_pb2.Control(kind=image_pb2.CONTROL_KIND_CANNY, image=picture(4, 128), strength=0.8)
+    request = image_pb2.GenerateRequest(params=params(
+        model="guided", prompt="a knight in the snow", negative_prompt="blurry", quality_tags=False,
+        negative_preset="none", width=128, height=128, steps=3, guidance_scale=6.5, seed=99), controls=[control])
+    [served] = images_of(await collect(service.stub.Generate(request)))
+    preview = await service.stub.PreprocessControl(image_pb2.PreprocessControlRequest(control=control, width=128,
+                                                                                      height=128))
+    network = service.generator.pipelines["guided"].guidance.controlnets["canny"]
+    pipe = StableDiffusionControlNetPipeline(
+        vae=guided_model.vae, text_encoder=guided_model.text_encoders[0], tokenizer=guided_model.tokenizers[0],
+        unet=guided_model.unet, controlnet=network,
+        scheduler=EulerDiscreteScheduler.from_config(guided_model.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    [direct] = pipe(prompt="a knight in the snow", negative_prompt="blurry", image=decode(preview.png).convert("RGB"),
+                    height=128, width=128, num_inference_steps=3, guidance_scale=6.5,
+                    controlnet_conditioning_scale=0.8, generator=torch.Generator().manual_seed(99)).images
+    difference = np.abs(_pixels(served.png) - np.asarray(direct, dtype=np.int16))
+    assert difference.max() <= 2, difference.max()
+
+
+async def test_a_reference_matches_diffusers_ip_adapter_pipeline(service, guided_model, tmp_path) -> None:
+    """One reference (all its information) through the service and diffusers' own IP-Adapter path
+    (load_ip_adapter on a copy of the UNet, set_ip_adapter_scale, ip_adapter_image): the same picture."""
+    import copy
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from services.image.references import TINY_WEIGHTS_FILE, build_tiny_ip_adapter
+
+    reference = picture(5, 64)
+    request = image_pb2.GenerateRequest(params=params(
+        model="guided", prompt="a knight in the snow", negative_prompt="blurry", quality_tags=False,
+        negative_preset="none", width=128, height=128, steps=3, guidance_scale=6.5, seed=99),
+        references=[image_pb2.ReferenceImage(image=reference, strength=0.7)])
+    [served] = images_of(await collect(service.stub.Generate(request)))
+    folder = build_tiny_ip_adapter(tmp_path / "ip", guided_model.unet)
+    from services.image.attention import plain_processors
+
+    unet = copy.deepcopy(guided_model.unet)
+    unet.set_attn_processor(plain_processors(unet))
+    pipe = StableDiffusionPipeline(
+        vae=guided_model.vae, text_encoder=guided_model.text_encoders[0], tokenizer=guided_model.tokenizers[0],
+        unet=unet, scheduler=EulerDiscreteScheduler.from_config(guided_model.scheduler_config), safety_checker=None,
+        feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    pipe.load_ip_adapter(str(folder), subfolder="", weight_name=TINY_WEIGHTS_FILE, image_encoder_folder="image_encoder",
+                         local_files_only=True)
+    pipe.set_ip_adapter_scale(0.7)
+    [direct] = pipe(prompt="a knight in the snow", negative_prompt="blurry", ip_adapter_image=decode(reference),
+                    height=128, width=128, num_inference_steps=3, guidance_scale=6.5,
+                    generator=torch.Generator().manual_seed(99)).images
+    difference = np.abs(_pixels(served.png) - np.asarray(direct, dtype=np.int16))
+    assert difference.max() <= 2, difference.max()
