@@ -10,15 +10,14 @@ import torch
 from services.image.batcher import Batcher, Handle
 from services.image.backends import create_backend
 from services.image.conditioning import CHUNK_TOKENS, stage_prompt
-from services.image.control import check_source
+from services.image.control import RawControl, check_source
 from services.image.events import Accepted, PromptReport
 from services.image.guidance import GuidanceModels
-from services.image.models import LoadedModel, load_model
-from services.image.control import RawControl
 from services.image.images import encode_png
+from services.image.models import LoadedModel, load_model
 from services.image.params import MAX_SIDE, RawRequest, check_dialect, check_inputs, fit_size
-from services.image.preprocessors import preprocess
 from services.image.pipeline import ImagePipeline, Job
+from services.image.preprocessors import preprocess
 from services.image.prompts import join_tags
 from services.image.samplers import SAMPLERS
 from services.image.settings import ImageSettings
