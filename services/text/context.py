@@ -4,7 +4,8 @@ the rules a client can predict the prompt from; in short:
 
 1. `check_inputs` (story_context.py): sizes, references, regular expressions; every part's
    settings resolved.
-2. `activate` (lorebook.py): which lorebook entries are in play, and why.
+2. `activate` (lorebook.py): which lorebook entries are in play, and why, within the request's
+   limits on keys, scanned text, matching time and deadline.
 3. Sub-contexts: a category with `create_subcontext` assembles its activated entries into one text
    first (steps 4-5 on those entries alone), which then takes part as one part.
 4. Budget, in descending `budget_priority`: every part's reserved tokens are set aside first; then
@@ -23,15 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.text.context_units import Trimmed, insert, trim_to_fit
-from services.text.lorebook import REGEX_TIMEOUT_S, Activation, activate
+from services.text.lorebook import Activation, KeyMatching, activate
 from services.text.story_context import (DEFAULT_AUTHORS_NOTE_DEPTH, MAX_KEY_CHARS, MAX_KEYS_PER_ENTRY,
-                                         MAX_LOREBOOK_ENTRIES, MAX_PART_CHARS, ContextConfig, LoreCategory,
-                                         LoreEntry, StoryContext, check_inputs)
+                                         MAX_LOREBOOK_ENTRIES, MAX_PART_CHARS, ContextConfig, LorebookLimits,
+                                         LoreCategory, LoreEntry, StoryContext, check_inputs)
 from services.toolkit.errors import InvalidArgument
 
-__all__ = ["BuiltContext", "ContextBuilder", "ContextConfig", "DEFAULT_AUTHORS_NOTE_DEPTH", "LoreCategory",
-           "LoreEntry", "MAX_KEYS_PER_ENTRY", "MAX_KEY_CHARS", "MAX_LOREBOOK_ENTRIES", "MAX_PART_CHARS",
-           "REGEX_TIMEOUT_S", "ReportEntry", "StoryContext", "check_inputs"]
+__all__ = ["BuiltContext", "ContextBuilder", "ContextConfig", "DEFAULT_AUTHORS_NOTE_DEPTH", "KeyMatching",
+           "LoreCategory", "LoreEntry", "LorebookLimits", "MAX_KEYS_PER_ENTRY", "MAX_KEY_CHARS",
+           "MAX_LOREBOOK_ENTRIES", "MAX_PART_CHARS", "ReportEntry", "StoryContext", "check_inputs"]
 
 # Rounds of re-assembly when joining parts raised the token count past the budget.
 _REASSEMBLY_ROUNDS = 8
@@ -102,10 +103,11 @@ class ContextBuilder:
     def count(self, text: str) -> int:
         return len(self.encode(text)) if text else 0
 
-    def build(self, context: StoryContext, max_new_tokens: int) -> BuiltContext:
-        """`context` must have passed `check_inputs` (its settings resolved, keys compiled)."""
+    def build(self, context: StoryContext, max_new_tokens: int, matching: KeyMatching | None = None) -> BuiltContext:
+        """`context` must have passed `check_inputs` (its settings resolved, keys compiled);
+        `matching` bounds its key searches (lorebook.py)."""
         budget = self.budget_for(context, max_new_tokens)
-        active, inactive = activate(context)
+        active, inactive = activate(context, matching)
         parts, subcontext_rows = self._parts(context, active, budget)
         effective = budget
         for _ in range(_REASSEMBLY_ROUNDS):

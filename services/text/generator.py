@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from jinja2 import TemplateError
 
-from services.text.context import BuiltContext, ContextBuilder, check_inputs
+from services.text.context import BuiltContext, ContextBuilder, KeyMatching, LorebookLimits, check_inputs
 from services.text.models import LoadedModel, load_model
 from services.text.params import GenerationParams, GenerationSpec, Limits
 from services.text.presets_store import Preset, find, load_presets
@@ -21,6 +21,7 @@ from services.text.scheduler import GenerationHandle, Scheduler, SchedulerConfig
 from services.text.sequence import GenerationRequest
 from services.text.settings import TextSettings
 from services.toolkit.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.toolkit.executor import BoundedExecutor
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class TextGenerator:
         self.presets = load_presets(settings.presets_dir)
         find(self.presets, settings.default_preset, "default_preset")
         self.limits = Limits(max_new_tokens=settings.max_new_tokens, max_prompt_chars=settings.max_prompt_chars)
+        self.lorebook_limits = LorebookLimits(
+            max_keys=settings.lorebook_max_keys, max_key_chars=settings.lorebook_max_key_chars,
+            max_regex_scan_chars=settings.lorebook_max_regex_scan_chars,
+            search_s=settings.lorebook_search_ms / 1000, total_s=settings.lorebook_total_ms / 1000)
+        self.preparation = BoundedExecutor(workers=settings.prepare_workers, max_queue=settings.prepare_queue,
+                                           what="text prompt preparation")
         self.runtimes: dict[str, ModelRuntime] = {}
         self.default_model = settings.default_model_name
         if self.default_model not in settings.models:
@@ -96,6 +103,7 @@ class TextGenerator:
     def close(self) -> None:
         for runtime in self.runtimes.values():
             runtime.scheduler.stop()
+        self.preparation.shutdown()
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -107,9 +115,10 @@ class TextGenerator:
             raise InvalidArgument(field, name, f"unknown model; served: {', '.join(self.runtimes)}")
         return self.runtimes[name]
 
-    def prepare(self, spec: GenerationSpec) -> Prepared:
+    def prepare(self, spec: GenerationSpec, matching: KeyMatching | None = None) -> Prepared:
         """Validate and resolve a request, then tokenize or build its prompt. Cheap checks first;
-        nothing here runs the model."""
+        nothing here runs the model. `matching` bounds a story's lorebook key searches (by default
+        the service's limits, with no deadline)."""
         preset = find(self.presets, spec.preset or self.settings.default_preset)
         params = GenerationParams.from_spec(spec, preset.sampling, self.limits)
         runtime = self.runtime(spec.model)
@@ -117,8 +126,9 @@ class TextGenerator:
         params.check_against_vocab(model.vocab_size)
         built: BuiltContext | None = None
         if spec.context is not None:
-            story = check_inputs(spec.context, self.limits.max_prompt_chars, "spec.context.")
-            built = runtime.builder.build(story, params.max_new_tokens)
+            story = check_inputs(spec.context, self.limits.max_prompt_chars, "spec.context.", self.lorebook_limits)
+            built = runtime.builder.build(story, params.max_new_tokens,
+                                          matching or KeyMatching(self.lorebook_limits))
             prompt_ids = built.prompt_ids
         else:
             prompt = spec.prompt
@@ -136,13 +146,21 @@ class TextGenerator:
             prompt_ids = [bos]
         return Prepared(runtime, GenerationRequest(prompt_ids=prompt_ids, params=params), built)
 
-    async def start(self, spec: GenerationSpec, owner: str = "") -> tuple[Prepared, GenerationHandle]:
+    async def start(self, spec: GenerationSpec, owner: str = "", deadline: float | None = None,
+                    ) -> tuple[Prepared, GenerationHandle]:
         """Queue `owner`'s generation. Its place is held before the prompt is built (that costs
         CPU: tokenizing, a story's lorebook), so a request the queue or the owner's cap has no
-        room for is refused before any of that work."""
+        room for is refused before any of that work. The prompt is built on the bounded
+        preparation pool, its key searches stopped by `deadline` (a `time.monotonic()` value) or
+        by the caller leaving."""
         scheduler = self.runtime(spec.model).scheduler
         with scheduler.reserve(owner) as place:
-            prepared = await asyncio.to_thread(self.prepare, spec)
+            matching = KeyMatching(self.lorebook_limits, deadline)
+            try:
+                prepared = await self.preparation.run(owner, self.prepare, spec, matching)
+            except asyncio.CancelledError:
+                matching.cancel()
+                raise
             return prepared, scheduler.submit_reserved(place, prepared.request)
 
     # --- tokens --------------------------------------------------------------------------------

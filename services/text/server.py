@@ -4,6 +4,7 @@ the translated results in the RPC's response messages."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
@@ -22,7 +23,8 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
 
     async def Generate(self, request: text_pb2.GenerateRequest, context: grpc.aio.ServicerContext
                        ) -> text_pb2.GenerateResponse:
-        prepared, handle = await self.generator.start(wire.spec_from_pb(request.spec), caller_user_id())
+        prepared, handle = await self.generator.start(wire.spec_from_pb(request.spec), caller_user_id(),
+                                                      _deadline(context))
         async for _ in handle:
             pass
         stats = handle.result
@@ -35,7 +37,8 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
 
     async def GenerateStream(self, request: text_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[text_pb2.GenerateStreamResponse]:
-        prepared, handle = await self.generator.start(wire.spec_from_pb(request.spec), caller_user_id())
+        prepared, handle = await self.generator.start(wire.spec_from_pb(request.spec), caller_user_id(),
+                                                      _deadline(context))
         if prepared.context is not None:
             yield text_pb2.GenerateStreamResponse(context_report=wire.context_report_to_pb(prepared.context))
         # Leaving this generator early (the client went away, the deadline passed) closes the
@@ -70,6 +73,12 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         prompt = await asyncio.to_thread(self.generator.apply_chat_template, request.model,
                                          wire.chat_messages_from_pb(request.messages))
         return text_pb2.ApplyChatTemplateResponse(prompt=prompt)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on the `time.monotonic()` clock, or None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def registrar(generator: TextGenerator):

@@ -39,6 +39,18 @@ class TextSettings(ServiceSettings):
                                                                   "block by block)")
     max_new_tokens: int = Field(1024, ge=1, description="the largest max_new_tokens a request may ask for")
     max_prompt_chars: int = Field(200_000, ge=1, description="longest prompt or story accepted, in characters")
+    prepare_workers: int = Field(2, ge=1, description="threads that build prompts (tokenizing, matching lorebook "
+                                                      "keys), for every model together")
+    prepare_queue: int = Field(64, ge=0, description="requests waiting for one of those threads; more get "
+                                                    "RESOURCE_EXHAUSTED")
+    lorebook_max_keys: int = Field(8192, ge=0, description="lorebook keys of one request, all entries together")
+    lorebook_max_key_chars: int = Field(262_144, ge=0, description="characters of those keys together")
+    lorebook_max_regex_scan_chars: int = Field(
+        200_000_000, ge=0, description="characters one request's regular-expression keys may scan together "
+                                       "(each key × the text it searches)")
+    lorebook_search_ms: float = Field(50.0, gt=0, description="CPU time one search of one key may take")
+    lorebook_total_ms: float = Field(2000.0, gt=0, description="CPU time all of one request's key searches may "
+                                                               "take together")
     default_preset: str = Field("balanced", description="preset used when a request names none")
     presets_dir: Path | None = Field(None, description="extra preset files (*.json), overriding shipped ones")
     warmup_tokens: int = Field(4, ge=0, description="tokens generated per model at start-up before SERVING")

@@ -28,6 +28,19 @@ WHOLE = MAX_TOKENS_FIELD
 
 
 @dataclass(frozen=True)
+class LorebookLimits:
+    """What one request's lorebook may cost (the text service's `lorebook_*` settings)."""
+
+    max_keys: int = 8192  # keys of all entries together (an entry's category defaults included)
+    max_key_chars: int = 262_144  # their characters together
+    # Characters the regular-expression keys would scan together: each key × the story text it
+    # scans (twice for a key-relative entry), plus, for a cascading entry, × every entry's text.
+    max_regex_scan_chars: int = 200_000_000
+    search_s: float = 0.05  # one search of one key
+    total_s: float = 2.0  # every search of the request together, literal keys included
+
+
+@dataclass(frozen=True)
 class ContextConfig:
     """How one part is budgeted, trimmed and placed. None = unset: `over` fills it from a
     fallback, and a resolved config (after `check_inputs`) has no None left."""
@@ -141,10 +154,12 @@ def check_config(config: ContextConfig, where: str) -> None:
             raise InvalidArgument(f"{where}.{name}", value, f"must be 0 to {MAX_TOKENS_FIELD}")
 
 
-def check_inputs(context: StoryContext, max_story_chars: int, prefix: str = "spec.context.") -> StoryContext:
+def check_inputs(context: StoryContext, max_story_chars: int, prefix: str = "spec.context.",
+                 limits: LorebookLimits = LorebookLimits()) -> StoryContext:
     """The context with its sizes and references checked, every part's settings resolved (no
     None left), its keys compiled and every entry named (an unnamed one after its place in the
-    lorebook, for the report)."""
+    lorebook, for the report). The lorebook's keys together are checked against `limits` before
+    any of them is compiled."""
     if len(context.story) > max_story_chars:
         raise InvalidArgument(f"{prefix}story", context.story, f"at most {max_story_chars} characters")
     for name in ("memory", "authors_note"):
@@ -163,6 +178,7 @@ def check_inputs(context: StoryContext, max_story_chars: int, prefix: str = "spe
     if note_config.insertion_position is None:
         note_config = replace(note_config, insertion_position=-(context.authors_note_depth + 1))
     categories = check_categories(context.lorebook_categories, f"{prefix}lorebook_categories")
+    check_key_totals(context.lorebook, categories, limits, prefix)
     checked, ids = [], set()
     for index, entry in enumerate(context.lorebook):
         where = f"{prefix}lorebook[{index}]"
@@ -178,6 +194,26 @@ def check_inputs(context: StoryContext, max_story_chars: int, prefix: str = "spe
                    memory_config=context.memory_config.over(MEMORY_DEFAULTS),
                    authors_note_config=note_config.over(AUTHORS_NOTE_DEFAULTS),
                    story_config=context.story_config.over(STORY_DEFAULTS))
+
+
+def check_key_totals(lorebook: tuple[LoreEntry, ...], categories: dict[str, LoreCategory], limits: LorebookLimits,
+                     prefix: str = "spec.context.") -> None:
+    """The keys of every entry together (an entry without keys counted with its category's default
+    keys) within `limits`, checked before any key is compiled."""
+    keys = chars = 0
+    for entry in lorebook:
+        own = entry.keys
+        category = categories.get(entry.category)
+        if not own and category is not None and category.use_category_defaults and category.category_defaults:
+            own = category.category_defaults.keys
+        keys += len(own)
+        chars += sum(len(key) for key in own)
+    if keys > limits.max_keys:
+        raise InvalidArgument(f"{prefix}lorebook", f"{keys} keys",
+                              f"at most {limits.max_keys} keys in all the entries together")
+    if chars > limits.max_key_chars:
+        raise InvalidArgument(f"{prefix}lorebook", f"{chars} key characters",
+                              f"at most {limits.max_key_chars} characters of keys in all the entries together")
 
 
 def check_categories(categories: tuple[LoreCategory, ...], where: str) -> dict[str, LoreCategory]:

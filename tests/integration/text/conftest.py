@@ -36,9 +36,12 @@ class RunningText:
 async def running_text_service(models: list[LoadedModel], *, max_batch_size: int = 8, max_queue: int = 16,
                                prefill_chunk_tokens: int = 512, max_new_tokens: int = 1024,
                                prefix_cache_bytes: int = 64 * 2**20, prefix_block_tokens: int = 32,
-                               max_per_user: int | None = None, callers: CallerCheck | None = None):
+                               max_per_user: int | None = None, callers: CallerCheck | None = None,
+                               **settings_fields):
+    """`settings_fields`: further TextSettings (the preparation pool, the lorebook limits)."""
     settings = TextSettings(models={model.name: model.source for model in models}, max_batch_size=max_batch_size,
-                            max_queue=max_queue, max_new_tokens=max_new_tokens, warmup_tokens=2)
+                            max_queue=max_queue, max_new_tokens=max_new_tokens, warmup_tokens=2,
+                            **settings_fields)
     generator = TextGenerator(settings)
     config = SchedulerConfig(max_batch_size=max_batch_size, max_queue=max_queue, max_per_user=max_per_user,
                              prefill_chunk_tokens=prefill_chunk_tokens, prefix_cache_bytes=prefix_cache_bytes,

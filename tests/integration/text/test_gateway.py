@@ -110,6 +110,10 @@ async def test_story_context_settings_over_http(ai):
 @pytest.mark.parametrize(("context", "field"), [
     ({"story": "x", "story_config": {"trim_direction": "sideways"}}, "context.story_config.trim_direction"),
     ({"story": "x", "lorebook": [{"text": "t", "keys": ["k"], "category": "nope"}]}, "context.lorebook[0].category"),
+    # Hundreds of entries of dozens of catastrophically backtracking keys: over the request's
+    # budget of keys, refused before any of them is compiled or searched.
+    ({"story": "a" * 60 + "!", "lorebook": [{"text": "t", "keys": [f"(a|aa)+(?#{j})$" for j in range(30)],
+                                             "regex_keys": True}] * 300}, "context.lorebook"),
 ])
 async def test_bad_story_context_settings_name_the_field_over_http(ai, context, field):
     client, _ = ai
