@@ -30,11 +30,12 @@ _MODELS = ["torch", "transformers", "accelerate", "safetensors"]
 
 PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
     # httptools: uvicorn's C HTTP parser, used when installed (never imported by name).
+    # uvloop: uvicorn's event loop (gateway/__main__.py).
     # pybase64: SIMD base64 for the JSON bodies (gateway/schemas/common.py).
     # redis: the rate limits' shared storage, imported only when a Redis URL is configured.
     # pillow: the A1111 API reads PNG metadata (png-info) and inverts inpainting masks.
-    "gateway": [*_SERVING, "fastapi", "uvicorn", "httptools", "sse-starlette", "pybase64", "limits", "redis", "cachetools",
-                "httpx", "opentelemetry-instrumentation-fastapi", "pillow"],
+    "gateway": [*_SERVING, "fastapi", "uvicorn", "httptools", "uvloop", "sse-starlette", "pybase64", "limits", "redis",
+                "cachetools", "httpx", "opentelemetry-instrumentation-fastapi", "pillow"],
     "editor": [*_SERVING, "psycopg", "psycopg-pool"],
     # regex: lorebook keys with a per-search timeout (services/text/context.py).
     "text": [*_SERVING, *_MODELS, "gguf", "regex"],

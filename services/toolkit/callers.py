@@ -7,8 +7,10 @@ public keys, so a compromised text or image pod can check tokens but never mint 
 A token is `v1.<payload>.<signature>` (URL-safe base64 without padding), sent as the gRPC metadata
 `fabula-caller`. Its payload is JSON: `sub` the user id ("" before sign-in), `aud` the service it
 is meant for (a token for the text service is refused by the editor), `exp` its expiry (Unix
-seconds). The gateway mints a fresh one per call, so the lifetime only has to cover clock skew and
-a call's queueing on the way in: `DEFAULT_TTL_S`.
+seconds). The lifetime (`DEFAULT_TTL_S`) only has to cover clock skew, a call's queueing on the way
+in and reuse: signing and verifying an Ed25519 signature cost a noticeable share of a cheap call
+(bench/storage.py), so the gateway reuses a user's token for a service until half its lifetime is
+gone, and a service remembers the tokens it has verified until they expire.
 
 - `TokenSigner` (the gateway) mints tokens; `caller_token_interceptors` are the gateway's client
   interceptors that put one in every call, for the user `set_current_user` named.
@@ -46,6 +48,9 @@ DEFAULT_TTL_S = 60.0
 CLOCK_SKEW_S = 5.0
 # Longer values are refused before any decoding: a token is well under this.
 MAX_TOKEN_CHARS = 2048
+# Tokens a signer or verifier remembers at most (one per active user and service): beyond, it
+# starts afresh rather than grow.
+MAX_REMEMBERED_TOKENS = 65_536
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,23 @@ class TokenSigner:
         self._key = nacl.signing.SigningKey(_key_bytes(signing_key, "signing key"))
         self._ttl_s = ttl_s
         self._clock = clock
+        self._minted: dict[tuple[str, str], tuple[str, float]] = {}  # (user, audience) -> token, renew at
 
     def mint(self, user_id: str, audience: str) -> str:
-        payload = json.dumps({"sub": user_id, "aud": audience, "exp": round(self._clock() + self._ttl_s, 3)},
+        """A token for `user_id` at `audience`: the one minted before while it has more than half
+        its lifetime left, else a new one."""
+        now = self._clock()
+        remembered = self._minted.get((user_id, audience))
+        if remembered is not None and now < remembered[1]:
+            return remembered[0]
+        token = self._sign(user_id, audience, now + self._ttl_s)
+        if len(self._minted) >= MAX_REMEMBERED_TOKENS:
+            self._minted.clear()
+        self._minted[user_id, audience] = (token, now + self._ttl_s / 2)
+        return token
+
+    def _sign(self, user_id: str, audience: str, expires: float) -> str:
+        payload = json.dumps({"sub": user_id, "aud": audience, "exp": round(expires, 3)},
                              separators=(",", ":")).encode()
         encoded = f"{VERSION}.{_b64encode(payload)}"
         signature = self._key.sign(encoded.encode("ascii")).signature
@@ -136,9 +155,25 @@ class TokenVerifier:
         self._keys = list(public_keys)
         self.audience = audience
         self._clock = clock
+        self._verified: dict[str, tuple[Caller, float]] = {}  # token -> its caller, its expiry
 
     def verify(self, token: str) -> Caller:
-        """The caller a valid token names; UNAUTHENTICATED (saying why) for anything else."""
+        """The caller a valid token names; UNAUTHENTICATED (saying why) for anything else. A token
+        verified before is only checked for expiry."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            caller, expires = remembered
+            if expires + CLOCK_SKEW_S < self._clock():
+                del self._verified[token]
+                raise self._invalid("expired")
+            return caller
+        caller, expires = self._check(token)
+        if len(self._verified) >= MAX_REMEMBERED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (caller, expires)
+        return caller
+
+    def _check(self, token: str) -> tuple[Caller, float]:
         if not token:
             raise Unauthenticated(f"{METADATA_KEY}: missing caller token; this service accepts only calls "
                                   "the gateway signed", field=METADATA_KEY, reason="CALLER_TOKEN_MISSING")
@@ -166,7 +201,7 @@ class TokenVerifier:
             raise self._invalid("expired")
         if not isinstance(user_id, str):
             raise self._invalid("malformed payload")
-        return Caller(user_id=user_id)
+        return Caller(user_id=user_id), expires
 
     @staticmethod
     def _signed_by(key: nacl.signing.VerifyKey, message: bytes, signature: bytes) -> bool:

@@ -67,6 +67,40 @@ def test_expired_token_is_refused_after_the_skew(keys):
         verifier.verify(token)
 
 
+def test_the_signer_reuses_a_token_for_half_its_lifetime(keys):
+    signing, public = keys
+    clock = Clock()
+    signer = TokenSigner(signing, ttl_s=30, clock=clock)
+    first = signer.mint("user-1", "text")
+    assert signer.mint("user-1", "text") == first
+    assert signer.mint("user-2", "text") != first and signer.mint("user-1", "editor") != first
+    clock.now += 15 - 0.5
+    assert signer.mint("user-1", "text") == first
+    clock.now += 1
+    renewed = signer.mint("user-1", "text")
+    assert renewed != first
+    # The renewed token lives a whole lifetime from now, past the first one's expiry.
+    verifier = TokenVerifier(parse_public_keys(public), "text", clock=clock)
+    clock.now += 30 - 1 + CLOCK_SKEW_S
+    assert verifier.verify(renewed).user_id == "user-1"
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(first)
+
+
+def test_a_remembered_token_still_expires(keys):
+    signing, public = keys
+    clock = Clock()
+    token = TokenSigner(signing, ttl_s=30, clock=clock).mint("user-1", "text")
+    verifier = TokenVerifier(parse_public_keys(public), "text", clock=clock)
+    assert verifier.verify(token).user_id == "user-1"
+    assert verifier.verify(token).user_id == "user-1"  # from memory
+    clock.now += 30 + CLOCK_SKEW_S + 0.5
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(token)
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(token)
+
+
 def test_token_for_another_service_is_refused(keys):
     signing, public = keys
     token = TokenSigner(signing).mint("user-1", "text")
