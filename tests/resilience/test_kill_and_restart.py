@@ -13,11 +13,15 @@ import time
 
 import pytest
 
+from gateway.settings import GatewaySettings
 from tests.resilience.stack import load_on, missing_writes, running_stack
 
 SERVICES = ["editor", "text", "image"]
-# The bound: a dead service is reported within a second, not at the request's deadline.
-ANSWER_WITHIN_S = 1.0
+# A dead service is reported at once, not when the request's deadline passes (the gateway's
+# request_timeout_s, which the stack leaves at its default). How soon is a figure, measured by
+# `python -m bench resilience` (kill_to_503_ms, within a second); asserted here is the property,
+# with room for a loaded machine: every such answer well before the deadline.
+ANSWER_WITHIN_S = GatewaySettings.model_fields["request_timeout_s"].default / 4
 DOWN_FOR_S = 2.0
 RECOVERY_TIMEOUT_S = 30.0
 

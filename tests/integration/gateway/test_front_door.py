@@ -8,7 +8,8 @@ import os
 
 import httpx
 
-from tests.integration.gateway.harness import b64, gateway_settings, raw_request, register_user, serve_gateway
+from tests.integration.gateway.harness import (b64, exact_limit, gateway_settings, raw_request, register_user,
+                                               serve_gateway)
 
 JSON = {"Content-Type": "application/json"}
 
@@ -72,9 +73,9 @@ async def test_a_signed_in_route_without_a_token_is_refused_before_its_body_is_r
 
 
 async def test_an_address_sending_unknown_tokens_is_refused_before_its_body_is_read(editor):
-    # A day-long window: the limiter weighs the previous window's count by the time left in it, so
-    # guesses that straddle a window boundary (a minute's, in CI once) may count as fewer than 3.
-    settings = gateway_settings(editor.address, invalid_token_limit="3/day")
+    # A window no test straddles (harness.EXACT_WINDOW): guesses that straddled a minute's boundary
+    # once counted as fewer than 3 in CI.
+    settings = gateway_settings(editor.address, invalid_token_limit=exact_limit(3))
     async with serve_gateway(settings) as live:
         async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
             known = await register_user(client, "pia")

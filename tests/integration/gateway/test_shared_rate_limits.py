@@ -9,7 +9,8 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 
-from tests.integration.gateway.harness import b64, gateway_settings, register_user, registration, serve_gateway
+from tests.integration.gateway.harness import (b64, exact_limit, gateway_settings, register_user, registration,
+                                               serve_gateway)
 
 
 async def _two_gateways(stack: AsyncExitStack, editor_address: str, **settings: object) -> list[httpx.AsyncClient]:
@@ -22,7 +23,7 @@ async def _two_gateways(stack: AsyncExitStack, editor_address: str, **settings: 
 
 async def test_two_gateways_sharing_redis_allow_the_rate_once(editor, redis_url, redis_prefix):
     async with AsyncExitStack() as stack:
-        first, second = await _two_gateways(stack, editor.address, rate_limit="4/minute",
+        first, second = await _two_gateways(stack, editor.address, rate_limit=exact_limit(4),
                                             redis_url=redis_url, rate_limit_key_prefix=redis_prefix)
         user = await register_user(first, "quinn")
         statuses = [(await gateway.get("/user/objects/stories", headers=user.headers)).status_code
@@ -33,7 +34,7 @@ async def test_two_gateways_sharing_redis_allow_the_rate_once(editor, redis_url,
 async def test_without_redis_each_gateway_counts_alone(editor):
     """The contrast that shows the test above measures sharing: in memory, two replicas allow twice."""
     async with AsyncExitStack() as stack:
-        first, second = await _two_gateways(stack, editor.address, rate_limit="2/minute")
+        first, second = await _two_gateways(stack, editor.address, rate_limit=exact_limit(2))
         user = await register_user(first, "rita")
         statuses = [(await gateway.get("/user/objects/stories", headers=user.headers)).status_code
                     for gateway in (first, second, first, second, first)]
@@ -59,7 +60,7 @@ async def _login(client: httpx.AsyncClient, username: str, auth_key: bytes, **he
 @pytest.mark.parametrize("storage", ["memory", "redis"])
 async def test_failed_logins_are_limited_per_username(editor, redis_url, redis_prefix, storage):
     shared = {"redis_url": redis_url, "rate_limit_key_prefix": redis_prefix} if storage == "redis" else {}
-    settings = gateway_settings(editor.address, failed_login_limit_per_username="3/hour", **shared)
+    settings = gateway_settings(editor.address, failed_login_limit_per_username=exact_limit(3), **shared)
     async with serve_gateway(settings) as live:
         async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
             body = registration("tess")
@@ -79,7 +80,7 @@ async def test_failed_logins_are_limited_per_username(editor, redis_url, redis_p
 
 
 async def test_failed_logins_are_limited_per_address(editor, redis_url, redis_prefix):
-    settings = gateway_settings(editor.address, failed_login_limit_per_address="3/hour",
+    settings = gateway_settings(editor.address, failed_login_limit_per_address=exact_limit(3),
                                 redis_url=redis_url, rate_limit_key_prefix=redis_prefix)
     async with serve_gateway(settings) as live:
         async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
@@ -91,7 +92,7 @@ async def test_failed_logins_are_limited_per_address(editor, redis_url, redis_pr
 
 
 async def test_forwarded_for_counts_only_from_trusted_proxies(editor, redis_url, redis_prefix):
-    common = {"anonymous_rate_limit": "2/minute", "redis_url": redis_url}
+    common = {"anonymous_rate_limit": exact_limit(2), "redis_url": redis_url}
     untrusted = gateway_settings(editor.address, rate_limit_key_prefix=f"{redis_prefix}-a", **common)
     async with serve_gateway(untrusted) as live:
         async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
