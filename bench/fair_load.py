@@ -175,3 +175,60 @@ async def until_saturated(client: httpx.AsyncClient, headers: dict, outcomes: Ou
         await asyncio.sleep(0.05)
     if not outcomes.statuses.get(429):
         raise RuntimeError(f"the attacker was never refused in {timeout_s:.0f}s: {outcomes.statuses}")
+
+
+class FloodProcess:
+    """`flood` in a process of its own, as the attacker is another client than the victim: were
+    both one event loop, the victim's measured latency would include the attacker's own client
+    work (encoding its requests, reading its answers) done in between. The process still shares
+    the machine's cores with the victim and the stack, as a real attacker's load would.
+
+    `wait_until_saturated()` returns once the attacker was refused (it is at its caps);
+    `finish()` stops it and returns its statuses (status → count)."""
+
+    def __init__(self, url: str, headers: dict, *, text_streams: int, image_streams: int,
+                 refusal_pause_s: float, call_timeout_s: float) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._stop, self._saturated, self._results = context.Event(), context.Event(), context.Queue()
+        self._call_timeout_s = call_timeout_s
+        self._process = context.Process(
+            target=_flood_process_main, daemon=True,
+            args=(url, headers, text_streams, image_streams, refusal_pause_s, call_timeout_s,
+                  self._stop, self._saturated, self._results))
+        self._process.start()
+
+    def wait_until_saturated(self, timeout_s: float = 60.0) -> None:
+        if not self._saturated.wait(timeout_s):
+            self.finish()
+            raise RuntimeError(f"the attacker was never refused in {timeout_s:.0f}s")
+
+    def finish(self) -> dict[int, int]:
+        self._stop.set()
+        try:
+            statuses = self._results.get(timeout=self._call_timeout_s + 30)
+        finally:
+            self._process.join(timeout=30)
+            if self._process.is_alive():
+                self._process.kill()
+        return statuses
+
+
+def _flood_process_main(url: str, headers: dict, text_streams: int, image_streams: int, refusal_pause_s: float,
+                        call_timeout_s: float, stop, saturated, results) -> None:
+    async def main() -> dict[int, int]:
+        outcomes, stopping = Outcomes(), asyncio.Event()
+        async with httpx.AsyncClient(base_url=url, timeout=call_timeout_s,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            flooding = asyncio.create_task(flood(client, headers, stopping, outcomes, text_streams=text_streams,
+                                                 image_streams=image_streams, refusal_pause_s=refusal_pause_s))
+            while not stop.is_set():
+                if outcomes.statuses.get(429):
+                    saturated.set()
+                await asyncio.sleep(0.05)
+            stopping.set()
+            await flooding
+        return outcomes.statuses
+
+    results.put(asyncio.run(main()))

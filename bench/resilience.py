@@ -12,7 +12,8 @@ Figures of the hostile-body part (the gateway's front door):
 - `hostile_body_sent_mib`: the most any of the four clients had sent when the answer came.
 
 Figures of the victim part (`bench/fair_load.py`: the whole stack as real processes, user B's short
-text generations alone and while user A floods text and image generation at its per-user caps):
+text generations alone and while user A, a client process of its own, floods text and image
+generation at its per-user caps):
 - `ratios.victim_p99_alone_vs_under_attack`: B's p99 latency alone ÷ B's p99 under attack (aim:
   at least 0.5); `victim_*_ms` B's latencies, `victim_queue_*` the part waiting for a place in the
   batch, `victim_service_*` the text service's whole time for the request.
@@ -245,7 +246,7 @@ CALL_TIMEOUT_S = 120.0
 
 async def _victim_measure(stack_url: str) -> dict:
     from bench.common import percentile
-    from bench.fair_load import Outcomes, flood, sign_up, until_saturated, victim
+    from bench.fair_load import FloodProcess, Outcomes, sign_up, victim
 
     alone, attacked, attacks = Outcomes(), Outcomes(), Outcomes()
     async with httpx.AsyncClient(base_url=stack_url, timeout=CALL_TIMEOUT_S,
@@ -256,15 +257,16 @@ async def _victim_measure(stack_url: str) -> dict:
         # Alternating phases: the machine is shared, and its other load drifts.
         for _ in range(ROUNDS):
             await victim(client, target, alone, text_requests=VICTIM_REQUESTS)
-            stop = asyncio.Event()
-            flooding = asyncio.create_task(flood(client, attacker, stop, attacks, text_streams=ATTACK_TEXT_STREAMS,
-                                                 image_streams=ATTACK_IMAGE_STREAMS, refusal_pause_s=REFUSAL_PAUSE_S))
+            # The attacker is a client of its own (another process), as it would be in life.
+            flooding = FloodProcess(stack_url, attacker, text_streams=ATTACK_TEXT_STREAMS,
+                                    image_streams=ATTACK_IMAGE_STREAMS, refusal_pause_s=REFUSAL_PAUSE_S,
+                                    call_timeout_s=CALL_TIMEOUT_S)
             try:
-                await until_saturated(client, attacker, attacks)
+                await asyncio.to_thread(flooding.wait_until_saturated)
                 await victim(client, target, attacked, text_requests=VICTIM_REQUESTS)
             finally:
-                stop.set()
-                await flooding
+                for status, count in (await asyncio.to_thread(flooding.finish)).items():
+                    attacks.statuses[status] = attacks.statuses.get(status, 0) + count
     if set(alone.statuses) != {200} or set(attacked.statuses) != {200}:
         raise RuntimeError(f"the victim was not always served: alone {alone.statuses}, "
                            f"under attack {attacked.statuses}")
@@ -293,9 +295,9 @@ SUMMARY = (
     "Victim vs attacker: the whole stack as real processes on this machine (editor on SQLite, text and image "
     "services on tiny seeded models with their default batch sizes, queues and per-user caps: 4 text, 2 image "
     "generations per user; the gateway's rate limit out of the way). User B sends {requests} short text "
-    "generations (8 tokens) one after another alone, then as many while user A keeps {text} text streams "
-    "(400 tokens) and {image} image streams (64x64, 30 steps) going, each resent the moment it ends (100 ms "
-    "after a refusal), in {rounds} alternating rounds; `victim_p99_alone_vs_under_attack` = B's p99 alone / B's "
+    "generations (8 tokens) one after another alone, then as many while user A, a client process of its "
+    "own, keeps {text} text streams (400 tokens) and {image} image streams (64x64, 30 steps) going, each "
+    "resent the moment it ends (100 ms after a refusal), in {rounds} alternating rounds; `victim_p99_alone_vs_under_attack` = B's p99 alone / B's "
     "p99 under attack (aim >= 0.5). Where B's time goes: `victim_queue_*` is its wait for a place in the "
     "batch (the fairness and the caps keep it short), `victim_service_*` the text service's whole time for "
     "it, the rest the gateway and the way there and back. Every process shares the machine's cores with A's "
