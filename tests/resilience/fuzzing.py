@@ -227,8 +227,10 @@ def _interleaved(per_method: list[Iterator[Any]]) -> Iterator[Any]:
 
 
 async def fuzz(targets: list[Target], *, seed: int = 0, random_per_method: int = 12, max_calls: int = 3000,
-               time_budget_s: float = 120.0, call_timeout_s: float = 15.0) -> FuzzReport:
-    """Fuzz every method of every target; stops after `max_calls` calls or `time_budget_s`."""
+               time_budget_s: float = 120.0, call_timeout_s: float = 15.0, whole_rounds: int = 0) -> FuzzReport:
+    """Fuzz every method of every target; stops after `max_calls` calls or `time_budget_s`. The
+    first `whole_rounds` rounds (a call to each method) run whatever the time budget, so a slow
+    machine reaches every method as often as a fast one; each call is bounded by `call_timeout_s`."""
     rng = random.Random(seed)
     report = FuzzReport()
     def plan(target: Target, method: pb_descriptor.MethodDescriptor) -> Iterator[tuple[Target, Any, str, Message]]:
@@ -237,8 +239,9 @@ async def fuzz(targets: list[Target], *, seed: int = 0, random_per_method: int =
 
     plans = [plan(target, method) for target in targets for method in target.service.methods]
     deadline = time.monotonic() + time_budget_s
+    guaranteed = whole_rounds * len(plans)
     for target, method, name, request in _interleaved(plans):
-        if report.calls >= max_calls or time.monotonic() > deadline:
+        if report.calls >= max_calls or (report.calls >= guaranteed and time.monotonic() > deadline):
             break
         metadata = await target.metadata(method.name) if target.metadata else ()
         code, details = await call_once(target.channel, target.service.full_name, method, request, metadata,
