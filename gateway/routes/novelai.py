@@ -6,6 +6,8 @@ Fabula's own routes keep their paths. Bodies and translation are in gateway/sche
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
@@ -55,7 +57,19 @@ def _as_body_field(error: ApiError) -> ApiError:
 async def _text_spec(body: GenerateTextBody, request: Request, text: TextService,
                      settings: Settings) -> text_pb2.GenerationSpec:
     models = await unary(request, text.ListModels(text_pb2.ListModelsRequest(), timeout=settings.request_timeout_s))
-    return body.to_pb({m.name for m in models.models})
+    names = {m.name for m in models.models}
+
+    async def decode(index: int, token_ids: list[int]) -> tuple[int, str]:
+        call = text.Detokenize(text_pb2.DetokenizeRequest(model=body.model_name(names), token_ids=token_ids),
+                               timeout=settings.request_timeout_s)
+        try:
+            return index, (await unary(request, call)).text
+        except ApiError as error:  # an id outside the model's vocabulary, "token_ids[3]"
+            inner = (error.field or "").removeprefix("token_ids").replace("[", ".").replace("]", "")
+            raise _renamed(error, f"parameters.stop_sequences.{index}{inner}") from None
+
+    decoded = dict(await asyncio.gather(*(decode(index, ids) for index, ids in body.stop_token_ids().items())))
+    return body.to_pb(names, decoded)
 
 
 @router.post("/generate", response_model=GenerateTextAnswer, responses=TEXT_ERRORS,

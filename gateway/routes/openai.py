@@ -29,6 +29,7 @@ from gateway.schemas.openai import (
     ChunkWriter,
     CompletionBody,
     GenerationFields,
+    TokenLog,
     chat_completion,
     completion,
     model_list,
@@ -57,7 +58,7 @@ async def models(request: Request, user: RateLimitedUser, text: TextService, set
 async def completions(body: CompletionBody, request: Request, user: RateLimitedUser, text: TextService,
                       settings: Settings) -> Any:
     specs = body.specs(body.prompt_text, body.max_tokens)
-    return await _answer(request, text, settings, body, specs, chat=False)
+    return await _answer(request, text, settings, body, specs, chat=False, prompt=body.prompt_text)
 
 
 @router.post("/chat/completions", responses=_RESPONSES, summary="OpenAI-compatible chat completion "
@@ -71,20 +72,23 @@ async def chat_completions(body: ChatCompletionBody, request: Request, user: Rat
 
 
 async def _answer(request: Request, text: Any, settings: Any, body: GenerationFields,
-                  specs: list[text_pb2.GenerationSpec], *, chat: bool) -> Any:
+                  specs: list[text_pb2.GenerationSpec], *, chat: bool, prompt: str = "") -> Any:
     if body.stream:
-        return await _stream(request, text, settings, body, specs, chat=chat)
+        return await _stream(request, text, settings, body, specs, chat=chat, prompt=prompt)
     calls = [text.Generate(text_pb2.GenerateRequest(spec=spec), timeout=settings.stream_timeout_s) for spec in specs]
     try:
         replies = await unary(request, asyncio.gather(*calls), field_prefixes=FIELD_PREFIXES)
     finally:
         for call in calls:  # one choice failed: the others are not wanted either
             call.cancel()
-    return JSONResponse((chat_completion if chat else completion)(list(replies), body.model))
+    top = body.top_logprobs_wanted
+    if chat:
+        return JSONResponse(chat_completion(list(replies), body.model, top_logprobs=top))
+    return JSONResponse(completion(list(replies), body.model, top_logprobs=top, prompt=prompt))
 
 
 async def _stream(request: Request, text: Any, settings: Any, body: GenerationFields,
-                  specs: list[text_pb2.GenerationSpec], *, chat: bool) -> EventSourceResponse:
+                  specs: list[text_pb2.GenerationSpec], *, chat: bool, prompt: str) -> EventSourceResponse:
     calls = [text.GenerateStream(text_pb2.GenerateStreamRequest(spec=spec), timeout=settings.stream_timeout_s)
              for spec in specs]
     try:
@@ -96,6 +100,8 @@ async def _stream(request: Request, text: Any, settings: Any, body: GenerationFi
         raise
     writer = ChunkWriter(chat, body.model)
     include_usage = body.include_usage
+    top = body.top_logprobs_wanted
+    logs = None if top is None else [TokenLog(top, chat=chat, start=len(prompt)) for _ in specs]
 
     def data(payload: dict[str, Any]) -> dict[str, str]:
         return {"data": json.dumps(payload, ensure_ascii=False)}
@@ -106,7 +112,9 @@ async def _stream(request: Request, text: Any, settings: Any, body: GenerationFi
         def chunk(index: int, message: text_pb2.GenerateStreamResponse) -> dict[str, Any] | None:
             kind = message.WhichOneof("event")
             if kind == "piece":
-                return writer.text(index, message.piece.text) if message.piece.text else None
+                piece = message.piece
+                logprobs = logs[index].add(piece.probabilities, piece.text) if logs is not None else None
+                return writer.text(index, piece.text, logprobs) if piece.text or logprobs else None
             if kind == "final":
                 finals[index] = message.final
                 return writer.end(index, message.final)

@@ -64,10 +64,10 @@ def completed_order(named: list[str]) -> list[tuple[str, bool]]:
 
 def spec(*, model: str, prompt: str, preset: str, sampling: SamplingChoice, max_new_tokens: int | None,
          min_new_tokens: int, stop: list[str], seed: int | None,
-         logit_bias: list[tuple[int, float]] = ()) -> text_pb2.GenerationSpec:
+         logit_bias: list[tuple[int, float]] = (), top_probabilities: int = 0) -> text_pb2.GenerationSpec:
     message = text_pb2.GenerationSpec(
         model=model, prompt=prompt, preset=preset or NEUTRAL_PRESET, sampling=sampling.to_pb(),
-        min_new_tokens=min_new_tokens, stop_sequences=stop,
+        min_new_tokens=min_new_tokens, stop_sequences=stop, top_probabilities=top_probabilities,
         logit_bias=[text_pb2.LogitBias(token_id=token, bias=bias) for token, bias in logit_bias])
     if max_new_tokens is not None:
         message.max_new_tokens = max_new_tokens

@@ -123,12 +123,18 @@ ORDER_SAMPLERS = {0: text_pb2.SAMPLER_TEMPERATURE, 1: text_pb2.SAMPLER_TOP_K, 2:
 OrderNumber = Literal[0, 1, 2, 3, 4, 5, 10]
 
 
+# A stop sequence as NovelAI's API takes it: token ids (what SillyTavern and NovelAI's clients send),
+# or, as Fabula also takes it, the string itself.
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1, max_length=1024)]
+StopSequence = Annotated[Text, Field(min_length=1)] | TokenIds
+
+
 class TextParameters(RequestBody):
-    """NovelAI's text parameters, as SillyTavern's src/endpoints/novelai.js forwards them. Fields
-    that hold token ids of NovelAI's own tokenizers (bad_words_ids, logit_bias_exp,
-    repetition_penalty_whitelist) mean nothing to Fabula's models and are ignored, as are the
-    controls Fabula has no counterpart for (phrase_rep_pen, mirostat_*, cfg_*, prefix, use_cache,
-    return_full_text, generate_until_sentence)."""
+    """NovelAI's text parameters, as SillyTavern's src/endpoints/novelai.js forwards them. Stop
+    sequences given as token ids are decoded with the serving model's tokenizer. The other fields
+    that hold token ids (bad_words_ids, logit_bias_exp, repetition_penalty_whitelist) are ignored,
+    as are the controls Fabula has no counterpart for (phrase_rep_pen, mirostat_*, cfg_*, prefix,
+    use_cache, return_full_text, generate_until_sentence)."""
 
     use_string: bool = Field(True, description="only true: token-id input is NovelAI's tokenizer's")
     temperature: float | None = None
@@ -145,8 +151,9 @@ class TextParameters(RequestBody):
     repetition_penalty_slope: float | None = None
     repetition_penalty_frequency: float | None = None
     repetition_penalty_presence: float | None = None
-    stop_sequences: list[Text] | None = Field(
-        None, description="strings; NovelAI's token-id arrays are refused (Fabula's models have other tokenizers)")
+    stop_sequences: list[StopSequence] | None = Field(
+        None, max_length=1024, description="token-id arrays, decoded with the serving model's tokenizer "
+                                           "(NovelAI's form), or strings")
     order: list[OrderNumber] | None = Field(None, description="0 temperature, 1 top-k, 2 top-p, 3 tail-free, "
                                                               "4 top-a, 5 typical, 10 min-p; the rest are off")
 
@@ -176,14 +183,27 @@ class GenerateTextBody(RequestBody):
                                                         "and unknown ones take the default model")
     parameters: TextParameters = Field(default_factory=TextParameters)
 
-    def to_pb(self, model_names: set[str]) -> text_pb2.GenerationSpec:
+    def model_name(self, model_names: set[str]) -> str:
+        """The Fabula model to serve it: the one named, else ("") the default."""
+        return self.model if self.model in model_names else ""
+
+    def stop_token_ids(self) -> dict[int, list[int]]:
+        """The stop sequences given as token ids, by their index in stop_sequences."""
+        return {index: stop for index, stop in enumerate(self.parameters.stop_sequences or [])
+                if isinstance(stop, list)}
+
+    def to_pb(self, model_names: set[str], decoded_stops: dict[int, str] | None = None) -> text_pb2.GenerationSpec:
+        """`decoded_stops`: the text of each token-id stop sequence, by index."""
         p = self.parameters
         if not p.use_string:
             raise ApiError(400, "parameters.use_string: only text input is served (true); token ids are "
                                 "NovelAI's tokenizer's", field="parameters.use_string")
-        return text_pb2.GenerationSpec(model=self.model if self.model in model_names else "", prompt=self.input,
+        decoded = decoded_stops or {}
+        stops = [decoded[index] if isinstance(stop, list) else stop
+                 for index, stop in enumerate(p.stop_sequences or [])]
+        return text_pb2.GenerationSpec(model=self.model_name(model_names), prompt=self.input,
                                        sampling=p.sampling_pb(), max_new_tokens=p.max_length,
-                                       min_new_tokens=p.min_length, stop_sequences=p.stop_sequences or [])
+                                       min_new_tokens=p.min_length, stop_sequences=stops)
 
 
 # The text service's field names (after "spec.") as NovelAI's body names them.

@@ -7,10 +7,17 @@ accept them, as more body fields: `top_k`, `min_p`, `top_a`, `typical_p` (llama.
 `repetition_penalty_range` (llama.cpp: `repeat_last_n`, where -1 means the whole context),
 `repetition_penalty_slope`, `sampler_order` / `samplers` (names), `sampler_convention`,
 `min_tokens` (vLLM) and Fabula's `preset`.
+
+Log-probabilities (`logprobs`, `top_logprobs`) are the text service's token probabilities in the
+model's own distribution (its "before": the raw logits, before penalties and samplers), the
+distribution OpenAI and vLLM report: a token's log-probability does not change with the
+temperature or a top-p cut that drew it.
 """
 
 from __future__ import annotations
 
+import codecs
+import math
 import time
 import uuid
 from typing import Any, Literal
@@ -31,6 +38,11 @@ WARPER_NAMES = {"temperature": "temperature", "temp": "temperature", "top_k": "t
                 "top_a": "top_a", "typical_p": "typical_p", "typical": "typical_p", "typ_p": "typical_p",
                 "tail_free": "tail_free", "tfs": "tail_free", "tfs_z": "tail_free", "min_p": "min_p"}
 MAX_CHOICES = 16
+# The text service's limit on alternatives per token (spec.top_probabilities), and OpenAI's for
+# chat's top_logprobs.
+MAX_TOP_LOGPROBS = 20
+# OpenAI's log-probability for a token too unlikely to have a finite one (JSON has no -inf).
+LOGPROB_FLOOR = -9999.0
 
 
 def openai_error_body(error: ApiError) -> dict[str, Any]:
@@ -70,8 +82,6 @@ class GenerationFields(CompatBody):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
-    logprobs: Any = None
-    top_logprobs: int | None = None
     user: str | None = None
     # Extra samplers, as vLLM and llama.cpp's server take them.
     top_k: int | None = Field(None, ge=-1, description="0 or -1 = off")
@@ -97,15 +107,6 @@ class GenerationFields(CompatBody):
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
         return [value] if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _unsupported(self) -> GenerationFields:
-        # Token probabilities are not (yet) given by the text service; say so instead of ignoring them.
-        if self.logprobs not in (None, False, 0):
-            raise unsupported("logprobs", "the text service does not report token probabilities")
-        if self.top_logprobs:
-            raise unsupported("top_logprobs", "the text service does not report token probabilities")
-        return self
 
     def sampling(self) -> SamplingChoice:
         top_k = self.top_k if self.top_k is None or self.top_k >= 0 else 0
@@ -151,12 +152,21 @@ class GenerationFields(CompatBody):
             biases.append((int(key), bias))
         return biases
 
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        """Alternatives per token the answer reports; None: no logprobs asked for."""
+        return None
+
     def specs(self, prompt: str, max_tokens: int | None) -> list[text_pb2.GenerationSpec]:
         """One GenerationSpec per choice."""
         sampling, biases = self.sampling(), self.biases()
+        top = self.top_logprobs_wanted
+        # The service reports a token's own probability only beside at least one alternative.
+        probabilities = 0 if top is None else max(1, top)
         return [spec(model=self.model, prompt=prompt, preset=self.preset, sampling=sampling,
                      max_new_tokens=max_tokens, min_new_tokens=self.min_tokens, stop=list(self.stop or []),
-                     seed=None if self.seed is None else self.seed + index, logit_bias=biases)
+                     seed=None if self.seed is None else self.seed + index, logit_bias=biases,
+                     top_probabilities=probabilities)
                 for index in range(self.n)]
 
     @property
@@ -167,6 +177,9 @@ class GenerationFields(CompatBody):
 class CompletionBody(GenerationFields):
     prompt: str | list[str] = Field(description="the text to continue (a list of one string is accepted)")
     max_tokens: int | None = Field(16, ge=1, description="default 16, as OpenAI's")
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                 description="log-probabilities of the chosen tokens and of this many most likely "
+                                             "alternatives per token")
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -186,6 +199,10 @@ class CompletionBody(GenerationFields):
     @property
     def prompt_text(self) -> str:
         return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(CompatBody):
@@ -213,11 +230,16 @@ class ChatCompletionBody(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: the gateway's openai_chat_max_tokens")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    logprobs: bool | None = Field(None, description="log-probabilities of the chosen tokens")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                     description="with logprobs: this many most likely alternatives per token")
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _chat_only(self) -> ChatCompletionBody:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs: needs logprobs set to true", field="top_logprobs")
         if self.tools:
             raise unsupported("tools", "function calling is not offered")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
@@ -231,6 +253,10 @@ class ChatCompletionBody(GenerationFields):
 
     def max_new_tokens(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 # --- answers -----------------------------------------------------------------------------------
@@ -252,19 +278,98 @@ def usage(stats: list[text_pb2.GenerationStats]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion(replies: list[text_pb2.GenerateResponse], model: str) -> dict[str, Any]:
+def _logprob(value: float) -> float:
+    return value if math.isfinite(value) else LOGPROB_FLOOR
+
+
+def _token_string(text: str, raw: bytes) -> str:
+    """A token as OpenAI writes it: its text, or `bytes:\\xe2\\x80` for a token holding part of a
+    character."""
+    if not raw:
+        return text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{byte:02x}" for byte in raw)
+
+
+class TokenLog:
+    """One choice's log-probabilities, piece by piece, in OpenAI's shapes: the legacy object of
+    completions ({tokens, token_logprobs, top_logprobs, text_offset}) or chat's `content` list.
+
+    A stop sequence cuts the text, not the tokens the service drew for it: a token that starts
+    past the text shown and adds characters to it is one of those, and it and the rest are left
+    out. Text offsets count characters from the start of the prompt (`start`), as OpenAI's."""
+
+    def __init__(self, top: int, *, chat: bool, start: int = 0) -> None:
+        self.top, self.chat = top, chat
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._chars = self._text_end = start
+        self._cut = False
+
+    def add(self, probabilities: Any, text: str) -> dict[str, Any] | None:
+        """The log-probabilities of the tokens that came with `text`; None when there are none."""
+        self._text_end += len(text)
+        kept: list[tuple[int, text_pb2.TokenProbabilities]] = []
+        for probs in probabilities:
+            if self._cut:
+                break
+            offset = self._chars
+            added = len(self._decoder.decode(probs.token_bytes or probs.text.encode()))
+            if offset >= self._text_end and added:
+                self._cut = True
+                break
+            self._chars += added
+            kept.append((offset, probs))
+        if not kept:
+            return None
+        if self.chat:
+            return {"content": [self._chat_entry(probs) for _, probs in kept]}
+        return {"tokens": [_token_string(p.text, p.token_bytes) for _, p in kept],
+                "token_logprobs": [_logprob(p.logprob_before) for _, p in kept],
+                "top_logprobs": [self._legacy_top(p) for _, p in kept],
+                "text_offset": [offset for offset, _ in kept]}
+
+    def _chat_entry(self, probs: text_pb2.TokenProbabilities) -> dict[str, Any]:
+        def entry(text: str, raw: bytes, logprob: float) -> dict[str, Any]:
+            return {"token": _token_string(text, raw), "logprob": _logprob(logprob),
+                    "bytes": list(raw) if raw else None}
+        return {**entry(probs.text, probs.token_bytes, probs.logprob_before),
+                "top_logprobs": [entry(alt.text, alt.token_bytes, alt.logprob) for alt in probs.before[:self.top]]}
+
+    def _legacy_top(self, probs: text_pb2.TokenProbabilities) -> dict[str, float]:
+        # The chosen token is always among them (so up to logprobs + 1 entries), as OpenAI's.
+        top = {_token_string(alt.text, alt.token_bytes): _logprob(alt.logprob) for alt in probs.before[:self.top]}
+        top.setdefault(_token_string(probs.text, probs.token_bytes), _logprob(probs.logprob_before))
+        return top
+
+
+def _choice_logprobs(reply: text_pb2.GenerateResponse, top: int | None, *, chat: bool,
+                     start: int = 0) -> dict[str, Any] | None:
+    if top is None:
+        return None
+    empty: dict[str, Any] = ({"content": []} if chat else
+                             {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []})
+    return TokenLog(top, chat=chat, start=start).add(reply.probabilities, reply.text) or empty
+
+
+def completion(replies: list[text_pb2.GenerateResponse], model: str, *, top_logprobs: int | None = None,
+               prompt: str = "") -> dict[str, Any]:
     return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
             "model": replies[0].stats.model or model,
-            "choices": [{"index": index, "text": reply.text, "logprobs": None,
+            "choices": [{"index": index, "text": reply.text,
+                         "logprobs": _choice_logprobs(reply, top_logprobs, chat=False, start=len(prompt)),
                          "finish_reason": finish_reason(reply.stats)} for index, reply in enumerate(replies)],
             "usage": usage([reply.stats for reply in replies])}
 
 
-def chat_completion(replies: list[text_pb2.GenerateResponse], model: str) -> dict[str, Any]:
+def chat_completion(replies: list[text_pb2.GenerateResponse], model: str, *,
+                    top_logprobs: int | None = None) -> dict[str, Any]:
     return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
             "model": replies[0].stats.model or model,
             "choices": [{"index": index, "message": {"role": "assistant", "content": reply.text},
-                         "logprobs": None, "finish_reason": finish_reason(reply.stats)}
+                         "logprobs": _choice_logprobs(reply, top_logprobs, chat=True),
+                         "finish_reason": finish_reason(reply.stats)}
                         for index, reply in enumerate(replies)],
             "usage": usage([reply.stats for reply in replies])}
 
@@ -288,11 +393,11 @@ class ChunkWriter:
         return self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None}])
 
-    def text(self, index: int, text: str) -> dict[str, Any]:
+    def text(self, index: int, text: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.chat:
-            return self._chunk([{"index": index, "delta": {"content": text}, "logprobs": None,
+            return self._chunk([{"index": index, "delta": {"content": text}, "logprobs": logprobs,
                                  "finish_reason": None}])
-        return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+        return self._chunk([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}])
 
     def end(self, index: int, stats: text_pb2.GenerationStats) -> dict[str, Any]:
         self.model = stats.model or self.model

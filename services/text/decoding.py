@@ -9,6 +9,8 @@ token's text ends, so a backtrack can cut the text at a token boundary.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +18,60 @@ REPLACEMENT_CHAR = "\ufffd"
 # Prompt tokens decoded in front of the output, so tokenizers whose decoding depends on the
 # preceding token (SentencePiece's leading space) render the first output token correctly.
 _CONTEXT_TOKENS = 4
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SPIECE_SPACE = "\u2581"
+
+
+@functools.cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (every byte drawn as a printable character), character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+class TokenBytes:
+    """A token's own bytes, which its decoded text cannot show when the token holds part of a
+    UTF-8 character: byte-level BPE pieces are read through GPT-2's byte alphabet, SentencePiece's
+    byte-fallback pieces (`<0xE2>`) are that byte, other pieces are their text with SentencePiece's
+    space marker as a space. Special tokens (end of text, chat markers) have no bytes: they are not
+    part of the text."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._byte_level = backend is not None and "ByteLevel" in repr(backend.decoder)
+        self._special = set(getattr(tokenizer, "all_special_ids", ()))
+        self._cache: dict[int, bytes] = {}
+
+    def __call__(self, token: int) -> bytes:
+        found = self._cache.get(token)
+        if found is None:
+            found = self._cache[token] = self._bytes(token)
+        return found
+
+    def _bytes(self, token: int) -> bytes:
+        piece = self._tokenizer.convert_ids_to_tokens(token)
+        if piece is None:
+            return b""
+        if token in self._special:
+            return b""
+        if self._byte_level:
+            alphabet = _byte_level_alphabet()
+            if all(char in alphabet for char in piece):
+                return bytes(alphabet[char] for char in piece)
+        if match := _BYTE_PIECE.fullmatch(piece):
+            return bytes([int(match.group(1), 16)])
+        return piece.replace(_SPIECE_SPACE, " ").encode()
 
 
 class IncrementalDetokenizer:

@@ -12,7 +12,7 @@ from enum import Enum
 import torch
 
 from services.text import probabilities, samplers
-from services.text.decoding import IncrementalDetokenizer, OutputGuard
+from services.text.decoding import IncrementalDetokenizer, OutputGuard, TokenBytes
 from services.text.models import LoadedModel
 from services.text.params import GenerationParams
 
@@ -90,6 +90,7 @@ class Sequence:
         # the token just drawn until it is accepted.
         self.token_probabilities: list[probabilities.TokenProbabilities] = []
         self._drawn_probabilities: probabilities.TokenProbabilities | None = None
+        self._token_bytes = TokenBytes(model.tokenizer) if self.params.top_probabilities else None
         self.generated = 0  # tokens drawn, including ones taken back and the end-of-text token
         self.emitted_chars = 0
         self.reported_tokens = 0  # output tokens already sent with a piece
@@ -142,7 +143,7 @@ class Sequence:
         token = samplers.draw(candidates, self.generator)
         if raw is not None:
             self._drawn_probabilities = probabilities.describe(
-                raw, candidates, token, self.params.top_probabilities, self._token_text)
+                raw, candidates, token, self.params.top_probabilities, self._token_text, self._token_bytes)
         return token
 
     def _token_text(self, token: int) -> str:

@@ -194,13 +194,14 @@ def context_report_to_pb(built: BuiltContext) -> text_pb2.ContextReport:
 
 def alternative_to_pb(alternative: Alternative) -> text_pb2.TokenAlternative:
     return text_pb2.TokenAlternative(token_id=alternative.token_id, text=alternative.text,
-                                     logprob=alternative.logprob)
+                                     logprob=alternative.logprob, token_bytes=alternative.token_bytes)
 
 
 def token_probabilities_to_pb(probs: TokenProbabilities) -> text_pb2.TokenProbabilities:
     return text_pb2.TokenProbabilities(
         token_id=probs.token_id, logprob_before=probs.logprob_before, logprob_after=probs.logprob_after,
-        before=[alternative_to_pb(a) for a in probs.before], after=[alternative_to_pb(a) for a in probs.after])
+        before=[alternative_to_pb(a) for a in probs.before], after=[alternative_to_pb(a) for a in probs.after],
+        text=probs.text, token_bytes=probs.token_bytes)
 
 
 def piece_to_pb(piece: Piece) -> text_pb2.TextPiece:

@@ -122,8 +122,12 @@ async def test_errors_in_openais_shape(client, compat):
     error = raised.value.body
     assert error["type"] == "invalid_request_error" and error["param"] == "temperature", error
     with pytest.raises(openai.BadRequestError) as raised:
-        await client.completions.create(model="tiny-chat", prompt="x", max_tokens=4, logprobs=2)
+        await client.completions.create(model="tiny-chat", prompt="x", max_tokens=4, logprobs=21)
     assert raised.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}],
+                                             max_tokens=4, top_logprobs=2)
+    assert raised.value.body["param"] == "top_logprobs"
     with pytest.raises(openai.BadRequestError) as raised:
         await client.completions.create(model="no-such-model", prompt="x", max_tokens=4)
     assert raised.value.body["param"] == "model"
@@ -142,3 +146,105 @@ async def test_stream_lines_end_with_done(compat):
     lines = [line for line in reply.text.replace("\r\n", "\n").split("\n") if line.startswith("data:")]
     assert lines[-1] == "data: [DONE]"
     assert all(json.loads(line.removeprefix("data: "))["object"] == "text_completion" for line in lines[:-1])
+
+
+# --- logprobs -------------------------------------------------------------------------------------
+
+
+def joined(tokens: list[str]) -> str:
+    """The text of OpenAI's tokens, where `bytes:\\xe2\\x80` is a token holding part of a character
+    (the tiny random model draws those freely)."""
+    raw = b"".join(bytes(int(h, 16) for h in token[len("bytes:"):].split("\\x")[1:]) if token.startswith("bytes:")
+                   else token.encode() for token in tokens)
+    return raw.decode("utf-8", "replace")
+
+
+async def test_completion_logprobs_are_the_models_own(client, compat):
+    prompt = "The knight"
+    reply = await client.completions.create(model="tiny-chat", prompt=prompt, max_tokens=12, seed=5,
+                                            temperature=0.7, logprobs=3)
+    choice = reply.choices[0]
+    logprobs = choice.logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) \
+        == len(logprobs.text_offset) == reply.usage.completion_tokens
+    assert joined(logprobs.tokens) == choice.text
+    # Offsets count from the prompt's start, each token's where the previous one ended.
+    assert logprobs.text_offset[0] == len(prompt)
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    assert logprobs.text_offset[-1] < len(prompt) + len(choice.text)
+    for token, logprob, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        assert token in top and top[token] == logprob and len(top) in (3, 4)
+        assert logprob <= max(top.values()) <= 0
+    # The model's own distribution (before penalties and samplers), as the native route reports it
+    # in logprob_before: the temperature that drew the tokens does not change their log-probability.
+    native = await compat.api.post("/ai/generate", json={
+        "model": "tiny-chat", "prompt": prompt, "max_new_tokens": 12, "seed": 5, "preset": "neutral",
+        "sampling": {"temperature": 0.7}, "top_probabilities": 3})
+    assert native.status_code == 200, native.text
+    before = [entry["logprob_before"] for entry in native.json()["probabilities"]]
+    assert logprobs.token_logprobs == pytest.approx(before, abs=1e-6)
+
+
+async def test_streamed_logprobs_equal_the_whole(client):
+    whole = await client.completions.create(model="tiny-chat", prompt="Once", max_tokens=16, seed=2, logprobs=2)
+    stream = await client.completions.create(model="tiny-chat", prompt="Once", max_tokens=16, seed=2, logprobs=2,
+                                             stream=True)
+    tokens, logprobs, offsets = [], [], []
+    async for chunk in stream:
+        for choice in chunk.choices:
+            if choice.logprobs is not None:
+                tokens += choice.logprobs.tokens
+                logprobs += choice.logprobs.token_logprobs
+                offsets += choice.logprobs.text_offset
+    assert tokens == whole.choices[0].logprobs.tokens
+    assert logprobs == whole.choices[0].logprobs.token_logprobs
+    assert offsets == whole.choices[0].logprobs.text_offset
+
+
+async def test_logprobs_stop_with_the_text_a_stop_sequence_cut(client):
+    free = await client.completions.create(model="tiny-chat", prompt="The", max_tokens=24, seed=4, logprobs=0)
+    text = free.choices[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    for stream in (False, True):
+        answer = await client.completions.create(model="tiny-chat", prompt="The", max_tokens=24, seed=4, logprobs=0,
+                                                 stop=[stop], stream=stream)
+        if stream:
+            tokens, cut = [], ""
+            async for chunk in answer:
+                for choice in chunk.choices:
+                    cut += choice.text
+                    tokens += choice.logprobs.tokens if choice.logprobs else []
+        else:
+            cut, tokens = answer.choices[0].text, answer.choices[0].logprobs.tokens
+        assert cut == text[:text.index(stop)]
+        # The tokens cover the text and stop at the token in which the stop sequence begins.
+        everything = free.choices[0].logprobs
+        assert tokens == everything.tokens[:len(tokens)] and len(tokens) < len(everything.tokens)
+        assert joined(tokens).startswith(cut)
+        assert everything.text_offset[len(tokens) - 1] < len("The") + len(cut) <= everything.text_offset[len(tokens)]
+
+
+async def test_chat_logprobs_and_top_logprobs(client):
+    messages = [{"role": "user", "content": "Hello"}]
+    whole = await client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=10, seed=3,
+                                                 logprobs=True, top_logprobs=2)
+    content = whole.choices[0].logprobs.content
+    assert b"".join(bytes(entry.bytes) for entry in content).decode() == whole.choices[0].message.content
+    for entry in content:
+        assert [alt.logprob for alt in entry.top_logprobs] == sorted((alt.logprob for alt in entry.top_logprobs),
+                                                                      reverse=True)
+        assert len(entry.top_logprobs) == 2 and entry.logprob <= entry.top_logprobs[0].logprob <= 0
+    stream = await client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=10, seed=3,
+                                                  logprobs=True, top_logprobs=2, stream=True)
+    streamed = []
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].logprobs is not None:
+            streamed += chunk.choices[0].logprobs.content or []
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    # Without top_logprobs: the chosen tokens only; without logprobs: none at all.
+    plain = await client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=10, seed=3,
+                                                 logprobs=True)
+    assert [(e.token, e.logprob, e.top_logprobs) for e in plain.choices[0].logprobs.content] == \
+        [(e.token, e.logprob, []) for e in content]
+    none = await client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=10, seed=3)
+    assert none.choices[0].logprobs is None

@@ -3,7 +3,7 @@ stop sequence or banned string."""
 
 from __future__ import annotations
 
-from services.text.decoding import IncrementalDetokenizer, OutputGuard
+from services.text.decoding import IncrementalDetokenizer, OutputGuard, TokenBytes
 
 TEXT = "The dragon 🐉 ate café crème in 東京, naïve résumé."
 
@@ -60,3 +60,25 @@ def test_first_match_prefers_the_earliest_and_only_looks_at_new_text():
     match = guard.first_match("xx END bad", 0)
     assert match.string == "END" and not match.banned
     assert guard.first_match("bad ok", 5) is None  # "bad" ended before the new text
+
+
+def test_token_bytes_rebuild_the_text_even_where_a_token_splits_a_character(tiny_tokenizer):
+    ids = tiny_tokenizer.encode(TEXT, add_special_tokens=False)
+    token_bytes = TokenBytes(tiny_tokenizer)
+    raw = [token_bytes(token) for token in ids]
+    assert b"".join(raw).decode("utf-8") == TEXT
+    # Some token holds part of a character: its text cannot show it, its bytes can.
+    partial = [piece for piece in raw if not _is_utf8(piece)]
+    assert partial, "the byte-level tokenizer should split some character"
+
+
+def test_token_bytes_of_special_tokens_are_empty(tiny_tokenizer):
+    assert TokenBytes(tiny_tokenizer)(tiny_tokenizer.eos_token_id) == b""
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
