@@ -103,10 +103,15 @@ def to_response(error: ApiError, shape: ErrorShape | None = None) -> JSONRespons
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+# Where a value fits none of a union's members, pydantic puts the member it tried into the location
+# ("stop_sequences", 0, "list[int]", 2); those are types, not fields.
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
+
 def _validation_field(location: tuple[Any, ...]) -> str:
     # FastAPI locations look like ("body", "sampling", "temperature"); the first part is where.
     parts = [str(part) for part in location[1:]] if len(location) > 1 else [str(p) for p in location]
-    return ".".join(parts)
+    return ".".join(part for part in parts if part not in _UNION_MEMBERS and "[" not in part)
 
 
 def shape_for(path: str, shapes: Mapping[str, ErrorShape] | None) -> ErrorShape | None:

@@ -25,7 +25,7 @@ async def novelai(tmp_path, text_service, tiny_model):
 
 # The body SillyTavern's src/endpoints/novelai.js (SillyTavern/SillyTavern) sends to NovelAI's
 # /ai/generate and /ai/generate-stream, with the values of a Kayra preset; its stop sequences are
-# token-id arrays of NovelAI's tokenizer (see the test below), here left empty.
+# token-id arrays (see the test below), here left empty.
 def sillytavern_body(**changes) -> dict:
     parameters = {
         "use_string": True, "temperature": 1.0, "max_length": 12, "min_length": 12, "tail_free_sampling": 0.92,
@@ -80,8 +80,28 @@ async def test_stop_sequences_as_strings_stop_the_text(novelai) -> None:
     assert reply.json()["output"] in (first["output"][:cut], first["output"][:cut + len(stop)])
 
 
+async def test_stop_sequences_as_token_ids_are_decoded_with_the_models_tokenizer(novelai) -> None:
+    # SillyTavern tokenizes each stopping string and sends the id arrays (getNovelGenerationData:
+    # `stop_sequences: stoppingStrings.map(t => getTextTokens(tokenizerType, t))`); a client that
+    # tokenizes with the served model's tokenizer (/ai/tokenize) gets exactly its strings back.
+    client, url, _ = novelai
+    first = (await client.post("/ai/generate", json=sillytavern_body(temperature=0.0001, min_length=0))).json()
+    stop = first["output"][2:5]
+    ids = (await client.post(f"{url}/ai/tokenize", json={"text": stop})).json()["token_ids"]
+    cut = first["output"][:first["output"].index(stop)]
+    unrelated = (await client.post(f"{url}/ai/tokenize", json={"text": "zqxj"})).json()["token_ids"]
+    body = sillytavern_body(temperature=0.0001, min_length=0, stop_sequences=[unrelated, ids])
+    reply = await client.post("/ai/generate", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["output"] == cut
+    streamed = await client.post("/ai/generate-stream", json=body)
+    assert streamed.status_code == 200, streamed.text
+    assert "".join(data["token"] for _, data in events_of(streamed.text)) == cut
+
+
 @pytest.mark.parametrize("change, field", [
-    ({"stop_sequences": [[198, 50256]]}, "parameters.stop_sequences.0"),  # NovelAI token ids
+    ({"stop_sequences": [[198, 10**9]]}, "parameters.stop_sequences.0.1"),  # beyond the vocabulary
+    ({"stop_sequences": [[]]}, "parameters.stop_sequences.0"),
     ({"use_string": False}, "parameters.use_string"),
     ({"order": [1, 6]}, "parameters.order.1"),
     ({"max_length": 0}, "parameters.max_length"),
