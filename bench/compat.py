@@ -39,6 +39,8 @@ def _stack(workdir: Path) -> Iterator[str]:
         "FABULA_EDITOR_PORT": str(editor_port), "FABULA_EDITOR_METRICS_PORT": "0",
         "FABULA_EDITOR_DATABASE_URL": f"sqlite:///{workdir / 'editor.db'}",
         "FABULA_EDITOR_AUTH_HASH_OPSLIMIT": "1", "FABULA_EDITOR_AUTH_HASH_MEMLIMIT": "8192",
+        # The bench's user signs up at the cheapest Argon2id cost, below the production floor.
+        "FABULA_EDITOR_MIN_KDF_OPSLIMIT": "1", "FABULA_EDITOR_MIN_KDF_MEMLIMIT": "8192",
         "FABULA_EDITOR_LOG_LEVEL": "WARNING",
         "FABULA_TEXT_PORT": str(text_port), "FABULA_TEXT_METRICS_PORT": "0", "FABULA_TEXT_LOG_LEVEL": "WARNING",
         "FABULA_GATEWAY_PORT": str(gateway_port), "FABULA_GATEWAY_EDITOR_ADDRESS": f"127.0.0.1:{editor_port}",
