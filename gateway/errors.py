@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 # HTTP_STATUS_BY_GRPC_CODE stays importable from here for the gateway's own modules.
 from fabula_wire import HTTP_STATUS_BY_GRPC_CODE, http_status, read_error_detail  # noqa: F401
@@ -114,6 +115,15 @@ def _validation_field(location: tuple[Any, ...]) -> str:
     return ".".join(part for part in parts if part not in _UNION_MEMBERS and "[" not in part)
 
 
+def _allowed_methods(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return methods
+
+
 def shape_for(path: str, shapes: Mapping[str, ErrorShape] | None) -> ErrorShape | None:
     """The error body of the API served at `path` (None: the gateway's own)."""
     return next((shape for prefix, shape in (shapes or {}).items() if path.startswith(prefix)), None)
@@ -153,8 +163,10 @@ def install_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None = Non
         if error.status_code in (400, 413):
             return respond(request, ApiError(error.status_code, f"body: {error.detail}", field="body"))
         response = respond(request, ApiError(error.status_code, str(error.detail)))
-        if error.headers and "Allow" in error.headers:  # a 405 names the methods the path takes
-            response.headers["Allow"] = error.headers["Allow"]
+        if error.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; a path served by
+            # several routes (GET and PUT /user/keystore) takes all of theirs.
+            response.headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
         return response
 
     @app.exception_handler(Exception)
