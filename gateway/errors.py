@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 # HTTP_STATUS_BY_GRPC_CODE stays importable from here for the gateway's own modules.
 from fabula_wire import HTTP_STATUS_BY_GRPC_CODE, http_status, read_error_detail  # noqa: F401
@@ -116,12 +116,16 @@ def _validation_field(location: tuple[Any, ...]) -> str:
 
 
 def _allowed_methods(request: Request) -> set[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return methods
+    """The methods the OpenAPI document serves the request's path with (the document is the
+    contract a 405's Allow is checked against)."""
+    app = request.app
+    paths = getattr(app.state, "allowed_methods_by_path", None)
+    if paths is None:
+        paths = app.state.allowed_methods_by_path = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+             {method.upper() for method in operations})
+            for template, operations in app.openapi().get("paths", {}).items()]
+    return {method for pattern, methods in paths if pattern.match(request.url.path) for method in methods}
 
 
 def shape_for(path: str, shapes: Mapping[str, ErrorShape] | None) -> ErrorShape | None:
@@ -166,7 +170,8 @@ def install_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None = Non
         if error.status_code == 405:
             # Starlette names the methods of the first route whose path matched; a path served by
             # several routes (GET and PUT /user/keystore) takes all of theirs.
-            response.headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+            allowed = _allowed_methods(request) or set((error.headers or {}).get("Allow", "").split(", ")) - {""}
+            response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
 
     @app.exception_handler(Exception)

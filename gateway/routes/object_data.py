@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from gateway.calls import unary
 from gateway.deps import Editor, RateLimitedUser, Settings
 from gateway.routes.objects import IdPath, KindPath
-from gateway.schemas.common import UINT64_MAX, error_responses
+from gateway.schemas.common import MAX_CHANGE_INDEX, error_responses
 from gateway.schemas.editor import ObjectMeta, get_object_request, object_meta_headers, put_object_data_request
 
 router = APIRouter(prefix="/user/objects", tags=["objects"])
@@ -54,7 +54,7 @@ async def put_object_data(
     editor: Editor,
     settings: Settings,
     expected_change_index: Annotated[int, Query(
-        ge=0, le=UINT64_MAX, description="0 to create (409 if it exists); otherwise the stored change index "
+        ge=0, le=MAX_CHANGE_INDEX, description="0 to create (409 if it exists); otherwise the stored change index "
                                          "(409 if stale)")],
 ) -> ObjectMeta:
     data = await request.body()

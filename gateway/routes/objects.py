@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from gateway.calls import unary
 from gateway.deps import Editor, RateLimitedUser, Settings
-from gateway.schemas.common import UINT32_MAX, UINT64_MAX, error_responses
+from gateway.schemas.common import MAX_CHANGE_INDEX, UINT32_MAX, error_responses
 from gateway.schemas.editor import (
     ObjectKind,
     ObjectMeta,
@@ -28,7 +28,8 @@ from gateway.schemas.editor import (
 router = APIRouter(prefix="/user/objects", tags=["objects"])
 
 KindPath = Annotated[ObjectKind, Path(alias="type", description="which kind of object")]
-IdPath = Annotated[str, Path(alias="id", description="client-chosen id: 1-64 characters of A-Z a-z 0-9 _ -")]
+IdPath = Annotated[str, Path(alias="id", pattern="^[A-Za-z0-9_-]{1,64}$",
+                             description="client-chosen id: 1-64 characters of A-Z a-z 0-9 _ -")]
 
 
 @router.get("/{type}", response_model=ObjectPage, responses=error_responses(400, 401, 429, 503, 504),
@@ -82,7 +83,7 @@ async def delete_object(
     editor: Editor,
     settings: Settings,
     expected_change_index: Annotated[int | None, Query(
-        ge=0, le=UINT64_MAX, description="delete only if the stored change index still equals this (409 if not)",
+        ge=0, le=MAX_CHANGE_INDEX, description="delete only if the stored change index still equals this (409 if not)",
     )] = None,
 ) -> Response:
     await unary(request, editor.DeleteObject(delete_object_request(kind, object_id, expected_change_index),

@@ -19,6 +19,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializ
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
+# Change indexes are uint64 in protobuf but signed 64-bit in the editor's databases, which refuse
+# any index past this one.
+MAX_CHANGE_INDEX = 2**63 - 1
 
 
 def _decode_base64(value: Any) -> bytes:
@@ -62,6 +65,7 @@ Base64Bytes = Annotated[
 Text = Annotated[str, AfterValidator(_encodable_text)]
 Uint32 = Annotated[int, Field(ge=0, le=UINT32_MAX)]
 Uint64 = Annotated[int, Field(ge=0, le=UINT64_MAX)]
+ChangeIndex = Annotated[int, Field(ge=0, le=MAX_CHANGE_INDEX)]
 
 
 class RequestBody(BaseModel):

@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from fabula.editor.v1 import editor_pb2
 from fabula_wire import ObjectType
-from gateway.schemas.common import Base64Bytes, RequestBody, Text, Uint32, Uint64
+from gateway.schemas.common import Base64Bytes, ChangeIndex, RequestBody, Text, Uint32, Uint64
 
 
 # The name the routes import; the enum itself is the wire's, shared with the editor and the SDK.
@@ -76,7 +76,7 @@ class ChangePasswordRequest(RequestBody):
     new_kdf: Kdf
     new_auth_key: Base64Bytes
     keystore: Base64Bytes = Field(description="the keystore with its master key re-wrapped for the new password")
-    expected_keystore_change_index: Uint64
+    expected_keystore_change_index: ChangeIndex
 
     def to_pb(self) -> editor_pb2.ChangePasswordRequest:
         return editor_pb2.ChangePasswordRequest(
@@ -94,7 +94,7 @@ class DeleteAccountRequest(RequestBody):
 
 class PutKeystoreRequest(RequestBody):
     keystore: Base64Bytes
-    expected_change_index: Uint64 = Field(description="the change index the new keystore is based on")
+    expected_change_index: ChangeIndex = Field(description="the change index the new keystore is based on")
 
     def to_pb(self) -> editor_pb2.PutKeystoreRequest:
         return editor_pb2.PutKeystoreRequest(keystore=self.keystore, expected_change_index=self.expected_change_index)
@@ -102,7 +102,7 @@ class PutKeystoreRequest(RequestBody):
 
 class PutObjectRequest(RequestBody):
     data: Base64Bytes = Field(description="the encrypted object")
-    expected_change_index: Uint64 = Field(
+    expected_change_index: ChangeIndex = Field(
         description="0 to create (409 if it exists); otherwise the stored change index (409 if stale)")
 
     def to_pb(self, kind: ObjectKind, object_id: str) -> editor_pb2.PutObjectRequest:

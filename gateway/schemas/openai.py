@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from fabula.text.v1 import text_pb2
 from gateway.errors import ApiError
@@ -227,6 +227,11 @@ class ChatMessage(CompatBody):
 
 
 class ChatCompletionBody(GenerationFields):
+    # What _chat_only enforces, stated in the OpenAPI document: top_logprobs needs logprobs: true.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}})
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: the gateway's openai_chat_max_tokens")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")

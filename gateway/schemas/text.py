@@ -15,11 +15,13 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, Field, model_validator
 
 from fabula.text.v1 import text_pb2
-from gateway.schemas.common import RequestBody, Text, Uint32, Uint64
+from gateway.schemas.common import UINT32_MAX, RequestBody, Text, Uint32, Uint64
 
 # The service names fields of its GenerationSpec ("spec.sampling.top_p"); the HTTP body is that
 # spec itself, so the field the client sees is "sampling.top_p" (errors.py applies this).
 FIELD_PREFIXES = ("spec.",)
+# The text service's limit on spec.top_probabilities.
+MAX_TOP_PROBABILITIES = 20
 
 SamplerKey = Literal["temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p"]
 FINISH_REASONS = {
@@ -206,15 +208,17 @@ class GenerateBody(RequestBody):
     context: StoryContext | None = None
     preset: Text = Field("", description="from GET /ai/presets; empty = the service's default")
     sampling: Sampling | None = None
-    max_new_tokens: Uint32 | None = Field(None, description="default 40")
+    max_new_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = Field(
+        None, description="default 40; at most the text service's max_new_tokens")
     min_new_tokens: Uint32 = 0
     stop_sequences: list[Text] = Field(default_factory=list)
     banned_strings: list[Text] = Field(default_factory=list)
     logit_bias: list[LogitBias] = Field(default_factory=list)
     phrase_bias: list[PhraseBias] = Field(default_factory=list)
     seed: Uint64 | None = None
-    top_probabilities: Uint32 = Field(0, description="alternatives reported per generated token, before and "
-                                                     "after the samplers (0: none; at most 20)")
+    top_probabilities: int = Field(0, ge=0, le=MAX_TOP_PROBABILITIES,
+                                   description="alternatives reported per generated token, before and after the "
+                                               "samplers (0: none)")
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateBody:

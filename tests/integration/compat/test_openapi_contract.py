@@ -30,8 +30,11 @@ from tests.integration.text.conftest import running_text_service
 REPOSITORY = Path(__file__).resolve().parents[3]
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,unsupported_method,allow_header_conformance")
-MAX_EXAMPLES = int(os.environ.get("FABULA_CONTRACT_EXAMPLES", "5"))
-INCLUDE = ["--include-path-regex", os.environ["FABULA_CONTRACT_PATHS"]] if "FABULA_CONTRACT_PATHS" in os.environ else []
+# Examples per operation, and the text service's cap on new tokens: with them the run takes a few
+# minutes on two busy cores (the longer generations only cost time; what they answer is checked
+# on shorter ones just the same). The seed makes a failure reproducible.
+MAX_EXAMPLES = 15
+MAX_NEW_TOKENS = 32
 
 
 async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
@@ -42,7 +45,7 @@ async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
                                    cache_dir=tmp_path / "image-cache", device=torch.device("cpu"),
                                    dtype=torch.float32)
     async with embedded_editor(fast_settings(f"sqlite:///{tmp_path / 'editor.db'}")) as editor, \
-            running_text_service([text_model]) as text, \
+            running_text_service([text_model], max_new_tokens=MAX_NEW_TOKENS) as text, \
             running_image_service([image_model], tmp_path, max_steps=4, max_pixels=128 * 128) as image:
         settings = gateway_settings(editor.address, text_address=f"127.0.0.1:{text.server.port}",
                                     image_address=image.address)
@@ -54,10 +57,9 @@ async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
                    "PYTHONPATH": str(REPOSITORY)}
             process = await asyncio.create_subprocess_exec(
                 str(st), "run", f"{live.url}/openapi.json", "--checks", CHECKS,
-                "--max-examples", str(MAX_EXAMPLES), *INCLUDE, "--phases", "examples,coverage,fuzzing",
+                "--max-examples", str(MAX_EXAMPLES), "--phases", "examples,fuzzing",
                 "--seed", "1", "--workers", "1", "--request-timeout", "60", "--no-color",
                 cwd=REPOSITORY, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             output, _ = await process.communicate()
             report = output.decode(errors="replace")
-            Path("/tmp/crest/contract.txt").write_text(report)
             assert process.returncode == 0, report

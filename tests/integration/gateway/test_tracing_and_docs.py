@@ -103,3 +103,25 @@ async def test_every_route_is_documented_with_public_models_only(client):
 async def test_the_documented_version_is_the_package_version(client):
     spec = (await client.get("/openapi.json")).json()
     assert spec["info"]["version"] == importlib.metadata.version("fabula")
+
+
+async def test_a_405_allows_every_method_its_path_is_served_with(client, alice):
+    for path, allowed in (("/user/keystore", "GET, PUT"), ("/user/objects/stories/x", "DELETE, GET, PUT"),
+                          ("/user/tokens", "GET, POST"), ("/health", "GET")):
+        reply = await client.request("PATCH", path, headers=alice.headers)
+        assert reply.status_code == 405 and reply.headers["Allow"] == allowed, (path, reply.headers)
+
+
+async def test_the_document_states_what_the_editor_enforces(client, alice):
+    spec = (await client.get("/openapi.json")).json()
+    delete = spec["paths"]["/user/objects/{type}/{id}"]["delete"]["parameters"]
+    index = next(p for p in delete if p["name"] == "expected_change_index")
+    assert index["schema"]["anyOf"][0]["maximum"] == 2**63 - 1
+    object_id = next(p for p in delete if p["name"] == "id")
+    assert object_id["schema"]["pattern"] == "^[A-Za-z0-9_-]{1,64}$"
+    # And the gateway refuses what the document calls invalid, naming the field.
+    reply = await client.delete("/user/objects/stories/x", params={"expected_change_index": 2**63},
+                                headers=alice.headers)
+    assert reply.status_code == 400 and reply.json()["error"]["field"] == "expected_change_index"
+    reply = await client.get("/user/objects/stories/bad%20id", headers=alice.headers)
+    assert reply.status_code == 400 and reply.json()["error"]["field"] == "id"
