@@ -44,7 +44,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the answer, or with `stream: true` Server-Sent Events ending with `data: [DONE]`",
           "content": {"application/json": {}, "text/event-stream": {}}},
     **{status: {"description": "OpenAI's error body {\"error\": {message, type, param, code}}"}
-       for status in (400, 401, 403, 404, 429, 503, 504)},
+       for status in (400, 401, 403, 404, 409, 429, 503, 504)},
 }
 
 
