@@ -1,8 +1,12 @@
 """A property-based run of schemathesis over the gateway's whole OpenAPI document against the real
 stack (editor, text service on a tiny model, image service on the tiny image model, gateway under
 uvicorn), signed in: nothing answers 5xx, every answer's status, headers, content type and body
-are the ones the document states, a request the document calls valid is accepted (not 400), one
-it calls invalid is refused, and 405 answers carry Allow.
+are the ones the document states, and a 405's Allow lists exactly the methods the document gives
+its path.
+
+Not among the checks yet: positive_data_acceptance and negative_data_rejection (a request valid by
+the document is accepted, an invalid one refused). The document does not state every constraint
+the services enforce; docs/compatible-apis.md, "Contract checks", says which and why.
 
 The `st` command runs in a subprocess so that the stack keeps serving in this test's event loop.
 """
