@@ -144,7 +144,25 @@ class TextGenerator:
             if bos is None:
                 raise InvalidArgument("spec.prompt", "", "must not be empty for this model (it has no start token)")
             prompt_ids = [bos]
-        return Prepared(runtime, GenerationRequest(prompt_ids=prompt_ids, params=params), built)
+        uncond_ids: list[int] = []
+        if params.sampling.uses_guidance:
+            uncond_ids = self._negative_context(model, params.sampling.cfg_uc, prompt_ids)
+        return Prepared(runtime, GenerationRequest(prompt_ids=prompt_ids, params=params, uncond_ids=uncond_ids),
+                        built)
+
+    @staticmethod
+    def _negative_context(model: LoadedModel, text: str, prompt_ids: list[int]) -> list[int]:
+        """The tokens classifier-free guidance's second row starts from: `cfg_uc`, or, when it is
+        empty, the start token (NovelAI's empty negative context), else the prompt's last token
+        (transformers' unconditional default for a model without one)."""
+        ids = model.encode(text) if text else []
+        if len(ids) >= model.context_window:
+            raise InvalidArgument("spec.sampling.cfg_uc", f"{len(ids)} tokens",
+                                  f"longer than the model's context window ({model.context_window} tokens)")
+        if not ids:
+            bos = model.tokenizer.bos_token_id
+            ids = [bos] if bos is not None else prompt_ids[-1:]
+        return ids
 
     async def start(self, spec: GenerationSpec, owner: str = "", deadline: float | None = None,
                     ) -> tuple[Prepared, GenerationHandle]:

@@ -27,7 +27,8 @@ from services.toolkit.errors import InvalidArgument
 
 
 class SamplerName(Enum):
-    """The orderable warpers, named as requests and preset files name them."""
+    """The orderable steps, named as requests and preset files name them: the warpers, and the
+    penalties (which change logits of tokens the context holds but cut nothing)."""
 
     TEMPERATURE = "temperature"
     TOP_K = "top_k"
@@ -36,10 +37,32 @@ class SamplerName(Enum):
     TYPICAL_P = "typical_p"
     TAIL_FREE = "tail_free"
     MIN_P = "min_p"
+    # Repetition, frequency and presence penalties, as one step (they share a window).
+    REPETITION_PENALTY = "repetition_penalty"
+    PHRASE_REPETITION_PENALTY = "phrase_repetition_penalty"
+    DRY = "dry"
+    XTC = "xtc"
+    UNIFIED = "unified"
+    MIROSTAT = "mirostat"
 
     @property
     def key(self) -> str:
         return self.value
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """The `SamplingParams` fields that switch this step on: it runs when any of them is off
+        its neutral value (XTC also needs a threshold that can keep two tokens)."""
+        return _STEP_CONTROLS.get(self, (self.value,))
+
+    @property
+    def is_penalty(self) -> bool:
+        return self in PENALTY_STEPS
+
+    @property
+    def is_classic(self) -> bool:
+        """One of the seven warpers every explicit order must name (the order's original form)."""
+        return self in CLASSIC_WARPERS
 
     @classmethod
     def parse(cls, value: Any, field_name: str) -> SamplerName:
@@ -53,6 +76,47 @@ class SamplerName(Enum):
                 pass
         names = ", ".join(name.key for name in cls)
         raise InvalidArgument(field_name, value, f"unknown sampler; one of {names}")
+
+
+_STEP_CONTROLS: dict[SamplerName, tuple[str, ...]] = {
+    SamplerName.REPETITION_PENALTY: ("repetition_penalty", "frequency_penalty", "presence_penalty"),
+    SamplerName.DRY: ("dry_multiplier",),
+    SamplerName.XTC: ("xtc_probability",),
+    SamplerName.UNIFIED: ("unified_linear", "unified_quad", "unified_conf"),
+}
+PENALTY_STEPS = frozenset({SamplerName.REPETITION_PENALTY, SamplerName.PHRASE_REPETITION_PENALTY, SamplerName.DRY})
+CLASSIC_WARPERS = (SamplerName.TEMPERATURE, SamplerName.TOP_K, SamplerName.TOP_A, SamplerName.TOP_P,
+                   SamplerName.TYPICAL_P, SamplerName.TAIL_FREE, SamplerName.MIN_P)
+
+
+class PhraseRepetitionPenalty(Enum):
+    """NovelAI's phrase repetition penalty levels, named as requests and preset files name them.
+    Each level is (shortest repeated phrase it penalises, in tokens; logit subtracted for the
+    token that would extend such a phrase once more) in `samplers.PHRASE_LEVELS`."""
+
+    OFF = "off"
+    VERY_LIGHT = "very_light"
+    LIGHT = "light"
+    MEDIUM = "medium"
+    AGGRESSIVE = "aggressive"
+    VERY_AGGRESSIVE = "very_aggressive"
+
+    @property
+    def key(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str) -> PhraseRepetitionPenalty:
+        """A level from its name ("medium", "PHRASE_REPETITION_PENALTY_MEDIUM")."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.upper().removeprefix("PHRASE_REPETITION_PENALTY_")]
+            except KeyError:
+                pass
+        names = ", ".join(name.key for name in cls)
+        raise InvalidArgument(field_name, value, f"unknown phrase repetition penalty level; one of {names}")
 
 
 class SamplerConvention(Enum):
@@ -97,9 +161,14 @@ class SamplerConvention(Enum):
 # only flattening a set cut at temperature 1. The truncations follow from coarse to fine. (This is
 # not KoboldCpp's default, which runs top_k, top_a, tail_free, typical_p, top_p and temperature
 # last; a request or preset that wants it gives that order.)
+# The penalties run before every warper (as they always did); unified sampling reshapes the
+# distribution right after the temperature, as the temperature does; XTC removes the top choices
+# from what the truncations left; mirostat, which learns from the drawn token's surprise in the
+# distribution actually sampled, comes last.
 DEFAULT_ORDER: tuple[tuple[SamplerName, bool], ...] = tuple((name, True) for name in (
-    SamplerName.TEMPERATURE, SamplerName.TOP_K, SamplerName.TOP_A, SamplerName.TOP_P,
-    SamplerName.TYPICAL_P, SamplerName.TAIL_FREE, SamplerName.MIN_P))
+    SamplerName.REPETITION_PENALTY, SamplerName.PHRASE_REPETITION_PENALTY, SamplerName.DRY,
+    SamplerName.TEMPERATURE, SamplerName.UNIFIED, SamplerName.TOP_K, SamplerName.TOP_A, SamplerName.TOP_P,
+    SamplerName.TYPICAL_P, SamplerName.TAIL_FREE, SamplerName.MIN_P, SamplerName.XTC, SamplerName.MIROSTAT))
 
 
 @dataclass(frozen=True)
@@ -134,9 +203,9 @@ class Range:
 class Choice:
     """Allowed values of a sampling control that names one of an enum's members."""
 
-    kind: type[SamplerConvention]
+    kind: type[SamplerConvention] | type[PhraseRepetitionPenalty]
 
-    def parse(self, field_name: str, value: Any) -> SamplerConvention:
+    def parse(self, field_name: str, value: Any) -> Any:
         """The member `value` names; anything else is refused naming the field."""
         return self.kind.parse(value, field_name)
 
@@ -157,7 +226,7 @@ class SamplingField:
         self.allowed.check(field_name, value)
         return value
 
-    def is_neutral(self, value: float) -> bool:
+    def is_neutral(self, value: Any) -> bool:
         """Whether `value` leaves the control off (validated values only reach it)."""
         return value == self.neutral
 
@@ -166,6 +235,12 @@ def _control(neutral: Any, allowed: Range | Choice, doc: str) -> Any:
     """A `SamplingParams` field whose default is its neutral value, with its range and doc."""
     return field(default=neutral, metadata={"control": SamplingField(neutral, allowed, doc)})
 
+
+# KoboldCpp's and SillyTavern's default DRY sequence breakers.
+DEFAULT_DRY_BREAKERS: tuple[str, ...] = ("\n", ":", "\"", "*")
+MAX_DRY_BREAKERS = 32
+MAX_DRY_BREAKER_CHARS = 64
+MAX_CFG_UC_CHARS = 50_000
 
 # A temperature of exactly this value means greedy decoding: only the most likely token.
 GREEDY_TEMPERATURE = 0.0
@@ -205,6 +280,34 @@ class SamplingParams:
     frequency_penalty: float = _control(0.0, Range(-2, 2), "subtracted once per occurrence in the range")
     presence_penalty: float = _control(0.0, Range(-2, 2), "subtracted once if the token occurs in the range")
     repetition_penalty_whitelist: tuple[int, ...] = ()
+    phrase_repetition_penalty: PhraseRepetitionPenalty = _control(
+        PhraseRepetitionPenalty.OFF, Choice(PhraseRepetitionPenalty),
+        "NovelAI's levels: penalises the token that would repeat a phrase of the context once more; "
+        "off, very_light, light, medium, aggressive, very_aggressive")
+    dry_multiplier: float = _control(0.0, Range(0, 100), "DRY: strength of the repeated-sequence penalty; 0 is off")
+    dry_base: float = _control(1.75, Range(1, 10, low_open=True),
+                               "DRY: the penalty grows by this factor per token of repeat beyond the allowed length")
+    dry_allowed_length: int = _control(2, Range(1, 1000, integer=True),
+                                       "DRY: repeats up to this many tokens long are not penalised")
+    dry_penalty_last_n: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
+                                       "DRY: how many recent context tokens it looks at; 0 is all")
+    dry_sequence_breakers: tuple[str, ...] = DEFAULT_DRY_BREAKERS
+    xtc_threshold: float = _control(0.1, Range(0, 1),
+                                    "XTC: tokens at least this likely are the top choices (above 0.5 it is off)")
+    xtc_probability: float = _control(0.0, Range(0, 1),
+                                      "XTC: chance per token of removing every top choice but the least likely; 0 is off")
+    unified_linear: float = _control(1.0, Range(0, 10),
+                                     "unified: multiplies the log-probabilities (an inverse temperature); 1 is neutral")
+    unified_quad: float = _control(0.0, Range(0, 10),
+                                   "unified: subtracts this times the squared log-probability; 0 is off")
+    unified_conf: float = _control(0.0, Range(-10, 10),
+                                   "unified: adds this times the entropy to the linear factor; 0 is off")
+    mirostat: int = _control(0, Range(0, 2, integer=True), "mirostat version 1 or 2; 0 is off")
+    mirostat_tau: float = _control(5.0, Range(0, 100), "mirostat: the target surprise, in bits")
+    mirostat_eta: float = _control(0.1, Range(0, 1), "mirostat: the learning rate of mu")
+    cfg_scale: float = _control(1.0, Range(0, 100),
+                                "classifier-free guidance: uncond + scale * (cond - uncond); 1 is off")
+    cfg_uc: str = ""
     order: tuple[tuple[SamplerName, bool], ...] = DEFAULT_ORDER
     sampler_convention: SamplerConvention = _control(
         SamplerConvention.FABULA, Choice(SamplerConvention),
@@ -220,6 +323,16 @@ class SamplingParams:
     def is_off(self, name: str) -> bool:
         """Whether the numeric control `name` is at its neutral value."""
         return SAMPLING_FIELDS[name].is_neutral(getattr(self, name))
+
+    def step_is_off(self, step: SamplerName) -> bool:
+        """Whether the ordered step `step` would change nothing with these values."""
+        if step == SamplerName.XTC and self.xtc_threshold > 0.5:
+            return True  # no two tokens can both be that likely
+        return all(self.is_off(name) for name in step.controls)
+
+    @property
+    def uses_guidance(self) -> bool:
+        return not self.is_off("cfg_scale")
 
     @property
     def has_penalties(self) -> bool:
@@ -250,6 +363,14 @@ class SamplingParams:
                 resolved[name] = ids
             elif name == "sampler_order":
                 resolved["order"] = parse_order(value, where)
+            elif name == "dry_sequence_breakers":
+                resolved[name] = _parse_breakers(value, where)
+            elif name == "cfg_uc":
+                if not isinstance(value, str):
+                    raise InvalidArgument(where, value, "must be a string")
+                if len(value) > MAX_CFG_UC_CHARS:
+                    raise InvalidArgument(where, value, f"at most {MAX_CFG_UC_CHARS} characters")
+                resolved[name] = value
         return replace(base, **resolved, whitelist_tensor=None)
 
 
@@ -263,8 +384,22 @@ def is_greedy(temperature: float) -> bool:
     return temperature == GREEDY_TEMPERATURE
 
 
+def _parse_breakers(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidArgument(where, value, "must be a list of strings")
+    if len(value) > MAX_DRY_BREAKERS:
+        raise InvalidArgument(where, len(value), f"at most {MAX_DRY_BREAKERS} entries")
+    for index, breaker in enumerate(value):
+        if not isinstance(breaker, str) or not breaker or len(breaker) > MAX_DRY_BREAKER_CHARS:
+            raise InvalidArgument(f"{where}[{index}]", breaker, f"must be 1 to {MAX_DRY_BREAKER_CHARS} characters")
+    return tuple(value)
+
+
 def parse_order(steps: Sequence[Any], field_name: str) -> tuple[tuple[SamplerName, bool], ...]:
-    """A full permutation of the warpers, each once, each enabled or not."""
+    """The steps in the order given, each once, each enabled or not. The seven classic warpers
+    must all be named; a newer step left out takes its default place: a penalty before the
+    order's first step (penalties always ran first), the others after its last, in
+    `DEFAULT_ORDER`'s order."""
     order: list[tuple[SamplerName, bool]] = []
     seen: set[SamplerName] = set()
     for index, step in enumerate(steps):
@@ -280,11 +415,13 @@ def parse_order(steps: Sequence[Any], field_name: str) -> tuple[tuple[SamplerNam
             raise InvalidArgument(f"{where}.enabled", enabled, "must be true or false")
         seen.add(sampler)
         order.append((sampler, enabled))
-    missing = [name.key for name in SamplerName if name not in seen]
+    missing = [name.key for name in CLASSIC_WARPERS if name not in seen]
     if missing:
         raise InvalidArgument(field_name, [s.key for s, _ in order],
                               f"must name every sampler exactly once; missing {', '.join(missing)}")
-    return tuple(order)
+    left_out = [(name, True) for name, _ in DEFAULT_ORDER if name not in seen]
+    return (tuple(step for step in left_out if step[0].is_penalty) + tuple(order)
+            + tuple(step for step in left_out if not step[0].is_penalty))
 
 
 @dataclass(frozen=True)

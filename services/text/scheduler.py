@@ -10,7 +10,9 @@ Each loop iteration:
 3. runs one decode step for every running sequence at once: one forward pass over the batch
    (`decode_step.py`), each row with its own position and attention mask (`BatchKVCache`), then
    each sequence draws its next token with its own sampling parameters and its own seeded
-   generator.
+   generator. A sequence with classifier-free guidance holds a second row (`GuidanceRow`) fed
+   its negative context and then its own output, so the unconditional logits come from the same
+   batched forward pass; it counts twice against the batch size.
 
 The worker owns the bounded queue (full → RESOURCE_EXHAUSTED at once), cancellation and the
 hand-over of `Piece`s and the final `Stats` to the event loop, once per iteration for all of them.
@@ -30,7 +32,7 @@ from services.text.decode_step import decode_step_for
 from services.text.kv_cache import BatchKVCache
 from services.text.models import LoadedModel
 from services.text.prefix_cache import PrefixCache
-from services.text.sequence import GenerationRequest, Piece, Sequence, Stats
+from services.text.sequence import GenerationRequest, GuidanceRow, Piece, Sequence, Stats
 from services.toolkit.worker import Handle, QueueMetrics, Reservation, Worker
 
 GenerationHandle = Handle[Sequence, Piece, Stats]
@@ -62,10 +64,12 @@ class Scheduler:
         self.model = model
         self.config = config
         self._prefilling: collections.deque[_Prefill] = collections.deque()
-        self._running: list[Sequence] = []  # index i is row i of the cache
+        self._running: list[Sequence | GuidanceRow] = []  # index i is row i of the cache
         self._cache = BatchKVCache(
             num_layers=model.num_layers, kv_heads=model.kv_heads, head_dim=model.head_dim,
-            dtype=model.dtype, device=model.device, max_rows=config.max_batch_size)
+            dtype=model.dtype, device=model.device,
+            # A guided sequence takes two rows, and runs alone when it outweighs the whole batch.
+            max_rows=max(config.max_batch_size, 2))
         self._step = decode_step_for(model.model, self._cache)
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes, config.prefix_block_tokens)
         self.steps = 0  # decode steps run (tests and metrics read it)
@@ -103,7 +107,7 @@ class Scheduler:
     # --- the domain loop, on the worker thread ----------------------------------------------
 
     def weight(self, seq: Sequence) -> int:
-        return 1
+        return 2 if seq.params.sampling.uses_guidance else 1
 
     def admit(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
@@ -129,7 +133,7 @@ class Scheduler:
     @torch.inference_mode()
     def reset(self) -> None:
         now = time.perf_counter()
-        for seq in [p.seq for p in self._prefilling] + self._running:
+        for seq in [p.seq for p in self._prefilling] + self._sequences():
             seq.cancel(now)
         self._prefilling.clear()
         while self._running:
@@ -144,12 +148,10 @@ class Scheduler:
             self._prefilling.remove(prefill)
             prefill.seq.cancel(now)
             self._finish(prefill.seq)
-        for row in reversed(range(len(self._running))):
-            seq = self._running[row]
-            if seq.cancelled:
-                seq.cancel(now)
-                self._remove_row(row)
-                self._finish(seq)
+        for seq in [seq for seq in self._sequences() if seq.cancelled]:
+            seq.cancel(now)
+            self._remove_sequence(seq)
+            self._finish(seq)
 
     def _prefill_chunk(self, prefill: _Prefill) -> None:
         seq = prefill.seq
@@ -168,7 +170,10 @@ class Scheduler:
         self._prefilling.popleft()
         self.prefix_cache.store(prompt, prefill.cache)
         self._record_prefix_cache()
-        token = seq.next_token(out.logits[0, -1].to("cpu"))
+        guide_cache, uncond = None, None
+        if seq.params.sampling.uses_guidance:
+            guide_cache, uncond = self._prefill_guidance(seq)
+        token = seq.next_token(out.logits[0, -1].to("cpu"), uncond)
         now = time.perf_counter()
         seq.accept(token, now)
         metrics.TIME_TO_FIRST_TOKEN.labels(self.model.name).observe(now - seq.request.arrived)
@@ -180,7 +185,26 @@ class Scheduler:
         self._cache.add_row(prefill.cache, len(prompt))
         seq.fed = len(prompt)
         self._running.append(seq)
+        if guide_cache is not None:
+            guide = GuidanceRow(seq)
+            self._cache.add_row(guide_cache, len(guide.prompt_ids))
+            guide.fed, guide.pending_token = len(guide.prompt_ids), seq.pending_token
+            seq.guide = guide
+            self._running.append(guide)
         self._publish(seq)
+
+    def _prefill_guidance(self, seq: Sequence) -> tuple[DynamicCache, torch.Tensor]:
+        """The negative context's cache and its last logits, processed in chunks at once (it is
+        usually short; a long one stalls the batch as a long prompt's single chunk would)."""
+        cache = DynamicCache()
+        ids = seq.request.uncond_ids
+        chunk = self.config.prefill_chunk_tokens
+        out = None
+        for start in range(0, len(ids), chunk):
+            part = torch.tensor([ids[start: start + chunk]], dtype=torch.long, device=self.model.device)
+            out = self.model.model(input_ids=part, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        assert out is not None, "the negative context has at least one token (the generator sees to it)"
+        return cache, out.logits[0, -1].to("cpu")
 
     def _start_from_prefix(self, prefill: _Prefill) -> None:
         match = self.prefix_cache.lookup(prefill.seq.prompt_ids)
@@ -205,20 +229,30 @@ class Scheduler:
         self.steps += 1
         metrics.BATCH_SIZE.labels(self.model.name).observe(len(rows))
         now = time.perf_counter()
-        finished_rows = []
+        row_of = {id(entry): row for row, entry in enumerate(rows)}
+        for entry in rows:
+            entry.fed += 1
+        finished = []
         for row, seq in enumerate(rows):
-            seq.fed += 1
-            forget = seq.accept(seq.next_token(logits[row]), now)
+            if isinstance(seq, GuidanceRow):
+                continue
+            guide = seq.guide
+            uncond = logits[row_of[id(guide)]] if guide is not None else None
+            forget = seq.accept(seq.next_token(logits[row], uncond), now)
             if forget:
                 self._forget(row, forget)
                 seq.fed -= forget
+                if guide is not None:
+                    self._forget(row_of[id(guide)], forget)
+                    guide.fed -= forget
+            if guide is not None:
+                guide.pending_token = seq.pending_token
             self._publish(seq)
             if seq.finish is not None:
-                finished_rows.append(row)
-        metrics.GENERATED_TOKENS.labels(self.model.name).inc(len(rows))
-        for row in reversed(finished_rows):
-            seq = self._running[row]
-            self._remove_row(row)
+                finished.append(seq)
+        metrics.GENERATED_TOKENS.labels(self.model.name).inc(len(rows) - sum(isinstance(r, GuidanceRow) for r in rows))
+        for seq in finished:
+            self._remove_sequence(seq)
             self._finish(seq)
 
     def _forget(self, row: int, count: int) -> None:
@@ -226,6 +260,16 @@ class Scheduler:
         valid = torch.nonzero(self._cache.mask[row, self._cache.start: self._cache.end]).flatten()
         columns = (valid[-count:] + self._cache.start).tolist()
         self._cache.mask_out(row, columns)
+
+    def _sequences(self) -> list[Sequence]:
+        return [entry for entry in self._running if isinstance(entry, Sequence)]
+
+    def _remove_sequence(self, seq: Sequence) -> None:
+        """Take a sequence's row, and its guidance row, out of the batch (highest row first: a
+        removal moves the last row into the freed one)."""
+        rows = [row for row, entry in enumerate(self._running) if entry is seq or entry is seq.guide]
+        for row in sorted(rows, reverse=True):
+            self._remove_row(row)
 
     def _remove_row(self, row: int) -> None:
         self._cache.remove_row(row)

@@ -14,7 +14,7 @@ import torch
 from services.text import probabilities, samplers
 from services.text.decoding import IncrementalDetokenizer, OutputGuard, TokenBytes
 from services.text.models import LoadedModel
-from services.text.params import GenerationParams
+from services.text.params import GenerationParams, SamplerName
 
 # A banned string may send a sequence back this many times before it gives up (ending the output
 # just before the banned string, so the guarantee holds either way).
@@ -63,6 +63,20 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: GenerationParams
     arrived: float = field(default_factory=time.perf_counter)
+    # With classifier-free guidance: the negative context's tokens (fed to a second batch row).
+    uncond_ids: list[int] = field(default_factory=list)
+
+
+class GuidanceRow:
+    """The batch row of a guided sequence's negative context: fed the same output tokens as its
+    sequence, its logits are the unconditional row of classifier-free guidance. It draws
+    nothing; it lives and ends with its sequence."""
+
+    def __init__(self, owner: Sequence) -> None:
+        self.owner = owner
+        self.prompt_ids = list(owner.request.uncond_ids)
+        self.pending_token: int | None = None
+        self.fed = 0
 
 
 class Sequence:
@@ -83,6 +97,16 @@ class Sequence:
         self.phrases = [(tuple(model.encode(phrase)), bias) for phrase, bias in self.params.phrase_bias]
         self.phrases = [(tokens, bias) for tokens, bias in self.phrases if tokens]
         self.eos_ids = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long)
+        sampling = self.params.sampling
+        breakers: set[int] = set()
+        if not sampling.step_is_off(SamplerName.DRY):
+            for breaker in sampling.dry_sequence_breakers:
+                breakers.update(model.encode(breaker))
+        self.sampler_state = samplers.SamplerState(generator=self.generator, breaker_ids=frozenset(breakers))
+        self.leading_penalties = samplers.leading_penalties(sampling)
+        # With classifier-free guidance: the batch row fed the negative context, then the same
+        # output tokens as this sequence (set by the scheduler).
+        self.guide: GuidanceRow | None = None
         # Tokens that may not be drawn at a given output position (after a banned string there).
         self.banned_at: dict[int, set[int]] = {}
         self.backtracks = 0
@@ -118,14 +142,21 @@ class Sequence:
     def output_ids(self) -> list[int]:
         return self.detok.tokens
 
-    def next_token(self, logits: torch.Tensor) -> int:
-        """Penalties, biases, constraints, then the ordered warpers and a seeded draw."""
+    def next_token(self, logits: torch.Tensor, uncond: torch.Tensor | None = None) -> int:
+        """Guidance, the leading penalties, biases, constraints, then the rest of the ordered
+        steps and a seeded draw. `uncond` is the negative context's row when the request uses
+        classifier-free guidance."""
         sampling = self.params.sampling
         length = len(self.prompt_ids) + len(self.output_ids)
         logits = logits.float()
         # The penalties work in place: keep the model's own row only when it is to be reported.
         raw = logits.clone() if self.params.top_probabilities else None
-        logits = samplers.apply_penalties(logits, self.context[:length], sampling)
+        if uncond is not None:
+            logits = samplers.apply_guidance(logits, uncond, sampling.cfg_scale)
+        state = self.sampler_state
+        state.context = self.context[:length]
+        for name in self.leading_penalties:
+            logits = samplers.penalise_row(name, logits, sampling, state)
         logits = samplers.apply_logit_bias(logits, self.bias_ids, self.bias_values)
         if self.phrases:
             logits = samplers.apply_phrase_bias(logits.clone(), self.output_ids, self.phrases)
@@ -139,8 +170,9 @@ class Sequence:
             # Everything is banned here: end the text rather than draw from nothing. (The max, not
             # `isfinite(...).any()`: one pass over the vocabulary instead of four, every step.)
             return int(self.eos_ids[0])
-        candidates = samplers.warp(logits, sampling)
+        candidates = samplers.warp(logits, sampling, state, skip=len(self.leading_penalties))
         token = samplers.draw(candidates, self.generator)
+        samplers.observe(candidates, token, sampling, state)
         if raw is not None:
             self._drawn_probabilities = probabilities.describe(
                 raw, candidates, token, self.params.top_probabilities, self._token_text, self._token_bytes)

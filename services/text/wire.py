@@ -14,7 +14,8 @@ from fabula.text.v1 import text_pb2
 from services.text.context import BuiltContext, ReportEntry
 from services.text.context_units import TextUnit, TrimDirection
 from services.text.models import LoadedModel
-from services.text.params import SAMPLING_FIELDS, GenerationSpec, SamplerConvention, SamplerName, SamplingParams
+from services.text.params import (SAMPLING_FIELDS, GenerationSpec, PhraseRepetitionPenalty, SamplerConvention,
+                                  SamplerName, SamplingParams)
 from services.text.presets_store import Preset
 from services.text.probabilities import Alternative, TokenProbabilities
 from services.text.sequence import FinishReason, Piece, Stats
@@ -28,6 +29,12 @@ SAMPLER_FROM_PB: dict[int, SamplerName] = {
     text_pb2.SAMPLER_TYPICAL_P: SamplerName.TYPICAL_P,
     text_pb2.SAMPLER_TAIL_FREE: SamplerName.TAIL_FREE,
     text_pb2.SAMPLER_MIN_P: SamplerName.MIN_P,
+    text_pb2.SAMPLER_REPETITION_PENALTY: SamplerName.REPETITION_PENALTY,
+    text_pb2.SAMPLER_PHRASE_REPETITION_PENALTY: SamplerName.PHRASE_REPETITION_PENALTY,
+    text_pb2.SAMPLER_DRY: SamplerName.DRY,
+    text_pb2.SAMPLER_XTC: SamplerName.XTC,
+    text_pb2.SAMPLER_UNIFIED: SamplerName.UNIFIED,
+    text_pb2.SAMPLER_MIROSTAT: SamplerName.MIROSTAT,
 }
 SAMPLER_TO_PB: dict[SamplerName, int] = {name: number for number, name in SAMPLER_FROM_PB.items()}
 
@@ -53,6 +60,19 @@ CONVENTION_FROM_PB: dict[int, SamplerConvention] = {
 }
 CONVENTION_TO_PB: dict[SamplerConvention, int] = {name: number for number, name in CONVENTION_FROM_PB.items()}
 
+PHRASE_LEVEL_FROM_PB: dict[int, PhraseRepetitionPenalty] = {
+    text_pb2.PHRASE_REPETITION_PENALTY_OFF: PhraseRepetitionPenalty.OFF,
+    text_pb2.PHRASE_REPETITION_PENALTY_VERY_LIGHT: PhraseRepetitionPenalty.VERY_LIGHT,
+    text_pb2.PHRASE_REPETITION_PENALTY_LIGHT: PhraseRepetitionPenalty.LIGHT,
+    text_pb2.PHRASE_REPETITION_PENALTY_MEDIUM: PhraseRepetitionPenalty.MEDIUM,
+    text_pb2.PHRASE_REPETITION_PENALTY_AGGRESSIVE: PhraseRepetitionPenalty.AGGRESSIVE,
+    text_pb2.PHRASE_REPETITION_PENALTY_VERY_AGGRESSIVE: PhraseRepetitionPenalty.VERY_AGGRESSIVE,
+}
+PHRASE_LEVEL_TO_PB: dict[PhraseRepetitionPenalty, int] = {name: number for number, name in PHRASE_LEVEL_FROM_PB.items()}
+# The enum-valued controls: the table from protobuf numbers (UNSPECIFIED, 0, counts as unset).
+_CHOICES_FROM_PB: dict[str, dict[int, Any]] = {"sampler_convention": CONVENTION_FROM_PB,
+                                               "phrase_repetition_penalty": PHRASE_LEVEL_FROM_PB}
+
 FINISH_REASON_TO_PB: dict[FinishReason, int] = {
     FinishReason.LENGTH: text_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP_SEQUENCE: text_pb2.FINISH_REASON_STOP_SEQUENCE,
@@ -69,10 +89,15 @@ def sampling_from_pb(message: text_pb2.SamplingParameters) -> dict[str, Any]:
     preset). The message's optional fields carry the names of `SAMPLING_FIELDS`; the convention
     is an enum number, and UNSPECIFIED counts as unset."""
     values: dict[str, Any] = {name: getattr(message, name) for name in SAMPLING_FIELDS if message.HasField(name)}
-    if "sampler_convention" in values:
-        number = values.pop("sampler_convention")
-        if number != text_pb2.SAMPLER_CONVENTION_UNSPECIFIED:
-            values["sampler_convention"] = CONVENTION_FROM_PB.get(number, number)
+    for name, table in _CHOICES_FROM_PB.items():
+        if name in values:
+            number = values.pop(name)
+            if number != 0:
+                values[name] = table.get(number, number)
+    if message.HasField("cfg_uc"):
+        values["cfg_uc"] = message.cfg_uc
+    if message.HasField("dry_sequence_breakers"):
+        values["dry_sequence_breakers"] = list(message.dry_sequence_breakers.breakers)
     if message.repetition_penalty_whitelist:
         values["repetition_penalty_whitelist"] = list(message.repetition_penalty_whitelist)
     if message.sampler_order:
@@ -166,7 +191,13 @@ def sampling_to_pb(sampling: SamplingParams) -> text_pb2.SamplingParameters:
     )
     for name in SAMPLING_FIELDS:
         value = getattr(sampling, name)
-        setattr(message, name, CONVENTION_TO_PB[value] if isinstance(value, SamplerConvention) else value)
+        if isinstance(value, SamplerConvention):
+            value = CONVENTION_TO_PB[value]
+        elif isinstance(value, PhraseRepetitionPenalty):
+            value = PHRASE_LEVEL_TO_PB[value]
+        setattr(message, name, value)
+    message.cfg_uc = sampling.cfg_uc
+    message.dry_sequence_breakers.breakers.extend(sampling.dry_sequence_breakers)
     return message
 
 

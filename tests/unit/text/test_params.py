@@ -60,9 +60,12 @@ def test_unbalanced_sampler_order_is_refused(order):
 def test_full_permutation_with_disabled_steps_is_accepted():
     steps = [text_pb2.SamplerStep(sampler=s, enabled=s % 2 == 0) for s in (7, 6, 5, 4, 3, 2, 1)]
     params = parse(sampling=text_pb2.SamplingParameters(sampler_order=steps))
-    assert [wire.SAMPLER_TO_PB[name] for name, _ in params.sampling.order] == [7, 6, 5, 4, 3, 2, 1]
-    assert params.sampling.order[0][0] is SamplerName.MIN_P
-    assert [enabled for _, enabled in params.sampling.order] == [False, True, False, True, False, True, False]
+    # The penalty steps left out go first, the newer warpers left out last (their default places).
+    assert [wire.SAMPLER_TO_PB[name] for name, _ in params.sampling.order] == [8, 9, 10, 7, 6, 5, 4, 3, 2, 1,
+                                                                               12, 11, 13]
+    assert params.sampling.order[3][0] is SamplerName.MIN_P
+    assert [enabled for _, enabled in params.sampling.order][3:10] == [False, True, False, True, False, True, False]
+    assert all(enabled for _, enabled in params.sampling.order[:3] + params.sampling.order[10:])
 
 
 @pytest.mark.parametrize(("fields", "field"), [

@@ -14,6 +14,7 @@ from services.text.params import (
     GREEDY_TEMPERATURE,
     SAMPLING_FIELDS,
     Choice,
+    PhraseRepetitionPenalty,
     Range,
     SamplerConvention,
     SamplerName,
@@ -79,13 +80,15 @@ def test_a_choice_accepts_its_members_by_name_and_refuses_anything_else(name):
         assert raised.value.field == f"{PREFIX}{name}"
 
 
-def test_the_sampler_convention_is_a_row_of_the_table():
-    assert CHOICES == ["sampler_convention"]
+def test_the_choices_are_rows_of_the_table():
+    assert CHOICES == ["phrase_repetition_penalty", "sampler_convention"]
     assert SAMPLING_FIELDS["sampler_convention"].neutral is SamplerConvention.FABULA
+    assert SAMPLING_FIELDS["phrase_repetition_penalty"].neutral is PhraseRepetitionPenalty.OFF
 
 
-def test_every_orderable_sampler_has_its_row_in_the_table():
-    assert {name.key for name in SamplerName} <= set(SAMPLING_FIELDS)
+def test_every_orderable_step_has_its_controls_in_the_table():
+    for name in SamplerName:
+        assert name.controls and set(name.controls) <= set(SAMPLING_FIELDS)
 
 
 def test_all_neutral_runs_no_warper_and_leaves_the_distribution_alone():
@@ -113,9 +116,13 @@ def test_neutral_penalties_change_nothing():
 
 def test_a_control_off_its_neutral_value_is_active():
     for name in SamplerName:
-        field = SAMPLING_FIELDS[name.key]
-        other = next(value for value in inside(field.allowed) if value != field.neutral)
-        assert samplers.active_warpers(SamplingParams(**{name.key: other})) == [name]
+        for control in name.controls:
+            field = SAMPLING_FIELDS[control]
+            if isinstance(field.allowed, Choice):
+                other = next(member for member in field.allowed.kind if member != field.neutral)
+            else:
+                other = next(value for value in inside(field.allowed) if value != field.neutral)
+            assert samplers.active_warpers(SamplingParams(**{control: other})) == [name], control
 
 
 def test_the_greedy_temperature_keeps_only_the_most_likely_token():
