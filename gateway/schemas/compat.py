@@ -23,7 +23,9 @@ DEFAULT_ORDER = ("temperature", "top_k", "top_a", "top_p", "typical_p", "tail_fr
 
 SAMPLING_NAMES = ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p",
                   "repetition_penalty", "repetition_penalty_range", "repetition_penalty_slope",
-                  "frequency_penalty", "presence_penalty")
+                  "frequency_penalty", "presence_penalty", "mirostat", "mirostat_tau", "mirostat_eta",
+                  "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "xtc_threshold",
+                  "xtc_probability")
 
 
 class CompatBody(BaseModel):
@@ -39,6 +41,7 @@ class SamplingChoice:
     values: dict[str, float | int | None] = field(default_factory=dict)
     order: list[tuple[str, bool]] = field(default_factory=list)  # (warper, enabled); empty = default
     convention: str | None = None  # "fabula" | "koboldcpp"
+    dry_sequence_breakers: list[str] | None = None  # None = leave to the preset
 
     def to_pb(self) -> text_pb2.SamplingParameters:
         message = text_pb2.SamplingParameters(sampler_order=[
@@ -51,6 +54,8 @@ class SamplingChoice:
         if self.convention is not None:
             message.sampler_convention = text_pb2.SamplerConvention.Value(
                 f"SAMPLER_CONVENTION_{self.convention.upper()}")
+        if self.dry_sequence_breakers is not None:
+            message.dry_sequence_breakers.breakers.extend(self.dry_sequence_breakers)
         return message
 
 

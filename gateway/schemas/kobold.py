@@ -8,7 +8,9 @@ penalty, Fabula's 0 the whole context, so 0 switches the penalty off), `tfs` →
 `typical` → typical_p, `sampler_order` (KoboldAI's numeric ids) → Fabula's order, `stop_sequence`
 → stop sequences, `sampler_seed` → seed (-1 = random), `memory` → put before the prompt,
 `singleline` → stop at a newline, `use_default_badwordsids` → no end of text before `max_length`,
-`banned_tokens` → banned strings.
+`banned_tokens` → banned strings, `mirostat`/`mirostat_tau`/`mirostat_eta`, `dry_*` and `xtc_*` →
+the samplers of the same names (with mirostat on, KoboldCpp samples with temperature and mirostat
+only, and so does this translation).
 """
 
 from __future__ import annotations
@@ -28,14 +30,12 @@ PARAM_NAMES = {"max_new_tokens": "max_length", "stop_sequences": "stop_sequence"
                "typical_p": "typical", "repetition_penalty": "rep_pen", "repetition_penalty_range": "rep_pen_range",
                "repetition_penalty_slope": "rep_pen_slope", "seed": "sampler_seed", "banned_strings": "banned_tokens"}
 
-# KoboldAI's sampler ids. 6, the repetition penalty, is not a warper in Fabula: it always runs
-# first, where KoboldCpp's default order puts it too.
-KOBOLD_SAMPLERS = {0: "top_k", 1: "top_a", 2: "top_p", 3: "tail_free", 4: "typical_p", 5: "temperature"}
-REPETITION_PENALTY_ID = 6
+# KoboldAI's sampler ids; 6, the repetition penalty, goes where the order puts it.
+KOBOLD_SAMPLERS = {0: "top_k", 1: "top_a", 2: "top_p", 3: "tail_free", 4: "typical_p", 5: "temperature",
+                   6: "repetition_penalty"}
 KOBOLDCPP_DEFAULT_ORDER = [6, 0, 1, 3, 4, 2, 5]
 # Samplers KoboldCpp offers and Fabula does not; a request that switches one on is refused.
-UNSUPPORTED_SAMPLERS = ("dynatemp_range", "smoothing_factor", "mirostat", "dry_multiplier", "xtc_probability",
-                        "nsigma")
+UNSUPPORTED_SAMPLERS = ("dynatemp_range", "smoothing_factor", "nsigma")
 
 KOBOLD_API_VERSION = "1.2.5"
 # Clients (SillyTavern, KoboldAI Lite) switch on streaming, stop sequences, abort and token counts
@@ -89,8 +89,15 @@ class GenerateBody(CompatBody):
     genkey: str | None = Field(None, max_length=128, description="names the generation for /api/extra/abort")
     dynatemp_range: float | None = None
     smoothing_factor: float | None = None
-    mirostat: int | None = None
+    mirostat: int | None = Field(None, description="0 off, 1 or 2")
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
     dry_multiplier: float | None = None
+    dry_base: float | None = None
+    dry_allowed_length: int | None = Field(None, ge=0, le=UINT32_MAX)
+    dry_penalty_last_n: int | None = Field(None, ge=0, le=UINT32_MAX, description="0 = the whole context")
+    dry_sequence_breakers: list[str] | None = None
+    xtc_threshold: float | None = None
     xtc_probability: float | None = None
     nsigma: float | None = None
 
@@ -105,15 +112,21 @@ class GenerateBody(CompatBody):
         values = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "top_a": self.top_a,
                   "min_p": self.min_p, "typical_p": self.typical, "tail_free": self.tfs,
                   "repetition_penalty": penalty, "repetition_penalty_range": self.rep_pen_range or None,
-                  "repetition_penalty_slope": self.rep_pen_slope, "presence_penalty": presence}
-        return SamplingChoice(values=values, order=self._order(), convention="koboldcpp")
+                  "repetition_penalty_slope": self.rep_pen_slope, "presence_penalty": presence,
+                  "mirostat": self.mirostat, "mirostat_tau": self.mirostat_tau, "mirostat_eta": self.mirostat_eta,
+                  "dry_multiplier": self.dry_multiplier, "dry_base": self.dry_base,
+                  "dry_allowed_length": self.dry_allowed_length, "dry_penalty_last_n": self.dry_penalty_last_n,
+                  "xtc_threshold": self.xtc_threshold, "xtc_probability": self.xtc_probability}
+        # KoboldCpp: with mirostat on, the repetition penalty, the temperature and mirostat run;
+        # the sampler order's truncations do not.
+        order = completed_order(["temperature"]) if self.mirostat else self._order()
+        return SamplingChoice(values=values, order=order, convention="koboldcpp",
+                              dry_sequence_breakers=self.dry_sequence_breakers)
 
     def _order(self) -> list[tuple[str, bool]]:
         ids = self.sampler_order if self.sampler_order else KOBOLDCPP_DEFAULT_ORDER
         warpers: list[str] = []
         for index, sampler_id in enumerate(ids):
-            if sampler_id == REPETITION_PENALTY_ID:
-                continue
             warper = KOBOLD_SAMPLERS.get(sampler_id)
             if warper is None:
                 raise bad(f"sampler_order[{index}]", f"unknown sampler id {sampler_id} (KoboldAI's ids are 0-6)")

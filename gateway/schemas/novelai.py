@@ -115,12 +115,15 @@ def honesty_headers(images: list[image_pb2.Image]) -> dict[str, str]:
 
 # Text ------------------------------------------------------------------------------------------
 
-# NovelAI's sampler numbers in `order`, and Fabula's samplers; NovelAI's CFG (6), top-g (7),
-# mirostat (8) and unified (9) samplers have no Fabula counterpart.
+# NovelAI's sampler numbers in `order`, and Fabula's samplers. CFG (6) is not a step in Fabula (it
+# makes the distribution the steps start from); listing it switches guidance on. Top-g (7) has no
+# Fabula counterpart.
 ORDER_SAMPLERS = {0: text_pb2.SAMPLER_TEMPERATURE, 1: text_pb2.SAMPLER_TOP_K, 2: text_pb2.SAMPLER_TOP_P,
                   3: text_pb2.SAMPLER_TAIL_FREE, 4: text_pb2.SAMPLER_TOP_A, 5: text_pb2.SAMPLER_TYPICAL_P,
-                  10: text_pb2.SAMPLER_MIN_P}
-OrderNumber = Literal[0, 1, 2, 3, 4, 5, 10]
+                  8: text_pb2.SAMPLER_MIROSTAT, 9: text_pb2.SAMPLER_UNIFIED, 10: text_pb2.SAMPLER_MIN_P}
+CFG_ORDER_NUMBER = 6
+OrderNumber = Literal[0, 1, 2, 3, 4, 5, 6, 8, 9, 10]
+PhraseRepPen = Literal["off", "very_light", "light", "medium", "aggressive", "very_aggressive"]
 
 
 # A stop sequence as NovelAI's API takes it: token ids (what SillyTavern and NovelAI's clients send),
@@ -133,8 +136,8 @@ class TextParameters(RequestBody):
     """NovelAI's text parameters, as SillyTavern's src/endpoints/novelai.js forwards them. Stop
     sequences given as token ids are decoded with the serving model's tokenizer. The other fields
     that hold token ids (bad_words_ids, logit_bias_exp, repetition_penalty_whitelist) are ignored,
-    as are the controls Fabula has no counterpart for (phrase_rep_pen, mirostat_*, cfg_*, prefix,
-    use_cache, return_full_text, generate_until_sentence)."""
+    as are the controls Fabula has no counterpart for (top_g, prefix, use_cache, return_full_text,
+    generate_until_sentence). Mirostat is NovelAI's (version 2, `mirostat_lr` its learning rate)."""
 
     use_string: bool = Field(True, description="only true: token-id input is NovelAI's tokenizer's")
     temperature: float | None = None
@@ -154,8 +157,17 @@ class TextParameters(RequestBody):
     stop_sequences: list[StopSequence] | None = Field(
         None, max_length=1024, description="token-id arrays, decoded with the serving model's tokenizer "
                                            "(NovelAI's form), or strings")
+    cfg_scale: float | None = Field(None, description="classifier-free guidance; 1 = off")
+    cfg_uc: Text | None = Field(None, description="the negative context for guidance")
+    phrase_rep_pen: PhraseRepPen | None = None
+    unified_linear: float | None = None
+    unified_quad: float | None = None
+    unified_conf: float | None = None
+    mirostat_tau: float | None = Field(None, description="mirostat v2's target surprise; 0 = off")
+    mirostat_lr: float | None = Field(None, description="mirostat's learning rate")
     order: list[OrderNumber] | None = Field(None, description="0 temperature, 1 top-k, 2 top-p, 3 tail-free, "
-                                                              "4 top-a, 5 typical, 10 min-p; the rest are off")
+                                                              "4 top-a, 5 typical, 6 CFG, 8 mirostat, 9 unified, "
+                                                              "10 min-p; the rest are off")
 
     def sampling_pb(self) -> text_pb2.SamplingParameters:
         sampling = text_pb2.SamplingParameters()
@@ -165,12 +177,26 @@ class TextParameters(RequestBody):
                              ("repetition_penalty_range", "repetition_penalty_range"),
                              ("repetition_penalty_slope", "repetition_penalty_slope"),
                              ("frequency_penalty", "repetition_penalty_frequency"),
-                             ("presence_penalty", "repetition_penalty_presence")):
+                             ("presence_penalty", "repetition_penalty_presence"),
+                             ("unified_linear", "unified_linear"), ("unified_quad", "unified_quad"),
+                             ("unified_conf", "unified_conf"), ("mirostat_tau", "mirostat_tau"),
+                             ("mirostat_eta", "mirostat_lr")):
             value = getattr(self, theirs)
             if value is not None:
                 setattr(sampling, ours, value)
+        if self.mirostat_tau:
+            sampling.mirostat = 2
+        if self.phrase_rep_pen is not None:
+            sampling.phrase_repetition_penalty = text_pb2.PhraseRepetitionPenalty.Value(
+                f"PHRASE_REPETITION_PENALTY_{self.phrase_rep_pen.upper()}")
+        guided = self.cfg_scale is not None and (not self.order or CFG_ORDER_NUMBER in self.order)
+        if guided:
+            sampling.cfg_scale = self.cfg_scale
+            if self.cfg_uc is not None:
+                sampling.cfg_uc = self.cfg_uc
         if self.order:
-            listed = list(dict.fromkeys(ORDER_SAMPLERS[number] for number in self.order))
+            listed = list(dict.fromkeys(ORDER_SAMPLERS[number] for number in self.order
+                                        if number != CFG_ORDER_NUMBER))
             rest = [s for s in ORDER_SAMPLERS.values() if s not in listed]
             sampling.sampler_order.extend([text_pb2.SamplerStep(sampler=s, enabled=True) for s in listed]
                                           + [text_pb2.SamplerStep(sampler=s, enabled=False) for s in rest])
@@ -213,7 +239,9 @@ TEXT_FIELDS = {"prompt": "input", "model": "model", "max_new_tokens": "parameter
                "sampling.tail_free": "parameters.tail_free_sampling",
                "sampling.frequency_penalty": "parameters.repetition_penalty_frequency",
                "sampling.presence_penalty": "parameters.repetition_penalty_presence",
-               "sampling.sampler_order": "parameters.order"}
+               "sampling.sampler_order": "parameters.order", "sampling.cfg_uc": "parameters.cfg_uc",
+               "sampling.phrase_repetition_penalty": "parameters.phrase_rep_pen",
+               "sampling.mirostat_eta": "parameters.mirostat_lr"}
 
 
 def text_body_field(field: str) -> str:

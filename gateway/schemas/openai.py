@@ -6,7 +6,10 @@ accept them, as more body fields: `top_k`, `min_p`, `top_a`, `typical_p` (llama.
 `typical`), `tfs` / `tfs_z` / `tail_free`, `repetition_penalty` (llama.cpp: `repeat_penalty`),
 `repetition_penalty_range` (llama.cpp: `repeat_last_n`, where -1 means the whole context),
 `repetition_penalty_slope`, `sampler_order` / `samplers` (names), `sampler_convention`,
-`min_tokens` (vLLM) and Fabula's `preset`.
+`mirostat` / `mirostat_tau` / `mirostat_eta`, `dry_multiplier` / `dry_base` / `dry_allowed_length` /
+`dry_penalty_last_n` (llama.cpp: -1 the whole context, 0 off) / `dry_sequence_breakers`,
+`xtc_probability` / `xtc_threshold`, `min_tokens` (vLLM) and Fabula's `preset`. With mirostat on,
+llama.cpp samples with the penalties, the temperature and mirostat only, and so does Fabula here.
 
 Log-probabilities (`logprobs`, `top_logprobs`) are the text service's token probabilities in the
 model's own distribution (its "before": the raw logits, before penalties and samplers), the
@@ -36,7 +39,9 @@ FIELD_PREFIXES = ("spec.sampling.", "spec.")
 # llama.cpp's names for the warpers in its `samplers` list, and Fabula's own.
 WARPER_NAMES = {"temperature": "temperature", "temp": "temperature", "top_k": "top_k", "top_p": "top_p",
                 "top_a": "top_a", "typical_p": "typical_p", "typical": "typical_p", "typ_p": "typical_p",
-                "tail_free": "tail_free", "tfs": "tail_free", "tfs_z": "tail_free", "min_p": "min_p"}
+                "tail_free": "tail_free", "tfs": "tail_free", "tfs_z": "tail_free", "min_p": "min_p",
+                "dry": "dry", "xtc": "xtc", "penalties": "repetition_penalty",
+                "repetition_penalty": "repetition_penalty"}
 MAX_CHOICES = 16
 # The text service's limit on alternatives per token (spec.top_probabilities), and OpenAI's for
 # chat's top_logprobs.
@@ -100,6 +105,16 @@ class GenerationFields(CompatBody):
     sampler_order: list[str] | None = None
     samplers: list[str] | None = None
     sampler_convention: Literal["fabula", "koboldcpp"] | None = None
+    mirostat: int | None = Field(None, ge=0, le=2, description="0 off, 1 or 2")
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    dry_multiplier: float | None = None
+    dry_base: float | None = None
+    dry_allowed_length: int | None = Field(None, ge=0, le=2**32 - 1)
+    dry_penalty_last_n: int | None = Field(None, ge=-1, le=2**32 - 1, description="-1 = the whole context, 0 = off")
+    dry_sequence_breakers: list[str] | None = None
+    xtc_probability: float | None = None
+    xtc_threshold: float | None = None
     min_tokens: int = Field(0, ge=0)
     preset: str = Field("", description="a Fabula preset (GET /ai/presets) under the fields given; default neutral")
 
@@ -126,8 +141,15 @@ class GenerationFields(CompatBody):
             "repetition_penalty": 1.0 if penalty_off else first(self.repetition_penalty, self.repeat_penalty),
             "repetition_penalty_range": range_, "repetition_penalty_slope": self.repetition_penalty_slope,
             "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+            "mirostat": self.mirostat, "mirostat_tau": self.mirostat_tau, "mirostat_eta": self.mirostat_eta,
+            "dry_multiplier": 0.0 if self.dry_penalty_last_n == 0 else self.dry_multiplier,
+            "dry_base": self.dry_base, "dry_allowed_length": self.dry_allowed_length,
+            "dry_penalty_last_n": 0 if self.dry_penalty_last_n == -1 else self.dry_penalty_last_n,
+            "xtc_probability": self.xtc_probability, "xtc_threshold": self.xtc_threshold,
         }
-        return SamplingChoice(values=values, order=self._order(), convention=self.sampler_convention)
+        order = completed_order(["temperature"]) if self.mirostat else self._order()
+        return SamplingChoice(values=values, order=order, convention=self.sampler_convention,
+                              dry_sequence_breakers=self.dry_sequence_breakers)
 
     def _order(self) -> list[tuple[str, bool]]:
         names = self.sampler_order if self.sampler_order is not None else self.samplers

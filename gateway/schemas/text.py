@@ -23,7 +23,15 @@ FIELD_PREFIXES = ("spec.",)
 # The text service's limit on spec.top_probabilities.
 MAX_TOP_PROBABILITIES = 20
 
-SamplerKey = Literal["temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p"]
+SamplerKey = Literal["temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p",
+                     "repetition_penalty", "phrase_repetition_penalty", "dry", "xtc", "unified", "mirostat"]
+PhraseLevel = Literal["off", "very_light", "light", "medium", "aggressive", "very_aggressive"]
+# The numeric sampling fields, carried to the service as they are (it checks their ranges).
+NUMERIC_SAMPLING = ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p",
+                    "repetition_penalty", "repetition_penalty_range", "repetition_penalty_slope",
+                    "frequency_penalty", "presence_penalty", "mirostat", "mirostat_tau", "mirostat_eta",
+                    "cfg_scale", "unified_linear", "unified_quad", "unified_conf", "dry_multiplier", "dry_base",
+                    "dry_allowed_length", "dry_penalty_last_n", "xtc_threshold", "xtc_probability")
 FINISH_REASONS = {
     text_pb2.FINISH_REASON_LENGTH: "length",
     text_pb2.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
@@ -56,8 +64,25 @@ class Sampling(RequestBody):
     frequency_penalty: float | None = Field(None, description="[-2, 2]")
     presence_penalty: float | None = Field(None, description="[-2, 2]")
     repetition_penalty_whitelist: list[Uint32] = Field(default_factory=list, description="token ids spared")
+    mirostat: Uint32 | None = Field(None, description="0 = off, 1 or 2")
+    mirostat_tau: float | None = Field(None, description="[0, 100] bits; default 5")
+    mirostat_eta: float | None = Field(None, description="[0, 1]; default 0.1")
+    cfg_scale: float | None = Field(None, description="[0, 100]; 1 = off")
+    cfg_uc: Text | None = Field(None, description="negative context for guidance; empty = the start token")
+    phrase_repetition_penalty: PhraseLevel | None = Field(None, description="NovelAI's levels; off by default")
+    unified_linear: float | None = Field(None, description="[0, 10]; 1 = neutral")
+    unified_quad: float | None = Field(None, description="[0, 10]; 0 = off")
+    unified_conf: float | None = Field(None, description="[-10, 10]; 0 = off")
+    dry_multiplier: float | None = Field(None, description="[0, 100]; 0 = off")
+    dry_base: float | None = Field(None, description="(1, 10]; default 1.75")
+    dry_allowed_length: Uint32 | None = Field(None, description="[1, 1000]; default 2")
+    dry_penalty_last_n: Uint32 | None = Field(None, description="recent tokens searched; 0 = all")
+    dry_sequence_breakers: list[Text] | None = Field(None, description="strings; unset = the preset's")
+    xtc_threshold: float | None = Field(None, description="[0, 1]; above 0.5 = off; default 0.1")
+    xtc_probability: float | None = Field(None, description="[0, 1]; 0 = off")
     sampler_order: list[SamplerStep] = Field(default_factory=list,
-                                             description="every sampler exactly once; empty = default order")
+                                             description="every classic warper exactly once, the newer steps "
+                                                         "optionally; empty = default order")
     sampler_convention: Literal["fabula", "koboldcpp"] | None = Field(
         None, description="whose definition of the slope, tail-free, top_k and typical_p to follow "
                           "(fabula = KoboldAI/transformers, koboldcpp = KoboldCpp); unset = the preset's")
@@ -70,9 +95,14 @@ class Sampling(RequestBody):
         if self.sampler_convention is not None:
             message.sampler_convention = text_pb2.SamplerConvention.Value(
                 f"SAMPLER_CONVENTION_{self.sampler_convention.upper()}")
-        for name in ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p",
-                     "repetition_penalty", "repetition_penalty_range", "repetition_penalty_slope",
-                     "frequency_penalty", "presence_penalty"):
+        if self.phrase_repetition_penalty is not None:
+            message.phrase_repetition_penalty = text_pb2.PhraseRepetitionPenalty.Value(
+                f"PHRASE_REPETITION_PENALTY_{self.phrase_repetition_penalty.upper()}")
+        if self.cfg_uc is not None:
+            message.cfg_uc = self.cfg_uc
+        if self.dry_sequence_breakers is not None:
+            message.dry_sequence_breakers.breakers.extend(self.dry_sequence_breakers)
+        for name in NUMERIC_SAMPLING:
             value = getattr(self, name)
             if value is not None:
                 setattr(message, name, value)

@@ -195,7 +195,9 @@ class Range:
             left = "(" if self.low_open else "["
             right = ")" if self.high_open else "]"
             raise InvalidArgument(field_name, value, f"must be within {left}{self.low:g}, {self.high:g}{right}")
-        if self.low < value < self.min_above_low:
+        # Only a range that declares such a floor has one (a range reaching below 0, such as the
+        # presence penalty's, must accept its negative values).
+        if self.min_above_low and self.low < value < self.min_above_low:
             raise InvalidArgument(field_name, value, f"must be {self.low:g} or at least {self.min_above_low:g}")
 
 

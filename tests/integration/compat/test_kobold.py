@@ -155,7 +155,7 @@ async def test_what_clients_ask_first(api, compat):
 
 async def test_errors_in_koboldais_shape(api, compat):
     for body, field in (({**LITE_BODY, "sampler_order": [9, 0, 1, 2, 3, 4, 5]}, "sampler_order[0]"),
-                        ({**LITE_BODY, "mirostat": 2}, "mirostat"), ({**LITE_BODY, "temperature": -1}, "temperature")):
+                        ({**LITE_BODY, "nsigma": 1.0}, "nsigma"), ({**LITE_BODY, "mirostat": 3}, "mirostat"), ({**LITE_BODY, "temperature": -1}, "temperature")):
         reply = await api.post("/api/v1/generate", json=body)
         assert reply.status_code == 400, reply.text
         detail = reply.json()["detail"]
@@ -201,3 +201,28 @@ async def test_abort_answers_generate_with_the_text_so_far(long_compat):
     result = reply.json()["results"][0]
     # The text so far may be empty: on a busy machine the abort can land before the first token.
     assert result["finish_reason"] == "abort" and result["completion_tokens"] < ENDLESS["max_length"]
+
+
+async def test_mirostat_dry_and_xtc_are_koboldcpps(api, compat):
+    """KoboldCpp's names for the newer samplers reach the same samplers as the native route, with
+    mirostat in KoboldCpp's place: the temperature and mirostat, the order's truncations off."""
+    body = {"prompt": "The keeper climbed the stairs", "max_length": 12, "use_default_badwordsids": True,
+            "sampler_seed": 5, "temperature": 0.8, "top_k": 40, "mirostat": 2, "mirostat_tau": 3.0,
+            "mirostat_eta": 0.2, "dry_multiplier": 0.8, "dry_base": 1.5, "dry_allowed_length": 2,
+            "dry_penalty_last_n": 64, "dry_sequence_breakers": ["\n", ":"], "xtc_probability": 0.5,
+            "xtc_threshold": 0.1}
+    kobold = await api.post("/api/v1/generate", json=body)
+    assert kobold.status_code == 200, kobold.text
+    classic = ("top_k", "top_a", "top_p", "typical_p", "tail_free", "min_p")
+    native = await api.post("/ai/generate", json={
+        "prompt": body["prompt"], "max_new_tokens": 12, "min_new_tokens": 12, "seed": 5, "preset": "neutral",
+        "sampling": {"temperature": 0.8, "top_k": 40, "mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.2,
+                     "dry_multiplier": 0.8, "dry_base": 1.5, "dry_allowed_length": 2, "dry_penalty_last_n": 64,
+                     "dry_sequence_breakers": ["\n", ":"], "xtc_probability": 0.5, "xtc_threshold": 0.1,
+                     "sampler_convention": "koboldcpp",
+                     "sampler_order": [{"sampler": "temperature"}]
+                     + [{"sampler": name, "enabled": False} for name in classic]}})
+    assert native.status_code == 200, native.text
+    assert kobold.json()["results"][0]["text"] == native.json()["text"]
+    bad = await api.post("/api/v1/generate", json={**body, "xtc_threshold": 2})
+    assert bad.status_code == 400 and "xtc_threshold" in bad.json()["detail"]["msg"]

@@ -248,3 +248,29 @@ async def test_chat_logprobs_and_top_logprobs(client):
         [(e.token, e.logprob, []) for e in content]
     none = await client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=10, seed=3)
     assert none.choices[0].logprobs is None
+
+
+async def test_llama_cpp_sampler_fields_as_body_fields(client, compat):
+    extra = {"min_p": 0.02, "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2,
+             "dry_penalty_last_n": -1, "dry_sequence_breakers": ["\n"], "xtc_probability": 0.5,
+             "xtc_threshold": 0.1, "samplers": ["dry", "min_p", "xtc", "temperature"]}
+    reply = await client.completions.create(model="tiny-chat", prompt="The knight", max_tokens=12, seed=6,
+                                            extra_body=extra)
+    native = await compat.api.post("/ai/generate", json={
+        "model": "tiny-chat", "prompt": "The knight", "max_new_tokens": 12, "seed": 6, "preset": "neutral",
+        "sampling": {"min_p": 0.02, "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2,
+                     "dry_penalty_last_n": 0, "dry_sequence_breakers": ["\n"], "xtc_probability": 0.5,
+                     "xtc_threshold": 0.1,
+                     "sampler_order": [{"sampler": name} for name in ("dry", "min_p", "xtc", "temperature")]
+                     + [{"sampler": name, "enabled": False} for name in
+                        ("top_k", "top_a", "top_p", "typical_p", "tail_free")]}})
+    assert native.status_code == 200, native.text
+    assert reply.choices[0].text == native.json()["text"]
+    mirostat = await client.completions.create(model="tiny-chat", prompt="The knight", max_tokens=12, seed=6,
+                                               extra_body={"mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.1})
+    again = await client.completions.create(model="tiny-chat", prompt="The knight", max_tokens=12, seed=6,
+                                            extra_body={"mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.1})
+    assert mirostat.choices[0].text == again.choices[0].text
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.completions.create(model="tiny-chat", prompt="x", max_tokens=4, extra_body={"dry_base": 0.5})
+    assert raised.value.body["param"] == "dry_base"

@@ -103,7 +103,7 @@ async def test_stop_sequences_as_token_ids_are_decoded_with_the_models_tokenizer
     ({"stop_sequences": [[198, 10**9]]}, "parameters.stop_sequences.0.1"),  # beyond the vocabulary
     ({"stop_sequences": [[]]}, "parameters.stop_sequences.0"),
     ({"use_string": False}, "parameters.use_string"),
-    ({"order": [1, 6]}, "parameters.order.1"),
+    ({"order": [1, 7]}, "parameters.order.1"),  # top-g
     ({"max_length": 0}, "parameters.max_length"),
     ({"top_p": 7.0}, "parameters.top_p"),
 ])
@@ -119,3 +119,27 @@ async def test_the_novelai_text_routes_need_a_signed_in_caller(novelai) -> None:
     client, _, _ = novelai
     reply = await client.post("/ai/generate", json=sillytavern_body(), headers={"Authorization": ""})
     assert reply.status_code == 401
+
+
+async def test_cfg_phrase_rep_pen_unified_and_mirostat_are_novelais(novelai) -> None:
+    client, url, _ = novelai
+    newer = {"cfg_scale": 1.8, "cfg_uc": "A dull report.", "phrase_rep_pen": "medium", "unified_linear": 0.7,
+             "unified_quad": 0.1, "unified_conf": -0.05, "mirostat_tau": 4.0, "mirostat_lr": 0.2,
+             "order": [6, 9, 0, 8]}
+    # NovelAI's route takes no seed: a temperature that leaves one choice makes both sides greedy on
+    # the guided, penalised, reshaped distribution (mirostat v2 then keeps only that token).
+    reply = await client.post("/ai/generate", json=sillytavern_body(temperature=0.0001, **newer))
+    assert reply.status_code == 200, reply.text
+    classic = ("top_k", "top_a", "top_p", "typical_p", "tail_free", "min_p")
+    native = await client.post(f"{url}/ai/generate", json={
+        "prompt": "The knight rode into the valley.", "max_new_tokens": 12, "min_new_tokens": 12,
+        "sampling": {"temperature": 0.0001, "top_k": 40, "top_p": 0.9, "top_a": 0.1, "typical_p": 1.0,
+                     "tail_free": 0.92, "repetition_penalty": 1.5, "repetition_penalty_range": 64,
+                     "repetition_penalty_slope": 0.1, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+                     "cfg_scale": 1.8, "cfg_uc": "A dull report.", "phrase_repetition_penalty": "medium",
+                     "unified_linear": 0.7, "unified_quad": 0.1, "unified_conf": -0.05, "mirostat": 2,
+                     "mirostat_tau": 4.0, "mirostat_eta": 0.2,
+                     "sampler_order": [{"sampler": s} for s in ("unified", "temperature", "mirostat")]
+                     + [{"sampler": s, "enabled": False} for s in classic]}})
+    assert native.status_code == 200, native.text
+    assert reply.json()["output"] == native.json()["text"]

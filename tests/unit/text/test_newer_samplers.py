@@ -263,3 +263,9 @@ def test_xtc_and_the_seeded_draw_replay_with_the_same_seed():
 
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+@pytest.mark.parametrize(("name", "value"), [("frequency_penalty", -0.5), ("presence_penalty", -1.0),
+                                             ("unified_conf", -0.05)])
+def test_negative_values_inside_a_range_that_reaches_below_zero_are_accepted(name, value):
+    assert getattr(SamplingParams.from_mapping({name: value}, "s."), name) == value
