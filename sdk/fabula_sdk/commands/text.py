@@ -38,6 +38,21 @@ def generate(
     top_p: Annotated[float | None, typer.Option("--top-p")] = None,
     min_p: Annotated[float | None, typer.Option("--min-p")] = None,
     repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty")] = None,
+    mirostat: Annotated[int | None, typer.Option("--mirostat", min=0, max=2, help="mirostat version; 0 off")] = None,
+    mirostat_tau: Annotated[float | None, typer.Option("--mirostat-tau", help="target surprise in bits")] = None,
+    mirostat_eta: Annotated[float | None, typer.Option("--mirostat-eta", help="mirostat's learning rate")] = None,
+    cfg_scale: Annotated[float | None, typer.Option("--cfg-scale", help="classifier-free guidance; 1 off")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", help="the negative context for --cfg-scale")] = None,
+    phrase_rep_pen: Annotated[str | None, typer.Option(
+        "--phrase-rep-pen", help="off, very_light, light, medium, aggressive or very_aggressive")] = None,
+    dry_multiplier: Annotated[float | None, typer.Option("--dry-multiplier", help="DRY strength; 0 off")] = None,
+    dry_base: Annotated[float | None, typer.Option("--dry-base")] = None,
+    dry_allowed_length: Annotated[int | None, typer.Option("--dry-allowed-length", min=1)] = None,
+    xtc_probability: Annotated[float | None, typer.Option("--xtc-probability", help="XTC; 0 off")] = None,
+    xtc_threshold: Annotated[float | None, typer.Option("--xtc-threshold")] = None,
+    unified_linear: Annotated[float | None, typer.Option("--unified-linear")] = None,
+    unified_quad: Annotated[float | None, typer.Option("--unified-quad")] = None,
+    unified_conf: Annotated[float | None, typer.Option("--unified-conf")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop before this text (repeatable)")] = None,
     ban: Annotated[list[str] | None, typer.Option("--ban", help="never write this text (repeatable)")] = None,
     show_context: Annotated[bool, typer.Option("--show-context", help="print the context report to stderr")] = False,
@@ -52,9 +67,14 @@ def generate(
     saved = state(ctx).sessions.load()
     if saved is None:
         raise fail("not logged in: run `fabula login` (or `fabula register`) first")
-    sampling = {name: value for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
-                                                ("min_p", min_p), ("repetition_penalty", repetition_penalty))
-                if value is not None}
+    sampling = {name: value for name, value in (
+        ("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
+        ("repetition_penalty", repetition_penalty), ("mirostat", mirostat), ("mirostat_tau", mirostat_tau),
+        ("mirostat_eta", mirostat_eta), ("cfg_scale", cfg_scale), ("cfg_uc", negative),
+        ("phrase_repetition_penalty", phrase_rep_pen), ("dry_multiplier", dry_multiplier), ("dry_base", dry_base),
+        ("dry_allowed_length", dry_allowed_length), ("xtc_probability", xtc_probability),
+        ("xtc_threshold", xtc_threshold), ("unified_linear", unified_linear), ("unified_quad", unified_quad),
+        ("unified_conf", unified_conf)) if value is not None}
     options: dict = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "preset": preset,
                      "model": model, "stop_sequences": stop or [], "banned_strings": ban or []}
     if sampling:

@@ -32,6 +32,18 @@ class SamplerName(enum.StrEnum):
     TYPICAL_P = "typical_p"
     TAIL_FREE = "tail_free"
     MIN_P = "min_p"
+    REPETITION_PENALTY = "repetition_penalty"
+    PHRASE_REPETITION_PENALTY = "phrase_repetition_penalty"
+    DRY = "dry"
+    XTC = "xtc"
+    UNIFIED = "unified"
+    MIROSTAT = "mirostat"
+
+
+# The seven warpers an order must name; the service puts a newer step an order leaves out at its
+# default place (a penalty first, the others last), enabled.
+CLASSIC_SAMPLERS = (SamplerName.TEMPERATURE, SamplerName.TOP_K, SamplerName.TOP_P, SamplerName.TOP_A,
+                    SamplerName.TYPICAL_P, SamplerName.TAIL_FREE, SamplerName.MIN_P)
 
 
 @dataclass
@@ -42,10 +54,10 @@ class SamplerStep:
 
 
 def complete_sampler_order(steps: list[SamplerStep]) -> list[SamplerStep]:
-    """`steps` followed by every sampler they leave out, disabled: the text service takes an order
-    only when it names each sampler once (NovelAI's files and a user's short list name fewer)."""
+    """`steps` followed by every classic warper they leave out, disabled: the text service takes an
+    order only when it names each of them once (NovelAI's files and a user's short list name fewer)."""
     named = {step.sampler for step in steps}
-    return list(steps) + [SamplerStep(sampler, enabled=False) for sampler in SamplerName if sampler not in named]
+    return list(steps) + [SamplerStep(sampler, enabled=False) for sampler in CLASSIC_SAMPLERS if sampler not in named]
 
 
 @dataclass
@@ -65,6 +77,22 @@ class Sampling:
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     repetition_penalty_whitelist: list[int] | None = None
+    phrase_repetition_penalty: str | None = None  # off, very_light, light, medium, aggressive, very_aggressive
+    dry_multiplier: float | None = None
+    dry_base: float | None = None
+    dry_allowed_length: int | None = None
+    dry_penalty_last_n: int | None = None
+    dry_sequence_breakers: list[str] | None = None
+    xtc_threshold: float | None = None
+    xtc_probability: float | None = None
+    unified_linear: float | None = None
+    unified_quad: float | None = None
+    unified_conf: float | None = None
+    mirostat: int | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    cfg_scale: float | None = None
+    cfg_uc: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def merged_over(self, base: Sampling) -> Sampling:

@@ -81,3 +81,32 @@ async def test_cli_generate_streams_to_the_terminal(live, tmp_path):
     assert len(lines) == 15 and all(line.count("%") >= 2 + 3 for line in lines)
     bad = await asyncio.to_thread(run, "x", "--temperature", "-1")
     assert bad.exit_code == 1 and "temperature" in bad.stderr
+
+
+async def test_cli_newer_sampler_options_reach_the_service(live, tmp_path):
+    url, user = live
+    home = tmp_path / "home"
+    SessionStore(home).save(SavedSession(url=url, username=user.username, user_id=user.user_id, token=user.token,
+                                         master_key=os.urandom(32)))
+
+    def run(*args):
+        return CliRunner().invoke(app, ["--home", str(home), "generate", *args])
+
+    flags = ["--mirostat", "2", "--mirostat-tau", "3", "--cfg-scale", "1.5", "--negative", "A dull report.",
+             "--phrase-rep-pen", "light", "--dry-multiplier", "0.8", "--xtc-probability", "0.5",
+             "--unified-linear", "0.9"]
+    result = await asyncio.to_thread(run, "The knight", "-n", "15", "--min-new-tokens", "15", "--seed", "4",
+                                     "--preset", "neutral", *flags)
+    assert result.exit_code == 0, result.output
+    sampling = {"mirostat": 2, "mirostat_tau": 3.0, "cfg_scale": 1.5, "cfg_uc": "A dull report.",
+                "phrase_repetition_penalty": "light", "dry_multiplier": 0.8, "xtc_probability": 0.5,
+                "unified_linear": 0.9}
+
+    def expected():
+        with TextClient(url, user.token) as ai:
+            return ai.generate(**OPTIONS, sampling=sampling).text, ai.generate(**OPTIONS).text
+
+    guided, plain = await asyncio.to_thread(expected)
+    assert guided in result.stdout and guided != plain
+    bad = await asyncio.to_thread(run, "x", "--phrase-rep-pen", "loud")
+    assert bad.exit_code == 1 and "phrase_repetition_penalty" in bad.stderr
