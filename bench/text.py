@@ -315,12 +315,22 @@ def _session_context(story: str, switched_off: set[str]):
                 "told in the old way, one night at a time."))
 
 
+def _paragraphs(text: str, sentences: int = 3) -> str:
+    """The story as a writer's text: a paragraph (a line) every few sentences. A story of one
+    1,500-token line would put the author's note, three lines from the end, between the memory and
+    the lorebook, where every newline a continuation writes moves it (and changes the prompt right
+    after the memory)."""
+    parts = text.split(". ")
+    return "".join(part + (".\n" if (index + 1) % sentences == 0 else ". ")
+                   for index, part in enumerate(parts[:-1])) + parts[-1]
+
+
 async def _session_hit_rate(fabula: Fabula) -> float:
     """Share of prompt tokens served from the cache over a writing session: each step continues
     the story built by the context builder, then the story grows by what was generated."""
     from fabula.text.v1 import text_pb2
 
-    story = (await _long_prompt(fabula, 1500, 200)).replace(" the night", " the harbour night", 3)
+    story = _paragraphs((await _long_prompt(fabula, 1500, 200)).replace(" the night", " the harbour night", 3))
     switched_off: set[str] = set()
     prompt_tokens = cached_tokens = 0
     for step in range(SESSION_STEPS):

@@ -81,11 +81,16 @@ class ContextBuilder:
     """Builds prompts for one model (its tokenizer and context window)."""
 
     def __init__(self, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
-                 tokenize_with_offsets: Callable[[str], list[tuple[int, int]]], context_window: int) -> None:
+                 tokenize_with_offsets: Callable[[str], list[tuple[int, int]]], context_window: int,
+                 story_block_tokens: int = 0) -> None:
         self.encode = encode
         self.decode = decode
         self.offsets = tokenize_with_offsets
         self.context_window = context_window
+        # The story is trimmed from the top in whole blocks of this many tokens (0: at the first
+        # unit start that fits), so that its start, and the prompt's prefix up to the end of the
+        # story's kept part, stay the same from one continuation to the next (prefix reuse).
+        self.story_block_tokens = story_block_tokens
 
     def budget_for(self, context: StoryContext, max_new_tokens: int, prefix: str = "spec.context.") -> int:
         room = self.context_window - max_new_tokens
@@ -202,7 +207,7 @@ class ContextBuilder:
             affix_tokens = self.count(config.prefix) + self.count(config.suffix)
             kept = trim_to_fit(part.text, limit, config.trim_direction, config.maximum_trim_type,
                                lambda text, c=config: self.count(c.prefix + text + c.suffix), self.offsets,
-                               affix_tokens, tokens)
+                               affix_tokens, tokens, self.story_block_tokens if part.is_story else 0)
             lead = f"{part.activation}; " if part.activation else ""
             if kept is None:
                 row.reason, row.trimmed_tokens = f"{lead}left out: budget", tokens

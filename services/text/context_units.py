@@ -64,12 +64,27 @@ class Trimmed:
     cut_at: TextUnit | None  # None when nothing was cut
 
 
+def block_cuts(cuts: list[int], token_starts: list[int], block_tokens: int) -> list[int]:
+    """Of the sorted `cuts`, the first at or after each multiple of `block_tokens` tokens from the
+    text's start: a grid that does not move as the text grows at its end, so a text trimmed from the
+    top keeps the same start, step after step, until it has grown by a block."""
+    kept, boundary = [], block_tokens
+    for cut in cuts:
+        index = bisect.bisect_left(token_starts, cut)
+        if index >= boundary:
+            kept.append(cut)
+            boundary = (index // block_tokens + 1) * block_tokens
+    return kept
+
+
 def trim_to_fit(text: str, limit: int, direction: TrimDirection, finest: TextUnit,
-                count: Callable[[str], int], offsets: Offsets, affix_tokens: int, whole: int) -> Trimmed | None:
+                count: Callable[[str], int], offsets: Offsets, affix_tokens: int, whole: int,
+                block_tokens: int = 0) -> Trimmed | None:
     """The longest part of `text` that fits `limit` tokens, as counted by `count` (which includes
     the prefix and suffix), cut at a start of `finest` or a coarser unit and removed from the
     `direction` end; None when not even the shortest cut fits (or direction NONE forbids cutting).
-    `whole` is `count(text)`, which the caller has already measured.
+    `whole` is `count(text)`, which the caller has already measured. With `block_tokens`, a cut
+    from the top is one of `block_cuts` (whole blocks), not any unit start.
 
     The search estimates each cut's count from the text's token offsets (plus `affix_tokens`),
     picks the longest cut the estimate allows and confirms it with `count`; only when joining
@@ -82,6 +97,8 @@ def trim_to_fit(text: str, limit: int, direction: TrimDirection, finest: TextUni
     token_starts = [start for start, _ in spans]
     token_ends = [end for _, end in spans]
     cuts = [cut for cut in unit_starts(text, finest, lambda _text: spans) if 0 < cut < len(text)]
+    if direction is TrimDirection.TOP and block_tokens > 0:
+        cuts = block_cuts(cuts, token_starts, block_tokens)
     if direction is TrimDirection.TOP:
         # Longest kept text first: the earliest cut.
         candidates = [(cut, cut, text[cut:],

@@ -84,7 +84,8 @@ class TextGenerator:
 
     def add_model(self, model: LoadedModel, config: SchedulerConfig) -> None:
         builder = ContextBuilder(model.encode, lambda ids, m=model: m.tokenizer.decode(ids, skip_special_tokens=False),
-                                 _offsets_function(model.tokenizer), model.context_window)
+                                 _offsets_function(model.tokenizer), model.context_window,
+                                 story_block_tokens=self.settings.story_trim_block_tokens)
         self.runtimes[model.name] = ModelRuntime(model, Scheduler(model, config), builder)
 
     async def warm_up(self) -> None:

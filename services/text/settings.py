@@ -37,6 +37,10 @@ class TextSettings(ServiceSettings):
                                                      "reused by prompts that start the same way; 0 = off")
     prefix_block_tokens: int = Field(32, ge=1, le=4096, description="tokens per prefix-cache block (reuse is "
                                                                   "block by block)")
+    story_trim_block_tokens: int = Field(
+        128, ge=0, le=4096, description="a story too long for its budget is trimmed from the top in whole blocks of "
+                                        "this many tokens, so continuations keep the same prompt prefix (prefix "
+                                        "reuse); 0 = trim at the first unit start that fits")
     max_new_tokens: int = Field(1024, ge=1, description="the largest max_new_tokens a request may ask for")
     max_prompt_chars: int = Field(200_000, ge=1, description="longest prompt or story accepted, in characters")
     prepare_workers: int = Field(2, ge=1, description="threads that build prompts (tokenizing, matching lorebook "

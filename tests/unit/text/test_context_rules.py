@@ -299,3 +299,41 @@ def test_wire_maps_settings_and_leaves_unset_fields_to_the_defaults():
     assert context.story_config.maximum_trim_type is TextUnit.SENTENCE and context.story_config.insertion_position == -1
     assert context.lorebook_categories[0].enabled  # unset = enabled
     assert context.memory_config.budget_priority == 800 and context.authors_note_config.insertion_position == -4
+
+
+def build_in_blocks(story: str, budget: int, block: int, **fields) -> BuiltContext:
+    words = Words()
+    builder = ContextBuilder(words.encode, words.decode, words.offsets, context_window=1000, story_block_tokens=block)
+    return builder.build(check_inputs(StoryContext(story=story, max_context_tokens=budget, **fields), 100_000),
+                         max_new_tokens=0)
+
+
+def test_a_story_trimmed_in_blocks_keeps_its_start_while_it_grows():
+    # One-word sentences, so every word is a sentence start. Budget 10 with blocks of 4: the cuts may
+    # only fall at words 4, 8, 12, ... of the story.
+    story = " ".join(f"s{i}." for i in range(12))
+    starts = []
+    for grown in range(4):
+        text = story + "".join(f" n{j}." for j in range(grown))
+        built = build_in_blocks(text, 10, 4, story_config=ContextConfig(reserved_tokens=0))
+        starts.append(built.prompt.split()[0])
+        assert len(built.prompt_ids) <= 10
+    # 12 words: cut at word 4 (8 kept); 13, 14: still word 4 (9, 10 kept); 15: the next block, word 8.
+    assert starts == ["s4.", "s4.", "s4.", "s8."]
+    # Token-exact trimming moves the start with every word.
+    exact = [build_in_blocks(story + "".join(f" n{j}." for j in range(grown)), 10, 0,
+                             story_config=ContextConfig(reserved_tokens=0)).prompt.split()[0] for grown in range(4)]
+    assert exact == ["s2.", "s3.", "s4.", "s5."]
+
+
+def test_blocks_change_nothing_when_the_story_fits():
+    story = "s1. s2. s3."
+    for block in (0, 2, 128):
+        assert build_in_blocks(story, 10, block, memory="m.").prompt == "m.\ns1. s2. s3."
+
+
+def test_blocks_apply_to_the_story_only():
+    memory = " ".join(f"m{i}." for i in range(8))
+    built = build_in_blocks("s.", 6, 4, memory=memory, memory_config=ContextConfig(token_budget=5))
+    # Memory is trimmed from the bottom to its own 5 tokens, at any sentence start.
+    assert built.prompt == "m0. m1. m2. m3. m4.\ns."
