@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from enum import Enum
 from typing import Any
 
@@ -331,6 +332,12 @@ class SamplingParams:
         if step == SamplerName.XTC and self.xtc_threshold > 0.5:
             return True  # no two tokens can both be that likely
         return all(self.is_off(name) for name in step.controls)
+
+    @cached_property
+    def active_steps(self) -> tuple[SamplerName, ...]:
+        """The enabled steps that change something, in order (read every decode step, so worked
+        out once per parameter set)."""
+        return tuple(name for name, enabled in self.order if enabled and not self.step_is_off(name))
 
     @property
     def uses_guidance(self) -> bool:

@@ -444,7 +444,7 @@ WARPERS: dict[SamplerName, Warper] = {
 
 def active_warpers(params: SamplingParams) -> list[SamplerName]:
     """The steps that will change something, in the order the request asked for."""
-    return [name for name, enabled in params.order if enabled and not params.step_is_off(name)]
+    return list(params.active_steps)
 
 
 def leading_penalties(params: SamplingParams) -> list[SamplerName]:
@@ -508,7 +508,7 @@ def warp(logits: torch.Tensor, params: SamplingParams, state: SamplerState | Non
     (the leading penalties, which the caller ran). Steps before the first truncation work on the
     whole row (temperature, unified, penalties: no sort needed); the first truncation makes the
     candidate set the rest work on."""
-    steps = active_warpers(params)[skip:]
+    steps = params.active_steps[skip:]
     size = logits.shape[0]
     cand: Candidates | None = None  # None: still the whole row `logits`
     for name in steps:
