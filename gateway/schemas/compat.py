@@ -55,6 +55,7 @@ class SamplingChoice:
             message.sampler_convention = text_pb2.SamplerConvention.Value(
                 f"SAMPLER_CONVENTION_{self.convention.upper()}")
         if self.dry_sequence_breakers is not None:
+            message.dry_sequence_breakers.SetInParent()  # an empty list is set too: no breakers
             message.dry_sequence_breakers.breakers.extend(self.dry_sequence_breakers)
         return message
 

@@ -101,6 +101,7 @@ class Sampling(RequestBody):
         if self.cfg_uc is not None:
             message.cfg_uc = self.cfg_uc
         if self.dry_sequence_breakers is not None:
+            message.dry_sequence_breakers.SetInParent()  # an empty list is set too: no breakers
             message.dry_sequence_breakers.breakers.extend(self.dry_sequence_breakers)
         for name in NUMERIC_SAMPLING:
             value = getattr(self, name)

@@ -197,6 +197,7 @@ def sampling_to_pb(sampling: SamplingParams) -> text_pb2.SamplingParameters:
             value = PHRASE_LEVEL_TO_PB[value]
         setattr(message, name, value)
     message.cfg_uc = sampling.cfg_uc
+    message.dry_sequence_breakers.SetInParent()
     message.dry_sequence_breakers.breakers.extend(sampling.dry_sequence_breakers)
     return message
 

@@ -68,3 +68,28 @@ def test_the_sampler_convention_crosses_by_number_and_unspecified_is_unset():
     with pytest.raises(InvalidArgument) as raised:
         SamplingParams.from_mapping(values, "spec.sampling.")
     assert raised.value.field == "spec.sampling.sampler_convention"
+
+
+def test_the_newer_samplers_survive_the_round_trip():
+    sampling = SamplingParams.from_mapping({
+        "mirostat": 2, "mirostat_tau": 4.0, "mirostat_eta": 0.25, "cfg_scale": 1.5, "cfg_uc": "dull",
+        "phrase_repetition_penalty": "aggressive", "unified_linear": 0.5, "unified_quad": 0.25,
+        "unified_conf": -0.5, "dry_multiplier": 0.75, "dry_base": 2.0, "dry_allowed_length": 3,
+        "dry_penalty_last_n": 256, "dry_sequence_breakers": ["\n", "--"], "xtc_threshold": 0.25,
+        "xtc_probability": 0.5,
+        "sampler_order": ["dry", "temperature", "top_k", "top_a", "top_p", "typical_p", "tail_free", "min_p",
+                          "xtc"]}, "sampling.")
+    back = SamplingParams.from_mapping(wire.sampling_from_pb(wire.sampling_to_pb(sampling)), "sampling.")
+    assert back == sampling
+    # Unset breakers and an UNSPECIFIED level are left to the preset.
+    assert wire.sampling_from_pb(text_pb2.SamplingParameters(phrase_repetition_penalty=0)) == {}
+    assert "dry_sequence_breakers" not in wire.sampling_from_pb(text_pb2.SamplingParameters(mirostat=1))
+    # An empty breaker list that is set stays set: no breakers at all.
+    empty = wire.sampling_from_pb(text_pb2.SamplingParameters(dry_sequence_breakers=text_pb2.SequenceBreakers()))
+    assert empty == {"dry_sequence_breakers": []}
+
+
+def test_every_phrase_level_has_its_protobuf_number():
+    from services.text.params import PhraseRepetitionPenalty
+
+    assert set(wire.PHRASE_LEVEL_TO_PB) == set(PhraseRepetitionPenalty)
