@@ -62,7 +62,10 @@ def complete_sampler_order(steps: list[SamplerStep]) -> list[SamplerStep]:
 
 @dataclass
 class Sampling:
-    """The numeric sampling controls (ranges and meanings: the text service's docs/text.md)."""
+    """The numeric sampling controls (ranges and meanings: the text service's docs/text.md). The
+    newer samplers' fields (mirostat, cfg_scale, dry_*, xtc_*, unified_*, ...) are kept in `extra`
+    under their request names and sent as they are: adding them here would change how existing
+    documents encode (format version 2)."""
 
     temperature: float | None = None
     top_k: int | None = None
@@ -77,22 +80,6 @@ class Sampling:
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     repetition_penalty_whitelist: list[int] | None = None
-    phrase_repetition_penalty: str | None = None  # off, very_light, light, medium, aggressive, very_aggressive
-    dry_multiplier: float | None = None
-    dry_base: float | None = None
-    dry_allowed_length: int | None = None
-    dry_penalty_last_n: int | None = None
-    dry_sequence_breakers: list[str] | None = None
-    xtc_threshold: float | None = None
-    xtc_probability: float | None = None
-    unified_linear: float | None = None
-    unified_quad: float | None = None
-    unified_conf: float | None = None
-    mirostat: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
-    cfg_scale: float | None = None
-    cfg_uc: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def merged_over(self, base: Sampling) -> Sampling:
