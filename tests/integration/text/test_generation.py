@@ -228,7 +228,8 @@ async def test_tokens_and_listing(tiny_service):
     assert [(m.name, m.is_default, m.context_window, m.architecture) for m in models] == [("tiny", True, 512, "llama")]
     presets = {p.name: p for p in (await stub.ListPresets(text_pb2.ListPresetsRequest())).presets}
     assert presets["greedy"].sampling.temperature == 0
-    assert len(presets["balanced"].sampling.sampler_order) == 7
+    assert len(presets["balanced"].sampling.sampler_order) == 13  # the seven warpers and the newer steps
+    assert presets["mirostat"].sampling.mirostat == 2
 
 
 async def test_several_models_by_name(text_service, tiny_model, tiny_model_b):
