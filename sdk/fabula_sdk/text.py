@@ -10,7 +10,8 @@ Generation options are the gateway's JSON body fields (see its OpenAPI page, /do
 (a dict: temperature, top_k, top_p, top_a, typical_p, tail_free, min_p, repetition_penalty...,
 mirostat, mirostat_tau, mirostat_eta, cfg_scale, cfg_uc, phrase_repetition_penalty, unified_linear,
 unified_quad, unified_conf, dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n,
-dry_sequence_breakers, xtc_threshold, xtc_probability, sampler_order), `preset`, `max_new_tokens`, `min_new_tokens`, `stop_sequences`, `banned_strings`,
+dry_sequence_breakers, xtc_threshold, xtc_probability, sampler_order), `preset`, `max_new_tokens`,
+`min_new_tokens`, `stop_sequences`, `banned_strings`,
 `logit_bias`, `phrase_bias`, `seed`, and `prompt` or `context` (story, memory, authors_note,
 lorebook, ...). Failures raise the SDK's `ApiError` subclasses, also when they arrive mid-stream.
 """

@@ -297,8 +297,8 @@ class SamplingParams:
     dry_sequence_breakers: tuple[str, ...] = DEFAULT_DRY_BREAKERS
     xtc_threshold: float = _control(0.1, Range(0, 1),
                                     "XTC: tokens at least this likely are the top choices (above 0.5 it is off)")
-    xtc_probability: float = _control(0.0, Range(0, 1),
-                                      "XTC: chance per token of removing every top choice but the least likely; 0 is off")
+    xtc_probability: float = _control(
+        0.0, Range(0, 1), "XTC: chance per token of removing every top choice but the least likely; 0 is off")
     unified_linear: float = _control(1.0, Range(0, 10),
                                      "unified: multiplies the log-probabilities (an inverse temperature); 1 is neutral")
     unified_quad: float = _control(0.0, Range(0, 10),

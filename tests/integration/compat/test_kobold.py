@@ -155,7 +155,8 @@ async def test_what_clients_ask_first(api, compat):
 
 async def test_errors_in_koboldais_shape(api, compat):
     for body, field in (({**LITE_BODY, "sampler_order": [9, 0, 1, 2, 3, 4, 5]}, "sampler_order[0]"),
-                        ({**LITE_BODY, "nsigma": 1.0}, "nsigma"), ({**LITE_BODY, "mirostat": 3}, "mirostat"), ({**LITE_BODY, "temperature": -1}, "temperature")):
+                        ({**LITE_BODY, "nsigma": 1.0}, "nsigma"), ({**LITE_BODY, "mirostat": 3}, "mirostat"),
+                        ({**LITE_BODY, "temperature": -1}, "temperature")):
         reply = await api.post("/api/v1/generate", json=body)
         assert reply.status_code == 400, reply.text
         detail = reply.json()["detail"]
