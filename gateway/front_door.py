@@ -54,6 +54,7 @@ def body_limits(settings: GatewaySettings) -> dict[str, int]:
         "POST /ai/generate-image": image,
         "POST /ai/generate-image-stream": image,
         "POST /ai/image/control-preview": image,
+        "POST /ai/image/metadata": image,
         "POST /sdapi/v1/txt2img": text,
         "POST /sdapi/v1/img2img": image,
         "POST /sdapi/v1/png-info": image,

@@ -33,8 +33,10 @@ from gateway.schemas.a1111 import (
     generation_answer,
     models_answer,
     options_answer,
+    is_png,
     png_info_answer,
     samplers_answer,
+    with_signature,
 )
 from gateway.schemas.common import error_responses
 
@@ -138,5 +140,11 @@ async def interrupt(request: Request, user: RateLimitedUser) -> dict[str, Any]:
 
 @router.post("/png-info", response_model=PngInfoAnswer, responses=error_responses(400, 401, 429),
              summary="The generation parameters in a PNG (A1111's 'parameters' chunk, Fabula's 'fabula' chunk)")
-async def png_info(body: PngInfoBody, user: RateLimitedUser) -> PngInfoAnswer:
-    return png_info_answer(body.image)
+async def png_info(body: PngInfoBody, request: Request, user: RateLimitedUser, image: ImageService,
+                   settings: Settings) -> PngInfoAnswer:
+    answer = png_info_answer(body.image)
+    if not is_png(body.image):
+        return answer
+    reply = await unary(request, image.ReadMetadata(image_pb2.ReadMetadataRequest(image=body.image),
+                                                    timeout=settings.request_timeout_s))
+    return with_signature(answer, reply)

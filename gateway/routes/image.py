@@ -1,13 +1,14 @@
 """Image generation over HTTP: /ai/generate-image (JSON or zip), /ai/generate-image-stream (SSE),
-/ai/image/tokenize and /ai/image/models, in front of the image service's gRPC contract. The
-bodies and their protobuf translation are in gateway/schemas/image.py.
+/ai/image/tokenize, /ai/image/models, /ai/image/metadata, /ai/image/signing-key and
+/ai/image/tags, in front of the image service's gRPC contract. The bodies and their protobuf
+translation are in gateway/schemas/image.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
@@ -25,9 +26,14 @@ from gateway.schemas.image import (
     GenerateImageResult,
     GenerateStream,
     ImageModels,
+    MetadataBody,
+    MetadataResult,
+    SigningKeyResult,
+    TagSuggestions,
     TokenizeImageBody,
     TokenizeImageResult,
     stream_event_from_pb,
+    suggest_tags_request,
 )
 from gateway.sse import relay_stream
 
@@ -45,7 +51,8 @@ def _wants_zip(body: GenerateImageBody, request: Request) -> bool:
 @router.post("/generate-image", response_model=GenerateImageResult,
              responses={200: {"content": {ZIP_MEDIA_TYPE: {}}, "description": "JSON, or a zip of the PNGs"},
                         **ERRORS},
-             summary="Generate images (text to image, img2img, inpaint, outpaint); answers when all are done")
+             summary="Generate images (text to image with optional hires fix, img2img, inpaint, outpaint, upscale, "
+                     "enhance, variations); answers when all are done")
 async def generate_image(body: GenerateImageBody, request: Request, user: RateLimitedUser, image: ImageService,
                          settings: Settings) -> Any:
     call = image.Generate(body.to_pb(), timeout=settings.stream_timeout_s)
@@ -93,3 +100,31 @@ async def image_models(request: Request, user: RateLimitedUser, image: ImageServ
     reply = await unary(request, image.ListModels(image_pb2.ListModelsRequest(), timeout=settings.request_timeout_s),
                         field_prefixes=FIELD_PREFIXES)
     return ImageModels.from_pb(reply)
+
+
+@router.post("/image/metadata", response_model=MetadataResult, responses=ERRORS,
+             summary="The parameters in a PNG (Fabula's or A1111's) as a request to run again, and whether its "
+                     "signature verifies")
+async def image_metadata(body: MetadataBody, request: Request, user: RateLimitedUser, image: ImageService,
+                         settings: Settings) -> MetadataResult:
+    reply = await unary(request, image.ReadMetadata(body.to_pb(), timeout=settings.request_timeout_s))
+    return MetadataResult.from_pb(reply)
+
+
+@router.get("/image/signing-key", response_model=SigningKeyResult, responses=error_responses(401, 429, 503),
+            summary="The Ed25519 public key this server signs its images with, and what is signed")
+async def image_signing_key(request: Request, user: RateLimitedUser, image: ImageService,
+                            settings: Settings) -> SigningKeyResult:
+    reply = await unary(request, image.GetSigningKey(image_pb2.GetSigningKeyRequest(),
+                                                     timeout=settings.request_timeout_s))
+    return SigningKeyResult.from_pb(reply)
+
+
+@router.get("/image/tags", response_model=TagSuggestions, responses=ERRORS,
+            summary="Tag suggestions for prompt autocompletion (prefix, then fuzzy matches)")
+async def image_tags(request: Request, user: RateLimitedUser, image: ImageService, settings: Settings,
+                     q: str = Query("", max_length=200, description="what has been typed so far"),
+                     limit: int = Query(20, ge=1, le=100)) -> TagSuggestions:
+    reply = await unary(request, image.SuggestTags(suggest_tags_request(q, limit),
+                                                   timeout=settings.request_timeout_s))
+    return TagSuggestions.from_pb(reply)

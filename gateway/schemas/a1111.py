@@ -37,8 +37,10 @@ NOISE_NOTE = ("Made by Fabula's built-in image model, an untrained test model: t
               "not a drawing of the prompt.")
 
 _SCHEDULES = {"automatic": image_pb2.NOISE_SCHEDULE_UNSPECIFIED, "": image_pb2.NOISE_SCHEDULE_UNSPECIFIED,
-              "karras": image_pb2.NOISE_SCHEDULE_KARRAS, "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL}
-_SCHEDULE_LABELS = {image_pb2.NOISE_SCHEDULE_KARRAS: "Karras", image_pb2.NOISE_SCHEDULE_EXPONENTIAL: "Exponential"}
+              "karras": image_pb2.NOISE_SCHEDULE_KARRAS, "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL,
+              "polyexponential": image_pb2.NOISE_SCHEDULE_POLYEXPONENTIAL}
+_SCHEDULE_LABELS = {image_pb2.NOISE_SCHEDULE_KARRAS: "Karras", image_pb2.NOISE_SCHEDULE_EXPONENTIAL: "Exponential",
+                    image_pb2.NOISE_SCHEDULE_POLYEXPONENTIAL: "Polyexponential"}
 # A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
 _FILLS = (image_pb2.MASKED_CONTENT_FILL, image_pb2.MASKED_CONTENT_ORIGINAL, image_pb2.MASKED_CONTENT_LATENT_NOISE,
           image_pb2.MASKED_CONTENT_LATENT_NOTHING)
@@ -88,7 +90,8 @@ class Catalogue:
         Fabula's sampler name and noise schedule."""
         schedule = _SCHEDULES.get(scheduler.strip().lower())
         if schedule is None:
-            raise ApiError(400, f"scheduler: {scheduler!r} is not one of Automatic, Karras, Exponential",
+            raise ApiError(400, f"scheduler: {scheduler!r} is not one of Automatic, Karras, Exponential, "
+                                "Polyexponential",
                            field="scheduler")
         wanted = name.strip()
         for suffix, value in ((" Karras", image_pb2.NOISE_SCHEDULE_KARRAS),
@@ -122,6 +125,13 @@ class Txt2ImgBody(RequestBody):
     override_settings: dict[str, Any] = Field(default_factory=dict,
                                               description="only sd_model_checkpoint is used")
     send_images: bool = True
+    enable_hr: bool = Field(False, description="hires fix: a second pass at hr_scale (or hr_resize_x/y)")
+    hr_scale: float = Field(2.0, description="hires fix: enlargement factor")
+    hr_upscaler: Text = Field("Latent", description="Latent (any 'Latent (...)'), Lanczos, or an upscaler model")
+    hr_second_pass_steps: Uint32 = Field(0, description="0: the first pass's steps")
+    hr_resize_x: Uint32 = Field(0, description="hires fix: final width (0: from hr_scale)")
+    hr_resize_y: Uint32 = Field(0, description="hires fix: final height (0: from hr_scale)")
+    denoising_strength: float | None = Field(None, description="hires fix: the second pass's strength (0.7)")
 
     def _params(self, catalogue: Catalogue) -> image_pb2.GenerationParams:
         sampler, schedule = catalogue.sampler_for(self.sampler_name or self.sampler_index or "", self.scheduler)
@@ -136,6 +146,16 @@ class Txt2ImgBody(RequestBody):
             params.guidance_scale = self.cfg_scale
         if self.seed >= 0:
             params.seed = self.seed
+        if self.enable_hr:
+            upscaler = self.hr_upscaler.strip()
+            # A1111's latent upscalers differ only in their interpolation; "None" keeps the pixels.
+            upscaler = ("latent" if not upscaler or upscaler.lower().startswith("latent")
+                        else "lanczos" if upscaler.lower() in ("lanczos", "none") else upscaler)
+            resized = self.hr_resize_x or self.hr_resize_y
+            params.hires.CopyFrom(image_pb2.HiresFix(
+                scale=0 if resized else self.hr_scale, width=self.hr_resize_x, height=self.hr_resize_y,
+                steps=self.hr_second_pass_steps, upscaler=upscaler,
+                strength=0.7 if self.denoising_strength is None else self.denoising_strength))
         return params
 
     def to_pb(self, catalogue: Catalogue) -> image_pb2.GenerateRequest:
@@ -303,6 +323,21 @@ class ProgressAnswer(BaseModel):
 
 class PngInfoBody(RequestBody):
     image: ImageData = Field(description="a PNG (base64 or data: URL)")
+
+
+def is_png(data: bytes) -> bool:
+    """Only PNGs carry Fabula's signature; other formats skip the check."""
+    return data.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+_VERDICT_NAMES = {image_pb2.SIGNATURE_STATUS_ABSENT: "absent", image_pb2.SIGNATURE_STATUS_VALID: "valid",
+                  image_pb2.SIGNATURE_STATUS_INVALID: "invalid", image_pb2.SIGNATURE_STATUS_UNKNOWN_KEY: "unknown key"}
+
+
+def with_signature(answer: PngInfoAnswer, reply: image_pb2.ReadMetadataResponse) -> PngInfoAnswer:
+    """png-info's answer with the image service's verdict on the PNG's signature."""
+    answer.parameters["Fabula signature"] = _VERDICT_NAMES.get(reply.signature, "absent")
+    return answer
 
 
 class PngInfoAnswer(BaseModel):

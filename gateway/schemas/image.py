@@ -13,22 +13,26 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fabula.image.v1 import image_pb2
 from gateway.schemas.common import Base64Bytes, RequestBody, Text, Uint32
 
 # The service names fields of its request ("params.width", "inpaint.mask"); the HTTP body is
 # flat, so the field the client sees is "width", "mask" (errors.py applies this).
-FIELD_PREFIXES = ("params.", "img2img.", "inpaint.", "outpaint.")
+FIELD_PREFIXES = ("params.", "img2img.", "inpaint.", "outpaint.", "upscale.", "enhance.", "variations.")
 # The preview's body is the control itself: "control.image" is "image" there.
 PREVIEW_FIELD_PREFIXES = ("control.",)
 
-Schedule = Literal["native", "karras", "exponential"]
+Schedule = Literal["native", "karras", "exponential", "polyexponential"]
 Content = Literal["original", "fill", "latent_noise", "latent_nothing"]
 _SCHEDULES = {"native": image_pb2.NOISE_SCHEDULE_NATIVE, "karras": image_pb2.NOISE_SCHEDULE_KARRAS,
-              "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL}
+              "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL,
+              "polyexponential": image_pb2.NOISE_SCHEDULE_POLYEXPONENTIAL}
 _SCHEDULE_NAMES = {value: name for name, value in _SCHEDULES.items()}
+_CONTENT_NAMES_PB = {image_pb2.MASKED_CONTENT_ORIGINAL: "original", image_pb2.MASKED_CONTENT_FILL: "fill",
+                     image_pb2.MASKED_CONTENT_LATENT_NOISE: "latent_noise",
+                     image_pb2.MASKED_CONTENT_LATENT_NOTHING: "latent_nothing"}
 _CONTENTS = {"original": image_pb2.MASKED_CONTENT_ORIGINAL, "fill": image_pb2.MASKED_CONTENT_FILL,
              "latent_noise": image_pb2.MASKED_CONTENT_LATENT_NOISE,
              "latent_nothing": image_pb2.MASKED_CONTENT_LATENT_NOTHING}
@@ -107,11 +111,39 @@ def _dialect_field():
                                         "((tag) x1.1, BREAK, [from:to:when] prompt editing)")
 
 
+class HiresBody(BaseModel):
+    """Hires fix: a second pass at a larger size (generate only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(0.0, description="enlargement factor, 1 to 4; 0 = 2 unless width/height are given")
+    width: Uint32 = Field(0, description="final width, a multiple of 64; 0 = from scale")
+    height: Uint32 = Field(0, description="final height, a multiple of 64; 0 = from scale")
+    steps: Uint32 = Field(0, description="second-pass steps; 0 = the first pass's")
+    strength: float | None = Field(None, description="how much the second pass redraws, (0, 1]; default 0.55")
+    upscaler: Text = Field("", max_length=200, description="latent (default), lanczos, or an upscaler model "
+                                                           "(GET /ai/image/models: upscalers)")
+
+    def to_pb(self) -> image_pb2.HiresFix:
+        hires = image_pb2.HiresFix(scale=self.scale, width=self.width, height=self.height, steps=self.steps,
+                                   upscaler=self.upscaler)
+        if self.strength is not None:
+            hires.strength = self.strength
+        return hires
+
+    @classmethod
+    def from_pb(cls, pb: image_pb2.HiresFix) -> HiresBody:
+        return cls(scale=round(pb.scale, 6), width=pb.width, height=pb.height, steps=pb.steps,
+                   strength=round(pb.strength, 6) if pb.HasField("strength") else None, upscaler=pb.upscaler)
+
+
 class GenerateImageBody(RequestBody):
     """One action with NovelAI's controls. Omitted values take the model's defaults."""
 
-    action: Literal["generate", "img2img", "inpaint", "outpaint"] = Field(
-        "generate", description="generate (text to image), img2img, inpaint or outpaint")
+    action: Literal["generate", "img2img", "inpaint", "outpaint", "upscale", "enhance", "variations"] = Field(
+        "generate", description="generate (text to image), img2img, inpaint, outpaint, upscale (no denoising), "
+                                "enhance (upscale + light img2img) or variations (new seeds, light img2img; the "
+                                "prompt from the image's metadata when empty)")
     model: Text = Field("", max_length=200, description="model name (GET /ai/image/models); empty = default")
     prompt: Text = Field("", description="novelai: {tag} x1.05 per brace, [tag] /1.05, (tag:1.3) explicit weight")
     dialect: Dialect = _dialect_field()
@@ -141,6 +173,14 @@ class GenerateImageBody(RequestBody):
     right: Uint32 = Field(0, description="outpaint: pixels added on the right")
     top: Uint32 = Field(0, description="outpaint: pixels added at the top")
     bottom: Uint32 = Field(0, description="outpaint: pixels added at the bottom")
+    hires: HiresBody | None = Field(None, description="generate: hires fix (a second pass at a larger size)")
+    scale: float = Field(0.0, description="upscale: factor 1 to 8 (0 = 2; or give width/height, any size); "
+                                          "enhance: factor 1 to 4 (0 = 1.5)")
+    upscaler: Text = Field("", max_length=200, description="upscale, enhance: lanczos (default) or an upscaler model")
+    dynamic_thresholding: float = Field(0.0, description="percentile in (0, 1) the predicted latents are clamped "
+                                                         "at each step; 0 = off")
+    dynamic_thresholding_max: float | None = Field(None, description="dynamic thresholding's range (default 4)")
+    schedule_rho: float | None = Field(None, description="polyexponential schedule's rho, 0.1 to 10 (default 1)")
     response_format: Literal["json", "zip"] = Field(
         "json", description="json (base64 PNGs) or zip (the PNGs); Accept: application/zip also asks for zip")
     references: list[ReferenceBody] = Field(default_factory=list, max_length=MAX_LIST,
@@ -164,12 +204,33 @@ class GenerateImageBody(RequestBody):
             params.noise_schedule = _SCHEDULES[self.noise_schedule]
         if self.seed is not None:
             params.seed = self.seed
+        params.dynamic_thresholding = self.dynamic_thresholding
+        if self.dynamic_thresholding_max is not None:
+            params.dynamic_thresholding_max = self.dynamic_thresholding_max
+        if self.schedule_rho is not None:
+            params.schedule_rho = self.schedule_rho
+        if self.hires is not None:
+            params.hires.CopyFrom(self.hires.to_pb())
         request = image_pb2.GenerateRequest(params=params, references=[r.to_pb() for r in self.references],
                                             controls=[c.to_pb() for c in self.controls],
                                             characters=[c.to_pb() for c in self.characters])
         content = _CONTENTS[self.masked_content] if self.masked_content else 0
         if self.action == "generate":
             request.txt2img.SetInParent()
+        elif self.action == "upscale":
+            # The size is the upscaled image's (any size), not a generation size.
+            params.width = params.height = 0
+            request.upscale.CopyFrom(image_pb2.Upscale(image=self.image, scale=self.scale, width=self.width,
+                                                       height=self.height, upscaler=self.upscaler))
+        elif self.action == "enhance":
+            request.enhance.CopyFrom(image_pb2.Enhance(image=self.image, scale=self.scale,
+                                                       extra_noise=self.extra_noise, upscaler=self.upscaler))
+            if self.strength is not None:
+                request.enhance.strength = self.strength
+        elif self.action == "variations":
+            request.variations.image = self.image
+            if self.strength is not None:
+                request.variations.strength = self.strength
         elif self.action == "img2img":
             request.img2img.image, request.img2img.extra_noise = self.image, self.extra_noise
             if self.strength is not None:
@@ -191,6 +252,47 @@ class GenerateImageBody(RequestBody):
             if self.mask_blur is not None:
                 outpaint.mask_blur = self.mask_blur
         return request
+
+    @classmethod
+    def from_pb(cls, request: image_pb2.GenerateRequest) -> GenerateImageBody:
+        """The body that sends `request` again (images left out: the caller supplies them)."""
+        p = request.params
+        values: dict[str, Any] = dict(
+            model=p.model, prompt=p.prompt, negative_prompt=p.negative_prompt, negative_preset=p.negative_preset,
+            width=p.width, height=p.height, steps=p.steps, guidance_rescale=round(p.guidance_rescale, 6),
+            sampler=p.sampler, n_images=p.n_images, dialect=_DIALECT_NAMES.get(p.dialect, "novelai"),
+            noise_schedule=_SCHEDULE_NAMES.get(p.noise_schedule),
+            dynamic_thresholding=round(p.dynamic_thresholding, 6))
+        for name in ("quality_tags", "seed"):
+            if p.HasField(name):
+                values[name] = getattr(p, name)
+        for name in ("guidance_scale", "dynamic_thresholding_max", "schedule_rho"):
+            if p.HasField(name):
+                values[name] = round(getattr(p, name), 6)
+        if p.HasField("hires"):
+            values["hires"] = HiresBody.from_pb(p.hires)
+        action = request.WhichOneof("action") or "txt2img"
+        values["action"] = {"txt2img": "generate"}.get(action, action)
+        source = getattr(request, action)
+        if action in ("img2img", "inpaint", "outpaint", "enhance", "variations") and source.HasField("strength"):
+            values["strength"] = round(source.strength, 6)
+        if action in ("img2img", "enhance"):
+            values["extra_noise"] = round(source.extra_noise, 6)
+        if action in ("upscale", "enhance"):
+            values.update(scale=round(source.scale, 6), upscaler=source.upscaler)
+        if action == "upscale":
+            values.update(width=source.width, height=source.height)
+        if action in ("inpaint", "outpaint"):
+            values["masked_content"] = _CONTENT_NAMES_PB.get(source.masked_content)
+            if action == "inpaint" or source.HasField("mask_blur"):
+                values["mask_blur"] = source.mask_blur
+        if action == "inpaint":
+            values["only_masked"] = source.only_masked
+            if source.HasField("only_masked_padding"):
+                values["only_masked_padding"] = source.only_masked_padding
+        if action == "outpaint":
+            values.update(left=source.left, right=source.right, top=source.top, bottom=source.bottom)
+        return cls(**values)
 
 
 class ControlPreviewBody(ControlBody):
@@ -420,6 +522,8 @@ class ImageModels(BaseModel):
     max_references: int
     max_controls: int
     max_characters: int
+    upscalers: list[str] = Field(description="what hires.upscaler, upscale and enhance take (and 'latent' for "
+                                             "hires)")
 
     @classmethod
     def from_pb(cls, reply: image_pb2.ListModelsResponse) -> ImageModels:
@@ -439,5 +543,80 @@ class ImageModels(BaseModel):
                       for s in reply.samplers],
             max_pixels=reply.max_pixels, max_steps=reply.max_steps, max_images=reply.max_images,
             max_references=reply.max_references, max_controls=reply.max_controls,
-            max_characters=reply.max_characters)
+            max_characters=reply.max_characters,
+            upscalers=list(reply.upscalers))
+
+
+class MetadataBody(RequestBody):
+    image: Base64Bytes = Field(description="a PNG (base64)")
+
+    def to_pb(self) -> image_pb2.ReadMetadataRequest:
+        return image_pb2.ReadMetadataRequest(image=self.image)
+
+
+_VERDICTS = {image_pb2.SIGNATURE_STATUS_ABSENT: "absent", image_pb2.SIGNATURE_STATUS_VALID: "valid",
+             image_pb2.SIGNATURE_STATUS_INVALID: "invalid", image_pb2.SIGNATURE_STATUS_UNKNOWN_KEY: "unknown_key"}
+
+
+class MetadataResult(BaseModel):
+    source: Literal["fabula", "a1111", "none"] = Field(description="where the parameters came from")
+    request: dict[str, Any] | None = Field(description="a body for POST /ai/generate-image that makes the image "
+                                                       "again (image actions: add the input image)")
+    parameters: str = Field(description="the 'parameters' text (A1111's infotext), empty if none")
+    signature: Literal["absent", "valid", "invalid", "unknown_key"] = Field(
+        description="valid: signed by this server and unchanged since; invalid: pixels or metadata changed")
+    signing_key_id: str
+    builtin_model: bool = Field(description="made by a built-in untrained test model: its pictures are noise "
+                                            "(docs/image.md)")
+    text_chunks: dict[str, str]
+    unmapped: dict[str, str] = Field(description="A1111 fields with no counterpart in Fabula's request")
+
+    @classmethod
+    def from_pb(cls, reply: image_pb2.ReadMetadataResponse) -> MetadataResult:
+        request = None
+        if reply.HasField("request"):
+            request = GenerateImageBody.from_pb(reply.request).model_dump(
+                mode="json", exclude={"image", "mask", "response_format"}, exclude_none=True)
+        return cls(source=reply.source if reply.source in ("fabula", "a1111") else "none", request=request,
+                   parameters=reply.parameters, signature=_VERDICTS.get(reply.signature, "absent"),
+                   signing_key_id=reply.signing_key_id, builtin_model=reply.builtin_model,
+                   text_chunks=dict(reply.text_chunks), unmapped=dict(reply.unmapped))
+
+
+class SigningKeyResult(BaseModel):
+    algorithm: str
+    public_key: str = Field(description="the raw 32-byte Ed25519 public key, base64")
+    key_id: str = Field(description="as signatures name it: the first 16 hex digits of its SHA-256")
+    scheme: str = Field(description="what is signed, for verifiers outside Fabula")
+
+    @classmethod
+    def from_pb(cls, reply: image_pb2.SigningKey) -> SigningKeyResult:
+        return cls(algorithm=reply.algorithm, public_key=base64.b64encode(reply.public_key).decode("ascii"),
+                   key_id=reply.key_id, scheme=reply.scheme)
+
+
+class TagSuggestion(BaseModel):
+    name: str = Field(description="as the vocabulary spells it (underscores)")
+    text: str = Field(description="as prompt text (spaces)")
+    category: str
+    post_count: int
+    aliases: list[str]
+    matched_alias: str
+    match: Literal["prefix", "fuzzy"]
+    score: float
+
+
+class TagSuggestions(BaseModel):
+    tags: list[TagSuggestion]
+
+    @classmethod
+    def from_pb(cls, reply: image_pb2.SuggestTagsResponse) -> TagSuggestions:
+        return cls(tags=[TagSuggestion(name=t.name, text=t.text, category=t.category, post_count=t.post_count,
+                                       aliases=list(t.aliases), matched_alias=t.matched_alias,
+                                       match=t.match if t.match in ("prefix", "fuzzy") else "fuzzy",
+                                       score=round(t.score, 2)) for t in reply.tags])
+
+
+def suggest_tags_request(q: str, limit: int) -> image_pb2.SuggestTagsRequest:
+    return image_pb2.SuggestTagsRequest(query=q, limit=limit)
 

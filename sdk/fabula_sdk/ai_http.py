@@ -51,9 +51,10 @@ class AiHttpClient:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    def _request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+                 ) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, json=body, params=params)
         except httpx.HTTPError as error:
             raise TransportError(f"cannot reach {self._http.base_url}: {error}") from error
         if response.status_code >= 400:

@@ -16,7 +16,13 @@ inpaint, outpaint), `prompt`, `negative_prompt`, `negative_preset`, `quality_tag
 `left`/`right`/`top`/`bottom`; with any action `references` (dicts of `image` bytes, `strength`,
 `information_extracted`), `controls` (`kind`, `image` bytes or `pose_json`, `strength`, ...) and
 `characters` (`prompt`, `negative_prompt`, region `x`/`y`/`width`/`height` fractions or `center`
-A1..E5). Failures raise the SDK's `ApiError` subclasses, also mid-stream.
+A1..E5); `action` upscale, enhance and variations with `image`, `scale`, `upscaler`; `hires` (a
+dict: scale, width, height, steps, strength, upscaler) for a two-pass generation;
+`dynamic_thresholding`, `dynamic_thresholding_max`, `schedule_rho`. Failures raise the SDK's
+`ApiError` subclasses, also mid-stream.
+
+`metadata(png)` reads the parameters back (a body `generate` takes again) and whether the
+server's signature verifies; `signing_key()` is the server's public key; `tags(q)` suggests tags.
 """
 
 from __future__ import annotations
@@ -146,5 +152,20 @@ class ImageClient(AiHttpClient):
         return base64.b64decode(self._request("POST", "/ai/image/control-preview", body).json()["png"])
 
     def models(self) -> dict[str, Any]:
-        """The models (defaults, quality tags, presets), the samplers and the limits."""
+        """The models (defaults, quality tags, presets), the samplers, the upscalers and the limits."""
         return self._request("GET", "/ai/image/models").json()
+
+    def metadata(self, png: bytes) -> dict[str, Any]:
+        """What `png` says about how it was made: `source` (fabula, a1111 or none), `request` (options
+        `generate(**request)` takes again; image actions need their input image added),
+        `signature` (valid, invalid, unknown_key or absent), `builtin_model`, the text chunks."""
+        return self._request("POST", "/ai/image/metadata",
+                             {"image": base64.b64encode(png).decode("ascii")}).json()
+
+    def signing_key(self) -> dict[str, Any]:
+        """The server's Ed25519 public key (base64), its id and the signed scheme."""
+        return self._request("GET", "/ai/image/signing-key").json()
+
+    def tags(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Tag suggestions for what has been typed: name, text, category, post_count, aliases, match."""
+        return self._request("GET", "/ai/image/tags", params={"q": query, "limit": limit}).json()["tags"]

@@ -17,7 +17,7 @@ import functools
 import logging
 import time
 
-from services.image import metrics
+from services.image import hires, metrics
 from services.image.events import Event, Finished
 from services.image.pipeline import ImagePipeline, Job
 from services.toolkit import worker
@@ -109,6 +109,10 @@ class Batcher:
         except BaseException as error:  # noqa: BLE001  reported to the caller, not raised here
             self._fail(job, error)
             return
+        if job.done:
+            # Nothing to denoise (the upscale action): the result is ready.
+            self._complete(job)
+            return
         self._active.append(job)
 
     def _drop_cancelled(self) -> None:
@@ -139,6 +143,14 @@ class Batcher:
         metrics.STEP_SECONDS.labels(self.model).observe(time.perf_counter() - started)
         metrics.BATCH_IMAGES.labels(self.model).observe(images)
         for job in [job for job in group if job.done]:
+            if hires.pending(job):
+                # The hires fix's second pass: the job stays, at its new size.
+                try:
+                    hires.start_second_pass(self.pipeline, job)
+                except BaseException as error:  # noqa: BLE001
+                    self._active.remove(job)
+                    self._fail(job, error)
+                continue
             self._active.remove(job)
             self._complete(job)
 

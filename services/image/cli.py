@@ -19,6 +19,8 @@ def parse_args(argv: list[str] | None = None) -> ImageSettings:
     parser.add_argument("--backend", choices=["auto", "eager", "compiled", "tensorrt"])
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--max-batch-images", type=int)
+    parser.add_argument("--upscaler-path", help="an upscaler model file (ESRGAN family), served by its file's stem")
+    parser.add_argument("--tags-path", help="tag vocabulary CSV (A1111 tag-autocomplete format)")
     args = parser.parse_args(argv)
     return ImageSettings(**settings_overrides(parser, args))
 

@@ -7,6 +7,7 @@ import logging
 
 import torch
 
+from services.image import metadata
 from services.image.batcher import Batcher, Handle
 from services.image.backends import create_backend
 from services.image.conditioning import CHUNK_TOKENS, stage_prompt
@@ -15,12 +16,15 @@ from services.image.events import Accepted, PromptReport
 from services.image.guidance import GuidanceModels
 from services.image.images import encode_png
 from services.image.models import LoadedModel, load_model
-from services.image.params import MAX_SIDE, RawRequest, check_dialect, check_inputs, fit_size
+from services.image.params import MAX_SIDE, Action, RawRequest, check_dialect, check_inputs, fit_size
 from services.image.pipeline import ImagePipeline, Job
 from services.image.preprocessors import preprocess
 from services.image.prompts import join_tags
 from services.image.samplers import SAMPLERS
 from services.image.settings import ImageSettings
+from services.image.signing import ImageSigner
+from services.image.tags import Suggestion, TagIndex
+from services.image.upscale import Upscalers
 from services.toolkit.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,11 @@ class ImageGenerator:
         self.batchers: dict[str, Batcher] = {}
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        self.upscalers = Upscalers.load(settings.upscaler_files(), self.device, settings.upscaler_tile)
+        self.signer = ImageSigner.from_settings(settings.signing_key, settings.signing_key_path,
+                                                settings.trusted_signing_keys)
+        self.tags = TagIndex.load(settings.tags_path)
+        log.info("images are signed with key %s", self.signer.key_id)
 
     @property
     def default_model(self) -> str:
@@ -67,6 +76,7 @@ class ImageGenerator:
         # Back ends that cannot run them get none; requests with guidance are refused there.
         guidance = GuidanceModels(model, self.settings) if backend.supports_extras else None
         pipeline = ImagePipeline(model, backend, self.settings.max_prompt_chunks, guidance)
+        pipeline.upscalers, pipeline.signer = self.upscalers, self.signer
         self.pipelines[model.name] = pipeline
         self.batchers[model.name] = Batcher(pipeline, max_batch_images=self.settings.max_batch_images,
                                             max_queue=self.settings.max_queue,
@@ -101,14 +111,40 @@ class ImageGenerator:
             pipeline.check_shape(job)
             handle, ahead = batcher.submit(job, place)
         prompt, negative = pipeline.reports(job)
-        accepted = Accepted(seeds=request.seeds, width=job.request.width, height=job.request.height,
+        # The size the images will have (a hires fix's second pass, not its first).
+        final = request.hires or request
+        accepted = Accepted(seeds=request.seeds, width=final.width, height=final.height,
                             steps=request.steps, sampler=request.sampler.name, model=request.model.name,
                             prompt=prompt, negative_prompt=negative, queue_position=ahead)
         return accepted, handle
 
     def _job(self, raw: RawRequest) -> Job:
-        request = check_inputs(raw, self.models, self.default_model, self.settings)
+        if raw.action == Action.VARIATIONS and not raw.prompt.strip():
+            self._prompt_from_image(raw)
+        request = check_inputs(raw, self.models, self.default_model, self.settings, self.upscalers)
         return Job(request, self.pipelines[request.model.name].tokenize(request), emit=lambda event: None)
+
+    def _prompt_from_image(self, raw: RawRequest) -> None:
+        """Variations without a prompt take the prompt (and what was not given) from the image."""
+        source = metadata.prompt_source(raw.image, set(self.pipelines), max_pixels=self.settings.max_input_pixels)
+        if source is None or not source.prompt.strip():
+            raise InvalidArgument("params.prompt", raw.prompt, "variations need a prompt, or an image whose "
+                                                               "metadata (Fabula's or A1111's) records one")
+        raw.prompt, raw.negative_prompt, raw.dialect = source.prompt, source.negative_prompt, source.dialect
+        raw.negative_preset = raw.negative_preset or source.negative_preset
+        if raw.quality_tags is None:
+            raw.quality_tags = source.quality_tags
+        raw.model = raw.model or source.model
+        raw.sampler = raw.sampler or source.sampler
+        raw.steps = raw.steps or source.steps
+        if raw.guidance_scale is None:
+            raw.guidance_scale = source.guidance_scale
+
+    def read_metadata(self, png: bytes) -> metadata.Metadata:
+        return metadata.read(png, self.signer, set(self.pipelines), max_pixels=self.settings.max_input_pixels)
+
+    def suggest_tags(self, query: str, limit: int = 0) -> list[Suggestion]:
+        return self.tags.suggest(query, limit)
 
     def tokenize(self, model_name: str, prompt: str, quality_tags: bool = False, dialect: str = "",
                  steps: int = 0) -> PromptReport:

@@ -14,7 +14,8 @@ from services.image import images as pixels
 from services.image.guidance import Guidance, RawGuidance, check_guidance
 from services.image.models import LoadedModel
 from services.image.prompts import Dialect, join_tags
-from services.image.samplers import EXPONENTIAL, KARRAS, NATIVE, SamplerSpec, find_sampler, SAMPLERS
+from services.image.samplers import NATIVE, SAMPLERS, SCHEDULES, SamplerSpec, find_sampler
+from services.image.upscale import Upscalers
 from services.image.settings import ImageSettings
 from services.toolkit.errors import InvalidArgument
 
@@ -30,6 +31,18 @@ class Action(str, Enum):
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
     OUTPAINT = "outpaint"
+    UPSCALE = "upscale"
+    ENHANCE = "enhance"
+    VARIATIONS = "variations"
+
+
+# Actions that start from an uploaded image and denoise it from `strength`.
+FROM_IMAGE = (Action.IMG2IMG, Action.ENHANCE, Action.VARIATIONS)
+MAX_HIRES_SCALE = 4.0
+MAX_UPSCALE = 8.0
+MAX_ENHANCE_SCALE = 4.0
+MAX_RHO = 10.0
+MAX_THRESHOLD = 100.0
 
 
 class MaskedContent(str, Enum):
@@ -74,6 +87,37 @@ class RawRequest:
     bottom: int = 0
     # Reference images, control images, character prompts (any action).
     guidance: RawGuidance = field(default_factory=RawGuidance)
+    # Hires fix (hires is False: one pass).
+    hires: bool = False
+    hires_scale: float = 0.0
+    hires_width: int = 0
+    hires_height: int = 0
+    hires_steps: int = 0
+    hires_strength: float | None = None
+    hires_upscaler: str = ""
+    # Upscale and enhance.
+    scale: float = 0.0
+    target_width: int = 0
+    target_height: int = 0
+    upscaler: str = ""
+    # Sampling options.
+    dynamic_thresholding: float = 0.0
+    dynamic_thresholding_max: float | None = None
+    schedule_rho: float | None = None
+
+
+@dataclass
+class HiresPlan:
+    """The second pass of a hires fix: its size, steps, strength and how the first is enlarged."""
+
+    base_width: int
+    base_height: int
+    base_steps: int
+    width: int
+    height: int
+    steps: int
+    strength: float
+    upscaler: str
 
 
 @dataclass
@@ -109,6 +153,12 @@ class Request:
     only_masked_padding: int = 32
     outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)  # left, right, top, bottom
     guidance: Guidance = field(default_factory=Guidance)
+    hires: HiresPlan | None = None
+    upscaler: str = ""  # upscale and enhance
+    scale: float = 0.0
+    dynamic_thresholding: float = 0.0
+    dynamic_thresholding_max: float = 4.0
+    schedule_rho: float = 1.0
     extras: dict = field(default_factory=dict)
 
     @property
@@ -139,8 +189,8 @@ def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 
 def _schedule(raw: str, sampler: SamplerSpec) -> str:
     name = raw or NATIVE
-    if name not in (NATIVE, KARRAS, EXPONENTIAL):
-        raise InvalidArgument("params.noise_schedule", raw, "must be native, karras or exponential")
+    if name not in SCHEDULES:
+        raise InvalidArgument("params.noise_schedule", raw, f"must be one of {', '.join(SCHEDULES)}")
     if name not in sampler.schedules:
         raise InvalidArgument("params.noise_schedule", name,
                               f"sampler {sampler.name} offers only {', '.join(sampler.schedules)}")
@@ -155,7 +205,7 @@ def check_dialect(field_name: str, raw: str) -> Dialect:
 
 
 def check_inputs(raw: RawRequest, models: dict[str, LoadedModel], default_model: str,
-                 settings: ImageSettings) -> Request:
+                 settings: ImageSettings, upscalers: Upscalers | None = None) -> Request:
     """Validate and resolve `raw` (raising InvalidArgument naming the field and its value)."""
     model = models.get(raw.model or default_model)
     if model is None:
@@ -193,19 +243,71 @@ def check_inputs(raw: RawRequest, models: dict[str, LoadedModel], default_model:
     if raw.preview_every < 0 or raw.preview_every > settings.max_steps:
         raise InvalidArgument("params.preview_every", raw.preview_every, f"must be between 0 and {settings.max_steps}")
     dialect = check_dialect("params.dialect", raw.dialect)
+    threshold = _finite("params.dynamic_thresholding", raw.dynamic_thresholding, 0.0, 1.0)
+    if threshold == 1.0:
+        raise InvalidArgument("params.dynamic_thresholding", threshold, "must be below 1 (a percentile); 0 is off")
+    threshold_max = _finite("params.dynamic_thresholding_max", 4.0 if raw.dynamic_thresholding_max is None
+                            else raw.dynamic_thresholding_max, 0.0, MAX_THRESHOLD, low_open=True)
+    if threshold and model.scheduler_config.get("prediction_type", "epsilon") != "epsilon":
+        raise InvalidArgument("params.dynamic_thresholding", threshold,
+                              f"needs an epsilon-prediction model; {model.name} predicts "
+                              f"{model.scheduler_config.get('prediction_type')}")
+    rho = _finite("params.schedule_rho", 1.0 if raw.schedule_rho is None else raw.schedule_rho, 0.1, MAX_RHO)
 
     request = Request(
         action=raw.action, model=model, prompt=prompt, negative_prompt=negative, user_prompt=raw.prompt,
         user_negative_prompt=raw.negative_prompt, negative_preset=preset_name, quality_tags=quality,
         width=0, height=0, steps=steps, guidance_scale=guidance, guidance_rescale=rescale, sampler=sampler,
         noise_schedule=schedule, seeds=[(seed + i) % (SEED_MAX + 1) for i in range(n_images)],
-        preview_every=raw.preview_every, dialect=dialect)
+        preview_every=raw.preview_every, dialect=dialect, dynamic_thresholding=threshold,
+        dynamic_thresholding_max=threshold_max, schedule_rho=rho)
     request.guidance = check_guidance(raw.guidance, model, settings)
-    _CHECK_ACTION[raw.action](raw, request, settings)
+    upscalers = upscalers or Upscalers()
+    _CHECK_ACTION[raw.action](raw, request, settings, upscalers)
     if request.width * request.height > settings.max_pixels:
         raise InvalidArgument("params.width", f"{request.width}x{request.height}",
                               f"width x height must be at most {settings.max_pixels} pixels")
+    if raw.action == Action.UPSCALE and request.guidance:
+        raise InvalidArgument("upscale", "references, controls or characters",
+                              "upscaling does not denoise; it takes no references, controls or characters")
+    if raw.hires:
+        if raw.action != Action.TXT2IMG:
+            raise InvalidArgument("params.hires", raw.action.value, "hires fix is for text to image only")
+        if request.guidance:
+            # Controls and regions are laid out at the first pass's size.
+            raise InvalidArgument("params.hires", "with references, controls or characters",
+                                  "hires fix does not combine with references, controls or characters yet")
+        request.hires = _hires(raw, request, settings, upscalers)
     return request
+
+
+def _hires(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> HiresPlan:
+    base_w, base_h = request.width, request.height
+    scale = raw.hires_scale
+    if scale and not (math.isfinite(scale) and 1.0 <= scale <= MAX_HIRES_SCALE):
+        raise InvalidArgument("params.hires.scale", scale, f"must be between 1 and {MAX_HIRES_SCALE}")
+    if raw.hires_width or raw.hires_height:
+        width = _side("params.hires.width", raw.hires_width) if raw.hires_width else 0
+        height = _side("params.hires.height", raw.hires_height) if raw.hires_height else 0
+        # One side given: the other keeps the first pass's aspect, as in AUTOMATIC1111.
+        width = width or max(64, round(height * base_w / base_h / 64) * 64)
+        height = height or max(64, round(width * base_h / base_w / 64) * 64)
+    else:
+        scale = scale or 2.0
+        width, height = max(64, round(base_w * scale / 64) * 64), max(64, round(base_h * scale / 64) * 64)
+    if width < base_w or height < base_h:
+        raise InvalidArgument("params.hires.width", f"{width}x{height}",
+                              f"must be at least the first pass's size, {base_w}x{base_h}")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > settings.max_pixels:
+        raise InvalidArgument("params.hires.width", f"{width}x{height}",
+                              f"width x height must be at most {settings.max_pixels} pixels")
+    steps = raw.hires_steps or request.steps
+    if not 1 <= steps <= settings.max_steps:
+        raise InvalidArgument("params.hires.steps", raw.hires_steps, f"must be between 1 and {settings.max_steps}")
+    strength = _finite("params.hires.strength", 0.55 if raw.hires_strength is None else raw.hires_strength,
+                       0.0, 1.0, low_open=True)
+    upscaler = upscalers.check("params.hires.upscaler", raw.hires_upscaler, latent=True)
+    return HiresPlan(base_w, base_h, request.steps, width, height, steps, strength, upscaler)
 
 
 def _size(raw: RawRequest, request: Request, settings: ImageSettings, image: Image.Image | None) -> None:
@@ -220,11 +322,11 @@ def _strength(raw: RawRequest, default: float, field_name: str) -> float:
     return _finite(field_name, default if raw.strength is None else raw.strength, 0.0, 1.0, low_open=True)
 
 
-def _check_txt2img(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+def _check_txt2img(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> None:
     _size(raw, request, settings, None)
 
 
-def _check_img2img(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+def _check_img2img(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> None:
     request.image = pixels.decode_image(raw.image, "img2img.image", max_pixels=settings.max_input_pixels)
     request.strength = _strength(raw, 0.7, "img2img.strength")
     request.extra_noise = _finite("img2img.extra_noise", raw.extra_noise, 0.0, 0.99)
@@ -248,7 +350,7 @@ def _mask_blur(value: int | None, default: int, field_name: str) -> int:
     return blur
 
 
-def _check_inpaint(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+def _check_inpaint(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> None:
     request.image = pixels.decode_image(raw.image, "inpaint.image", max_pixels=settings.max_input_pixels)
     mask = pixels.decode_image(raw.mask, "inpaint.mask", max_pixels=settings.max_input_pixels, mode="L")
     if mask.size != request.image.size:
@@ -269,7 +371,7 @@ def _check_inpaint(raw: RawRequest, request: Request, settings: ImageSettings) -
     _size(raw, request, settings, None if raw.only_masked else request.image)
 
 
-def _check_outpaint(raw: RawRequest, request: Request, settings: ImageSettings) -> None:
+def _check_outpaint(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> None:
     image = pixels.decode_image(raw.image, "outpaint.image", max_pixels=settings.max_input_pixels)
     sides = {"left": raw.left, "right": raw.right, "top": raw.top, "bottom": raw.bottom}
     for name, value in sides.items():
@@ -290,9 +392,61 @@ def _check_outpaint(raw: RawRequest, request: Request, settings: ImageSettings) 
     _size(raw, request, settings, request.image)
 
 
+def _check_upscale(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> None:
+    image = pixels.decode_image(raw.image, "upscale.image", max_pixels=settings.max_input_pixels)
+    scale = raw.scale
+    if scale and not (math.isfinite(scale) and 1.0 <= scale <= MAX_UPSCALE):
+        raise InvalidArgument("upscale.scale", scale, f"must be between 1 and {MAX_UPSCALE}")
+    for name, value in (("upscale.width", raw.target_width), ("upscale.height", raw.target_height)):
+        if value > MAX_SIDE * 2:
+            raise InvalidArgument(name, value, f"must be at most {MAX_SIDE * 2}")
+    width, height = raw.target_width, raw.target_height
+    if width or height:
+        width = width or max(1, round(height * image.width / image.height))
+        height = height or max(1, round(width * image.height / image.width))
+    else:
+        scale = scale or 2.0
+        width, height = round(image.width * scale), round(image.height * scale)
+    if width < image.width or height < image.height:
+        raise InvalidArgument("upscale.width", f"{width}x{height}",
+                              f"must be at least the image's size, {image.width}x{image.height}")
+    if width * height > settings.max_pixels:
+        raise InvalidArgument("upscale.width", f"{width}x{height}",
+                              f"width x height must be at most {settings.max_pixels} pixels")
+    request.image, request.width, request.height = image, width, height
+    request.scale = width / image.width
+    request.seeds = request.seeds[:1]  # one image in, one out
+    request.steps = 0
+    request.upscaler = upscalers.check("upscale.upscaler", raw.upscaler)
+
+
+def _check_enhance(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> None:
+    image = pixels.decode_image(raw.image, "enhance.image", max_pixels=settings.max_input_pixels)
+    scale = raw.scale or 1.5
+    if not (math.isfinite(scale) and 1.0 <= scale <= MAX_ENHANCE_SCALE):
+        raise InvalidArgument("enhance.scale", raw.scale, f"must be between 1 and {MAX_ENHANCE_SCALE}")
+    width, height = max(64, round(image.width * scale / 64) * 64), max(64, round(image.height * scale / 64) * 64)
+    if width * height > settings.max_pixels:
+        raise InvalidArgument("enhance.scale", scale, f"the enhanced size {width}x{height} must be at most "
+                                                      f"{settings.max_pixels} pixels")
+    request.image, request.width, request.height, request.scale = image, width, height, scale
+    request.strength = _strength(raw, 0.4, "enhance.strength")
+    request.extra_noise = _finite("enhance.extra_noise", raw.extra_noise, 0.0, 0.99)
+    request.upscaler = upscalers.check("enhance.upscaler", raw.upscaler)
+
+
+def _check_variations(raw: RawRequest, request: Request, settings: ImageSettings, upscalers: Upscalers) -> None:
+    request.image = pixels.decode_image(raw.image, "variations.image", max_pixels=settings.max_input_pixels)
+    request.strength = _strength(raw, 0.35, "variations.strength")
+    _size(raw, request, settings, request.image)
+
+
 _CHECK_ACTION = {
     Action.TXT2IMG: _check_txt2img,
     Action.IMG2IMG: _check_img2img,
     Action.INPAINT: _check_inpaint,
     Action.OUTPAINT: _check_outpaint,
+    Action.UPSCALE: _check_upscale,
+    Action.ENHANCE: _check_enhance,
+    Action.VARIATIONS: _check_variations,
 }

@@ -30,13 +30,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from services.image import guidance as guided
+from services.image import hires, metadata, thresholding
 from services.image import images as pixels
 from services.image.backends.base import Backend
 from services.image.conditioning import Conditioning, PromptTokenizer, StagedPrompt, encode, stage_prompt
 from services.image.events import Event, GeneratedImage, Progress, PromptReport
 from services.image.models import BUILTIN_PREFIX, LoadedModel
-from services.image.params import Action, MaskedContent, Request
+from services.image.params import FROM_IMAGE, Action, MaskedContent, Request
 from services.image.schedule import stage_at
+from services.image.signing import CHUNK as SIGNATURE_CHUNK
+from services.image.signing import ImageSigner
+from services.image.upscale import Upscalers
 from services.toolkit.errors import FailedPrecondition, InvalidArgument
 
 # Written into every image's parameters, so an image says which release made it.
@@ -108,6 +112,12 @@ class Job:
     unet_extra: torch.Tensor | None = None  # inpainting UNets: mask and masked-image latents
     preview_latents: torch.Tensor | None = None
     guidance: guided.JobGuidance | None = None  # references, controls, character regions
+    # Hires fix: whether the second pass runs, the first pass's steps before it, and the second
+    # pass's steps still to come during the first (so progress counts both).
+    hires_pass: bool = False
+    step_offset: int = 0
+    steps_after: int = 0
+    upscaled: Image.Image | None = None  # the upscale action's result
 
     @property
     def n_images(self) -> int:
@@ -145,6 +155,9 @@ class ImagePipeline:
         self.tokenizers = [PromptTokenizer(t, max_chunks) for t in model.tokenizers]
         self.image_processor = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
         self.scaling_factor = model.vae.config.scaling_factor
+        # Set by the generator: the process's upscalers, and the key its PNGs are signed with.
+        self.upscalers = Upscalers()
+        self.signer: ImageSigner | None = None
 
     # --- the whole pipeline for one request (tests, benchmarks, warm-up) ---
 
@@ -155,9 +168,11 @@ class ImagePipeline:
         self.check_shape(job)
         # 2.-4. encode the prompts, set the timesteps, prepare the latents
         self.prepare(job)
-        # 5. denoising loop
+        # 5. denoising loop (and the hires fix's second pass)
         while not job.done:
             self.denoise([job])
+            if hires.pending(job):
+                hires.start_second_pass(self, job)
         # 6. decode and postprocess
         return self.finish(job)
 
@@ -180,17 +195,31 @@ class ImagePipeline:
             raise FailedPrecondition(f"model {self.model.name} runs on the {self.backend.name} back end, which runs "
                                      "no references, controls or characters; serve it with backend eager or compiled "
                                      "for them")
+        if request.action == Action.UPSCALE:
+            return
         reason = self.backend.check_shape(request.n_images, request.height, request.width, job.prompts.chunks)
         if reason is not None:
             raise InvalidArgument("params.width", f"{request.width}x{request.height}x{request.n_images}", reason)
+        plan = request.hires
+        if plan is not None and not job.hires_pass:
+            reason = self.backend.check_shape(request.n_images, plan.height, plan.width, job.prompts.chunks)
+            if reason is not None:
+                raise InvalidArgument("params.hires.width", f"{plan.width}x{plan.height}x{request.n_images}", reason)
 
     def prepare(self, job: Job) -> None:
         job.started = time.perf_counter()
+        if job.request.action == Action.UPSCALE:
+            # No denoising: the job is done once the image is enlarged.
+            request = job.request
+            job.upscaled = self.upscalers.upscale(request.image, (request.width, request.height), request.upscaler)
+            job.timesteps = torch.zeros(0)
+            return
         job.generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.request.seeds]
         self.encode_prompt(job)
         self.prepare_timesteps(job)
         self.prepare_latents(job)
         guided.prepare(self, job)
+        job.steps_after = hires.second_pass_steps(self, job)
 
     # --- 2. encode_prompt ---
 
@@ -246,18 +275,24 @@ class ImagePipeline:
 
     # --- 3. prepare_timesteps ---
 
-    def prepare_timesteps(self, job: Job) -> None:
-        request = job.request
+    def make_schedule(self, request: Request, steps: int, strength: float) -> tuple[Any, torch.Tensor]:
+        """A fresh scheduler for `steps` and the timesteps that run at `strength` (1: all)."""
         scheduler = request.sampler.make(self.model.scheduler_config, request.noise_schedule, request.seeds)
-        scheduler.set_timesteps(request.steps, device=self.device)
+        request.sampler.set_timesteps(scheduler, steps, request.noise_schedule, request.schedule_rho, self.device)
         timesteps = scheduler.timesteps
-        if request.action != Action.TXT2IMG and request.strength < 1.0:
+        if strength < 1.0:
             # As diffusers' img2img: skip the noisiest steps; at least one step always runs.
-            kept = max(1, min(int(request.steps * request.strength), request.steps))
-            start = (request.steps - kept) * scheduler.order
+            kept = max(1, min(int(steps * strength), steps))
+            start = (steps - kept) * scheduler.order
             timesteps = timesteps[start:]
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(start)
+        return scheduler, timesteps
+
+    def prepare_timesteps(self, job: Job) -> None:
+        request = job.request
+        from_image = request.action != Action.TXT2IMG or job.hires_pass
+        scheduler, timesteps = self.make_schedule(request, request.steps, request.strength if from_image else 1.0)
         job.scheduler, job.timesteps = scheduler, timesteps
         accepted = inspect.signature(scheduler.step).parameters
         job.step_kwargs = {}
@@ -268,7 +303,7 @@ class ImagePipeline:
 
     # --- 4. prepare_latents ---
 
-    def _noise(self, job: Job, channels: int = 4) -> torch.Tensor:
+    def noise(self, job: Job, channels: int = 4) -> torch.Tensor:
         factor = self.model.vae_scale_factor
         shape = (job.n_images, channels, job.request.height // factor, job.request.width // factor)
         return randn_tensor(shape, generator=job.generators, device=self.device, dtype=self.backend.dtype)
@@ -276,13 +311,17 @@ class ImagePipeline:
     def prepare_latents(self, job: Job) -> None:
         request = job.request
         channels = self.model.vae.config.latent_channels
-        noise = self._noise(job, channels)
+        noise = self.noise(job, channels)
         if request.action == Action.TXT2IMG:
             job.latents = noise * job.scheduler.init_noise_sigma
             return
-        if request.action == Action.IMG2IMG:
-            start = self.encode_image(request.image.resize((request.width, request.height), Image.LANCZOS))
-            job.latents = self._noised(job, start.repeat(job.n_images, 1, 1, 1), noise)
+        if request.action in FROM_IMAGE:
+            size = (request.width, request.height)
+            # Enhance enlarges with the chosen upscaler; the others only fit the image to the size.
+            image = (self.upscalers.upscale(request.image, size, request.upscaler) if request.action == Action.ENHANCE
+                     else request.image.resize(size, Image.LANCZOS))
+            start = self.encode_image(image)
+            job.latents = self.noised(job, start.repeat(job.n_images, 1, 1, 1), noise)
             return
         self._prepare_inpainting(job, noise)
 
@@ -290,14 +329,17 @@ class ImagePipeline:
         tensor = self.image_processor.preprocess(image, height=image.height, width=image.width)
         return self.backend.vae_encode(tensor.to(self.device)) * self.scaling_factor
 
-    def _noised(self, job: Job, start: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.cat([self.encode_image(image) for image in images])
+
+    def noised(self, job: Job, start: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         first = job.timesteps[:1].repeat(job.n_images)
         latents = job.scheduler.add_noise(start, noise, first)
         if job.request.extra_noise > 0:
             # NovelAI's "noise": more noise than the strength implies, in units of this step's
             # noise level (read off the scheduler, whatever its parameterisation).
             level = job.scheduler.add_noise(torch.zeros_like(start[:1]), torch.ones_like(start[:1]), first[:1])
-            latents = latents + job.request.extra_noise * level * self._noise(job, start.shape[1])
+            latents = latents + job.request.extra_noise * level * self.noise(job, start.shape[1])
         return latents
 
     def _prepare_inpainting(self, job: Job, noise: torch.Tensor) -> None:
@@ -322,7 +364,7 @@ class ImagePipeline:
         if content == MaskedContent.LATENT_NOISE and request.strength == 1.0:
             job.latents = noise * job.scheduler.init_noise_sigma
         else:
-            job.latents = self._noised(job, start, noise)
+            job.latents = self.noised(job, start, noise)
         if self.model.inpainting_unet:
             # Dedicated inpainting UNets see the mask and the image with the masked area blanked.
             masked_image = self.image_processor.preprocess(region.original, height=request.height,
@@ -391,6 +433,9 @@ class ImagePipeline:
             noise_pred = uncond + request.guidance_scale * (text - uncond)
             if request.guidance_rescale > 0:
                 noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=request.guidance_rescale)
+        if request.dynamic_thresholding:
+            noise_pred = thresholding.threshold(job.scheduler, t, job.latents, noise_pred, request.dynamic_thresholding,
+                                                request.dynamic_thresholding_max)
         output = job.scheduler.step(noise_pred, t, job.latents, **job.step_kwargs, return_dict=True)
         job.latents = output.prev_sample
         job.preview_latents = getattr(output, "pred_original_sample", None)
@@ -407,22 +452,27 @@ class ImagePipeline:
         if every and job.index % every == 0 and not job.done:
             source = job.preview_latents if job.preview_latents is not None else job.latents
             previews = pixels.preview_pngs(source, self.model.family)
-        job.emit(Progress(job.index, job.total_steps, previews))
+        job.emit(Progress(job.step_offset + job.index, job.step_offset + job.total_steps + job.steps_after, previews))
 
     # --- 6. decode and postprocess ---
 
+    def decode(self, job: Job) -> list[Image.Image]:
+        decoded = self.backend.vae_decode(job.latents / self.scaling_factor)
+        return self.image_processor.postprocess(decoded.float() if decoded.dtype == torch.bfloat16 else decoded,
+                                                output_type="pil", do_denormalize=[True] * decoded.shape[0])
+
     def finish(self, job: Job) -> list[GeneratedImage]:
         request = job.request
-        decoded = self.backend.vae_decode(job.latents / self.scaling_factor)
-        frames = self.image_processor.postprocess(decoded.float() if decoded.dtype == torch.bfloat16 else decoded,
-                                                  output_type="pil", do_denormalize=[True] * decoded.shape[0])
+        frames = [job.upscaled] if request.action == Action.UPSCALE else self.decode(job)
         results = []
         for index, (frame, seed) in enumerate(zip(frames, request.seeds)):
             if job.region is not None:
                 frame = self._paste(job.region, request.image, frame)
             parameters = self.parameters_text(request, seed)
-            png = pixels.encode_png(frame, {"parameters": parameters,
-                                            "fabula": json.dumps(self.parameters_json(request, seed))})
+            text = {"parameters": parameters, "fabula": json.dumps(self.parameters_json(request, seed))}
+            if self.signer is not None:
+                text[SIGNATURE_CHUNK] = self.signer.signature_text(frame, text)
+            png = pixels.encode_png(frame, text)
             image = GeneratedImage(index, seed, png, parameters, frame.width, frame.height)
             job.emit(image)
             results.append(image)
@@ -460,13 +510,13 @@ class ImagePipeline:
         if request.action == Action.OUTPAINT:
             values.update(dict(zip(("left", "right", "top", "bottom"), request.outpaint)))
         values.update(guided.parameters_json(request.guidance))
+        values.update(metadata.extra_json(request))
         return values
 
     def parameters_text(self, request: Request, seed: int) -> str:
         fields: dict[str, Any] = {
             "Steps": request.steps, "Sampler": request.sampler.display_name,
-            "Schedule type": {"native": "Automatic", "karras": "Karras", "exponential": "Exponential"}[
-                request.noise_schedule],
+            "Schedule type": metadata.SCHEDULE_NAMES[request.noise_schedule],
             "CFG scale": _number(request.guidance_scale), "Seed": seed, "Size": f"{request.width}x{request.height}",
             "Model hash": self.model.short_hash, "Model": self.model.name,
         }
@@ -485,6 +535,7 @@ class ImagePipeline:
         if request.action == Action.OUTPAINT:
             fields["Outpaint"] = "left {} right {} top {} bottom {}".format(*request.outpaint)
         fields.update(guided.parameters_text(request.guidance))
+        fields.update(metadata.extra_text(request))
         fields["Version"] = VERSION
         return pixels.format_parameters(request.prompt, request.negative_prompt, fields)
 

@@ -26,7 +26,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-NATIVE, KARRAS, EXPONENTIAL = "native", "karras", "exponential"
+NATIVE, KARRAS, EXPONENTIAL, POLYEXPONENTIAL = "native", "karras", "exponential", "polyexponential"
+SCHEDULES = (NATIVE, KARRAS, EXPONENTIAL, POLYEXPONENTIAL)
 # The config flag that turns each non-native schedule on.
 _SCHEDULE_FLAGS = {KARRAS: "use_karras_sigmas", EXPONENTIAL: "use_exponential_sigmas"}
 
@@ -77,8 +78,13 @@ class DPMSolver2SAncestralScheduler(SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         self._begin_index = begin_index
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        self._levels.set_timesteps(num_inference_steps, device="cpu")
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas: list[float] | None = None) -> None:
+        if sigmas is not None:
+            self._levels.set_timesteps(sigmas=sigmas, device="cpu")
+            num_inference_steps = len(sigmas) - 1
+        else:
+            self._levels.set_timesteps(num_inference_steps, device="cpu")
         sigmas = self._levels.sigmas.double().tolist()
         log_sigmas = np.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().numpy() ** 0.5)
         eta = self.config.eta
@@ -156,6 +162,33 @@ class DPMSolver2SAncestralScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
 
+def polyexponential_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> np.ndarray:
+    """k-diffusion's `get_sigmas_polyexponential` without the final zero: log sigma follows
+    a ramp from 1 to 0 raised to `rho`, between log sigma_max and log sigma_min."""
+    ramp = np.linspace(1, 0, steps) ** rho
+    return np.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min))
+
+
+def _set_polyexponential(scheduler: Any, steps: int, rho: float, device: torch.device | str | None) -> None:
+    trained = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).double().numpy() ** 0.5
+    sigmas = polyexponential_sigmas(steps, float(trained.min()), float(trained.max()), rho)
+    if isinstance(scheduler, (EulerDiscreteScheduler, DPMSolver2SAncestralScheduler)):
+        # Their argument is every noise level including the final zero.
+        scheduler.set_timesteps(sigmas=[*sigmas.tolist(), 0.0], device=device)
+        return
+    # The others have no custom-sigma argument: their own schedule is set, then its noise levels
+    # and timesteps are replaced (each keeps the final zero it appends).
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = np.interp(np.log(sigmas), np.log(trained), np.arange(len(trained)))
+    levels = torch.from_numpy(np.append(sigmas, 0.0)).float()
+    if isinstance(scheduler, DPMSolverMultistepScheduler):
+        scheduler.sigmas = levels
+        scheduler.timesteps = torch.from_numpy(timesteps.round().astype(np.int64)).to(device)
+    else:
+        scheduler.sigmas = levels.to(device)
+        scheduler.timesteps = torch.from_numpy(timesteps).float().to(device)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str
@@ -163,11 +196,20 @@ class SamplerSpec:
     scheduler: type
     options: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    polyexponential: bool = True
 
     @property
     def schedules(self) -> tuple[str, ...]:
         accepted = inspect.signature(self.scheduler.__init__).parameters
-        return (NATIVE, *(name for name, flag in _SCHEDULE_FLAGS.items() if flag in accepted))
+        names = [NATIVE, *(name for name, flag in _SCHEDULE_FLAGS.items() if flag in accepted)]
+        return (*names, POLYEXPONENTIAL) if self.polyexponential else tuple(names)
+
+    def set_timesteps(self, scheduler: Any, steps: int, schedule: str, rho: float,
+                      device: torch.device | str | None) -> None:
+        if schedule == POLYEXPONENTIAL:
+            _set_polyexponential(scheduler, steps, rho, device)
+        else:
+            scheduler.set_timesteps(steps, device=device)
 
     def make(self, model_config: dict[str, Any], schedule: str, seeds: list[int]) -> Any:
         """A fresh scheduler (they keep per-run state) for one request."""
@@ -190,10 +232,13 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
                 {"algorithm_type": "dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m",)),
     SamplerSpec("dpmpp_2s_ancestral", "DPM++ 2S a", DPMSolver2SAncestralScheduler,
                 aliases=("k_dpmpp_2s_ancestral",)),
-    SamplerSpec("dpmpp_sde", "DPM++ SDE", DPMSolverSDEScheduler, aliases=("k_dpmpp_sde",)),
+    # Its noise levels are interleaved with midpoints it computes itself; no custom schedule.
+    SamplerSpec("dpmpp_sde", "DPM++ SDE", DPMSolverSDEScheduler, aliases=("k_dpmpp_sde",), polyexponential=False),
     SamplerSpec("dpmpp_2m_sde", "DPM++ 2M SDE", DPMSolverMultistepScheduler,
                 {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m_sde",)),
-    SamplerSpec("ddim", "DDIM", DDIMScheduler, {"set_alpha_to_one": False}, aliases=("ddim_v3",)),
+    # DDIM steps through timesteps, not noise levels.
+    SamplerSpec("ddim", "DDIM", DDIMScheduler, {"set_alpha_to_one": False}, aliases=("ddim_v3",),
+                polyexponential=False),
 )}
 _BY_ALIAS = {alias: spec for spec in SAMPLERS.values() for alias in (spec.name, *spec.aliases)}
 

@@ -45,6 +45,16 @@ class ImageServicer(image_pb2_grpc.ImageServiceServicer):
     async def ListModels(self, request: image_pb2.ListModelsRequest, context) -> image_pb2.ListModelsResponse:
         return wire.list_models_response_to_pb(self.generator)
 
+    async def ReadMetadata(self, request: image_pb2.ReadMetadataRequest, context) -> image_pb2.ReadMetadataResponse:
+        # Off the event loop: the pixels are decoded and hashed.
+        return wire.metadata_to_pb(await asyncio.to_thread(self.generator.read_metadata, request.image))
+
+    async def GetSigningKey(self, request: image_pb2.GetSigningKeyRequest, context) -> image_pb2.SigningKey:
+        return wire.signing_key_to_pb(self.generator.signer)
+
+    async def SuggestTags(self, request: image_pb2.SuggestTagsRequest, context) -> image_pb2.SuggestTagsResponse:
+        return wire.suggestions_to_pb(self.generator.suggest_tags(request.query, request.limit))
+
 
 def registrar(generator: ImageGenerator):
     """The `register` callback the toolkit's server takes."""

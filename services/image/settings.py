@@ -99,6 +99,25 @@ class ImageSettings(ServiceSettings):
         None, description="a local U2-Net-style ONNX file (one 1x3xHxW input, a saliency map out, as rembg's "
                           "u2net.onnx) for background-removal controls; None = refused")
     warmup_steps: int = Field(1, ge=0, description="denoising steps run per model at start-up before SERVING")
+    upscalers: dict[str, Path] = Field(
+        default_factory=dict,
+        description='upscaler models (ESRGAN family, read by spandrel) by name, as JSON in the environment, e.g. '
+                    '{"4x-ultrasharp": "/models/4x-UltraSharp.pth"}; without any, Lanczos resampling')
+    upscaler_path: Path | None = Field(
+        None, description="one upscaler model file, served as the upscaler named by its file's stem (a shortcut "
+                          "for `upscalers`)")
+    upscaler_tile: int = Field(512, ge=16, le=4096, description="tile size (pixels) an upscaler model works in")
+    signing_key: str = Field("", repr=False, description="Ed25519 seed (base64 or 64 hex digits) the PNGs are "
+                                                        "signed with; empty = the key file")
+    signing_key_file: Path | None = Field(
+        None, description="where the signing key is kept when signing_key is empty; created (mode 0600) on first "
+                          "start; None = cache_dir/signing-key")
+    trusted_signing_keys: list[str] = Field(
+        default_factory=list, description="further Ed25519 public keys (base64) whose signatures verify, e.g. "
+                                          "the key before a rotation")
+    tags_path: Path | None = Field(None, description="tag vocabulary CSV in the A1111 tag-autocomplete format "
+                                                     "(name,category,post_count,\"alias,alias\"); None = the "
+                                                     "built-in list")
 
     @field_validator("models")
     @classmethod
@@ -120,6 +139,16 @@ class ImageSettings(ServiceSettings):
     def model_options(self) -> dict[str, ModelOptions]:
         return {name: value if isinstance(value, ModelOptions) else ModelOptions(source=value)
                 for name, value in self.models.items()}
+
+    def upscaler_files(self) -> dict[str, Path]:
+        files = dict(self.upscalers)
+        if self.upscaler_path is not None:
+            files.setdefault(self.upscaler_path.stem, self.upscaler_path)
+        return files
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.cache_dir / "signing-key"
 
     @property
     def engines_path(self) -> Path:

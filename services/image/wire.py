@@ -13,10 +13,13 @@ from fabula.image.v1 import image_pb2
 from services.image.events import Accepted, Event, Finished, GeneratedImage, Progress, PromptReport, StageReport
 from services.image.control import RawControl
 from services.image.guidance import RawGuidance, describe
+from services.image.metadata import Metadata
 from services.image.params import Action, RawRequest
 from services.image.references import RawReference
 from services.image.regions import RawCharacter
 from services.image.prompts import Dialect
+from services.image.signing import SCHEME, ImageSigner, Verdict
+from services.image.tags import Suggestion
 
 if TYPE_CHECKING:
     from services.image.generator import ImageGenerator
@@ -27,7 +30,8 @@ if TYPE_CHECKING:
 # is "not given", which validation resolves to the model's default.
 NOISE_SCHEDULES = {"": image_pb2.NOISE_SCHEDULE_UNSPECIFIED, "native": image_pb2.NOISE_SCHEDULE_NATIVE,
                    "karras": image_pb2.NOISE_SCHEDULE_KARRAS,
-                   "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL}
+                   "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL,
+                   "polyexponential": image_pb2.NOISE_SCHEDULE_POLYEXPONENTIAL}
 MASKED_CONTENTS = {"": image_pb2.MASKED_CONTENT_UNSPECIFIED, "original": image_pb2.MASKED_CONTENT_ORIGINAL,
                    "fill": image_pb2.MASKED_CONTENT_FILL, "latent_noise": image_pb2.MASKED_CONTENT_LATENT_NOISE,
                    "latent_nothing": image_pb2.MASKED_CONTENT_LATENT_NOTHING}
@@ -63,7 +67,14 @@ def raw_request_from_pb(message: image_pb2.GenerateRequest) -> RawRequest:
         guidance_scale=_optional(params, "guidance_scale"), guidance_rescale=params.guidance_rescale,
         sampler=params.sampler, noise_schedule=_enum_name(_NOISE_SCHEDULE_NAMES, params.noise_schedule),
         seed=_optional(params, "seed"), n_images=params.n_images, preview_every=params.preview_every,
-        dialect=_enum_name(_DIALECT_NAMES, params.dialect))
+        dialect=_enum_name(_DIALECT_NAMES, params.dialect), dynamic_thresholding=params.dynamic_thresholding,
+        dynamic_thresholding_max=_optional(params, "dynamic_thresholding_max"),
+        schedule_rho=_optional(params, "schedule_rho"))
+    if params.HasField("hires"):
+        hires = params.hires
+        raw.hires, raw.hires_scale, raw.hires_width, raw.hires_height = True, hires.scale, hires.width, hires.height
+        raw.hires_steps, raw.hires_strength = hires.steps, _optional(hires, "strength")
+        raw.hires_upscaler = hires.upscaler
     action = message.WhichOneof("action")
     if action == "img2img":
         source = message.img2img
@@ -83,6 +94,17 @@ def raw_request_from_pb(message: image_pb2.GenerateRequest) -> RawRequest:
         raw.mask_blur = _optional(source, "mask_blur")
         raw.strength = _optional(source, "strength")
         raw.masked_content = _enum_name(_MASKED_CONTENT_NAMES, source.masked_content)
+    elif action == "upscale":
+        source = message.upscale
+        raw.action, raw.image, raw.scale, raw.upscaler = Action.UPSCALE, source.image, source.scale, source.upscaler
+        raw.target_width, raw.target_height = source.width, source.height
+    elif action == "enhance":
+        source = message.enhance
+        raw.action, raw.image, raw.scale, raw.upscaler = Action.ENHANCE, source.image, source.scale, source.upscaler
+        raw.strength, raw.extra_noise = _optional(source, "strength"), source.extra_noise
+    elif action == "variations":
+        source = message.variations
+        raw.action, raw.image, raw.strength = Action.VARIATIONS, source.image, _optional(source, "strength")
     raw.guidance = RawGuidance(
         references=[RawReference(item.image, _optional(item, "strength"), _optional(item, "information_extracted"))
                     for item in message.references],
@@ -106,6 +128,89 @@ def preprocess_args_from_pb(message: image_pb2.PreprocessControlRequest) -> tupl
 
 def preprocess_response_to_pb(png: bytes, width: int, height: int) -> image_pb2.PreprocessControlResponse:
     return image_pb2.PreprocessControlResponse(png=png, width=width, height=height)
+
+
+def raw_request_to_pb(raw: RawRequest) -> image_pb2.GenerateRequest:
+    """A request read back from an image's metadata, as the caller would send it (without images)."""
+    params = image_pb2.GenerationParams(
+        model=raw.model, prompt=raw.prompt, negative_prompt=raw.negative_prompt, negative_preset=raw.negative_preset,
+        width=raw.width, height=raw.height, steps=raw.steps, guidance_rescale=raw.guidance_rescale,
+        sampler=raw.sampler, noise_schedule=NOISE_SCHEDULES.get(raw.noise_schedule, 0),
+        n_images=raw.n_images, dialect=DIALECTS.get(Dialect(raw.dialect) if raw.dialect in ("novelai", "a1111")
+                                                    else Dialect.NOVELAI),
+        dynamic_thresholding=raw.dynamic_thresholding)
+    for name in ("quality_tags", "guidance_scale", "seed", "dynamic_thresholding_max", "schedule_rho"):
+        if getattr(raw, name) is not None:
+            setattr(params, name, getattr(raw, name))
+    if raw.hires:
+        params.hires.scale, params.hires.width, params.hires.height = raw.hires_scale, raw.hires_width, raw.hires_height
+        params.hires.steps, params.hires.upscaler = raw.hires_steps, raw.hires_upscaler
+        if raw.hires_strength is not None:
+            params.hires.strength = raw.hires_strength
+    message = image_pb2.GenerateRequest(params=params)
+    if raw.action == Action.TXT2IMG:
+        message.txt2img.SetInParent()
+    elif raw.action == Action.IMG2IMG:
+        message.img2img.extra_noise = raw.extra_noise
+        if raw.strength is not None:
+            message.img2img.strength = raw.strength
+    elif raw.action == Action.INPAINT:
+        inpaint = message.inpaint
+        inpaint.mask_blur, inpaint.only_masked = raw.mask_blur or 0, raw.only_masked
+        inpaint.masked_content = MASKED_CONTENTS.get(raw.masked_content, 0)
+        if raw.strength is not None:
+            inpaint.strength = raw.strength
+        if raw.only_masked_padding is not None:
+            inpaint.only_masked_padding = raw.only_masked_padding
+    elif raw.action == Action.OUTPAINT:
+        outpaint = message.outpaint
+        outpaint.left, outpaint.right, outpaint.top, outpaint.bottom = raw.left, raw.right, raw.top, raw.bottom
+        outpaint.masked_content = MASKED_CONTENTS.get(raw.masked_content, 0)
+        if raw.mask_blur is not None:
+            outpaint.mask_blur = raw.mask_blur
+        if raw.strength is not None:
+            outpaint.strength = raw.strength
+    elif raw.action == Action.UPSCALE:
+        message.upscale.width, message.upscale.height = raw.target_width, raw.target_height
+        message.upscale.upscaler = raw.upscaler
+    elif raw.action == Action.ENHANCE:
+        enhance = message.enhance
+        enhance.scale, enhance.extra_noise, enhance.upscaler = raw.scale, raw.extra_noise, raw.upscaler
+        if raw.strength is not None:
+            enhance.strength = raw.strength
+    elif raw.action == Action.VARIATIONS:
+        message.variations.SetInParent()
+        if raw.strength is not None:
+            message.variations.strength = raw.strength
+    return message
+
+
+_VERDICTS = {Verdict.ABSENT: image_pb2.SIGNATURE_STATUS_ABSENT, Verdict.VALID: image_pb2.SIGNATURE_STATUS_VALID,
+             Verdict.INVALID: image_pb2.SIGNATURE_STATUS_INVALID,
+             Verdict.UNKNOWN_KEY: image_pb2.SIGNATURE_STATUS_UNKNOWN_KEY}
+
+
+def metadata_to_pb(found: Metadata) -> image_pb2.ReadMetadataResponse:
+    reply = image_pb2.ReadMetadataResponse(
+        source=found.source, parameters=found.parameters, signature=_VERDICTS[found.verification.verdict],
+        signing_key_id=found.verification.key_id, builtin_model=found.builtin_model,
+        text_chunks=found.text_chunks, unmapped=found.unmapped)
+    if found.request is not None:
+        reply.request.CopyFrom(raw_request_to_pb(found.request))
+    return reply
+
+
+def signing_key_to_pb(signer: ImageSigner) -> image_pb2.SigningKey:
+    return image_pb2.SigningKey(public_key=signer.public_key, key_id=signer.key_id, algorithm="Ed25519",
+                                scheme=SCHEME)
+
+
+def suggestions_to_pb(suggestions: list[Suggestion]) -> image_pb2.SuggestTagsResponse:
+    return image_pb2.SuggestTagsResponse(tags=[
+        image_pb2.TagSuggestion(name=item.tag.name, text=item.tag.text, category=item.tag.category,
+                                post_count=item.tag.post_count, aliases=list(item.tag.aliases),
+                                matched_alias=item.matched_alias, match=item.match, score=item.score)
+        for item in suggestions])
 
 
 def tokenize_args_from_pb(message: image_pb2.TokenizeRequest) -> tuple[str, str, bool, str, int]:
@@ -193,4 +298,5 @@ def list_models_response_to_pb(generator: ImageGenerator) -> image_pb2.ListModel
         samplers=[sampler_info_to_pb(spec) for spec in generator.samplers.values()],
         max_pixels=settings.max_pixels, max_steps=settings.max_steps, max_images=settings.max_images,
         max_references=settings.max_references, max_controls=settings.max_controls,
-        max_characters=settings.max_characters)
+        max_characters=settings.max_characters,
+        upscalers=generator.upscalers.names)

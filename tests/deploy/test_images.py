@@ -184,6 +184,8 @@ def test_image_installs_every_distribution_its_process_imports(process: str) -> 
     if missing_code:
         pytest.fail(f"{process}: {missing_code} not found; the {process} image starts it", pytrace=False)
     installed = _installed_closure(image_requirements.requirements_for(process, gpu=True))
+    # The Dockerfiles install these too, without their dependencies (docker/requirements.py).
+    installed |= {image_requirements.requirement_name(spec) for spec in image_requirements.MODEL_DATA.get(process, [])}
     problems = []
     imported = third_party_imports(ENTRY_MODULES[process])
     for module in sorted(imported | behind_lazy_exports(imported)):

@@ -231,9 +231,10 @@ def test_the_engine_job_builds_what_the_image_service_looks_up(overlay: str) -> 
     (job,) = jobs
     image = dict(fabula_containers(overlay))["image"]
     job_env, image_env = (container_env(overlay, c.spec) for c in (job, image))
-    # Building engines serves no calls: the caller-token keys are the one setting it does without.
+    # Building engines serves no calls and signs no images: the caller-token keys and the image
+    # signing key are the settings it does without.
     image_keys = {k: v for k, v in image_env.items()
-                  if k.startswith("FABULA_IMAGE_") and k != "FABULA_IMAGE_CALLER_KEYS"}
+                  if k.startswith("FABULA_IMAGE_") and k not in ("FABULA_IMAGE_CALLER_KEYS", "FABULA_IMAGE_SIGNING_KEY")}
     assert {k: v for k, v in job_env.items() if k.startswith("FABULA_IMAGE_")} == image_keys
     assert image_keys["FABULA_IMAGE_BACKEND"] == "tensorrt"
     assert job.spec["command"] == ["python", "-m", "services.image.backends.tensorrt.build_all"]
@@ -439,4 +440,5 @@ def test_secrets_are_generated_or_templated(overlay: str) -> None:
             else:
                 assert name not in present, f"gpu: Secret {name} must come from its template, not kustomize"
                 assert name in templates and (key is None or key in templates[name]), f"{container.where}: {name}/{key}"
-    assert json.dumps(sorted(templates)) == json.dumps(["fabula-caller-keys", "fabula-editor-secrets", "fabula-postgres"])
+    assert json.dumps(sorted(templates)) == json.dumps(["fabula-caller-keys", "fabula-editor-secrets",
+                                                        "fabula-image-signing", "fabula-postgres"])

@@ -1,7 +1,9 @@
-"""fabula image PROMPT -o out.png  — generates an image with a progress bar and saves it."""
+"""fabula image PROMPT -o out.png  — generates an image with a progress bar and saves it; also
+`fabula upscale`, `fabula enhance`, `fabula variations`, `fabula image-info` and `fabula tags`."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,20 +52,32 @@ def image(
     character: Annotated[list[str] | None, typer.Option(
         "--character", help='character "prompt@x,y,w,h" (fractions of the canvas) or "prompt@C3" (grid); '
                             "repeatable")] = None,
+    hires: Annotated[float | None, typer.Option("--hires", help="hires fix: a second pass enlarged this much (1-4)")
+                     ] = None,
+    hires_steps: Annotated[int, typer.Option("--hires-steps", min=0, help="hires fix: second-pass steps")] = 0,
+    hires_strength: Annotated[float | None, typer.Option("--hires-strength", help="hires fix: (0, 1]")] = None,
+    hires_upscaler: Annotated[str, typer.Option("--hires-upscaler", help="latent, lanczos or a model")] = "",
+    threshold: Annotated[float, typer.Option("--dynamic-thresholding", help="percentile in (0, 1); 0 off")] = 0.0,
+    rho: Annotated[float | None, typer.Option("--rho", help="polyexponential schedule's rho")] = None,
 ) -> None:
     """Generate an image from PROMPT and save it as a PNG (parameters embedded), with progress."""
-    saved = state(ctx).sessions.load()
-    if saved is None:
-        raise fail("not logged in: run `fabula login` (or `fabula register`) first")
     options: dict = {"prompt": prompt, "negative_prompt": negative, "negative_preset": preset, "width": width,
                      "height": height, "steps": steps, "guidance_rescale": rescale, "sampler": sampler,
                      "n_images": count, "model": model}
     if no_quality_tags:
         options["quality_tags"] = False
     for key, value in (("guidance_scale", scale), ("noise_schedule", schedule), ("seed", seed),
-                       ("strength", strength)):
+                       ("strength", strength), ("schedule_rho", rho)):
         if value is not None:
             options[key] = value
+    if threshold:
+        options["dynamic_thresholding"] = threshold
+    if hires is not None:
+        if init_image is not None:
+            raise fail("--hires is for text to image (no --image)")
+        options["hires"] = {"scale": hires, "steps": hires_steps, "upscaler": hires_upscaler}
+        if hires_strength is not None:
+            options["hires"]["strength"] = hires_strength
     if mask is not None and init_image is None:
         raise fail("--mask needs --image")
     if extend is not None and init_image is None:
@@ -85,8 +99,20 @@ def image(
         options["controls"] = [_control(text) for text in control]
     if character:
         options["characters"] = [_character(text) for text in character]
+    _run(ctx, options, output, count)
+
+
+def _client(ctx: typer.Context) -> ImageClient:
+    saved = state(ctx).sessions.load()
+    if saved is None:
+        raise fail("not logged in: run `fabula login` (or `fabula register`) first")
+    return ImageClient(state(ctx).url or saved.url, saved.token)
+
+
+def _run(ctx: typer.Context, options: dict, output: Path, count: int) -> None:
+    """Stream one generation with a progress bar and write its PNGs."""
     written: list[Path] = []
-    with ImageClient(state(ctx).url or saved.url, saved.token) as ai:
+    with _client(ctx) as ai:
         progress = None
         try:
             for event in ai.stream(**options):
@@ -178,7 +204,103 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise fail(f"cannot read {path}: {error.strerror}") from None
+
+
+@handle_errors
+def upscale(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="the image to enlarge")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file")] = Path("upscaled.png"),
+    scale: Annotated[float, typer.Option("--scale", help="factor (1-8); 0 = 2")] = 0.0,
+    width: Annotated[int, typer.Option("--width", "-W", min=0, help="exact width (any size)")] = 0,
+    height: Annotated[int, typer.Option("--height", "-H", min=0, help="exact height (any size)")] = 0,
+    upscaler: Annotated[str, typer.Option("--upscaler", help="lanczos or a model (fabula image models)")] = "",
+) -> None:
+    """Enlarge an image, without redrawing it."""
+    _run(ctx, {"action": "upscale", "image": _read_file(source), "scale": scale, "width": width, "height": height,
+               "upscaler": upscaler}, output, 1)
+
+
+@handle_errors
+def enhance(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="the image to enhance")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="what the image shows")] = "",
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file")] = Path("enhanced.png"),
+    scale: Annotated[float, typer.Option("--scale", help="factor (1-4); 0 = 1.5")] = 0.0,
+    strength: Annotated[float | None, typer.Option("--strength", help="how much is redrawn; default 0.4")] = None,
+    upscaler: Annotated[str, typer.Option("--upscaler", help="lanczos or a model")] = "",
+    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    steps: Annotated[int, typer.Option("--steps", "-s", min=0)] = 0,
+) -> None:
+    """NovelAI's enhance: enlarge, then redraw lightly at the new size."""
+    options: dict = {"action": "enhance", "image": _read_file(source), "prompt": prompt, "scale": scale,
+                     "upscaler": upscaler, "steps": steps}
+    for key, value in (("strength", strength), ("seed", seed)):
+        if value is not None:
+            options[key] = value
+    _run(ctx, options, output, 1)
+
+
+@handle_errors
+def variations(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="the image to vary")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG files (-1, -2, ...)")] = Path("variation.png"),
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="number of variations")] = 4,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="default: the prompt in the image's metadata")] = "",
+    strength: Annotated[float | None, typer.Option("--strength", help="how much is redrawn; default 0.35")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    steps: Annotated[int, typer.Option("--steps", "-s", min=0)] = 0,
+) -> None:
+    """Variations of an image: its prompt, new seeds, a light redraw."""
+    options: dict = {"action": "variations", "image": _read_file(source), "prompt": prompt, "n_images": count,
+                     "steps": steps}
+    for key, value in (("strength", strength), ("seed", seed)):
+        if value is not None:
+            options[key] = value
+    _run(ctx, options, output, count)
+
+
+@handle_errors
+def image_info(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="a PNG")],
+) -> None:
+    """How a PNG was made (as options to run again) and whether this server's signature verifies."""
+    with _client(ctx) as ai:
+        found = ai.metadata(_read_file(source))
+    typer.echo(f"source: {found['source']}")
+    typer.echo(f"signature: {found['signature']}" + (f" (key {found['signing_key_id']})"
+                                                     if found["signing_key_id"] else ""))
+    if found["builtin_model"]:
+        typer.echo("made by a built-in untrained test model: its pictures are noise (docs/image.md)")
+    if found["request"] is not None:
+        typer.echo(json.dumps(found["request"], indent=2, ensure_ascii=False))
+
+
+@handle_errors
+def tags(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="the start of a tag (typos are forgiven)")],
+    limit: Annotated[int, typer.Option("--limit", "-l", min=1, max=100)] = 10,
+) -> None:
+    """Suggest prompt tags: name, category, post count."""
+    with _client(ctx) as ai:
+        for tag in ai.tags(query, limit):
+            alias = f" (alias {tag['matched_alias']})" if tag["matched_alias"] else ""
+            typer.echo(f"{tag['text']}\t{tag['category']}\t{tag['post_count']}{alias}")
 
 
 def register(app: typer.Typer) -> None:
     app.command("image")(image)
+    app.command("upscale")(upscale)
+    app.command("enhance")(enhance)
+    app.command("variations")(variations)
+    app.command("image-info")(image_info)
+    app.command("tags")(tags)

@@ -73,7 +73,7 @@ async def test_each_image_of_a_batch_can_be_made_again_alone(image_service) -> N
 @pytest.mark.parametrize("sampler,schedule", [(name, schedule) for name, spec in SAMPLERS.items()
                                               for schedule in spec.schedules])
 async def test_every_sampler_and_schedule_runs(image_service, sampler, schedule) -> None:
-    enum = {"native": 1, "karras": 2, "exponential": 3}[schedule]
+    enum = {"native": 1, "karras": 2, "exponential": 3, "polyexponential": 4}[schedule]
     events = await collect(image_service.stub.Generate(image_pb2.GenerateRequest(
         params=params(sampler=sampler, noise_schedule=enum, steps=3))))
     image = images_of(events)[0]

@@ -20,7 +20,8 @@ def test_names_and_aliases() -> None:
 
 
 def test_schedules_follow_what_each_scheduler_offers() -> None:
-    assert SAMPLERS["euler"].schedules == ("native", "karras", "exponential")
+    assert SAMPLERS["euler"].schedules == ("native", "karras", "exponential", "polyexponential")
+    assert SAMPLERS["euler_ancestral"].schedules == ("native", "polyexponential")
     assert SAMPLERS["ddim"].schedules == ("native",)
     karras = SAMPLERS["dpmpp_2m"].make(CONFIG, "karras", [1])
     assert karras.config.use_karras_sigmas and not karras.config.use_exponential_sigmas
@@ -69,3 +70,29 @@ def test_dpmpp_2s_ancestral_noise_comes_from_each_images_generator() -> None:
 def test_dpmpp_sde_gets_one_brownian_tree_per_image() -> None:
     scheduler = SAMPLERS["dpmpp_sde"].make(CONFIG, "native", [3, 4])
     assert scheduler.noise_sampler_seed == [3, 4]
+
+
+def test_polyexponential_noise_levels_follow_k_diffusion() -> None:
+    import math
+
+    import numpy as np
+
+    from services.image.samplers import SAMPLERS, polyexponential_sigmas
+
+    config = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
+    # rho 1: evenly spaced in log sigma between the model's extreme noise levels.
+    levels = polyexponential_sigmas(5, 0.03, 14.6, 1.0)
+    assert np.allclose(np.diff(np.log(levels)), math.log(0.03 / 14.6) / 4)
+    steep = polyexponential_sigmas(5, 0.03, 14.6, 3.0)
+    assert steep[0] == levels[0] and math.isclose(steep[-1], levels[-1]) and (steep[1:-1] < levels[1:-1]).all()
+    for name in ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral"):
+        spec = SAMPLERS[name]
+        assert "polyexponential" in spec.schedules
+        scheduler = spec.make(config, "polyexponential", [1])
+        spec.set_timesteps(scheduler, 6, "polyexponential", 2.0, "cpu")
+        if hasattr(scheduler, "sigmas"):
+            trained = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5
+            expected = polyexponential_sigmas(6, float(trained.min()), float(trained.max()), 2.0)
+            assert np.allclose(scheduler.sigmas[:-1].numpy(), expected, rtol=1e-4) and scheduler.sigmas[-1] == 0
+    assert "polyexponential" not in SAMPLERS["ddim"].schedules
