@@ -24,6 +24,8 @@ export interface HistoryNode {
 }
 
 export const isText = (block: Block): block is TextBlock => block.type === "text";
+/** A generation or a retry: what Retry replaces. */
+export const isContinuation = (node: HistoryNode): boolean => (node.kind === "generation" || node.kind === "retry") && node.parent !== null;
 
 export function cpLength(text: string): number {
   let n = 0;
@@ -228,6 +230,32 @@ export class History {
 
   generate(text: string): HistoryNode {
     return this.commit([{ at: blocksLength(this.blocksAtHead), insert: [{ type: "text", origin: "ai", text }] }], "generation");
+  }
+
+  /** Another continuation in place of the one at the head: a sibling under the same parent. */
+  retry(text: string): HistoryNode {
+    const current = this.nodes[this.headId];
+    if (!isContinuation(current)) throw new Error(`retry needs a generation at the head, not a ${current.kind} node`);
+    this.move(current.parent!);
+    return this.commit([{ at: blocksLength(this.blocksAtHead), insert: [{ type: "text", origin: "ai", text }] }], "retry");
+  }
+
+  /** The tip of every branch. */
+  leaves(): number[] {
+    return this.nodes.filter((node) => !this.children.get(node.id)?.length).map((node) => node.id);
+  }
+
+  /** Node ids from the root to `id`. */
+  path(id: number): number[] {
+    const out: number[] = [];
+    for (let at: number | null = id; at !== null; at = this.nodes[at].parent) out.push(at);
+    return out.reverse();
+  }
+
+  /** The nodes sharing `id`'s parent, `id` included (a generation and its retries). */
+  siblings(id: number): number[] {
+    const parent = this.nodes[id].parent;
+    return parent === null ? [id] : this.childrenOf(parent);
   }
 
   undo(): number {

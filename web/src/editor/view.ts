@@ -2,7 +2,6 @@
 // origin here (docs/formats.md, section 4): replacing or cutting into AI or edited text makes
 // `edit` text, text typed anywhere else is `user`; generated text is inserted as `ai`.
 import { baseKeymap } from "prosemirror-commands";
-import { history, isHistoryTransaction, redo, undo } from "prosemirror-history";
 import { keymap } from "prosemirror-keymap";
 import type { Node as PMNode } from "prosemirror-model";
 import { EditorState, Plugin, Selection, type Transaction } from "prosemirror-state";
@@ -25,7 +24,7 @@ function originPlugin(): Plugin {
     appendTransaction(transactions, _old, state) {
       const ranges: { from: number; to: number; edit: boolean }[] = [];
       transactions.forEach((tr, t) => {
-        if (!tr.docChanged || tr.getMeta(GENERATED) || tr.getMeta(REPLACED) || isHistoryTransaction(tr)) return;
+        if (!tr.docChanged || tr.getMeta(GENERATED) || tr.getMeta(REPLACED)) return;
         tr.steps.forEach((step, i) => {
           const before = tr.docs[i];
           step.getMap().forEach((oldStart, oldEnd, newStart, newEnd) => {
@@ -70,6 +69,9 @@ function originPlugin(): Plugin {
 export interface StoryEditorOptions {
   onChange(): void;
   onSend(): void;
+  /** Undo / redo move the story's history head (generations and edits alike, as NovelAI does). */
+  onUndo(): void;
+  onRedo(): void;
   label: string;
 }
 
@@ -91,8 +93,12 @@ export class StoryEditor {
     return EditorState.create({
       doc: blocksToDoc(blocks),
       plugins: [
-        history(),
-        keymap({ "Mod-Enter": () => (this.options.onSend(), true), "Mod-z": undo, "Mod-y": redo, "Shift-Mod-z": redo }),
+        keymap({
+          "Mod-Enter": () => (this.options.onSend(), true),
+          "Mod-z": () => (this.options.onUndo(), true),
+          "Mod-y": () => (this.options.onRedo(), true),
+          "Shift-Mod-z": () => (this.options.onRedo(), true),
+        }),
         keymap(baseKeymap),
         originPlugin(),
       ],
