@@ -12,6 +12,7 @@ import { schema } from "./schema";
 
 const GENERATED = "fabula-generated";
 const REPLACED = "fabula-replace";
+export const TRANSACTION_MARK = "fabula:transaction";
 
 function isAiLike(node: PMNode | null | undefined): boolean {
   const origin = node?.marks.find((m) => m.type === schema.marks.origin)?.attrs.origin;
@@ -84,6 +85,10 @@ export class StoryEditor {
       attributes: { role: "textbox", "aria-multiline": "true", "aria-label": options.label, class: "story-text", spellcheck: "true" },
       dispatchTransaction: (tr: Transaction) => {
         this.view.updateState(this.view.state.apply(tr));
+        // Lets a measurement (bench/web.py) see when a keystroke's transaction was applied; the
+        // previous mark is cleared so the timeline never grows.
+        performance.clearMarks(TRANSACTION_MARK);
+        performance.mark(TRANSACTION_MARK);
         if (tr.docChanged && !tr.getMeta(GENERATED) && !tr.getMeta(REPLACED)) this.options.onChange();
       },
     });

@@ -15,14 +15,22 @@ const CONTAINER = `<?xml version="1.0" encoding="UTF-8"?>
 </container>
 `;
 
+// XML 1.0 allows no C0 controls but tab and line ends (and no lone surrogates); a model can write
+// them, HTML tolerates them, an EPUB reader's XML parser does not: they are left out of the book.
+const NOT_XML = /[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/gu;
+
 function xhtml(title: string, language: string, body: string, extra = ""): string {
-  return `<?xml version="1.0" encoding="utf-8"?>
+  return xmlSafe`<?xml version="1.0" encoding="utf-8"?>
 <!DOCTYPE html>
 <html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops" lang="${language}" xml:lang="${language}">
 <head><title>${escapeHtml(title)}</title>${extra}</head>
 <body>${body}</body>
 </html>
 `;
+}
+
+function xmlSafe(strings: TemplateStringsArray, ...values: string[]): string {
+  return String.raw({ raw: strings }, ...values).replace(NOT_XML, "");
 }
 
 const STYLE_LINK = '<link href="../style/story.css" rel="stylesheet" type="text/css"/>';
@@ -94,7 +102,7 @@ ${manifest.join("\n")}
 ${spine.join("\n")}
 </spine>
 </package>
-`);
+`.replace(NOT_XML, ""));
   // The order of the zip is the order of this object: mimetype first, stored (level 0), as EPUB requires.
   const zip: Zippable = { mimetype: [utf8.encode("application/epub+zip"), { level: 0 }],
     "META-INF/container.xml": utf8.encode(CONTAINER) };
