@@ -136,7 +136,7 @@ def account(new_page, base_url):
 
 @pytest.mark.parametrize("name, data", [
     ("salt-road.scenario", json.dumps(SCENARIO, indent=1).encode()),
-    ("glass-orchard.md", MARKDOWN.encode()),
+    ("glass-orchard.markdown", MARKDOWN.encode()),
     ("plain story.txt", TEXT.encode()),
 ])
 def test_a_story_file_imported_in_the_browser_gives_the_sdks_documents(account, tmp_path, name, data):
