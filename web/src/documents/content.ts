@@ -24,6 +24,8 @@ export interface HistoryNode {
 }
 
 export const isText = (block: Block): block is TextBlock => block.type === "text";
+/** A generation or a retry: what Retry replaces. */
+export const isContinuation = (node: HistoryNode): boolean => (node.kind === "generation" || node.kind === "retry") && node.parent !== null;
 
 export function cpLength(text: string): number {
   let n = 0;
@@ -128,8 +130,31 @@ export function replaceOps(blocks: Block[], start: number, end: number, replacem
   return ops;
 }
 
-/** The smallest ops turning `before` into `after` (common leading and trailing positions kept). */
+const sameBlock = (x: Block, y: Block) => x === y || canonicalJson(x as Json) === canonicalJson(y as Json);
+
+/** The smallest ops turning `before` into `after` (common leading and trailing positions kept).
+ * Whole blocks the two share at either end are stepped over first, so typing into a long story
+ * compares only the blocks around the change; the ops are the same as comparing every position. */
 export function diffOps(before: Block[], after: Block[]): Op[] {
+  let lead = 0, leadLength = 0;
+  while (lead < before.length && lead < after.length && sameBlock(before[lead], after[lead])) leadLength += blockLength(before[lead++]);
+  let trail = 0;
+  while (trail < before.length - lead && trail < after.length - lead
+    && sameBlock(before[before.length - 1 - trail], after[after.length - 1 - trail])) trail++;
+  if (lead === 0 && trail === 0) return diffPositions(before, after);
+  const a = before.slice(lead, before.length - trail), b = after.slice(lead, after.length - trail);
+  if (trail > 0) {
+    // A common run reaching the end of a middle part could continue into the trailing blocks,
+    // which the whole comparison would count as prefix: then compare everything.
+    const ap = positions(a), bp = positions(b);
+    let prefix = 0;
+    while (prefix < ap.length && prefix < bp.length && ap[prefix] === bp[prefix]) prefix++;
+    if (prefix === ap.length || prefix === bp.length) return diffPositions(before, after);
+  }
+  return diffPositions(a, b).map((op) => ({ ...op, at: op.at + leadLength }));
+}
+
+function diffPositions(before: Block[], after: Block[]): Op[] {
   const a = positions(before), b = positions(after);
   let prefix = 0;
   while (prefix < a.length && prefix < b.length && a[prefix] === b[prefix]) prefix++;
@@ -228,6 +253,32 @@ export class History {
 
   generate(text: string): HistoryNode {
     return this.commit([{ at: blocksLength(this.blocksAtHead), insert: [{ type: "text", origin: "ai", text }] }], "generation");
+  }
+
+  /** Another continuation in place of the one at the head: a sibling under the same parent. */
+  retry(text: string): HistoryNode {
+    const current = this.nodes[this.headId];
+    if (!isContinuation(current)) throw new Error(`retry needs a generation at the head, not a ${current.kind} node`);
+    this.move(current.parent!);
+    return this.commit([{ at: blocksLength(this.blocksAtHead), insert: [{ type: "text", origin: "ai", text }] }], "retry");
+  }
+
+  /** The tip of every branch. */
+  leaves(): number[] {
+    return this.nodes.filter((node) => !this.children.get(node.id)?.length).map((node) => node.id);
+  }
+
+  /** Node ids from the root to `id`. */
+  path(id: number): number[] {
+    const out: number[] = [];
+    for (let at: number | null = id; at !== null; at = this.nodes[at].parent) out.push(at);
+    return out.reverse();
+  }
+
+  /** The nodes sharing `id`'s parent, `id` included (a generation and its retries). */
+  siblings(id: number): number[] {
+    const parent = this.nodes[id].parent;
+    return parent === null ? [id] : this.childrenOf(parent);
   }
 
   undo(): number {

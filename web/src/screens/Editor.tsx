@@ -4,7 +4,8 @@
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { generateStream } from "../api/generate";
 import type { Vault } from "../api/vault";
-import { diffOps } from "../documents/content";
+import { diffOps, isContinuation, plainText } from "../documents/content";
+import { HistoryPanel } from "../history/HistoryPanel";
 import { toPlain, type Json } from "../documents/json";
 import { StoryStore, type StoryDoc } from "../documents/store";
 import { str, tags } from "../documents/story";
@@ -68,6 +69,12 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
   const [error, setError] = useState("");
   const [readOnly, setReadOnly] = useState(false);
   const [lastRun, setLastRun] = useState<"" | "stopped" | "done">("");
+  const [runs, setRuns] = useState(0);
+  // History (docs/web.md): Undo / Redo / Retry and restoring a branch move the history's head.
+  const [historyVersion, setHistoryVersion] = useState(0);
+  const bumpHistory = () => setHistoryVersion((v) => v + 1);
+  const [showHistory, setShowHistory] = useState(false);
+  const [showAllBranches, setShowAllBranches] = useState(false);
 
   const save = (): Promise<void> => {
     saving.current = saving.current.then(async () => {
@@ -90,6 +97,7 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
           if (JSON.stringify(blocks) !== JSON.stringify(editor.current.blocks)) editor.current.setBlocks(blocks);
         }
         setSaveState(conflicted ? "conflict" : timer.current === undefined ? "saved" : "unsaved");
+        bumpHistory();
       } catch (e: any) {
         storyDirty.current = true;
         setSaveState("error");
@@ -114,11 +122,19 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     await save();
   };
 
-  const send = async () => {
+  const send = async (retry = false) => {
     if (abort.current || !doc.current || !editor.current || doc.current.newer) return;
     setError("");
     await flush();
     const current = doc.current!;
+    const replaced = current.history.nodes[current.history.head];
+    if (retry && !isContinuation(replaced)) {
+      setError("Retry replaces a continuation: the text shown does not end with one (use Send).");
+      return;
+    }
+    // A retry continues the text the replaced continuation continued (its parent's).
+    const context = retry ? plainText(current.history.blocksAt(replaced.parent!)) : current.history.text;
+    if (retry) editor.current.setBlocks(current.history.blocksAt(replaced.parent!));
     setSaveState("unsaved");
     const controller = new AbortController();
     abort.current = controller;
@@ -127,7 +143,7 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     editor.current.setEditable(false);
     let text = "";
     try {
-      const outcome = await generateStream(vault.api, generationBody(current, current.history.text), {
+      const outcome = await generateStream(vault.api, generationBody(current, context), {
         onPiece(piece) {
           text += piece;
           editor.current?.appendGenerated(piece);
@@ -139,11 +155,37 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     } finally {
       abort.current = null;
       setGenerating(false);
+      setRuns((n) => n + 1);
       editor.current?.setEditable(true);
     }
-    if (text) current.history.generate(text);
+    if (text) {
+      if (retry) current.history.retry(text);
+      else current.history.generate(text);
+    } else if (retry) editor.current?.setBlocks(current.history.blocks); // nothing came: the replaced text stays
+    bumpHistory();
     await save();
   };
+
+  /** Move the history's head (undo, redo, restore) after storing the typing in progress. */
+  const moveHead = async (move: (doc: StoryDoc) => void) => {
+    if (abort.current || !doc.current || !editor.current || doc.current.newer) return;
+    setError("");
+    await flush();
+    const current = doc.current!;
+    try {
+      move(current);
+    } catch (e: any) {
+      setError(e?.message ?? String(e));
+      return;
+    }
+    editor.current.setBlocks(current.history.blocks);
+    bumpHistory();
+    await save();
+  };
+  const undo = () => moveHead((d) => d.history.undo());
+  const redo = () => moveHead((d) => d.history.redo());
+  const restore = (id: number) => moveHead((d) => d.history.checkout(id));
+
 
   const stop = () => abort.current?.abort();
 
@@ -157,10 +199,12 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
       setReadOnly(opened.newer);
       editorInstance = new StoryEditor(mount.current!, opened.history.blocks, {
         label: "Story text", onChange: scheduleSave, onSend: () => void send(),
+        onUndo: () => void undo(), onRedo: () => void redo(),
       });
       if (opened.newer) editorInstance.setEditable(false);
       editor.current = editorInstance;
       setLoaded(true);
+      bumpHistory();
     }).catch((e) => setError(`This story could not be opened: ${e?.message ?? e}`));
     const beforeUnload = (event: BeforeUnloadEvent) => {
       if (timer.current !== undefined) event.preventDefault();
@@ -186,10 +230,19 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     onBack();
   };
 
+  // Read afresh on each render; historyVersion changes whenever the history does.
+  const history = doc.current?.history;
+  const headNode = history?.nodes[history.head];
+  const canUndo = !!headNode && headNode.parent !== null;
+  const canRedo = !!history && history.childrenOf(history.head).length > 0;
+  const canRetry = !!headNode && isContinuation(headNode);
+
   return (
     <main class="editor">
       <nav class="bar" aria-label="Story">
         <button type="button" onClick={back}>← Library</button>
+        <button type="button" aria-expanded={showHistory} aria-controls="history-panel"
+          onClick={() => setShowHistory(!showHistory)} disabled={!loaded}>History</button>
         <p ref={status} class="save-state" role="status" aria-live="polite" data-state={saveState}>{SAVE_LABELS[saveState]}</p>
       </nav>
       <h1 class="visually-hidden">Story editor</h1>
@@ -213,13 +266,25 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
           }} /></label>
       </div>
       <div class="legend" aria-hidden="true"><span class="origin-ai">AI text</span> <span class="origin-edit">edited AI text</span> <span>your text</span></div>
+      <div id="history-panel">
+        {showHistory && doc.current && (
+          <HistoryPanel history={doc.current.history} version={historyVersion} disabled={generating || readOnly}
+            onRestore={(id) => void restore(id)} onClose={() => setShowHistory(false)}
+            showAll={showAllBranches} onShowAll={() => setShowAllBranches(true)} />
+        )}
+      </div>
       <div ref={mount} class="story-mount" />
       {!loaded && !error && <p role="status">Decrypting the story…</p>}
       <div class="send-bar">
         <button type="button" class="primary" onClick={() => void send()} disabled={!loaded || generating || readOnly}
           aria-keyshortcuts="Control+Enter">Send <kbd>Ctrl+Enter</kbd></button>
+        <button type="button" onClick={() => void send(true)} disabled={!loaded || generating || readOnly || !canRetry}>Retry</button>
         <button type="button" onClick={stop} disabled={!generating}>Stop</button>
-        <span class="gen-state" role="status" data-generating={generating ? "yes" : "no"} data-last={lastRun}>
+        <button type="button" onClick={() => void undo()} disabled={!loaded || generating || readOnly || !canUndo}
+          aria-keyshortcuts="Control+Z">Undo</button>
+        <button type="button" onClick={() => void redo()} disabled={!loaded || generating || readOnly || !canRedo}
+          aria-keyshortcuts="Control+Y">Redo</button>
+        <span class="gen-state" role="status" data-generating={generating ? "yes" : "no"} data-last={lastRun} data-runs={runs}>
           {generating ? "Writing…" : lastRun === "stopped" ? "Stopped." : ""}</span>
       </div>
       {error && <p class="error" role="alert">{error}</p>}

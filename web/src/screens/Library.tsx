@@ -4,6 +4,7 @@ import { useEffect, useMemo, useState } from "preact/hooks";
 import type { Vault } from "../api/vault";
 import { StoryStore, type LibraryEntry } from "../documents/store";
 import { str, tags } from "../documents/story";
+import { StoryExport, TransferBar } from "../transfer/Transfer";
 
 type Sort = "updated" | "title" | "created";
 
@@ -73,6 +74,7 @@ export function LibraryScreen({ vault, onOpen, onAccount, onSignOut }: {
         <label class="check"><input type="checkbox" checked={favouritesOnly}
           onChange={(e) => setFavouritesOnly((e.target as HTMLInputElement).checked)} /> Favourites only</label>
       </div>
+      <TransferBar vault={vault} onImported={() => void reload()} />
       {error && <p class="error" role="alert">{error}</p>}
       {confirming && (
         <div class="confirm" role="alertdialog" aria-labelledby="confirm-title" aria-describedby="confirm-text">
@@ -101,6 +103,7 @@ export function LibraryScreen({ vault, onOpen, onAccount, onSignOut }: {
                   <button type="button" onClick={() => act(() => store.duplicate(entry.id, `${title} (copy)`))}
                     aria-label={`Duplicate: ${title}`}>Duplicate</button>
                   <button type="button" onClick={() => setConfirming(entry)} aria-label={`Delete: ${title}`}>Delete</button>
+                  <StoryExport vault={vault} storyId={entry.id} title={title} />
                 </div>
               </li>
             );
