@@ -505,6 +505,7 @@ class ImageModelInfo(BaseModel):
     hash: str
     references: bool = Field(description="whether it takes reference images (an IP-Adapter is configured)")
     controlnets: list[str] = Field(description="its ControlNets by name")
+    builtin: bool = Field(description="a built-in untrained test model: its pictures are noise (docs/image.md)")
 
 
 class SamplerInfo(BaseModel):
@@ -535,7 +536,8 @@ class ImageModels(BaseModel):
                 quality_tags=m.quality_tags, quality_tags_position=m.quality_tags_position,
                 negative_presets=[NegativePreset(name=p.name, text=p.text) for p in m.negative_presets],
                 default_negative_preset=m.default_negative_preset, inpainting_unet=m.inpainting_unet,
-                engine=m.engine, hash=m.hash, references=m.references, controlnets=list(m.controlnets))
+                engine=m.engine, hash=m.hash, references=m.references, controlnets=list(m.controlnets),
+                builtin=m.builtin)
                 for m in reply.models],
             samplers=[SamplerInfo(name=s.name, display_name=s.display_name,
                                   noise_schedules=[_SCHEDULE_NAMES[v] for v in s.noise_schedules

@@ -76,6 +76,11 @@ class LoadedModel:
         return self.unet.config.in_channels == 9
 
     @property
+    def builtin(self) -> bool:
+        """A built-in test model: untrained, so its pictures are noise."""
+        return self.source.startswith(BUILTIN_PREFIX)
+
+    @property
     def short_hash(self) -> str:
         return self.hash[:10]
 

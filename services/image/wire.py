@@ -281,7 +281,7 @@ def model_info_to_pb(name: str, pipeline: ImagePipeline, *, is_default: bool) ->
                           for preset, text in model.negative_presets.items()],
         default_negative_preset=model.default_negative_preset, inpainting_unet=model.inpainting_unet,
         # The message's field is still called `engine`; it carries the back end's name.
-        engine=pipeline.backend.name, hash=model.short_hash,
+        engine=pipeline.backend.name, hash=model.short_hash, builtin=model.builtin,
         **describe(pipeline.guidance))
 
 

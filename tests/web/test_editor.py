@@ -64,6 +64,11 @@ def open_story(page, title: str) -> None:
     page.locator('.save-state[data-state="saved"]').wait_for()
 
 
+def flat(text: str) -> str:
+    """`text` without whitespace: how the page lays paragraph breaks out is not what is compared."""
+    return re.sub(r"\s+", "", text)
+
+
 def sdk_client(base_url: str, username: str, password: str = PASSWORD) -> FabulaClient:
     client = FabulaClient.connect(base_url)  # the SDK's default floor: the browser's account passes it
     client.login(username, password)
@@ -112,7 +117,9 @@ def test_the_browser_passes_the_crypto_and_format_vectors(new_page):
 def test_writing_and_continuing_streams_ai_text_that_is_marked_and_saved(writer):
     assert writer["marker"] in writer["text"]
     assert writer["ai_text"].strip(), "the continuation was not painted as AI text"
-    assert writer["text"].endswith(writer["ai_text"].rstrip("\n")) or writer["ai_text"].strip() in writer["text"]
+    # The model may write paragraph breaks, which the page shows between paragraphs and the AI
+    # spans leave out: compare without whitespace.
+    assert flat(writer["text"]).endswith(flat(writer["ai_text"]))
 
 
 def test_autosaved_text_is_there_after_a_reload(new_page, writer):
@@ -182,7 +189,7 @@ def test_the_sdk_reads_the_browsers_story_and_the_browser_opens_the_sdks(new_pag
         doc = store.open(entry.id)
         assert writer["marker"] in doc.history.text
         ai = "".join(b.text for b in doc.history.blocks if isinstance(b, TextBlock) and b.origin == Origin.AI)
-        assert ai.strip() and ai.strip() in writer["text"]
+        assert flat(ai) and flat(ai) in flat(writer["text"])
         kinds = [node.kind.value if hasattr(node.kind, "value") else node.kind for node in doc.history.nodes]
         assert "generation" in kinds and "edit" in kinds
         sdk_marker = unique("SDKMARK")

@@ -1,5 +1,6 @@
 import { render } from "preact";
 import { App } from "./app";
+import { applyStoredTheme } from "./panels/ThemeToggle";
 import "./style.css";
 
 declare global {
@@ -12,4 +13,5 @@ declare global {
 // who wants to check this browser).
 window.fabulaSelfTest = async (enc, fmt) => (await import("./selftest")).run(enc, fmt);
 
+applyStoredTheme();
 render(<App />, document.getElementById("app")!);

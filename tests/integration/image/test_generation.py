@@ -214,6 +214,8 @@ async def test_list_models(image_service) -> None:
     reply = await image_service.stub.ListModels(image_pb2.ListModelsRequest())
     (model,) = reply.models
     assert model.name == "tiny" and model.family == "sd1" and model.is_default and model.engine == "eager"
+    # Loaded from a folder, not as `builtin:tiny-sd`: not flagged as the built-in (noise) model.
+    assert not model.builtin
     assert {p.name for p in model.negative_presets} == {"heavy", "light", "none"}
     assert {s.name for s in reply.samplers} >= {"euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2s_ancestral",
                                                 "dpmpp_sde", "ddim"}

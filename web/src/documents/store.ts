@@ -206,7 +206,9 @@ export class StoryStore {
     this.stamp(story, history);
     story.history_segments = committed;
     const meta = await this.vault.put("stories", doc.id, canonicalJson(story), doc.changeIndex);
-    doc.story = story;
+    // The written fields go onto the object the editor holds rather than replacing it: a field the
+    // writer changed while this write was in flight (a panel's, the title) stays, for the next save.
+    for (const key of ["created_at", "updated_at", "preview", "version", "history_segments"]) doc.story[key] = story[key];
     doc.changeIndex = meta.changeIndex;
     history.markSaved();
     doc.base = clone(story);

@@ -5,7 +5,7 @@ import { baseKeymap } from "prosemirror-commands";
 import { keymap } from "prosemirror-keymap";
 import type { Node as PMNode } from "prosemirror-model";
 import { EditorState, Plugin, Selection, type Transaction } from "prosemirror-state";
-import { EditorView } from "prosemirror-view";
+import { EditorView, type NodeView } from "prosemirror-view";
 import type { Block } from "../documents/content";
 import { blocksToDoc, docToBlocks } from "./convert";
 import { schema } from "./schema";
@@ -74,6 +74,8 @@ export interface StoryEditorOptions {
   onUndo(): void;
   onRedo(): void;
   label: string;
+  /** How an illustration block is shown (image/illustration.ts); a text placeholder without it. */
+  illustrationView?(block: Block): NodeView;
 }
 
 export class StoryEditor {
@@ -82,6 +84,8 @@ export class StoryEditor {
   constructor(mount: HTMLElement, blocks: Block[], private options: StoryEditorOptions) {
     this.view = new EditorView(mount, {
       state: this.freshState(blocks),
+      nodeViews: options.illustrationView
+        ? { illustration: (node) => options.illustrationView!(node.attrs.block as Block) } : {},
       attributes: { role: "textbox", "aria-multiline": "true", "aria-label": options.label, class: "story-text", spellcheck: "true" },
       dispatchTransaction: (tr: Transaction) => {
         this.view.updateState(this.view.state.apply(tr));
@@ -137,6 +141,35 @@ export class StoryEditor {
       }
     });
     this.view.dispatch(tr);
+  }
+
+  /** The selected text, else the text of the paragraph the cursor is in (what to illustrate). */
+  selectedText(): string {
+    const { selection, doc } = this.view.state;
+    if (!selection.empty) return doc.textBetween(selection.from, selection.to, "\n", " ");
+    return selection.$from.parent.textContent;
+  }
+
+  /** Insert an illustration after the selection (or at the cursor); the caller records the change
+   * as an `illustration` node (not an edit of the writer's). */
+  insertIllustration(block: Block): void {
+    const { state } = this.view;
+    const node = schema.nodes.illustration.create({ block });
+    this.view.dispatch(state.tr.insert(state.selection.to, node).setMeta(REPLACED, true));
+  }
+
+  /** Swap the illustration of `imageId` for another (an inpainted or re-run picture). */
+  replaceIllustration(imageId: string, block: Block): boolean {
+    const { state } = this.view;
+    let found = -1;
+    state.doc.descendants((node, pos) => {
+      if (found < 0 && node.type === schema.nodes.illustration && node.attrs.block?.image_id === imageId) found = pos;
+      return found < 0;
+    });
+    if (found < 0) return false;
+    const node = schema.nodes.illustration.create({ block });
+    this.view.dispatch(state.tr.replaceWith(found, found + 1, node).setMeta(REPLACED, true));
+    return true;
   }
 
   setEditable(editable: boolean): void {

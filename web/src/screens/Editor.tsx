@@ -4,46 +4,29 @@
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { generateStream } from "../api/generate";
 import type { Vault } from "../api/vault";
-import { diffOps, isContinuation, plainText } from "../documents/content";
+import { diffOps, isContinuation, plainText, type Block } from "../documents/content";
 import { HistoryPanel } from "../history/HistoryPanel";
-import { toPlain, type Json } from "../documents/json";
+import type { Json } from "../documents/json";
 import { StoryStore, type StoryDoc } from "../documents/store";
 import { str, tags } from "../documents/story";
 import { StoryEditor } from "../editor/view";
+import { illustrationView } from "../image/illustration";
+import { ImagePanel } from "../image/ImagePanel";
+import { storeIllustration } from "../image/store";
+import type { ContextReport } from "../panels/ContextViewer";
+import { createLorebook, DEFAULT_LENGTH, generationBody, openLorebooks, saveLorebook, type LorebookDoc } from "../panels/model";
+import { SidePanels, type PanelName } from "../panels/SidePanels";
+import { ThemeToggle } from "../panels/ThemeToggle";
+import { TokenCount } from "../panels/TokenCount";
 
 /** Quiet time after the last keystroke before the story is saved. */
 const AUTOSAVE_DELAY_MS = 800;
-const DEFAULT_LENGTH = 40;
 
 type SaveState = "saved" | "unsaved" | "saving" | "conflict" | "error";
 const SAVE_LABELS: Record<SaveState, string> = {
   saved: "Saved", unsaved: "Unsaved changes", saving: "Saving…",
   conflict: "Saved; another device had changed this story, so your version is kept as a branch", error: "Not saved",
 };
-
-/** The generation request for the story at its head (POST /ai/generate-stream, docs/text.md). */
-export function generationBody(doc: StoryDoc, storyText: string): unknown {
-  const story = doc.story as any;
-  const settings = story.settings ?? {};
-  const sampling = Object.fromEntries(Object.entries(settings.sampling ?? {}).filter(([, v]) => v !== null));
-  return {
-    model: settings.text_model ?? "",
-    preset: settings.service_preset ?? "",
-    context: {
-      story: storyText,
-      memory: story.memory?.text ?? "",
-      authors_note: story.authors_note?.text ?? "",
-      memory_config: toPlain(story.memory?.context_config),
-      authors_note_config: toPlain(story.authors_note?.context_config),
-      story_config: toPlain(story.story_config),
-    },
-    ...(Object.keys(sampling).length ? { sampling: toPlain(sampling as Json) } : {}),
-    max_new_tokens: settings.max_new_tokens ?? DEFAULT_LENGTH,
-    ...(settings.min_new_tokens !== null && settings.min_new_tokens !== undefined ? { min_new_tokens: settings.min_new_tokens } : {}),
-    stop_sequences: settings.stop_sequences ?? [],
-    banned_strings: settings.banned_strings ?? [],
-  };
-}
 
 export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId: string; onBack(): void }) {
   const store = useMemo(() => new StoryStore(vault), [vault]);
@@ -75,6 +58,26 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
   const bumpHistory = () => setHistoryVersion((v) => v + 1);
   const [showHistory, setShowHistory] = useState(false);
   const [showAllBranches, setShowAllBranches] = useState(false);
+  const [report, setReport] = useState<ContextReport | null>(null);
+  // The story text whose tokens are counted: taken when the autosave's quiet moment comes, so a
+  // keystroke never re-renders the screen.
+  const [countedText, setCountedText] = useState("");
+  const takeCountedText = () => setCountedText(editor.current ? plainText(editor.current.blocks) : "");
+  const [tab, setTabNow] = useState<PanelName>("memory");
+  // The image panel works on the passage selected (or the cursor's paragraph) when it was opened,
+  // or on an illustration whose "Edit picture" was pressed.
+  const [imageSource, setImageSource] = useState<{ block: Block | null; passage: string; key: number }>({ block: null, passage: "", key: 0 });
+  const setTab = (next: PanelName) => {
+    if (next === "image" && tab !== "image") {
+      setImageSource((old) => ({ block: null, passage: editor.current?.selectedText() ?? "", key: old.key + 1 }));
+    }
+    setTabNow(next);
+  };
+  const lorebooks = useRef<LorebookDoc[]>([]);
+  const [lorebookState, setLorebookState] = useState("saved");
+  const [, setLorebookEdits] = useState(0);
+  const lorebookTimer = useRef<number | undefined>(undefined);
+  const lorebookSaving = useRef<Promise<void>>(Promise.resolve());
 
   const save = (): Promise<void> => {
     saving.current = saving.current.then(async () => {
@@ -112,6 +115,7 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     window.clearTimeout(timer.current);
     timer.current = window.setTimeout(() => {
       timer.current = undefined;
+      takeCountedText();
       save();
     }, AUTOSAVE_DELAY_MS);
   };
@@ -143,7 +147,11 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     editor.current.setEditable(false);
     let text = "";
     try {
-      const outcome = await generateStream(vault.api, generationBody(current, context), {
+      await flushLorebook();
+      const outcome = await generateStream(vault.api, generationBody(current, context, lorebooks.current), {
+        onContext(context) {
+          setReport(context as ContextReport);
+        },
         onPiece(piece) {
           text += piece;
           editor.current?.appendGenerated(piece);
@@ -163,6 +171,7 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
       else current.history.generate(text);
     } else if (retry) editor.current?.setBlocks(current.history.blocks); // nothing came: the replaced text stays
     bumpHistory();
+    takeCountedText();
     await save();
   };
 
@@ -191,7 +200,8 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
 
   useEffect(() => {
     let editorInstance: StoryEditor | null = null;
-    store.open(storyId).then((opened) => {
+    store.open(storyId).then(async (opened) => {
+      lorebooks.current = await openLorebooks(vault, opened.story);
       doc.current = opened;
       setTitle(str(opened.story, "title"));
       setTagText(tags(opened.story).join(", "));
@@ -200,20 +210,26 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
       editorInstance = new StoryEditor(mount.current!, opened.history.blocks, {
         label: "Story text", onChange: scheduleSave, onSend: () => void send(),
         onUndo: () => void undo(), onRedo: () => void redo(),
+        illustrationView: illustrationView(vault, (block) => {
+          setImageSource((old) => ({ block, passage: "", key: old.key + 1 }));
+          setTabNow("image");
+        }),
       });
       if (opened.newer) editorInstance.setEditable(false);
       editor.current = editorInstance;
+      takeCountedText();
       setLoaded(true);
       bumpHistory();
     }).catch((e) => setError(`This story could not be opened: ${e?.message ?? e}`));
     const beforeUnload = (event: BeforeUnloadEvent) => {
-      if (timer.current !== undefined) event.preventDefault();
+      if (timer.current !== undefined || lorebookTimer.current !== undefined) event.preventDefault();
     };
     window.addEventListener("beforeunload", beforeUnload);
     return () => {
       window.removeEventListener("beforeunload", beforeUnload);
       abort.current?.abort();
       if (timer.current !== undefined) void flush();
+      if (lorebookTimer.current !== undefined) void flushLorebook();
       editorInstance?.destroy();
     };
   }, [storyId]);
@@ -227,7 +243,61 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
 
   const back = async () => {
     await flush();
+    await flushLorebook();
     onBack();
+  };
+
+  /** Store a picked picture and put it into the story as an `illustration` history node. */
+  const insertIllustration = async (png: Uint8Array, caption: string, settings: Json, replaces: string | null) => {
+    if (!doc.current || !editor.current || doc.current.newer) throw new Error("the story is not open for writing");
+    await flush();
+    const block = await storeIllustration(vault, png, caption, settings);
+    if (!(replaces && editor.current.replaceIllustration(replaces, block))) editor.current.insertIllustration(block);
+    const current = doc.current;
+    const ops = diffOps(current.history.blocks, editor.current.blocks);
+    if (ops.length) current.history.commit(ops, "illustration");
+    bumpHistory();
+    await save();
+  };
+
+  // The story's first lorebook is the one the panel edits; it is saved on its own (a debounced
+  // write of the lorebook object), and created, then listed in the story, on the first change.
+  const saveLorebooks = (): Promise<void> => {
+    lorebookSaving.current = lorebookSaving.current.then(async () => {
+      const book = lorebooks.current[0];
+      if (!book) return;
+      setLorebookState("saving");
+      try {
+        await saveLorebook(vault, book);
+        setLorebookState("saved");
+      } catch (e: any) {
+        setLorebookState("error");
+        setError(`Saving the lorebook failed: ${e?.message ?? e}`);
+      }
+    });
+    return lorebookSaving.current;
+  };
+  const flushLorebook = async () => {
+    if (lorebookTimer.current === undefined) return lorebookSaving.current;
+    window.clearTimeout(lorebookTimer.current);
+    lorebookTimer.current = undefined;
+    await saveLorebooks();
+  };
+  const editLorebook = async (apply: (book: any) => void) => {
+    if (!doc.current) return;
+    if (!lorebooks.current.length) {
+      const created = await createLorebook(vault, "");
+      lorebooks.current = [created];
+      setStoryField((s) => (s.lorebook_ids = [...(s.lorebook_ids ?? []), created.id]));
+    }
+    apply(lorebooks.current[0].book);
+    setLorebookEdits((n) => n + 1);
+    setLorebookState("unsaved");
+    window.clearTimeout(lorebookTimer.current);
+    lorebookTimer.current = window.setTimeout(() => {
+      lorebookTimer.current = undefined;
+      void saveLorebooks();
+    }, AUTOSAVE_DELAY_MS);
   };
 
   // Read afresh on each render; historyVersion changes whenever the history does.
@@ -238,11 +308,13 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
   const canRetry = !!headNode && isContinuation(headNode);
 
   return (
-    <main class="editor">
+    <main class="editor with-panels">
+      <div class="editor-main">
       <nav class="bar" aria-label="Story">
         <button type="button" onClick={back}>← Library</button>
         <button type="button" aria-expanded={showHistory} aria-controls="history-panel"
           onClick={() => setShowHistory(!showHistory)} disabled={!loaded}>History</button>
+        <ThemeToggle />
         <p ref={status} class="save-state" role="status" aria-live="polite" data-state={saveState}>{SAVE_LABELS[saveState]}</p>
       </nav>
       <h1 class="visually-hidden">Story editor</h1>
@@ -280,14 +352,30 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
           aria-keyshortcuts="Control+Enter">Send <kbd>Ctrl+Enter</kbd></button>
         <button type="button" onClick={() => void send(true)} disabled={!loaded || generating || readOnly || !canRetry}>Retry</button>
         <button type="button" onClick={stop} disabled={!generating}>Stop</button>
+        <button type="button" onClick={() => setTab("image")} disabled={!loaded || readOnly}
+          title="Illustrate the selected passage, or the paragraph the cursor is in">Illustrate</button>
         <button type="button" onClick={() => void undo()} disabled={!loaded || generating || readOnly || !canUndo}
           aria-keyshortcuts="Control+Z">Undo</button>
         <button type="button" onClick={() => void redo()} disabled={!loaded || generating || readOnly || !canRedo}
           aria-keyshortcuts="Control+Y">Redo</button>
         <span class="gen-state" role="status" data-generating={generating ? "yes" : "no"} data-last={lastRun} data-runs={runs}>
           {generating ? "Writing…" : lastRun === "stopped" ? "Stopped." : ""}</span>
+        {loaded && <TokenCount api={vault.api} text={countedText} label="Story" className="story-tokens"
+          model={String((doc.current?.story.settings as any)?.text_model ?? "")} />}
       </div>
       {error && <p class="error" role="alert">{error}</p>}
+      </div>
+      {loaded && doc.current && (
+        <SidePanels api={vault.api} story={doc.current.story} update={setStoryField} readOnly={readOnly}
+          storyText={() => (editor.current ? plainText(editor.current.blocks) : "")}
+          lorebook={lorebooks.current[0] ?? null} editLorebook={editLorebook} lorebookState={lorebookState}
+          report={report} tab={tab} setTab={setTab}
+          imagePanel={() => (
+            <ImagePanel key={imageSource.key} vault={vault} story={doc.current!.story} updateStory={setStoryField}
+              passage={imageSource.passage} source={imageSource.block} onInsert={insertIllustration}
+              onClose={() => setTabNow("memory")} />
+          )} />
+      )}
     </main>
   );
 }
