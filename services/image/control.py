@@ -15,12 +15,8 @@ are summed and added to the UNet's skip connections.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +27,7 @@ from PIL import Image
 
 from services.image import images as pixels
 from services.image.models import BUILTIN_PREFIX
+from services.image.tiny import build_stamped
 from services.image.preprocessors import ControlKind, ControlSource, Pose, parse_pose
 from services.toolkit.errors import FailedPrecondition, InvalidArgument
 
@@ -173,13 +170,7 @@ def build_tiny_controlnet(folder: Path, unet: torch.nn.Module, seed: int = 20240
     """A ControlNet made from `unet` with random (small) zero convolutions, saved in diffusers format."""
     from diffusers import ControlNetModel
 
-    stamp = {"recipe": TINY_RECIPE, "seed": seed}
-    folder = Path(folder)
-    if (folder / "fabula_tiny.json").is_file() and json.loads((folder / "fabula_tiny.json").read_text()) == stamp:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    def write(scratch: Path) -> None:
         source = unet if unet.dtype == torch.float32 else copy.deepcopy(unet).float()
         network = ControlNetModel.from_unet(source, conditioning_embedding_out_channels=(16, 32, 64, 64))
         generator = torch.Generator().manual_seed(seed)
@@ -188,13 +179,8 @@ def build_tiny_controlnet(folder: Path, unet: torch.nn.Module, seed: int = 20240
                            network.controlnet_cond_embedding.conv_out]:
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.05)
         network.save_pretrained(scratch, safe_serialization=True)
-        (scratch / "fabula_tiny.json").write_text(json.dumps(stamp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(scratch, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+
+    return build_stamped(folder, {"recipe": TINY_RECIPE, "seed": seed}, write)
 
 
 def control_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -19,12 +19,8 @@ diffusers' IP-Adapter pipelines give them.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +30,7 @@ from PIL import Image
 
 from services.image import images as pixels
 from services.image.models import BUILTIN_PREFIX
+from services.image.tiny import build_stamped
 from services.toolkit.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -219,13 +216,7 @@ def build_tiny_ip_adapter(folder: Path, unet: torch.nn.Module, seed: int = 20240
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    stamp = {"recipe": TINY_RECIPE, "seed": seed}
-    folder = Path(folder)
-    if (folder / "fabula_tiny.json").is_file() and json.loads((folder / "fabula_tiny.json").read_text()) == stamp:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    def write(scratch: Path) -> None:
         generator = torch.Generator().manual_seed(seed)
         embed_dim, image_size = 32, 32
         torch.manual_seed(seed)
@@ -253,10 +244,5 @@ def build_tiny_ip_adapter(folder: Path, unet: torch.nn.Module, seed: int = 20240
             tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = random(hidden, cross)
             key_id += 2  # diffusers' loader numbers the cross-attention layers 1, 3, 5, ...
         save_file(tensors, str(scratch / TINY_WEIGHTS_FILE))
-        (scratch / "fabula_tiny.json").write_text(json.dumps(stamp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(scratch, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+
+    return build_stamped(folder, {"recipe": TINY_RECIPE, "seed": seed}, write)

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -176,18 +177,19 @@ def _sdxl_components(seed: int, tokenizer, tokenizer_2):
     return text_encoder, text_encoder_2, unet, vae, scheduler
 
 
-def _build(folder: Path, stamp: dict, make_pipeline) -> Path:
-    """Save `make_pipeline()` into `folder` (diffusers format) unless a build with this stamp is there."""
+def build_stamped(folder: Path, stamp: dict, write: Callable[[Path], None]) -> Path:
+    """Run `write(scratch)` to build a tiny network's files into `folder` unless a build with this
+    stamp is there (the stamp names the recipe and the seed, so a changed recipe is rebuilt)."""
     folder = Path(folder)
     if (folder / STAMP_FILE).is_file() and json.loads((folder / STAMP_FILE).read_text()) == stamp:
         return folder
-    log.info("building the tiny model %s into %s (seed %d)", stamp.get("family", "sd1"), folder, stamp["seed"])
+    log.info("building the tiny network %s (%s)", folder, json.dumps(stamp))
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the target and renamed into place, so a crash never leaves half a model that
     # the stamp check would accept, and two processes building at once do not collide.
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        make_pipeline().save_pretrained(scratch, safe_serialization=True)
+        write(scratch)
         (scratch / STAMP_FILE).write_text(json.dumps(stamp))
         if folder.exists():
             shutil.rmtree(folder)
@@ -208,7 +210,8 @@ def build_tiny_sd(folder: Path, seed: int = DEFAULT_SEED, *, inpainting: bool = 
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
 
-    return _build(folder, {"recipe": RECIPE_VERSION, "seed": seed, "inpainting": inpainting}, make)
+    return build_stamped(folder, {"recipe": RECIPE_VERSION, "seed": seed, "inpainting": inpainting},
+                         lambda scratch: make().save_pretrained(scratch, safe_serialization=True))
 
 
 def build_tiny_sdxl(folder: Path, seed: int = DEFAULT_SEED) -> Path:
@@ -222,7 +225,8 @@ def build_tiny_sdxl(folder: Path, seed: int = DEFAULT_SEED) -> Path:
                                          tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
                                          scheduler=scheduler, add_watermarker=False)
 
-    return _build(folder, {"recipe": SDXL_RECIPE_VERSION, "family": "sdxl", "seed": seed}, make)
+    return build_stamped(folder, {"recipe": SDXL_RECIPE_VERSION, "family": "sdxl", "seed": seed},
+                         lambda scratch: make().save_pretrained(scratch, safe_serialization=True))
 
 
 # `builtin:<name>` sources: name → builder(folder).
