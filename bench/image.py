@@ -209,13 +209,7 @@ def run() -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench import common
+    # `python -m bench.image` is `python -m bench image`: one place records and prints results.
+    from bench.__main__ import main
 
-    result = run()
-    path = common.write_result("image", result, "python -m bench.image")
-    for name, value in result["ratios"].items():
-        print(f"{name} = {value:.3f}")
-    for name, value in result["figures"].items():
-        print(f"{name} = {value}")
-    print(f"wrote {path} and {common.regenerate_results_md()}", file=sys.stderr)
+    sys.exit(main(["image"]))

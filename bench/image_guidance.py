@@ -171,13 +171,7 @@ def run() -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench import common
+    # `python -m bench.image_guidance` is `python -m bench image_guidance`: one place records and prints results.
+    from bench.__main__ import main
 
-    result = run()
-    path = common.write_result("image_guidance", result, "python -m bench.image_guidance")
-    for name, value in result["ratios"].items():
-        print(f"{name} = {value:.3f}")
-    for name, value in result["figures"].items():
-        print(f"{name} = {value}")
-    print(f"wrote {path} and {common.regenerate_results_md()}", file=sys.stderr)
+    sys.exit(main(["image_guidance"]))

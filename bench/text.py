@@ -393,10 +393,7 @@ def run(only: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from bench import common
+    # `python -m bench.text` is `python -m bench text`: one place records and prints results.
+    from bench.__main__ import main
 
-    result = run()
-    path = common.write_result("text", result, "python -m bench.text")
-    for name, value in result["ratios"].items():
-        print(f"{name} = {value:.3f}")
-    print(f"wrote {path} and {common.regenerate_results_md()}", file=sys.stderr)
+    sys.exit(main(["text"]))
