@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -9,7 +10,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from gateway import tracing
+from gateway import contract, tracing
 from gateway.clients import ServiceChannels
 from gateway.settings import GatewaySettings
 from gateway.client_address import ClientAddresses
@@ -36,9 +37,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.channels = ServiceChannels.open(settings)
+        # The document's run-time limits: waited for at start-up while the services answer
+        # promptly, learnt in the background otherwise.
+        learning = asyncio.create_task(app.state.contract.learn(app.state.channels.text_stub,
+                                                                app.state.channels.image_stub))
+        await asyncio.wait({learning}, timeout=contract.ASK_TIMEOUT_S)
         try:
             yield
         finally:
+            learning.cancel()
             await app.state.channels.close()
             await app.state.rate_limits.close()
 
@@ -50,6 +57,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         telemetry=tracing.fastapi_telemetry(settings),
     )
     app.state.settings = settings
+    app.state.contract = contract.install(app)
     app.state.auth_cache = AuthCache(settings.auth_cache_s)
     app.state.rate_limits = RateLimits(settings)
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)

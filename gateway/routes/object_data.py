@@ -43,7 +43,9 @@ async def get_object_data(kind: KindPath, object_id: IdPath, request: Request, u
 @router.put("/{type}/{id}/data", response_model=ObjectMeta,
             responses={201: {"model": ObjectMeta, "description": "created"},
                        **error_responses(400, 401, 404, 409, 413, 429, 503, 504)},
-            openapi_extra={"requestBody": {"required": True, "content": {OCTET_STREAM: {}}}},
+            # The encrypted object is never empty (an AEAD ciphertext has at least its tag).
+            openapi_extra={"requestBody": {"required": True, "content": {OCTET_STREAM: {"schema": {
+                "type": "string", "format": "binary", "minLength": 1}}}}},
             summary="Create (expected_change_index 0) or update an object from raw bytes")
 async def put_object_data(
     kind: KindPath,

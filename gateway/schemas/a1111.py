@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 
 from fabula.image.v1 import image_pb2
 from gateway.errors import ApiError
-from gateway.schemas.common import RequestBody, Text, Uint32
+from gateway.schemas.common import ImageSide, RequestBody, Text, Uint32
 
 # The service names "params.width", "img2img.strength"; A1111's body is flat.
 FIELD_PREFIXES = ("params.", "img2img.", "inpaint.")
@@ -120,8 +120,8 @@ class Txt2ImgBody(RequestBody):
     n_iter: int = Field(1, ge=1, le=64)
     steps: Uint32 | None = Field(None, description="absent or 0: the model's default")
     cfg_scale: float | None = Field(None, description="absent: the model's default")
-    width: Uint32 | None = Field(None, description="multiple of 64; absent or 0: the model's default")
-    height: Uint32 | None = Field(None, description="multiple of 64; absent or 0: the model's default")
+    width: ImageSide | None = Field(None, description="multiple of 64; absent or 0: the model's default")
+    height: ImageSide | None = Field(None, description="multiple of 64; absent or 0: the model's default")
     override_settings: dict[str, Any] = Field(default_factory=dict,
                                               description="only sd_model_checkpoint is used")
     send_images: bool = True

@@ -8,14 +8,23 @@ validates the meaning of every value (username rules, key lengths, id pattern).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import AwareDatetime, BaseModel, Field
 
 from fabula.editor.v1 import editor_pb2
 from fabula_wire import ObjectType
-from gateway.schemas.common import Base64Bytes, ChangeIndex, RequestBody, Text, Uint32, Uint64
+from gateway.schemas.common import (
+    Base64Bytes,
+    ChangeIndex,
+    NonEmptyBase64Bytes,
+    RequestBody,
+    Text,
+    Uint32,
+    Uint64,
+    exact_bytes,
+)
 
 
 # The name the routes import; the enum itself is the wire's, shared with the editor and the SDK.
@@ -43,19 +52,28 @@ class Kdf(RequestBody):
         return cls(opslimit=kdf.opslimit, memlimit=kdf.memlimit)
 
 
+# The editor's rules (services/editor/validation.py): 1-64 characters after NFC normalisation, no
+# control, format, private-use or unassigned characters, no surrounding whitespace. The
+# character classes are Unicode categories, which JSON Schema's patterns cannot name; the
+# document states the length.
+Username = Annotated[Text, Field(min_length=1, max_length=64)]
+Salt = exact_bytes(16)
+AuthKey = exact_bytes(32)
+
+
 class SaltRequest(RequestBody):
-    username: Text
+    username: Username
 
     def to_pb(self) -> editor_pb2.GetSaltRequest:
         return editor_pb2.GetSaltRequest(username=self.username)
 
 
 class RegisterRequest(RequestBody):
-    username: Text = Field(description="1-64 characters, unique")
-    salt: Base64Bytes = Field(description="16 random bytes chosen by the client")
+    username: Username = Field(description="1-64 characters, unique")
+    salt: Salt = Field(description="16 random bytes chosen by the client")
     kdf: Kdf
-    auth_key: Base64Bytes = Field(description="32-byte key derived from the password (never the password)")
-    keystore: Base64Bytes = Field(description="the first keystore blob, encrypted by the client")
+    auth_key: AuthKey = Field(description="32-byte key derived from the password (never the password)")
+    keystore: NonEmptyBase64Bytes = Field(description="the first keystore blob, encrypted by the client")
 
     def to_pb(self) -> editor_pb2.RegisterRequest:
         return editor_pb2.RegisterRequest(username=self.username, salt=self.salt, kdf=self.kdf.to_pb(),
@@ -63,19 +81,20 @@ class RegisterRequest(RequestBody):
 
 
 class LoginRequest(RequestBody):
-    username: Text
-    auth_key: Base64Bytes
+    username: Username
+    auth_key: AuthKey
 
     def to_pb(self) -> editor_pb2.LoginRequest:
         return editor_pb2.LoginRequest(username=self.username, auth_key=self.auth_key)
 
 
 class ChangePasswordRequest(RequestBody):
-    old_auth_key: Base64Bytes
-    new_salt: Base64Bytes
+    old_auth_key: AuthKey
+    new_salt: Salt
     new_kdf: Kdf
-    new_auth_key: Base64Bytes
-    keystore: Base64Bytes = Field(description="the keystore with its master key re-wrapped for the new password")
+    new_auth_key: AuthKey
+    keystore: NonEmptyBase64Bytes = Field(
+        description="the keystore with its master key re-wrapped for the new password")
     expected_keystore_change_index: ChangeIndex
 
     def to_pb(self) -> editor_pb2.ChangePasswordRequest:
@@ -86,14 +105,14 @@ class ChangePasswordRequest(RequestBody):
 
 
 class DeleteAccountRequest(RequestBody):
-    auth_key: Base64Bytes = Field(description="the current authentication key, confirming the deletion")
+    auth_key: AuthKey = Field(description="the current authentication key, confirming the deletion")
 
     def to_pb(self) -> editor_pb2.DeleteAccountRequest:
         return editor_pb2.DeleteAccountRequest(auth_key=self.auth_key)
 
 
 class PutKeystoreRequest(RequestBody):
-    keystore: Base64Bytes
+    keystore: NonEmptyBase64Bytes
     expected_change_index: ChangeIndex = Field(description="the change index the new keystore is based on")
 
     def to_pb(self) -> editor_pb2.PutKeystoreRequest:
@@ -101,7 +120,7 @@ class PutKeystoreRequest(RequestBody):
 
 
 class PutObjectRequest(RequestBody):
-    data: Base64Bytes = Field(description="the encrypted object")
+    data: NonEmptyBase64Bytes = Field(description="the encrypted object")
     expected_change_index: ChangeIndex = Field(
         description="0 to create (409 if it exists); otherwise the stored change index (409 if stale)")
 

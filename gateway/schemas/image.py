@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fabula.image.v1 import image_pb2
-from gateway.schemas.common import Base64Bytes, RequestBody, Text, Uint32
+from gateway.schemas.common import Base64Bytes, ImageSide, RequestBody, Text, Uint32
 
 # The service names fields of its request ("params.width", "inpaint.mask"); the HTTP body is
 # flat, so the field the client sees is "width", "mask" (errors.py applies this).
@@ -150,8 +150,8 @@ class GenerateImageBody(RequestBody):
     negative_prompt: Text = Field("", description="undesired content, in the same language")
     negative_preset: Text = Field("", max_length=100, description="undesired-content preset; 'none' for none")
     quality_tags: bool | None = Field(None, description="add the model's quality tags (default yes)")
-    width: Uint32 = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
-    height: Uint32 = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
+    width: ImageSide = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
+    height: ImageSide = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
     steps: Uint32 = Field(0, description="0 = model default")
     guidance_scale: float | None = Field(None, description="classifier-free guidance; default per model")
     guidance_rescale: float = Field(0.0, description="0 to 1")
@@ -298,8 +298,8 @@ class GenerateImageBody(RequestBody):
 class ControlPreviewBody(ControlBody):
     """A control to preprocess, and the size to render it at."""
 
-    width: Uint32 = Field(0, description="multiple of 64; 0 = the source's size fitted to max_pixels")
-    height: Uint32 = Field(0, description="multiple of 64; 0 = the source's size fitted to max_pixels")
+    width: ImageSide = Field(0, description="multiple of 64; 0 = the source's size fitted to max_pixels")
+    height: ImageSide = Field(0, description="multiple of 64; 0 = the source's size fitted to max_pixels")
 
     def to_preview_pb(self) -> image_pb2.PreprocessControlRequest:
         return image_pb2.PreprocessControlRequest(control=self.to_pb(), width=self.width, height=self.height)

@@ -37,6 +37,9 @@ KOBOLDCPP_DEFAULT_ORDER = [6, 0, 1, 3, 4, 2, 5]
 # Samplers KoboldCpp offers and Fabula does not; a request that switches one on is refused.
 UNSUPPORTED_SAMPLERS = ("dynatemp_range", "smoothing_factor", "nsigma")
 
+# The document's word for those: 0 (off) or absent.
+OFF_ONLY: dict[str, Any] = {"anyOf": [{"const": 0}, {"type": "null"}]}
+
 KOBOLD_API_VERSION = "1.2.5"
 # Clients (SillyTavern, KoboldAI Lite) switch on streaming, stop sequences, abort and token counts
 # by KoboldCpp's name and version; every one of those is served here.
@@ -87,8 +90,8 @@ class GenerateBody(CompatBody):
     banned_tokens: list[str] | None = None
     logit_bias: dict[str, float] | None = None
     genkey: str | None = Field(None, max_length=128, description="names the generation for /api/extra/abort")
-    dynatemp_range: float | None = None
-    smoothing_factor: float | None = None
+    dynatemp_range: float | None = Field(None, json_schema_extra=OFF_ONLY)
+    smoothing_factor: float | None = Field(None, json_schema_extra=OFF_ONLY)
     mirostat: int | None = Field(None, description="0 off, 1 or 2")
     mirostat_tau: float | None = None
     mirostat_eta: float | None = None
@@ -99,7 +102,7 @@ class GenerateBody(CompatBody):
     dry_sequence_breakers: list[str] | None = None
     xtc_threshold: float | None = None
     xtc_probability: float | None = None
-    nsigma: float | None = None
+    nsigma: float | None = Field(None, json_schema_extra=OFF_ONLY)
 
     def sampling(self) -> SamplingChoice:
         for name in UNSUPPORTED_SAMPLERS:

@@ -139,7 +139,8 @@ class TextParameters(RequestBody):
     as are the controls Fabula has no counterpart for (top_g, prefix, use_cache, return_full_text,
     generate_until_sentence). Mirostat is NovelAI's (version 2, `mirostat_lr` its learning rate)."""
 
-    use_string: bool = Field(True, description="only true: token-id input is NovelAI's tokenizer's")
+    use_string: bool = Field(True, description="only true: token-id input is NovelAI's tokenizer's",
+                             json_schema_extra={"const": True})
     temperature: float | None = None
     max_length: int = Field(40, ge=1, le=2048, description="new tokens at most")
     min_length: int = Field(0, ge=0, le=2048, description="new tokens at least")

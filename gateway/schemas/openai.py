@@ -23,7 +23,7 @@ import codecs
 import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -197,7 +197,8 @@ class GenerationFields(CompatBody):
 
 
 class CompletionBody(GenerationFields):
-    prompt: str | list[str] = Field(description="the text to continue (a list of one string is accepted)")
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="the text to continue (a list of one string is accepted)")
     max_tokens: int | None = Field(16, ge=1, description="default 16, as OpenAI's")
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
                                  description="log-probabilities of the chosen tokens and of this many most likely "
@@ -233,7 +234,7 @@ class ContentPart(CompatBody):
 
 
 class ChatMessage(CompatBody):
-    role: str
+    role: str = Field(min_length=1)
     content: str | list[ContentPart] | None = None
 
     def text(self, index: int) -> str:

@@ -1,9 +1,11 @@
 """The JSON bodies of /ai/generate, /ai/generate-stream, /ai/tokenize, /ai/models and /ai/presets,
 and their conversion to and from the text service's protobuf.
 
-The text service validates every value (ranges, vocabulary, regexes); the request models here
-check only what protobuf cannot carry (signs, integer widths, lone surrogates), so the service's
-messages, which name the field, reach the client unchanged.
+The text service validates every value (ranges, vocabulary, regexes). The request models check
+what protobuf cannot carry (signs, integer widths, lone surrogates) and the sampling and bias
+ranges, read from the table the service validates against (`fabula_wire.sampling`), so that the
+OpenAPI document states them; limits of the deployment or the model (max_new_tokens, the
+vocabulary, the model names) are added to the document at run time (`gateway.contract`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ import math
 from typing import Annotated, Any, Literal
 
 from google.protobuf.json_format import MessageToDict
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fabula.text.v1 import text_pb2
-from gateway.schemas.common import UINT32_MAX, RequestBody, Text, Uint32, Uint64
+from fabula_wire.sampling import (
+    BIAS_RANGE,
+    MAX_LOGIT_BIASES,
+    MAX_STRING_CHARS,
+    MAX_STRINGS,
+    MAX_TOP_PROBABILITIES,
+    SAMPLING_RANGES,
+)
+from gateway.schemas.common import UINT32_MAX, RequestBody, Text, Uint32, Uint64, ranged
 
 # The service names fields of its GenerationSpec ("spec.sampling.top_p"); the HTTP body is that
 # spec itself, so the field the client sees is "sampling.top_p" (errors.py applies this).
 FIELD_PREFIXES = ("spec.",)
-# The text service's limit on spec.top_probabilities.
-MAX_TOP_PROBABILITIES = 20
 
 SamplerKey = Literal["temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p",
                      "repetition_penalty", "phrase_repetition_penalty", "dry", "xtc", "unified", "mirostat"]
@@ -32,6 +40,11 @@ NUMERIC_SAMPLING = ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail
                     "frequency_penalty", "presence_penalty", "mirostat", "mirostat_tau", "mirostat_eta",
                     "cfg_scale", "unified_linear", "unified_quad", "unified_conf", "dry_multiplier", "dry_base",
                     "dry_allowed_length", "dry_penalty_last_n", "xtc_threshold", "xtc_probability")
+# The text service's accepted values of each sampling field, stated in the OpenAPI document.
+Sampled = {name: ranged(allowed) for name, allowed in SAMPLING_RANGES.items()}
+# A stop sequence, banned string or biased phrase, and a list of them.
+Phrase = Annotated[Text, Field(min_length=1, max_length=MAX_STRING_CHARS)]
+Phrases = Annotated[list[Phrase], Field(max_length=MAX_STRINGS)]
 FINISH_REASONS = {
     text_pb2.FINISH_REASON_LENGTH: "length",
     text_pb2.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
@@ -51,35 +64,37 @@ class SamplerStep(RequestBody):
 class Sampling(RequestBody):
     """Unset fields take the preset's value (see GET /ai/presets)."""
 
-    temperature: float | None = Field(None, description="0 = greedy; neutral 1")
-    top_k: Uint32 | None = Field(None, description="0 = off")
-    top_p: float | None = Field(None, description="(0, 1]; 1 = off")
-    top_a: float | None = Field(None, description="[0, 1]; 0 = off")
-    typical_p: float | None = Field(None, description="(0, 1]; 1 = off")
-    tail_free: float | None = Field(None, description="(0, 1]; 1 = off")
-    min_p: float | None = Field(None, description="[0, 1]; 0 = off")
-    repetition_penalty: float | None = Field(None, description="(0, 10]; 1 = off")
-    repetition_penalty_range: Uint32 | None = Field(None, description="recent tokens looked at; 0 = all")
-    repetition_penalty_slope: float | None = Field(None, description="[0, 10]; 0 = flat")
-    frequency_penalty: float | None = Field(None, description="[-2, 2]")
-    presence_penalty: float | None = Field(None, description="[-2, 2]")
+    temperature: Sampled["temperature"] | None = Field(None, description="0 = greedy; neutral 1")
+    top_k: Sampled["top_k"] | None = Field(None, description="0 = off")
+    top_p: Sampled["top_p"] | None = Field(None, description="(0, 1]; 1 = off")
+    top_a: Sampled["top_a"] | None = Field(None, description="[0, 1]; 0 = off")
+    typical_p: Sampled["typical_p"] | None = Field(None, description="(0, 1]; 1 = off")
+    tail_free: Sampled["tail_free"] | None = Field(None, description="(0, 1]; 1 = off")
+    min_p: Sampled["min_p"] | None = Field(None, description="[0, 1]; 0 = off")
+    repetition_penalty: Sampled["repetition_penalty"] | None = Field(None, description="(0, 10]; 1 = off")
+    repetition_penalty_range: Sampled["repetition_penalty_range"] | None = Field(
+        None, description="recent tokens looked at; 0 = all")
+    repetition_penalty_slope: Sampled["repetition_penalty_slope"] | None = Field(
+        None, description="[0, 10]; 0 = flat")
+    frequency_penalty: Sampled["frequency_penalty"] | None = Field(None, description="[-2, 2]")
+    presence_penalty: Sampled["presence_penalty"] | None = Field(None, description="[-2, 2]")
     repetition_penalty_whitelist: list[Uint32] = Field(default_factory=list, description="token ids spared")
-    mirostat: Uint32 | None = Field(None, description="0 = off, 1 or 2")
-    mirostat_tau: float | None = Field(None, description="[0, 100] bits; default 5")
-    mirostat_eta: float | None = Field(None, description="[0, 1]; default 0.1")
-    cfg_scale: float | None = Field(None, description="[0, 100]; 1 = off")
+    mirostat: Sampled["mirostat"] | None = Field(None, description="0 = off, 1 or 2")
+    mirostat_tau: Sampled["mirostat_tau"] | None = Field(None, description="[0, 100] bits; default 5")
+    mirostat_eta: Sampled["mirostat_eta"] | None = Field(None, description="[0, 1]; default 0.1")
+    cfg_scale: Sampled["cfg_scale"] | None = Field(None, description="[0, 100]; 1 = off")
     cfg_uc: Text | None = Field(None, description="negative context for guidance; empty = the start token")
     phrase_repetition_penalty: PhraseLevel | None = Field(None, description="NovelAI's levels; off by default")
-    unified_linear: float | None = Field(None, description="[0, 10]; 1 = neutral")
-    unified_quad: float | None = Field(None, description="[0, 10]; 0 = off")
-    unified_conf: float | None = Field(None, description="[-10, 10]; 0 = off")
-    dry_multiplier: float | None = Field(None, description="[0, 100]; 0 = off")
-    dry_base: float | None = Field(None, description="(1, 10]; default 1.75")
-    dry_allowed_length: Uint32 | None = Field(None, description="[1, 1000]; default 2")
-    dry_penalty_last_n: Uint32 | None = Field(None, description="recent tokens searched; 0 = all")
+    unified_linear: Sampled["unified_linear"] | None = Field(None, description="[0, 10]; 1 = neutral")
+    unified_quad: Sampled["unified_quad"] | None = Field(None, description="[0, 10]; 0 = off")
+    unified_conf: Sampled["unified_conf"] | None = Field(None, description="[-10, 10]; 0 = off")
+    dry_multiplier: Sampled["dry_multiplier"] | None = Field(None, description="[0, 100]; 0 = off")
+    dry_base: Sampled["dry_base"] | None = Field(None, description="(1, 10]; default 1.75")
+    dry_allowed_length: Sampled["dry_allowed_length"] | None = Field(None, description="[1, 1000]; default 2")
+    dry_penalty_last_n: Sampled["dry_penalty_last_n"] | None = Field(None, description="recent tokens searched; 0 = all")
     dry_sequence_breakers: list[Text] | None = Field(None, description="strings; unset = the preset's")
-    xtc_threshold: float | None = Field(None, description="[0, 1]; above 0.5 = off; default 0.1")
-    xtc_probability: float | None = Field(None, description="[0, 1]; 0 = off")
+    xtc_threshold: Sampled["xtc_threshold"] | None = Field(None, description="[0, 1]; above 0.5 = off; default 0.1")
+    xtc_probability: Sampled["xtc_probability"] | None = Field(None, description="[0, 1]; 0 = off")
     sampler_order: list[SamplerStep] = Field(default_factory=list,
                                              description="every classic warper exactly once, the newer steps "
                                                          "optionally; empty = default order")
@@ -111,13 +126,13 @@ class Sampling(RequestBody):
 
 
 class LogitBias(RequestBody):
-    token_id: Uint32
-    bias: float
+    token_id: Uint32 = Field(description="below the model's vocabulary size (GET /ai/models)")
+    bias: ranged(BIAS_RANGE)
 
 
 class PhraseBias(RequestBody):
-    phrase: Text
-    bias: float
+    phrase: Phrase
+    bias: ranged(BIAS_RANGE)
 
 
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
@@ -234,6 +249,10 @@ class StoryContext(RequestBody):
 class GenerateBody(RequestBody):
     """A ready `prompt`, or a story `context` to assemble (not both)."""
 
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra={"not": {
+        "required": ["prompt", "context"],
+        "properties": {"prompt": {"type": "string"}, "context": {"type": "object"}}}})
+
     model: Text = Field("", description="from GET /ai/models; empty = the default")
     prompt: Text | None = None
     context: StoryContext | None = None
@@ -242,10 +261,10 @@ class GenerateBody(RequestBody):
     max_new_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = Field(
         None, description="default 40; at most the text service's max_new_tokens")
     min_new_tokens: Uint32 = 0
-    stop_sequences: list[Text] = Field(default_factory=list)
-    banned_strings: list[Text] = Field(default_factory=list)
-    logit_bias: list[LogitBias] = Field(default_factory=list)
-    phrase_bias: list[PhraseBias] = Field(default_factory=list)
+    stop_sequences: Phrases = Field(default_factory=list)
+    banned_strings: Phrases = Field(default_factory=list)
+    logit_bias: list[LogitBias] = Field(default_factory=list, max_length=MAX_LOGIT_BIASES)
+    phrase_bias: list[PhraseBias] = Field(default_factory=list, max_length=MAX_STRINGS)
     seed: Uint64 | None = None
     top_probabilities: int = Field(0, ge=0, le=MAX_TOP_PROBABILITIES,
                                    description="alternatives reported per generated token, before and after the "

@@ -23,8 +23,20 @@ from typing import Any
 
 import torch
 
+from fabula_wire.sampling import (
+    BIAS_RANGE,
+    MAX_LOGIT_BIASES,
+    MAX_STRING_CHARS,
+    MAX_STRINGS,
+    MAX_TOKEN_COUNT,
+    MAX_TOP_PROBABILITIES,
+    SAMPLING_RANGES,
+    Range,
+)
 from services.text.context import StoryContext
 from services.toolkit.errors import InvalidArgument
+
+__all__ = ["BIAS_RANGE", "MAX_TOKEN_COUNT", "MAX_TOP_PROBABILITIES", "Range"]
 
 
 class SamplerName(Enum):
@@ -173,36 +185,6 @@ DEFAULT_ORDER: tuple[tuple[SamplerName, bool], ...] = tuple((name, True) for nam
 
 
 @dataclass(frozen=True)
-class Range:
-    """Allowed values of a numeric sampling field; `low_open`/`high_open` exclude the bound;
-    `min_above_low` refuses values above `low` but below it (a divisor too small to divide by)."""
-
-    low: float
-    high: float
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-    min_above_low: float = 0.0
-
-    def check(self, field_name: str, value: Any) -> None:
-        if self.integer:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidArgument(field_name, value, "must be an integer")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidArgument(field_name, value, "must be a finite number")
-        below = value <= self.low if self.low_open else value < self.low
-        above = value >= self.high if self.high_open else value > self.high
-        if below or above:
-            left = "(" if self.low_open else "["
-            right = ")" if self.high_open else "]"
-            raise InvalidArgument(field_name, value, f"must be within {left}{self.low:g}, {self.high:g}{right}")
-        # Only a range that declares such a floor has one (a range reaching below 0, such as the
-        # presence penalty's, must accept its negative values).
-        if self.min_above_low and self.low < value < self.min_above_low:
-            raise InvalidArgument(field_name, value, f"must be {self.low:g} or at least {self.min_above_low:g}")
-
-
-@dataclass(frozen=True)
 class Choice:
     """Allowed values of a sampling control that names one of an enum's members."""
 
@@ -226,12 +208,19 @@ class SamplingField:
         """`value` checked against the allowed values; a choice's name becomes its member."""
         if isinstance(self.allowed, Choice):
             return self.allowed.parse(field_name, value)
-        self.allowed.check(field_name, value)
+        check_range(self.allowed, field_name, value)
         return value
 
     def is_neutral(self, value: Any) -> bool:
         """Whether `value` leaves the control off (validated values only reach it)."""
         return value == self.neutral
+
+
+def check_range(allowed: Range, field_name: str, value: Any) -> None:
+    """Refuse `value`, naming the field, when `allowed` excludes it."""
+    problem = allowed.problem(value)
+    if problem:
+        raise InvalidArgument(field_name, value, problem)
 
 
 def _control(neutral: Any, allowed: Range | Choice, doc: str) -> Any:
@@ -248,67 +237,66 @@ MAX_CFG_UC_CHARS = 50_000
 # A temperature of exactly this value means greedy decoding: only the most likely token.
 GREEDY_TEMPERATURE = 0.0
 
-MAX_TOKEN_COUNT = 1 << 20
 
-BIAS_RANGE = Range(-100, 100)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """Resolved sampling controls (neutral values where the control is off)."""
 
-    # Dividing float32 logits by a temperature near float32's smallest values overflows them.
-    temperature: float = _control(1.0, Range(0, 100, min_above_low=1e-6),
+    # The ranges are fabula_wire's, so that the gateway states the same ones. Dividing float32
+    # logits by a temperature near float32's smallest values overflows them (its floor).
+    temperature: float = _control(1.0, SAMPLING_RANGES["temperature"],
                                   "divides the logits; 0 is greedy decoding")
-    top_k: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
+    top_k: int = _control(0, SAMPLING_RANGES["top_k"],
                           "keeps the k most likely tokens; 0 is off")
-    top_p: float = _control(1.0, Range(0, 1, low_open=True),
+    top_p: float = _control(1.0, SAMPLING_RANGES["top_p"],
                             "nucleus: keeps the most likely tokens holding this much of the mass")
-    top_a: float = _control(0.0, Range(0, 1), "keeps tokens with p >= top_a * p_max^2")
-    typical_p: float = _control(1.0, Range(0, 1, low_open=True),
+    top_a: float = _control(0.0, SAMPLING_RANGES["top_a"], "keeps tokens with p >= top_a * p_max^2")
+    typical_p: float = _control(1.0, SAMPLING_RANGES["typical_p"],
                                 "locally typical: keeps the tokens nearest the entropy, up to this mass")
-    tail_free: float = _control(1.0, Range(0, 1, low_open=True),
+    tail_free: float = _control(1.0, SAMPLING_RANGES["tail_free"],
                                 "tail-free z: cuts where the curvature of the sorted probabilities reaches z")
-    min_p: float = _control(0.0, Range(0, 1), "keeps tokens with p >= min_p * p_max")
-    repetition_penalty: float = _control(1.0, Range(0, 10, low_open=True),
+    min_p: float = _control(0.0, SAMPLING_RANGES["min_p"], "keeps tokens with p >= min_p * p_max")
+    repetition_penalty: float = _control(1.0, SAMPLING_RANGES["repetition_penalty"],
                                          "divides positive (multiplies negative) logits of tokens in the range")
-    repetition_penalty_range: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
+    repetition_penalty_range: int = _control(0, SAMPLING_RANGES["repetition_penalty_range"],
                                              "how many recent context tokens the penalties see; 0 is all")
     # The slope's meaning depends on the sampler convention (see SamplerConvention): FABULA's
     # neutral 0 is KoboldAI's "no slope"; KoboldCpp's "no slope" is 1.
     repetition_penalty_slope: float = _control(
-        0.0, Range(0, 10),
+        0.0, SAMPLING_RANGES["repetition_penalty_slope"],
         "fades the repetition penalty towards the range's older end; FABULA: KoboldAI's ramp, 0 is flat, "
         "1 linear; KOBOLDCPP: the older half gets 1 + (penalty - 1) * slope, 1 is flat")
-    frequency_penalty: float = _control(0.0, Range(-2, 2), "subtracted once per occurrence in the range")
-    presence_penalty: float = _control(0.0, Range(-2, 2), "subtracted once if the token occurs in the range")
+    frequency_penalty: float = _control(0.0, SAMPLING_RANGES["frequency_penalty"], "subtracted once per occurrence in the range")
+    presence_penalty: float = _control(0.0, SAMPLING_RANGES["presence_penalty"], "subtracted once if the token occurs in the range")
     repetition_penalty_whitelist: tuple[int, ...] = ()
     phrase_repetition_penalty: PhraseRepetitionPenalty = _control(
         PhraseRepetitionPenalty.OFF, Choice(PhraseRepetitionPenalty),
         "NovelAI's levels: penalises the token that would repeat a phrase of the context once more; "
         "off, very_light, light, medium, aggressive, very_aggressive")
-    dry_multiplier: float = _control(0.0, Range(0, 100), "DRY: strength of the repeated-sequence penalty; 0 is off")
-    dry_base: float = _control(1.75, Range(1, 10, low_open=True),
+    dry_multiplier: float = _control(0.0, SAMPLING_RANGES["dry_multiplier"], "DRY: strength of the repeated-sequence penalty; 0 is off")
+    dry_base: float = _control(1.75, SAMPLING_RANGES["dry_base"],
                                "DRY: the penalty grows by this factor per token of repeat beyond the allowed length")
-    dry_allowed_length: int = _control(2, Range(1, 1000, integer=True),
+    dry_allowed_length: int = _control(2, SAMPLING_RANGES["dry_allowed_length"],
                                        "DRY: repeats up to this many tokens long are not penalised")
-    dry_penalty_last_n: int = _control(0, Range(0, MAX_TOKEN_COUNT, integer=True),
+    dry_penalty_last_n: int = _control(0, SAMPLING_RANGES["dry_penalty_last_n"],
                                        "DRY: how many recent context tokens it looks at; 0 is all")
     dry_sequence_breakers: tuple[str, ...] = DEFAULT_DRY_BREAKERS
-    xtc_threshold: float = _control(0.1, Range(0, 1),
+    xtc_threshold: float = _control(0.1, SAMPLING_RANGES["xtc_threshold"],
                                     "XTC: tokens at least this likely are the top choices (above 0.5 it is off)")
     xtc_probability: float = _control(
-        0.0, Range(0, 1), "XTC: chance per token of removing every top choice but the least likely; 0 is off")
-    unified_linear: float = _control(1.0, Range(0, 10),
+        0.0, SAMPLING_RANGES["xtc_probability"], "XTC: chance per token of removing every top choice but the least likely; 0 is off")
+    unified_linear: float = _control(1.0, SAMPLING_RANGES["unified_linear"],
                                      "unified: multiplies the log-probabilities (an inverse temperature); 1 is neutral")
-    unified_quad: float = _control(0.0, Range(0, 10),
+    unified_quad: float = _control(0.0, SAMPLING_RANGES["unified_quad"],
                                    "unified: subtracts this times the squared log-probability; 0 is off")
-    unified_conf: float = _control(0.0, Range(-10, 10),
+    unified_conf: float = _control(0.0, SAMPLING_RANGES["unified_conf"],
                                    "unified: adds this times the entropy to the linear factor; 0 is off")
-    mirostat: int = _control(0, Range(0, 2, integer=True), "mirostat version 1 or 2; 0 is off")
-    mirostat_tau: float = _control(5.0, Range(0, 100), "mirostat: the target surprise, in bits")
-    mirostat_eta: float = _control(0.1, Range(0, 1), "mirostat: the learning rate of mu")
-    cfg_scale: float = _control(1.0, Range(0, 100),
+    mirostat: int = _control(0, SAMPLING_RANGES["mirostat"], "mirostat version 1 or 2; 0 is off")
+    mirostat_tau: float = _control(5.0, SAMPLING_RANGES["mirostat_tau"], "mirostat: the target surprise, in bits")
+    mirostat_eta: float = _control(0.1, SAMPLING_RANGES["mirostat_eta"], "mirostat: the learning rate of mu")
+    cfg_scale: float = _control(1.0, SAMPLING_RANGES["cfg_scale"],
                                 "classifier-free guidance: uncond + scale * (cond - uncond); 1 is off")
     cfg_uc: str = ""
     order: tuple[tuple[SamplerName, bool], ...] = DEFAULT_ORDER
@@ -439,9 +427,9 @@ class Limits:
 
     max_new_tokens: int = 1024
     max_prompt_chars: int = 200_000
-    max_strings: int = 64  # stop sequences, banned strings, phrase biases, each
-    max_string_chars: int = 256
-    max_logit_biases: int = 1024
+    max_strings: int = MAX_STRINGS  # stop sequences, banned strings, phrase biases, each
+    max_string_chars: int = MAX_STRING_CHARS
+    max_logit_biases: int = MAX_LOGIT_BIASES
     max_seed: int = (1 << 63) - 1
 
 
@@ -469,8 +457,6 @@ class GenerationSpec:
     top_probabilities: int = 0
 
 
-# The most alternatives a request may ask to see per generated token (OpenAI's top_logprobs cap).
-MAX_TOP_PROBABILITIES = 20
 
 
 @dataclass(frozen=True)
@@ -491,7 +477,9 @@ class GenerationParams:
     def from_spec(cls, spec: GenerationSpec, base_sampling: SamplingParams, limits: Limits,
                   prefix: str = "spec.") -> GenerationParams:
         sampling = SamplingParams.from_mapping(spec.sampling, f"{prefix}sampling.", base_sampling)
-        max_new = spec.max_new_tokens if spec.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS
+        # A deployment whose limit is below the default gives its limit to requests that set none.
+        max_new = (spec.max_new_tokens if spec.max_new_tokens is not None
+                   else min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
         if not 1 <= max_new <= limits.max_new_tokens:
             raise InvalidArgument(f"{prefix}max_new_tokens", max_new,
                                   f"must be within [1, {limits.max_new_tokens}]")
@@ -504,11 +492,11 @@ class GenerationParams:
             raise InvalidArgument(f"{prefix}logit_bias", len(spec.logit_bias),
                                   f"at most {limits.max_logit_biases} entries")
         for index, (_, bias) in enumerate(spec.logit_bias):
-            BIAS_RANGE.check(f"{prefix}logit_bias[{index}].bias", bias)
+            check_range(BIAS_RANGE, f"{prefix}logit_bias[{index}].bias", bias)
         phrases = _check_strings([phrase for phrase, _ in spec.phrase_bias], f"{prefix}phrase_bias", limits,
                                  item_field="phrase")
         for index, (_, bias) in enumerate(spec.phrase_bias):
-            BIAS_RANGE.check(f"{prefix}phrase_bias[{index}].bias", bias)
+            check_range(BIAS_RANGE, f"{prefix}phrase_bias[{index}].bias", bias)
         if spec.seed is not None and spec.seed > limits.max_seed:
             raise InvalidArgument(f"{prefix}seed", spec.seed, f"must be within [0, {limits.max_seed}]")
         if not 0 <= spec.top_probabilities <= MAX_TOP_PROBABILITIES:

@@ -62,7 +62,9 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
     async def ListModels(self, request: text_pb2.ListModelsRequest, context) -> text_pb2.ListModelsResponse:
         return text_pb2.ListModelsResponse(models=[
             wire.model_info_to_pb(runtime.model, is_default=name == self.generator.default_model)
-            for name, runtime in self.generator.runtimes.items()])
+            for name, runtime in self.generator.runtimes.items()],
+            max_new_tokens=self.generator.limits.max_new_tokens,
+            max_prompt_chars=self.generator.limits.max_prompt_chars)
 
     async def ListPresets(self, request: text_pb2.ListPresetsRequest, context) -> text_pb2.ListPresetsResponse:
         return text_pb2.ListPresetsResponse(presets=[wire.preset_to_pb(preset)

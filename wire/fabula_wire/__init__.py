@@ -1,8 +1,9 @@
 """The wire facts that Fabula's servers and its SDK must agree on, each written once.
 
 It depends only on the generated protos (and protobuf/grpcio), so the SDK can install it without
-any server code: object types with their path names and protobuf numbers (`objects`), and how a
-failed gRPC call reads over HTTP and what it carries (`status`).
+any server code: object types with their path names and protobuf numbers (`objects`), how a
+failed gRPC call reads over HTTP and what it carries (`status`), and the values the text service
+accepts for a generation request's numeric controls (`sampling`).
 """
 
 from fabula_wire.objects import ObjectType

@@ -9,12 +9,21 @@ for a reason its data has nothing to do with.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import schemathesis
+from PIL import Image
+from schemathesis.core.parameters import ParameterLocation
 
+from services.editor import validation
+from services.toolkit.errors import InvalidArgument
 from tests.integration.gateway.harness import registration
 
 BASE_URL = os.environ["FABULA_CONTRACT_BASE_URL"]
@@ -25,6 +34,8 @@ schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 
 @schemathesis.auth(refresh_interval=None)
 class LiveSession:
+    latest = os.environ["FABULA_CONTRACT_TOKEN"]
+
     def __init__(self) -> None:
         self._client = httpx.Client(base_url=BASE_URL, timeout=30)
         self._token = os.environ["FABULA_CONTRACT_TOKEN"]
@@ -34,7 +45,198 @@ class LiveSession:
             reply = self._client.post("/user/register", json=registration(f"contract-{uuid.uuid4().hex[:12]}"))
             reply.raise_for_status()
             self._token = reply.json()["token"]
+        LiveSession.latest = self._token
         return self._token
 
     def set(self, case, data: str, ctx) -> None:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+# --- contents the document cannot describe ------------------------------------------------------
+# Each entry below makes a positive case (one valid by the document) valid in one named field the
+# document cannot fully describe, by drawing or fixing only that field: the rest of the body stays
+# as generated, and negative cases are left alone. docs/compatible-apis.md, "Contract checks",
+# lists them with their reasons.
+
+def _png() -> str:
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(picture, format="PNG")
+    return base64.b64encode(picture.getvalue()).decode()
+
+
+def _valid_username(value: Any) -> Any:
+    # Unicode categories and NFC normalisation: JSON Schema patterns can name neither.
+    try:
+        validation.username(value)
+    except InvalidArgument:
+        return f"contract-{uuid.uuid4().hex[:12]}"
+    return value
+
+
+def _valid_kdf(value: Any) -> Any:
+    # The KDF floor and ceiling are the editor's settings, which the gateway is not told.
+    opslimit, memlimit = (int(part) for part in os.environ["FABULA_CONTRACT_KDF"].split(","))
+    return {"opslimit": opslimit, "memlimit": memlimit}
+
+
+def _export(_: Any) -> bytes:
+    # An export archive (a tar file with the account's objects) is not JSON Schema: send the
+    # session's own export.
+    token = LiveSession.latest
+    return httpx.get(f"{BASE_URL}/user/export", headers={"Authorization": f"Bearer {token}"}, timeout=60).content
+
+
+# Where: (operation, body field or "" for the whole body) → the valid value for what was generated.
+POSITIVE_CONTENTS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("POST /user/register", "username"): _valid_username,
+    ("POST /user/register", "kdf"): _valid_kdf,
+    ("POST /user/login", "username"): _valid_username,
+    ("POST /user/salt", "username"): _valid_username,
+    ("POST /user/change-password", "new_kdf"): _valid_kdf,
+    ("POST /user/tokens", "name"): _valid_username,
+    ("POST /user/import", ""): _export,
+    ("POST /ai/image/control-preview", "image"): lambda _: _png(),
+    ("POST /sdapi/v1/png-info", "image"): lambda _: _png(),
+}
+
+
+def _png_field(_: Any) -> str:
+    return _png()
+
+
+def _png_list(_: Any) -> list[str]:
+    return [_png()]
+
+
+IMAGES = (_png_field, _png_list)
+
+
+def _future(value: Any) -> Any:
+    # "In the future" depends on the clock when the request arrives: JSON Schema has no "now".
+    return None if value is None else (datetime.now(UTC) + timedelta(days=1)).isoformat()
+
+
+def _page_size(value: Any) -> Any:
+    # The largest page is the editor's setting (max_page_size), which the gateway is not told.
+    return value if not isinstance(value, int) or value <= EDITOR_MAX_PAGE_SIZE else EDITOR_MAX_PAGE_SIZE
+
+
+def _pixels(body: Any) -> Any:
+    # width × height within the image service's max_pixels: a product of two fields, which JSON
+    # Schema cannot bound. A side that breaks it becomes 0 (the model's default).
+    if not isinstance(body, dict):
+        return body
+    width, height = body.get("width") or 0, body.get("height") or 0
+    if width and height and width * height > IMAGE_MAX_PIXELS:
+        return {**body, "width": 0, "height": 0}
+    if width * IMAGE_MAX_SIDE > IMAGE_MAX_PIXELS or height * IMAGE_MAX_SIDE > IMAGE_MAX_PIXELS:
+        return {**body, "width": 0, "height": 0}
+    return body
+
+
+def _change_indexes(body: Any) -> Any:
+    # Change indexes run up to 2**63 - 1; the generator, drawing near that bound through floats,
+    # may send 2**63 for a value the document allows.
+    if not isinstance(body, dict):
+        return body
+    return {name: min(value, MAX_CHANGE_INDEX) if name.endswith("change_index") and isinstance(value, int) else value
+            for name, value in body.items()}
+
+
+def _fewest_tokens(body: Any) -> Any:
+    # min_new_tokens must not exceed max_new_tokens (or its default): a relation between two
+    # fields, which JSON Schema cannot state.
+    if not isinstance(body, dict):
+        return body
+    if isinstance(body.get("min_new_tokens"), (int, float)):
+        most = body.get("max_new_tokens")
+        most = most if isinstance(most, (int, float)) else min(TEXT_DEFAULT_MAX_NEW_TOKENS, TEXT_MAX_NEW_TOKENS)
+        body = {**body, "min_new_tokens": min(body["min_new_tokens"], most)}
+    # A story's max_context_tokens must leave room for the new tokens in the model's context
+    # window: a relation between two fields and the model.
+    context = body.get("context")
+    if isinstance(context, dict) and isinstance(context.get("max_context_tokens"), (int, float)):
+        most = body.get("max_new_tokens")
+        most = most if isinstance(most, (int, float)) else min(TEXT_DEFAULT_MAX_NEW_TOKENS, TEXT_MAX_NEW_TOKENS)
+        room = max(TEXT_CONTEXT_WINDOW - most, 0)
+        body = {**body, "context": {**context, "max_context_tokens": min(context["max_context_tokens"], room)}}
+    # sampler_order names every sampler exactly once, or is empty: a permutation, which JSON
+    # Schema cannot state (uniqueItems compares whole steps, "enabled" included).
+    sampling = body.get("sampling")
+    if isinstance(sampling, dict) and isinstance(sampling.get("sampler_order"), list):
+        names = [step.get("sampler") for step in sampling["sampler_order"] if isinstance(step, dict)]
+        if sorted(map(str, names)) != sorted(SAMPLERS):
+            body = {**body, "sampling": {**sampling, "sampler_order": []}}
+    return body
+
+
+EDITOR_MAX_PAGE_SIZE = 1000
+TEXT_DEFAULT_MAX_NEW_TOKENS = 40
+TEXT_CONTEXT_WINDOW = int(os.environ.get("FABULA_CONTRACT_CONTEXT_WINDOW", "0"))
+MAX_CHANGE_INDEX = 2**63 - 1
+SAMPLERS = ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p")
+TEXT_MAX_NEW_TOKENS = int(os.environ.get("FABULA_CONTRACT_MAX_NEW_TOKENS", "0"))
+IMAGE_MAX_PIXELS = int(os.environ.get("FABULA_CONTRACT_MAX_PIXELS", "0"))
+IMAGE_MAX_SIDE = int(os.environ.get("FABULA_CONTRACT_DEFAULT_SIDE", "0"))
+
+# Where: (operation, field path in the body, dotted, or "" for the whole body) → the valid value
+# for what was generated.
+POSITIVE_CONTENTS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("POST /user/register", "username"): _valid_username,
+    ("POST /user/register", "kdf"): _valid_kdf,
+    ("POST /user/login", "username"): _valid_username,
+    ("POST /user/salt", "username"): _valid_username,
+    ("POST /user/change-password", "new_kdf"): _valid_kdf,
+    ("POST /user/tokens", "name"): _valid_username,
+    ("POST /user/tokens", "expires_at"): _future,
+    ("POST /user/import", ""): _export,
+    ("POST /ai/image/control-preview", "image"): _png_field,
+    ("POST /sdapi/v1/png-info", "image"): _png_field,
+    ("POST /sdapi/v1/img2img", "init_images"): _png_list,
+    ("POST /novelai/ai/generate-image", "parameters.image"): _png_field,
+    ("POST /sdapi/v1/txt2img", ""): _pixels,
+    ("POST /sdapi/v1/img2img", ""): _pixels,
+    ("POST /user/change-password", ""): _change_indexes,
+    ("PUT /user/keystore", ""): _change_indexes,
+    ("PUT /user/objects/{type}/{id}", ""): _change_indexes,
+    ("POST /ai/generate", ""): _fewest_tokens,
+    ("POST /ai/generate-stream", ""): _fewest_tokens,
+    ("POST /ai/generate-image", ""): _pixels,
+    ("POST /ai/generate-image-stream", ""): _pixels,
+    ("POST /ai/image/control-preview", ""): _pixels,
+}
+POSITIVE_QUERIES: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("GET /user/objects/{type}", "page_size"): _page_size,
+}
+
+
+def _positive(case, location: ParameterLocation) -> bool:
+    info = case.meta.components.get(location) if case.meta is not None else None
+    return info is not None and info.mode.value == "positive"
+
+
+def _replace(container: Any, path: list[str], valid: Callable[[Any], Any]) -> Any:
+    if not path:
+        return valid(container)
+    if not isinstance(container, dict):
+        return container
+    if path[0] not in container:
+        # An image left out is still one the operation may need (an img2img, a control).
+        if len(path) > 1 or valid not in IMAGES:
+            return container
+        return {**container, path[0]: valid(None)}
+    return {**container, path[0]: _replace(container[path[0]], path[1:], valid)}
+
+
+@schemathesis.hook
+def map_case(ctx, case):
+    label = ctx.operation.label
+    if _positive(case, ParameterLocation.BODY):
+        for (operation, name), valid in POSITIVE_CONTENTS.items():
+            if operation == label:
+                case.body = _replace(case.body, name.split(".") if name else [], valid)
+    if _positive(case, ParameterLocation.QUERY) and case.query:
+        for (operation, name), valid in POSITIVE_QUERIES.items():
+            if operation == label and name in case.query:
+                case.query = {**case.query, name: valid(case.query[name])}
+    return case
