@@ -49,7 +49,7 @@ class Range:
         schema: dict[str, Any] = {"type": "integer" if self.integer else "number"}
         schema["exclusiveMinimum" if self.low_open else "minimum"] = self.low
         schema["exclusiveMaximum" if self.high_open else "maximum"] = self.high
-        if self.min_above_low > self.low:
+        if self.min_above_low and self.min_above_low > self.low:
             upper = {"exclusiveMaximum" if self.high_open else "maximum": self.high}
             return {"anyOf": [{"type": schema["type"], "const": self.low},
                               {"type": schema["type"], "minimum": self.min_above_low, **upper}]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import jsonschema
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -66,7 +67,7 @@ def test_the_document_states_the_sampling_ranges():
         expected = allowed.json_schema()
         if allowed.low_open and not allowed.integer:
             # As protobuf's 32-bit float carries it: the least value above the bound.
-            expected["minimum"] = 1.401298464324817e-45
+            expected["minimum"] = float(np.nextafter(np.float32(allowed.low), np.float32(math.inf)))
         assert stated == expected.get("anyOf", [expected]), name
 
 
