@@ -192,6 +192,7 @@ POSITIVE_CONTENTS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("POST /user/import", ""): _export,
     ("POST /ai/image/control-preview", "image"): _png_field,
     ("POST /sdapi/v1/png-info", "image"): _png_field,
+    ("POST /ai/image/metadata", "image"): _png_field,
     ("POST /sdapi/v1/img2img", "init_images"): _png_list,
     ("POST /novelai/ai/generate-image", "parameters.image"): _png_field,
     ("POST /sdapi/v1/txt2img", ""): _pixels,
