@@ -39,6 +39,10 @@ OPEN_ROUNDS = 3
 KEYS = 120
 TOKEN_ROUNDS = 5
 WAIT_MS = 300_000
+# The editor's figures before the changes that came from profiling a keystroke (docs/web.md,
+# "Benchmark"), kept next to each new run's for comparison; measured by this file at commit f0c92b7.
+BEFORE = ("keystroke p95 215 ms (p50 27.6, applied p95 74.6), one paragraph p95 1269 ms (applied 393), "
+          "open 465 ms, SDK first token 10.9 ms vs Send → painted 34.4 ms (applied 17.3), ratio 0.317")
 
 _AFTER_PAINT = "new Promise(r => { const c = new MessageChannel(); c.port1.onmessage = r; c.port2.postMessage(0); })"
 
@@ -282,5 +286,6 @@ def run() -> dict[str, Any]:
             f"keystrokes: {KEYS} keys typed at its end, keydown → first frame painted after the transaction "
             "(performance marks in the page; `keystroke_applied_...` stops at the transaction applied, before layout and paint); `save_after_typing_1mb_story_s` is the autosave that follows. First "
             f"token: SDK TextClient.stream vs Send → first AI token painted ({TOKEN_ROUNDS} alternating rounds, medians; "
-            "`ui_first_token_applied_ms` stops when the editor applied it, before the frame)."),
+            "`ui_first_token_applied_ms` stops when the editor applied it, before the frame). "
+            f"Before the per-key profiling (commit f0c92b7, load average 8.27): {BEFORE}."),
     }

@@ -23,14 +23,17 @@ export async function generateStream(api: Api, body: unknown, callbacks: Generat
     if (signal.aborted) return { stopped: true, final: null };
     throw error;
   }
-  const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+  // Bytes are decoded as they are read (no TextDecoderStream in between: a piece is handled in the
+  // same task its bytes arrive in).
+  const reader = response.body!.getReader();
+  const decoder = new TextDecoder();
   let buffer = "";
   let final: any = null;
   try {
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
-      buffer += value.replace(/\r\n?/g, "\n");
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
       let end: number;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const raw = buffer.slice(0, end);

@@ -36,6 +36,10 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
   const timer = useRef<number | undefined>(undefined);
   const saving = useRef<Promise<void>>(Promise.resolve());
   const storyDirty = useRef(false);
+  // Whether the writer changed the text since it was last compared with the history: only then is
+  // the whole document turned into blocks and diffed (Send and undo flush first, and a save while
+  // a continuation streams in must not take the streamed text for an edit).
+  const textDirty = useRef(false);
   const abort = useRef<AbortController | null>(null);
   const [loaded, setLoaded] = useState(false);
   const [title, setTitle] = useState("");
@@ -83,8 +87,11 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     saving.current = saving.current.then(async () => {
       const current = doc.current;
       if (!current || !editor.current || current.newer) return;
-      const ops = diffOps(current.history.blocks, editor.current.blocks);
-      if (ops.length) current.history.commit(ops, "edit");
+      if (textDirty.current) {
+        textDirty.current = false;
+        const ops = diffOps(current.history.blocks, editor.current.blocks);
+        if (ops.length) current.history.commit(ops, "edit");
+      }
       if (!current.history.unsaved && !storyDirty.current) {
         setSaveState("saved");
         return;
@@ -111,7 +118,7 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
   };
 
   const scheduleSave = () => {
-    setSaveState("unsaved");
+    if (status.current?.dataset.state !== "unsaved") setSaveState("unsaved");
     window.clearTimeout(timer.current);
     timer.current = window.setTimeout(() => {
       timer.current = undefined;
@@ -130,6 +137,7 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     if (abort.current || !doc.current || !editor.current || doc.current.newer) return;
     setError("");
     await flush();
+    await flushLorebook();
     const current = doc.current!;
     const replaced = current.history.nodes[current.history.head];
     if (retry && !isContinuation(replaced)) {
@@ -139,24 +147,25 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
     // A retry continues the text the replaced continuation continued (its parent's).
     const context = retry ? plainText(current.history.blocksAt(replaced.parent!)) : current.history.text;
     if (retry) editor.current.setBlocks(current.history.blocksAt(replaced.parent!));
-    setSaveState("unsaved");
     const controller = new AbortController();
     abort.current = controller;
+    let text = "";
+    // The request goes out first; the screen's own updates run while the server works on it.
+    const streaming = generateStream(vault.api, generationBody(current, context, lorebooks.current), {
+      onContext(context) {
+        setReport(context as ContextReport);
+      },
+      onPiece(piece) {
+        text += piece;
+        editor.current?.appendGenerated(piece);
+      },
+    }, controller.signal);
+    setSaveState("unsaved");
     setGenerating(true);
     setLastRun("");
     editor.current.setEditable(false);
-    let text = "";
     try {
-      await flushLorebook();
-      const outcome = await generateStream(vault.api, generationBody(current, context, lorebooks.current), {
-        onContext(context) {
-          setReport(context as ContextReport);
-        },
-        onPiece(piece) {
-          text += piece;
-          editor.current?.appendGenerated(piece);
-        },
-      }, controller.signal);
+      const outcome = await streaming;
       setLastRun(outcome.stopped ? "stopped" : "done");
     } catch (e: any) {
       setError(`The generation failed: ${e?.message ?? e}`);
@@ -208,7 +217,7 @@ export function EditorScreen({ vault, storyId, onBack }: { vault: Vault; storyId
       setLength((opened.story.settings as any)?.max_new_tokens ?? DEFAULT_LENGTH);
       setReadOnly(opened.newer);
       editorInstance = new StoryEditor(mount.current!, opened.history.blocks, {
-        label: "Story text", onChange: scheduleSave, onSend: () => void send(),
+        label: "Story text", onChange: () => { textDirty.current = true; scheduleSave(); }, onSend: () => void send(),
         onUndo: () => void undo(), onRedo: () => void redo(),
         illustrationView: illustrationView(vault, (block) => {
           setImageSource((old) => ({ block, passage: "", key: old.key + 1 }));
