@@ -1,7 +1,8 @@
 // The image routes of the gateway (docs/image.md, "HTTP"): the models with their limits, the
 // prompt tokenizer, and generation streamed as Server-Sent Events (accepted, progress with
 // previews, image, finished | error).
-import { ApiError, type Api } from "../api/client";
+import type { Api } from "../api/client";
+import { readEvents } from "../api/sse";
 
 export interface ImageModel {
   name: string; family: string; is_default: boolean; default_width: number; default_height: number; default_steps: number;
@@ -44,34 +45,12 @@ export async function generateImages(api: Api, body: unknown, callbacks: ImageSt
     if (signal.aborted) return { stopped: true };
     throw error;
   }
-  const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
   try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      buffer += value.replace(/\r\n?/g, "\n");
-      let end: number;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const raw = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        let event = "message";
-        const data: string[] = [];
-        for (const line of raw.split("\n")) {
-          if (line.startsWith("event:")) event = line.slice(6).trim();
-          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-        }
-        if (!data.length) continue;
-        const payload = JSON.parse(data.join("\n"));
-        if (event === "accepted") callbacks.onAccepted?.(payload);
-        else if (event === "progress") callbacks.onProgress?.(payload);
-        else if (event === "image") callbacks.onImage(payload);
-        else if (event === "error") {
-          const error = payload.error ?? payload;
-          throw new ApiError(400, error.code ?? "", error.message ?? "the image generation failed", error.field ?? null);
-        }
-      }
-    }
+    await readEvents(response, (event, payload) => {
+      if (event === "accepted") callbacks.onAccepted?.(payload);
+      else if (event === "progress") callbacks.onProgress?.(payload);
+      else if (event === "image") callbacks.onImage(payload);
+    }, { status: 400, message: "the image generation failed" });
   } catch (error) {
     if (signal.aborted) return { stopped: true };
     throw error;
