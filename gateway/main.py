@@ -37,11 +37,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.channels = ServiceChannels.open(settings)
-        # The document's run-time limits: waited for at start-up while the services answer
-        # promptly, learnt in the background otherwise.
+        # The document's run-time limits are learnt in the background: start-up never waits for
+        # the text and image services (a gateway in front of the editor alone must start at once),
+        # and /openapi.json is the static document until both have answered.
         learning = asyncio.create_task(app.state.contract.learn(app.state.channels.text_stub,
                                                                 app.state.channels.image_stub))
-        await asyncio.wait({learning}, timeout=contract.ASK_TIMEOUT_S)
         try:
             yield
         finally:

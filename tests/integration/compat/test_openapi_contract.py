@@ -48,6 +48,16 @@ MAX_STEPS = 4
 SIDE = 128
 
 
+async def limits_learnt(live, timeout_s: float = 60.0) -> None:
+    """The gateway learns the services' limits in the background after it starts; the run must
+    see the document that carries them."""
+    contract = live.server.config.app.state.contract
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while contract.limits is None:
+        assert asyncio.get_running_loop().time() < deadline, "the gateway never learnt the services' limits"
+        await asyncio.sleep(0.05)
+
+
 async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
     text_folder = build_tiny_model(tmp_path / "tiny-text", seed=0)
     text_model = load_text_model("tiny", str(text_folder), cache_dir=tmp_path / "text-cache", device="cpu",
@@ -63,6 +73,7 @@ async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
         settings = gateway_settings(editor.address, text_address=f"127.0.0.1:{text.server.port}",
                                     image_address=image.address)
         async with serve_gateway(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+            await limits_learnt(live)
             user = await register_user(client, "contract")
             st = Path(sys.executable).with_name("st")
             env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.compat.schemathesis_hooks",
