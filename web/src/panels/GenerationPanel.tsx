@@ -25,7 +25,7 @@ export interface SamplerControl {
 
 const MAX_TOKEN_COUNT = 1 << 20;
 export const SAMPLER_CONTROLS: SamplerControl[] = [
-  { name: "temperature", label: "Temperature", min: 0, max: 100, minAboveLow: 1e-6, off: 1, doc: "divides the logits; 0 is greedy decoding" },
+  { name: "temperature", label: "Temperature", min: 0, max: 100, minAboveLow: 9.5367431640625e-7, off: 1, doc: "divides the logits; 0 is greedy decoding" },
   { name: "top_k", label: "Top-k", min: 0, max: MAX_TOKEN_COUNT, integer: true, off: 0, doc: "keeps the k most likely tokens; 0 is off" },
   { name: "top_p", label: "Top-p (nucleus)", min: 0, max: 1, lowOpen: true, off: 1, doc: "keeps the most likely tokens holding this much of the mass" },
   { name: "top_a", label: "Top-a", min: 0, max: 1, off: 0, doc: "keeps tokens with p ≥ top_a · p_max²" },
