@@ -7,6 +7,12 @@ connections, which WAL lets run beside the writer, each seeing a consistent snap
 The frequent operations (object reads and writes, session checks) run whole in one hop to a
 connection's thread instead of one hop per statement: each hop costs about as much CPU as the
 statement it carries (see `_in_one_hop`).
+
+Object writes are committed in groups (see `_write_grouped`): the writes waiting for the writer
+when it comes free run in one transaction, each in a savepoint of its own, and one COMMIT (one
+fsync of the WAL) makes them all durable. Each is acknowledged only after that COMMIT, and one
+that fails (a stale change index, a quota) is rolled back to its savepoint without touching the
+others, so every caller gets exactly the answer it would have had alone.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fabula_wire import ObjectType
@@ -206,6 +214,22 @@ def _finish(conn: sqlite3.Connection, commit: bool) -> None:
         raise
 
 
+@dataclass(eq=False)
+class _PendingWrite:
+    """A write waiting for its group's commit, and the future that answers its caller."""
+
+    operation: Callable[..., Coroutine[Any, Any, Any]]
+    args: tuple[Any, ...]
+    future: asyncio.Future
+    taken: bool = field(default=False)  # in a group handed to the writer thread
+
+
+# A group is bounded so that one commit never carries more than a moment's work; writes beyond
+# it wait for the next group.
+MAX_GROUP_WRITES = 64
+MAX_GROUP_BYTES = 16 * 1024 * 1024
+
+
 def probe(path: Path) -> None:
     """Open the file afresh, read-only, and read the schema version: fails when the file is gone,
     unreadable or no longer the migrated database (open connections would not notice)."""
@@ -247,8 +271,10 @@ class SqliteStorage(SqlStorage):
         self._reader_threads = ThreadPoolExecutor(self._readers_count, thread_name_prefix="sqlite-reader")
         self._readers: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
         self._all_readers: list[sqlite3.Connection] = []
-        # On a pool thread running a whole operation (`_in_one_hop`): the connection it runs on.
+        # On a pool thread running a whole operation (`_in_one_hop`): the connection it runs on,
+        # and whether it runs inside a group's transaction (`_run_group`).
         self._hop = threading.local()
+        self._pending_writes: deque[_PendingWrite] = deque()
 
     def __repr__(self) -> str:
         return f"SqliteStorage({str(self.path)!r})"
@@ -340,9 +366,94 @@ class SqliteStorage(SqlStorage):
         finally:
             self._hop.conn = None
 
+    # Group commit -------------------------------------------------------------------------
+    # With synchronous=FULL each COMMIT waits for an fsync, which costs far more than the writes
+    # it covers; concurrent savers used to queue one fsync each. Now a write joins the queue of
+    # pending writes and waits for the writer's lock like any other write; whoever gets the lock
+    # takes every write pending at that moment (its own included, unless an earlier group already
+    # carried it) to the writer thread as one group. Callers whose write went with an earlier group
+    # find its answer when their turn comes, or as soon as it is settled.
+
+    async def _write_grouped(self, operation: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        with faults.faults_as_unavailable(classify_fault):
+            if self._writer is None:
+                raise not_open()
+            loop = asyncio.get_running_loop()
+            pending = _PendingWrite(operation, args, loop.create_future())
+            self._pending_writes.append(pending)
+            try:
+                async with self._writer_turn():
+                    if not pending.taken:
+                        await self._commit_group(loop)
+            except BaseException as error:
+                if not pending.taken:  # never handed to the writer: nothing was or will be written
+                    self._pending_writes.remove(pending)
+                    pending.future.cancel()
+                    raise
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                # Our write went with a group while we waited (the lock's timeout, say): its
+                # outcome is the answer, not how long the lock took to come free.
+            # Shielded: cancelling this caller must not cancel the future a group settles.
+            return await asyncio.shield(pending.future)
+
+    async def _commit_group(self, loop: asyncio.AbstractEventLoop) -> None:
+        group: list[_PendingWrite] = []
+        size = 0
+        while self._pending_writes and len(group) < MAX_GROUP_WRITES and size < MAX_GROUP_BYTES:
+            pending = self._pending_writes.popleft()
+            pending.taken = True
+            group.append(pending)
+            size += sum(len(arg.data) for arg in pending.args if isinstance(arg, ObjectWrite))
+        conn = self._writer
+        if conn is None:
+            outcomes: list[tuple[bool, Any]] = [(False, not_open())] * len(group)
+            self._settle(group, outcomes)
+            return
+        running = loop.run_in_executor(self._writer_thread, self._run_group, conn, group)
+        # Settled by a callback: the group's callers are answered even if this task is cancelled.
+        running.add_done_callback(lambda done: self._settle(
+            group, done.result() if done.exception() is None else [(False, done.exception())] * len(group)))
+        await asyncio.shield(running)
+
+    @staticmethod
+    def _settle(group: list[_PendingWrite], outcomes: list[tuple[bool, Any]]) -> None:
+        for pending, (succeeded, value) in zip(group, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if succeeded:
+                pending.future.set_result(value)
+            else:
+                pending.future.set_exception(value)
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_PendingWrite]) -> list[tuple[bool, Any]]:
+        """On the writer thread: every write of `group` in one transaction, each in a savepoint."""
+        outcomes: list[tuple[bool, Any]] = []
+        self._hop.conn, self._hop.in_group = conn, True
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for pending in group:
+                try:
+                    outcomes.append((True, _run_to_end(pending.operation(*pending.args))))
+                except Exception as error:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (it does for some I/O and
+                        # disk-full errors): the writes before this one are gone too.
+                        return [(False, error)] * len(group)
+                    outcomes.append((False, error))
+            _finish(conn, commit=True)
+        except Exception as error:
+            # BEGIN or COMMIT failed: nothing of the group was written, whatever each write saw.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(False, error)] * len(group)
+        finally:
+            self._hop.conn, self._hop.in_group = None, False
+        return outcomes
+
     async def put_object(self, user_id: str, write: ObjectWrite, expected_index: int, quota: Quota,
                          now_us: int) -> ObjectMeta:
-        return await self._in_one_hop(True, super().put_object, user_id, write, expected_index, quota, now_us)
+        return await self._write_grouped(super().put_object, user_id, write, expected_index, quota, now_us)
 
     async def get_object(self, user_id: str, type: ObjectType, id: str) -> StoredObject | None:
         return await self._in_one_hop(False, super().get_object, user_id, type, id)
@@ -365,6 +476,18 @@ class SqliteStorage(SqlStorage):
     @asynccontextmanager
     async def _write_tx(self) -> AsyncIterator[Tx]:
         conn = getattr(self._hop, "conn", None)
+        if conn is not None and getattr(self._hop, "in_group", False):
+            # One write of a group (`_run_group`): its own savepoint inside the group's transaction.
+            conn.execute("SAVEPOINT one_write")
+            try:
+                yield _SqliteTx(conn, _at_once)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO one_write")
+                    conn.execute("RELEASE one_write")
+                raise
+            conn.execute("RELEASE one_write")
+            return
         if conn is not None:  # already on the writer thread, inside `_in_one_hop`
             conn.execute("BEGIN IMMEDIATE")
             try:
