@@ -90,7 +90,7 @@ async def get_image(request: Request) -> image_pb2_grpc.ImageServiceStub:
     return request.app.state.channels.image_stub
 
 
-_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{1,1024}")
+TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{1,1024}")
 _bearer = HTTPBearer(auto_error=False, description="a session token from /user/login")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -100,7 +100,7 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
         raise ApiError(401, "authorization: missing bearer token (Authorization: Bearer <token>)",
                        field="authorization")
     # gRPC refuses metadata values outside visible ASCII (the call would fail as a bug, not 401).
-    if not _TOKEN_PATTERN.fullmatch(credentials.credentials):
+    if not TOKEN_PATTERN.fullmatch(credentials.credentials):
         raise ApiError(401, "authorization: malformed bearer token", field="authorization")
     return credentials.credentials
 
@@ -110,7 +110,11 @@ async def bearer_token(credentials: Credentials) -> str:
 
 
 async def _user(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User:
-    token = _token(credentials)
+    return await user_for_token(request, _token(credentials))
+
+
+async def user_for_token(request: Request, token: str) -> User:
+    """The user of a well-formed bearer token (remembered, or asked of the editor); 401 if unknown."""
     state = request.app.state
     cache: AuthCache = state.auth_cache
     user = cache.get(token)
@@ -142,7 +146,11 @@ async def current_user(request: Request, credentials: Credentials) -> User:
 
 
 async def rate_limited_user(request: Request, credentials: Credentials) -> User:
-    user = await _user(request, credentials)
+    return await limit_user(request, await _user(request, credentials))
+
+
+async def limit_user(request: Request, user: User) -> User:
+    """Count the request against the user's rate limit; 429 once it is spent."""
     limits: RateLimits = request.app.state.rate_limits
     await limits.check(limits.per_user, limits.user_key(user.user_id))
     return user

@@ -18,6 +18,7 @@ from gateway.deps import AuthCache
 from gateway.errors import install_handlers
 from gateway.front_door import FrontDoor, route_rules
 from gateway.rate_limits import RateLimits
+from gateway.raw_objects import RawObjectData
 from gateway.image_jobs import ImageJobs
 from gateway.routes import a1111, health, image, kobold, novelai, object_data, objects, openai, text, transfer, user, web
 from gateway.schemas.kobold import kobold_error_body
@@ -66,6 +67,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_handlers(app, ERROR_SHAPES)
     for router in ROUTERS:
         app.include_router(router)
+    # Inside the front door: the lean path of the raw object routes (raw_objects.py).
+    app.add_middleware(RawObjectData)
     app.add_middleware(FrontDoor, rules=route_rules(ROUTERS, settings),
                        default_max_body_bytes=settings.max_sign_in_body_bytes,
                        rate_limits=app.state.rate_limits, auth_cache=app.state.auth_cache,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from gateway.settings import GatewaySettings
 from gateway.main import create_app
@@ -54,13 +55,14 @@ class LiveGateway:
 
 
 @asynccontextmanager
-async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[LiveGateway]:
-    """uvicorn serving the gateway app on 127.0.0.1:<free port> until the block ends."""
+async def serve_gateway(settings: GatewaySettings, app: FastAPI | None = None) -> AsyncIterator[LiveGateway]:
+    """uvicorn serving the gateway app (`app`, or one made from `settings`) on 127.0.0.1:<free port>
+    until the block ends."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on",
+    config = uvicorn.Config(app or create_app(settings), log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=2, proxy_headers=False)  # as gateway/__main__.py
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import os
 
+import httpx
 import pytest
 
-from tests.integration.gateway.harness import HttpUser, b64
+from gateway.main import create_app
+from gateway.raw_objects import RawObjectData
+from tests.integration.gateway.harness import HttpUser, b64, serve_gateway
 
 KINDS = ["stories", "storycontent", "lorebooks", "presets", "images"]
 META_FIELDS = {"id", "type", "size", "change_index", "created_at", "updated_at"}
@@ -113,7 +116,8 @@ async def test_calls_without_a_valid_token_are_refused(client, alice: HttpUser):
     for headers in ({}, {"Authorization": "Bearer not-a-real-token"}, {"Authorization": "Basic YTpi"}):
         for method, path in (("GET", "/user/objects/stories"), ("GET", "/user/objects/stories/s"),
                              ("DELETE", "/user/objects/stories/s"), ("GET", "/user/keystore"),
-                             ("GET", "/user/export")):
+                             ("GET", "/user/export"), ("GET", "/user/objects/stories/s/data"),
+                             ("PUT", "/user/objects/stories/s/data?expected_change_index=1")):
             reply = await client.request(method, path, headers=headers)
             assert reply.status_code == 401, (method, path, headers, reply.text)
             assert reply.json()["error"]["field"] == "authorization"
@@ -151,3 +155,42 @@ async def test_raw_bytes_routes_share_objects_with_the_json_routes(client, alice
     bad_kind = await client.get("/user/objects/secrets/raw-1/data", headers=alice.headers)
     assert bad_kind.status_code == 400 and bad_kind.json()["error"]["field"] == "type"
     assert (await client.get("/user/objects/stories/raw-1/data")).status_code == 401
+
+
+async def test_the_lean_raw_routes_answer_as_the_fastapi_routes_do(gateway, client, alice: HttpUser, bob: HttpUser):
+    """gateway/raw_objects.py serves the plainly valid raw-bytes requests itself; a second gateway
+    without it (every request through the FastAPI routes) must answer every case alike."""
+    app = create_app(gateway.settings)
+    app.user_middleware = [entry for entry in app.user_middleware if entry.cls is not RawObjectData]
+    async with serve_gateway(gateway.settings, app) as plain, httpx.AsyncClient(base_url=plain.url) as routed:
+        raw = {**alice.headers, "Content-Type": "application/octet-stream"}
+
+        async def both(method: str, path: str, headers: dict[str, str], content: bytes = b"") -> None:
+            lean, fastapi = [await http.request(method, path, headers=headers, content=content)
+                             for http in (client, routed)]
+            assert (lean.status_code, lean.content) == (fastapi.status_code, fastapi.content), (method, path)
+            names = ("content-type", "content-length", "retry-after", "x-fabula-change-index",
+                     "x-fabula-created-at", "x-fabula-updated-at")
+            assert {n: lean.headers.get(n) for n in names} == {n: fastapi.headers.get(n) for n in names}
+
+        # Writes differ in their times; each is made on one gateway and compared without them.
+        for http, id in ((client, "lean"), (routed, "routed")):
+            for expected, status in ((0, 201), (1, 200), (1, 409), (0, 409)):
+                reply = await http.put(f"/user/objects/stories/{id}/data?expected_change_index={expected}",
+                                       content=b"x" * (expected + 5), headers=raw)
+                assert reply.status_code == status
+        await both("GET", "/user/objects/stories/lean/data", alice.headers)  # written by the lean path
+        await both("GET", "/user/objects/stories/routed/data", alice.headers)  # by FastAPI's route
+        for method, path, headers, content in (
+                ("GET", "/user/objects/stories/absent/data", alice.headers, b""),
+                ("GET", "/user/objects/stories/lean/data", bob.headers, b""),
+                ("GET", "/user/objects/lorebooks/lean/data", alice.headers, b""),
+                ("GET", "/user/objects/stories/lean/data", {"Authorization": "Bearer unknown-token"}, b""),
+                ("GET", "/user/objects/stories/lean/data", {"Authorization": "bearer " + alice.token}, b""),
+                ("PUT", "/user/objects/stories/lean/data?expected_change_index=1", raw, b"stale"),
+                ("PUT", "/user/objects/stories/absent/data?expected_change_index=7", raw, b"x"),
+                ("PUT", "/user/objects/stories/empty/data?expected_change_index=0", raw, b""),
+                ("PUT", f"/user/objects/stories/lean/data?expected_change_index={2**63}", raw, b"x"),
+                ("PUT", "/user/objects/stories/lean/data?expected_change_index=1",
+                 {"Authorization": "Bearer unknown-token"}, b"x")):
+            await both(method, path, headers, content)
