@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import uuid
 
+from fabula_wire import ObjectType
 from services.editor import metrics, validation
 from services.editor.api_tokens import is_api_token
 from services.editor.credentials import Credentials, new_session, token_hash
 from services.editor.settings import EditorSettings
 from services.editor.storage.base import Storage
-from services.editor.types import Account, Clock, KdfParams, Session
+from services.editor.types import Account, Clock, KdfParams, Session, StoredObject
 from services.toolkit.errors import Conflict, PermissionDenied, Unauthenticated
 
 LOGIN_FAILED = "wrong username or authentication key"
@@ -74,6 +75,21 @@ class Accounts:
 
     async def authenticate(self, token: str) -> Account:
         """The account a bearer token belongs to; Unauthenticated if it is unknown, expired or revoked."""
+        account = None
+        if self._may_look_up(token):
+            account = await self._storage.account_for_session(token_hash(token), self._clock())
+        return self._known(account)
+
+    async def authenticate_and_get(self, token: str, type: ObjectType, id: str) -> tuple[Account, StoredObject | None]:
+        """`authenticate`, and the account's object (None if absent) read in the same round trip."""
+        account, stored = None, None
+        if self._may_look_up(token):
+            account, stored = await self._storage.object_for_session(token_hash(token), self._clock(), type, id)
+        return self._known(account), stored
+
+    @staticmethod
+    def _may_look_up(token: str) -> bool:
+        """Whether a token is worth a look-up; raises for one that may never reach storage."""
         if not token:
             metrics.AUTH_FAILURES.labels("missing_token").inc()
             raise Unauthenticated("missing session token: send 'authorization: Bearer <token>'",
@@ -82,9 +98,10 @@ class Accounts:
             # Refused without a look-up: whether it is valid or not, it may never reach storage.
             metrics.AUTH_FAILURES.labels("api_token_out_of_scope").inc()
             raise PermissionDenied(API_TOKEN_REFUSED, field="authorization")
-        account = None
-        if len(token) <= MAX_TOKEN_CHARS:
-            account = await self._storage.account_for_session(token_hash(token), self._clock())
+        return len(token) <= MAX_TOKEN_CHARS
+
+    @staticmethod
+    def _known(account: Account | None) -> Account:
         if account is None:
             metrics.AUTH_FAILURES.labels("invalid_token").inc()
             raise Unauthenticated(BAD_TOKEN, field="authorization")

@@ -65,7 +65,20 @@ class Objects:
     async def get(self, user_id: str, type_value: int, id: str) -> StoredObject:
         type_ = validation.object_type(type_value)
         validation.object_id(id)
-        stored = await self._storage.get_object(user_id, type_, id)
+        return self.found(await self._storage.get_object(user_id, type_, id), type_, id)
+
+    @staticmethod
+    def valid_key(type_value: int, id: str) -> tuple[ObjectType, str] | None:
+        """The object's type and id when both are valid; None when `get` would refuse them."""
+        try:
+            type_ = validation.object_type(type_value)
+            validation.object_id(id)
+        except InvalidArgument:
+            return None
+        return type_, id
+
+    @staticmethod
+    def found(stored: StoredObject | None, type_: ObjectType, id: str) -> StoredObject:
         if stored is None:
             raise not_found(f"{type_.value}/{id}")
         return stored

@@ -177,6 +177,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def get_object(self, user_id: str, type: ObjectType, id: str) -> StoredObject | None: ...
 
+    async def object_for_session(self, token_hash: bytes, now_us: int, type: ObjectType,
+                                 id: str) -> tuple[Account | None, StoredObject | None]:
+        """The session's account (None if the session is unknown or expired) and, only when there
+        is one, that account's object: a load's two look-ups, in one round trip where a back end
+        can make it so."""
+        account = await self.account_for_session(token_hash, now_us)
+        if account is None:
+            return None, None
+        return account, await self.get_object(account.user_id, type, id)
+
     @abc.abstractmethod
     async def list_objects(self, user_id: str, type: ObjectType, after_id: str, limit: int) -> list[ObjectMeta]:
         """Up to `limit` objects of `type` with ids greater than `after_id`, ordered by id."""

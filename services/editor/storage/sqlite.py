@@ -461,6 +461,18 @@ class SqliteStorage(SqlStorage):
     async def account_for_session(self, token_hash: bytes, now_us: int) -> Account | None:
         return await self._in_one_hop(False, super().account_for_session, token_hash, now_us)
 
+    async def object_for_session(self, token_hash: bytes, now_us: int, type: ObjectType,
+                                 id: str) -> tuple[Account | None, StoredObject | None]:
+        return await self._in_one_hop(False, self._object_for_session_here, token_hash, now_us, type, id)
+
+    async def _object_for_session_here(self, token_hash: bytes, now_us: int, type: ObjectType,
+                                       id: str) -> tuple[Account | None, StoredObject | None]:
+        # On a reader's thread already: the shared SQL code's look-ups, not this class's hops.
+        account = await SqlStorage.account_for_session(self, token_hash, now_us)
+        if account is None:
+            return None, None
+        return account, await SqlStorage.get_object(self, account.user_id, type, id)
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Tx]:
         with faults.faults_as_unavailable(classify_fault):

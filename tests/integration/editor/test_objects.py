@@ -85,6 +85,20 @@ async def test_concurrent_creates_exactly_one_wins(stub, alice: User):
     assert (await get(stub, alice, "new")).data == f"creator-{winners[0]}".encode()
 
 
+async def test_a_read_checks_the_session_first_and_every_time(stub, alice: User):
+    await put(stub, alice, "s", b"secret")
+    # No session: refused as unauthenticated before the type or id is looked at.
+    await refused(stub.GetObject(pb.GetObjectRequest(type=STORY, id="no such id!")), grpc.StatusCode.UNAUTHENTICATED,
+                  field="authorization")
+    await refused(stub.GetObject(pb.GetObjectRequest(type=STORY, id="s")), grpc.StatusCode.UNAUTHENTICATED,
+                  field="authorization")
+    assert (await get(stub, alice, "s")).data == b"secret"
+    await stub.Logout(pb.LogoutRequest(), metadata=alice.metadata)
+    # A revoked session reads nothing, at once.
+    await refused(get(stub, alice, "s"), grpc.StatusCode.UNAUTHENTICATED, field="authorization")
+    await refused(get(stub, alice, "absent"), grpc.StatusCode.UNAUTHENTICATED, field="authorization")
+
+
 async def test_listing_pages_by_id(stub, alice: User):
     ids = sorted(f"id-{n:03d}" for n in range(25)) + ["A", "Z", "_x", "a-b"]
     for id in ids:

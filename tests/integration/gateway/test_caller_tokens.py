@@ -64,6 +64,13 @@ async def test_an_editor_that_takes_only_the_gateway(keys, sqlite_url):
                 await stub.GetKeystore(editor_pb2.GetKeystoreRequest(), metadata=(
                     _bearer(bob.token), (METADATA_KEY, TokenSigner(signing).mint(alice.user_id, "editor"))))
             assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            # Also where the session check and the read share one trip to the database.
+            stored = await client.put("/user/objects/stories/s1", json=body, headers=bob.headers)
+            assert stored.status_code == 201, stored.text
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.GetObject(editor_pb2.GetObjectRequest(type=editor_pb2.OBJECT_TYPE_STORY, id="s1"), metadata=(
+                    _bearer(bob.token), (METADATA_KEY, TokenSigner(signing).mint(alice.user_id, "editor"))))
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_a_gateway_signing_with_another_key_is_refused(keys, sqlite_url):
