@@ -8,6 +8,8 @@ username from a known one (GetSalt returns a decoy; a failed login has one messa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from fabula_wire import ObjectType
 from services.editor import metrics, validation
@@ -23,6 +25,7 @@ BAD_TOKEN = "the session token is invalid, expired or revoked; log in again"
 API_TOKEN_REFUSED = ("a personal API token is scoped to generation: it cannot read or write stories or the "
                      "account; use a session from login")
 MAX_TOKEN_CHARS = 512
+T = TypeVar("T")
 
 
 class Accounts:
@@ -82,10 +85,17 @@ class Accounts:
 
     async def authenticate_and_get(self, token: str, type: ObjectType, id: str) -> tuple[Account, StoredObject | None]:
         """`authenticate`, and the account's object (None if absent) read in the same round trip."""
-        account, stored = None, None
+        return await self.authenticate_with(
+            token, lambda hashed, now: self._storage.object_for_session(hashed, now, type, id))
+
+    async def authenticate_with(self, token: str,
+                                look_up: Callable[[bytes, int], Awaitable[tuple[Account | None, T]]]) -> tuple[Account, T]:
+        """`authenticate`, where `look_up(token_hash, now)` finds the session's account (None when
+        there is none) together with something else it does in the same trip to the database."""
+        account, other = None, None
         if self._may_look_up(token):
-            account, stored = await self._storage.object_for_session(token_hash(token), self._clock(), type, id)
-        return self._known(account), stored
+            account, other = await look_up(token_hash(token), self._clock())
+        return self._known(account), other
 
     @staticmethod
     def _may_look_up(token: str) -> bool:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from fabula_wire import ObjectType
 from services.editor import metrics, validation
 from services.editor.settings import EditorSettings
 from services.editor.storage.base import ObjectWrite, Storage, not_found
-from services.editor.types import Clock, Keystore, ObjectMeta, Quota, StoredObject
+from services.editor.types import Account, Clock, Keystore, ObjectMeta, Quota, StoredObject
 from services.toolkit.errors import Conflict, InvalidArgument, ResourceExhausted
 
 _TOKEN_VERSION = "v1"
+T = TypeVar("T")
 
 
 def encode_page_token(type: ObjectType, last_id: str) -> str:
@@ -44,23 +47,54 @@ class Objects:
         self._storage, self._settings, self._clock = storage, settings, clock
         self.quota = Quota(max_objects=settings.max_objects_per_user, max_bytes=settings.max_bytes_per_user)
 
-    async def put(self, user_id: str, type_value: int, id: str, data: bytes, expected_index: int) -> ObjectMeta:
+    def _write(self, type_value: int, id: str, data: bytes, expected_index: int) -> ObjectWrite:
         type_ = validation.object_type(type_value)
         validation.object_id(id)
         validation.blob(data, self._settings.max_object_bytes, "data")
         validation.change_index(expected_index)
-        write = ObjectWrite(type=type_, id=id, data=data, sha256=hashlib.sha256(data).digest())
+        return ObjectWrite(type=type_, id=id, data=data, sha256=hashlib.sha256(data).digest())
+
+    def valid_write(self, type_value: int, id: str, data: bytes, expected_index: int) -> ObjectWrite | None:
+        """The write of a valid request; None when `put` would refuse it."""
         try:
-            meta = await self._storage.put_object(user_id, write, expected_index, self.quota, self._clock())
+            return self._write(type_value, id, data, expected_index)
+        except InvalidArgument:
+            return None
+
+    async def put(self, user_id: str, type_value: int, id: str, data: bytes, expected_index: int) -> ObjectMeta:
+        write = self._write(type_value, id, data, expected_index)
+        meta = await self._refusals_counted(write, self._storage.put_object(
+            user_id, write, expected_index, self.quota, self._clock()))
+        self._count_written(write, expected_index)
+        return meta
+
+    async def put_for_session(self, token_hash: bytes, admit: Callable[[Account], object], write: ObjectWrite,
+                              expected_index: int) -> tuple[Account | None, ObjectMeta | None]:
+        """`write` (from `valid_write`) for the session's account, checked and written in one trip
+        to the database; (None, None) when the session is unknown or expired. `admit` may refuse the
+        account before anything is written."""
+        now = self._clock()
+        account, meta = await self._refusals_counted(write, self._storage.put_object_for_session(
+            token_hash, now, admit, write, expected_index, self.quota))
+        if meta is not None:
+            self._count_written(write, expected_index)
+        return account, meta
+
+    @staticmethod
+    async def _refusals_counted(write: ObjectWrite, storing: Awaitable[T]) -> T:
+        try:
+            return await storing
         except Conflict:
-            metrics.STALE_WRITES.labels(type_.value).inc()
+            metrics.STALE_WRITES.labels(write.type.value).inc()
             raise
         except ResourceExhausted as error:
             metrics.QUOTA_REFUSALS.labels(error.reason).inc()
             raise
-        metrics.OBJECT_WRITES.labels(type_.value, "create" if expected_index == 0 else "update").inc()
-        metrics.BYTES_WRITTEN.labels(type_.value).inc(len(data))
-        return meta
+
+    @staticmethod
+    def _count_written(write: ObjectWrite, expected_index: int) -> None:
+        metrics.OBJECT_WRITES.labels(write.type.value, "create" if expected_index == 0 else "update").inc()
+        metrics.BYTES_WRITTEN.labels(write.type.value).inc(len(write.data))
 
     async def get(self, user_id: str, type_value: int, id: str) -> StoredObject:
         type_ = validation.object_type(type_value)

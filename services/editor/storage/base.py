@@ -8,7 +8,7 @@ so that concurrent writers can never both succeed on the same expected state.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -173,6 +173,18 @@ class Storage(abc.ABC):
         Conflict if the index is stale, NotFound when updating an absent object,
         ResourceExhausted when the account would exceed `quota`. Nothing is written on error.
         """
+
+    async def put_object_for_session(self, token_hash: bytes, now_us: int, admit: Callable[[Account], object],
+                                     write: ObjectWrite, expected_index: int,
+                                     quota: Quota) -> tuple[Account | None, ObjectMeta | None]:
+        """`put_object` for the session's account: (None, None) if the session is unknown or
+        expired; `admit(account)` may raise to refuse the account before anything is written. A
+        save's look-up and write, in one round trip where a back end can make it so."""
+        account = await self.account_for_session(token_hash, now_us)
+        if account is None:
+            return None, None
+        admit(account)
+        return account, await self.put_object(account.user_id, write, expected_index, quota, now_us)
 
     @abc.abstractmethod
     async def get_object(self, user_id: str, type: ObjectType, id: str) -> StoredObject | None: ...

@@ -455,6 +455,23 @@ class SqliteStorage(SqlStorage):
                          now_us: int) -> ObjectMeta:
         return await self._write_grouped(super().put_object, user_id, write, expected_index, quota, now_us)
 
+    async def put_object_for_session(self, token_hash: bytes, now_us: int, admit: Callable[[Account], object],
+                                     write: ObjectWrite, expected_index: int,
+                                     quota: Quota) -> tuple[Account | None, ObjectMeta | None]:
+        # The session is looked up inside the group's transaction, on the writer's thread: no
+        # trip to a reader first, and the write sees the session as the look-up did.
+        return await self._write_grouped(self._put_for_session_here, token_hash, now_us, admit, write,
+                                         expected_index, quota)
+
+    async def _put_for_session_here(self, token_hash: bytes, now_us: int, admit: Callable[[Account], object],
+                                    write: ObjectWrite, expected_index: int,
+                                    quota: Quota) -> tuple[Account | None, ObjectMeta | None]:
+        account = await SqlStorage.account_for_session(self, token_hash, now_us)
+        if account is None:
+            return None, None
+        admit(account)
+        return account, await SqlStorage.put_object(self, account.user_id, write, expected_index, quota, now_us)
+
     async def get_object(self, user_id: str, type: ObjectType, id: str) -> StoredObject | None:
         return await self._in_one_hop(False, super().get_object, user_id, type, id)
 
@@ -528,6 +545,11 @@ class SqliteStorage(SqlStorage):
     @asynccontextmanager
     async def _read_tx(self) -> AsyncIterator[Tx]:
         conn = getattr(self._hop, "conn", None)
+        if conn is not None and getattr(self._hop, "in_group", False):
+            # A read inside a write group's transaction (`_put_for_session_here`): it sees the
+            # committed state and the group's writes so far, as a write of the group would.
+            yield _SqliteTx(conn, _at_once)
+            return
         if conn is not None:  # already on a reader thread, inside `_in_one_hop`
             conn.execute("BEGIN")
             try:

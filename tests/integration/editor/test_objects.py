@@ -85,7 +85,7 @@ async def test_concurrent_creates_exactly_one_wins(stub, alice: User):
     assert (await get(stub, alice, "new")).data == f"creator-{winners[0]}".encode()
 
 
-async def test_a_read_checks_the_session_first_and_every_time(stub, alice: User):
+async def test_reads_and_writes_check_the_session_first_and_every_time(stub, alice: User):
     await put(stub, alice, "s", b"secret")
     # No session: refused as unauthenticated before the type or id is looked at.
     await refused(stub.GetObject(pb.GetObjectRequest(type=STORY, id="no such id!")), grpc.StatusCode.UNAUTHENTICATED,
@@ -94,9 +94,17 @@ async def test_a_read_checks_the_session_first_and_every_time(stub, alice: User)
                   field="authorization")
     assert (await get(stub, alice, "s")).data == b"secret"
     await stub.Logout(pb.LogoutRequest(), metadata=alice.metadata)
-    # A revoked session reads nothing, at once.
+    # A revoked session reads and writes nothing, at once.
     await refused(get(stub, alice, "s"), grpc.StatusCode.UNAUTHENTICATED, field="authorization")
     await refused(get(stub, alice, "absent"), grpc.StatusCode.UNAUTHENTICATED, field="authorization")
+    await refused(put(stub, alice, "s", b"overwritten", expected=1), grpc.StatusCode.UNAUTHENTICATED,
+                  field="authorization")
+    await refused(put(stub, alice, "new", b"x"), grpc.StatusCode.UNAUTHENTICATED, field="authorization")
+    again = await stub.Login(pb.LoginRequest(username="alice", auth_key=alice.auth_key))
+    fresh = (("authorization", f"Bearer {again.session.token}"),)
+    stored = await stub.GetObject(pb.GetObjectRequest(type=STORY, id="s"), metadata=fresh)
+    assert (stored.data, stored.meta.change_index) == (b"secret", 1)
+    await refused(stub.GetObject(pb.GetObjectRequest(type=STORY, id="new"), metadata=fresh), NOT_FOUND)
 
 
 async def test_listing_pages_by_id(stub, alice: User):

@@ -71,6 +71,13 @@ async def test_an_editor_that_takes_only_the_gateway(keys, sqlite_url):
                 await stub.GetObject(editor_pb2.GetObjectRequest(type=editor_pb2.OBJECT_TYPE_STORY, id="s1"), metadata=(
                     _bearer(bob.token), (METADATA_KEY, TokenSigner(signing).mint(alice.user_id, "editor"))))
             assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.PutObject(editor_pb2.PutObjectRequest(
+                    type=editor_pb2.OBJECT_TYPE_STORY, id="s1", data=b"overwritten", expected_change_index=1),
+                    metadata=(_bearer(bob.token), (METADATA_KEY, TokenSigner(signing).mint(alice.user_id, "editor"))))
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            kept = await client.get("/user/objects/stories/s1/data", headers=bob.headers)
+            assert (kept.content, kept.headers["x-fabula-change-index"]) == (b"sealed", "1")
 
 
 async def test_a_gateway_signing_with_another_key_is_refused(keys, sqlite_url):
