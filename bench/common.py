@@ -96,6 +96,11 @@ def _section(area: str, document: dict[str, Any]) -> str:
              f"Date: {document.get('date', '?')}", ""]
     if document.get("summary"):
         lines += [document["summary"].strip(), ""]
+    # A part run since (`--only`) replaced some figures: its latest run says how they were measured.
+    latest = {run["command"]: run for run in document.get("runs", [])}
+    for command, run in latest.items():
+        lines += [f"Merged from `{command}` ({run.get('date', '?')}, {run.get('machine', '?')}): "
+                  f"{run.get('summary', '').strip()}", ""]
     for title, key in (("Ratios", "ratios"), ("Figures", "figures")):
         values = document.get(key) or {}
         if values:

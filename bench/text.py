@@ -21,7 +21,9 @@ Prefix reuse, Fabula alone:
   (warm: its beginning is in the prefix cache) against a 2,000-token story never seen (cold);
 - the share of prompt tokens served from the prefix cache over a 20-step writing session through
   the context builder (memory, author's note, lorebook entries switched on and off by the writer,
-  the story growing by each generation).
+  the story growing by each generation), with each step's prompt, cached and processed tokens and
+  why (cold, a lorebook entry that came or went, a new story trim, new text) printed, and the
+  processed tokens by kind recorded (`prefix_session_missed_tokens_*`).
 
 `python -m bench text` (or `python -m bench.text`). On a machine with a CUDA GPU it also
 measures Fabula alone there: single and 32-stream tokens/s. `python -m bench text --only prefix`
