@@ -20,8 +20,8 @@ from typing import Annotated, Any
 from pydantic import Field, WithJsonSchema
 
 from fabula.text.v1 import text_pb2
-from gateway.errors import ApiError
 from fabula_wire.sampling import MAX_SEED, MAX_STRINGS
+from gateway.errors import ApiError
 from gateway.schemas.common import UINT32_MAX, Text
 from gateway.schemas.compat import (
     MAX_CHOICES,

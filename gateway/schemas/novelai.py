@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from fabula.image.v1 import image_pb2
 from fabula.text.v1 import text_pb2
+from fabula_wire.sampling import MAX_STRING_CHARS, MAX_STRINGS
 from gateway.errors import ApiError
 from gateway.schemas.a1111 import NOISE_NOTE, ImageData, fabula_facts
-from fabula_wire.sampling import MAX_STRING_CHARS, MAX_STRINGS
 from gateway.schemas.common import RequestBody, Text
 from gateway.schemas.compat import sampled
 from gateway.schemas.text import GuidanceContext, Phrase

@@ -28,8 +28,8 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from fabula.text.v1 import text_pb2
-from gateway.errors import ApiError
 from fabula_wire.sampling import MAX_SEED, MAX_TOP_PROBABILITIES
+from gateway.errors import ApiError
 from gateway.schemas.common import Text, Uint32
 from gateway.schemas.compat import (
     MAX_CHOICES,
