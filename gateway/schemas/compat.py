@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, WithJsonSchema
 
 from fabula.text.v1 import text_pb2
-from fabula_wire.sampling import BIAS_RANGE, MAX_LOGIT_BIASES, SAMPLING_RANGES
+from fabula_wire.sampling import BIAS_RANGE, MAX_LOGIT_BIASES, MAX_SEED, SAMPLING_RANGES
 from gateway.schemas.common import UINT32_MAX, RequestBody, ranged
 
 NEUTRAL_PRESET = "neutral"
@@ -120,6 +120,17 @@ class SamplingChoice:
             message.dry_sequence_breakers.SetInParent()  # an empty list is set too: no breakers
             message.dry_sequence_breakers.breakers.extend(self.dry_sequence_breakers)
         return message
+
+
+# Seeds as the document states them: below 2**63, the next power of two after the largest seed, so
+# that a generator drawing through floats (2**63 - 1 rounds to 2**63) stays inside the bound.
+SEED_LIMIT = MAX_SEED + 1
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request with `seed`: seed + index, wrapping past the largest
+    seed, so that every seed the document allows gives n reproducible, different choices."""
+    return (seed + index) % SEED_LIMIT
 
 
 def completed_order(named: list[str]) -> list[tuple[str, bool]]:

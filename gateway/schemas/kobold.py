@@ -20,14 +20,16 @@ from typing import Annotated, Any
 from pydantic import Field, WithJsonSchema
 
 from fabula.text.v1 import text_pb2
-from fabula_wire.sampling import MAX_SEED, MAX_STRINGS
+from fabula_wire.sampling import MAX_STRINGS
 from gateway.errors import ApiError
 from gateway.schemas.common import UINT32_MAX, Text
 from gateway.schemas.compat import (
     MAX_CHOICES,
+    SEED_LIMIT,
     CompatBody,
     SamplingChoice,
     TokenBiases,
+    choice_seed,
     completed_order,
     finish_reason,
     sampled,
@@ -103,8 +105,8 @@ class GenerateBody(CompatBody):
     presence_penalty: sampled("presence_penalty") | None = None
     sampler_order: list[SamplerId] | None = Field(None, json_schema_extra={"uniqueItems": True},
                                                   description="KoboldAI's sampler ids, each at most once")
-    sampler_seed: int | None = Field(None, ge=-1, le=MAX_SEED - (MAX_CHOICES - 1),
-                                     description="-1 = random; choice i uses sampler_seed + i")
+    sampler_seed: int | None = Field(None, ge=-1, lt=SEED_LIMIT,
+                                     description="-1 = random; choice i uses sampler_seed + i (wrapping below 2^63)")
     stop_sequence: StopStrings | None = None
     singleline: bool = False
     use_default_badwordsids: bool = False
@@ -172,7 +174,7 @@ class GenerateBody(CompatBody):
         prompt = self.memory + self.prompt
         specs = [spec(model="", prompt=prompt, preset="", sampling=sampling, max_new_tokens=self.max_length,
                       min_new_tokens=self.max_length if self.use_default_badwordsids else 0, stop=stop,
-                      seed=None if seed is None else seed + index, logit_bias=biases)
+                      seed=None if seed is None else choice_seed(seed, index), logit_bias=biases)
                  for index in range(self.n)]
         for message in specs:
             message.banned_strings.extend(self.banned_tokens or [])

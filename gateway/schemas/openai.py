@@ -28,14 +28,16 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from fabula.text.v1 import text_pb2
-from fabula_wire.sampling import MAX_SEED, MAX_TOP_PROBABILITIES
+from fabula_wire.sampling import MAX_TOP_PROBABILITIES
 from gateway.errors import ApiError
 from gateway.schemas.common import Text, Uint32
 from gateway.schemas.compat import (
     MAX_CHOICES,
+    SEED_LIMIT,
     CompatBody,
     SamplingChoice,
     TokenBiases,
+    choice_seed,
     completed_order,
     finish_reason,
     sampled,
@@ -95,8 +97,9 @@ class GenerationFields(CompatBody):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Phrase | Phrases | None = None
-    seed: int | None = Field(None, ge=0, le=MAX_SEED - (MAX_CHOICES - 1),
-                             description="choice i uses seed + i, so n choices differ and each is reproducible")
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT,
+                             description="choice i uses seed + i (wrapping below 2^63), so n choices differ and "
+                                         "each is reproducible")
     presence_penalty: sampled("presence_penalty") | None = None
     frequency_penalty: sampled("frequency_penalty") | None = None
     logit_bias: TokenBiases | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
@@ -194,7 +197,7 @@ class GenerationFields(CompatBody):
         probabilities = 0 if top is None else max(1, top)
         return [spec(model=self.model, prompt=prompt, preset=self.preset, sampling=sampling,
                      max_new_tokens=max_tokens, min_new_tokens=self.min_tokens, stop=list(self.stop or []),
-                     seed=None if self.seed is None else self.seed + index, logit_bias=biases,
+                     seed=None if self.seed is None else choice_seed(self.seed, index), logit_bias=biases,
                      top_probabilities=probabilities)
                 for index in range(self.n)]
 

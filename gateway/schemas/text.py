@@ -63,7 +63,8 @@ Phrases = Annotated[list[Phrase], Field(max_length=MAX_STRINGS)]
 Breakers = Annotated[list[Annotated[Text, Field(min_length=1, max_length=MAX_DRY_BREAKER_CHARS)]],
                      Field(max_length=MAX_DRY_BREAKERS)]
 GuidanceContext = Annotated[Text, Field(max_length=MAX_CFG_UC_CHARS)]
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# Below 2**63 (the largest seed + 1), as gateway.schemas.common states bounds past 2**53.
+Seed = Annotated[int, Field(ge=0, lt=MAX_SEED + 1)]
 FINISH_REASONS = {
     text_pb2.FINISH_REASON_LENGTH: "length",
     text_pb2.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",

@@ -188,3 +188,14 @@ def test_the_story_context_limits_are_the_services():
     depth = [b for b in schemas["StoryContext"]["properties"]["authors_note_depth"]["anyOf"] if b["type"] != "null"]
     assert depth[0]["maximum"] == limits.MAX_AUTHORS_NOTE_DEPTH
     assert schemas["StoryContext"]["properties"]["lorebook"]["maxItems"] == limits.MAX_LOREBOOK_ENTRIES
+
+
+def test_every_seed_the_document_allows_gives_n_choices_of_valid_seeds():
+    largest = 2**63 - 1  # the text service's largest seed
+    openai = CompletionBody.model_validate(completion(seed=largest, n=3)).specs("x", 4)
+    assert [spec.seed for spec in openai] == [largest, 0, 1]
+    koboldcpp = KoboldBody.model_validate(kobold(sampler_seed=largest - 1, n=3)).specs()
+    assert [spec.seed for spec in koboldcpp] == [largest - 1, largest, 0]
+    for body, build, field in ((CompletionBody, completion, "seed"), (KoboldBody, kobold, "sampler_seed")):
+        with pytest.raises(ValidationError):
+            body.model_validate(build(**{field: largest + 1}))
