@@ -25,6 +25,8 @@ from fastapi.openapi.utils import get_openapi
 from fabula.image.v1 import image_pb2
 from fabula.text.v1 import text_pb2
 from fabula_wire.sampling import MAX_TOKEN_COUNT
+from gateway.schemas.compat import at_most_pattern
+from gateway.schemas.novelai import MAX_LENGTH as NOVELAI_MAX_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,29 @@ def _names(names: tuple[str, ...]) -> dict[str, Any]:
     return {"enum": ["", *names]}
 
 
-# (component schema, property, where in the property: "" or "items", keywords from the limits).
+def _top_k(limits: ServiceLimits) -> dict[str, Any]:
+    return {"maximum": min(limits.vocab_size, MAX_TOKEN_COUNT)}
+
+
+def _token_ids(limits: ServiceLimits) -> dict[str, Any]:
+    return {"maximum": limits.vocab_size - 1}
+
+
+def _token_id_keys(limits: ServiceLimits) -> dict[str, Any]:
+    # logit_bias as an object keyed by token ids (OpenAI's, KoboldCpp's).
+    return {"propertyNames": {"pattern": at_most_pattern(limits.vocab_size - 1)}}
+
+
+def _prompt_chars(limits: ServiceLimits) -> dict[str, Any]:
+    return {"maxLength": limits.max_prompt_chars}
+
+
+KOBOLD = "gateway__schemas__kobold__GenerateBody"
+OPENAI = ("CompletionBody", "ChatCompletionBody")
+
+# (component schema, property, where in the property, keywords from the limits). Where: "" for the
+# property's value (each branch of an optional or a union), then steps separated by "/": "items"
+# for a list's items, a JSON type ("string", "array") for the branches of that type only.
 # Each states a bound the services enforce and that only they know.
 RUNTIME_BOUNDS: tuple[tuple[str, str, str, Keywords], ...] = (
     ("gateway__schemas__text__GenerateBody", "model", "", lambda lim: _names(lim.text_models)),
@@ -68,10 +92,22 @@ RUNTIME_BOUNDS: tuple[tuple[str, str, str, Keywords], ...] = (
     ("TokenizeBody", "model", "", lambda lim: _names(lim.text_models)),
     ("TokenizeBody", "text", "", lambda lim: {"maxLength": lim.max_prompt_chars}),
     ("LogitBias", "token_id", "", lambda lim: {"maximum": lim.vocab_size - 1}),
-    ("Sampling", "top_k", "", lambda lim: {"maximum": min(lim.vocab_size, MAX_TOKEN_COUNT)}),
-    ("Sampling", "repetition_penalty_whitelist", "items", lambda lim: {"maximum": lim.vocab_size - 1}),
-    ("gateway__schemas__kobold__GenerateBody", "max_length", "", lambda lim: {"maximum": lim.max_new_tokens}),
-    ("TextParameters", "max_length", "", lambda lim: {"maximum": lim.max_new_tokens}),
+    ("StoryContext", "story", "", _prompt_chars),
+    ("Sampling", "top_k", "", _top_k),
+    ("Sampling", "repetition_penalty_whitelist", "items", _token_ids),
+    (KOBOLD, "max_length", "", lambda lim: {"maximum": lim.max_new_tokens}),
+    (KOBOLD, "prompt", "", _prompt_chars),
+    (KOBOLD, "top_k", "", _top_k),
+    (KOBOLD, "logit_bias", "", _token_id_keys),
+    ("GenerateTextBody", "input", "", _prompt_chars),
+    ("TextParameters", "max_length", "", lambda lim: {"maximum": min(NOVELAI_MAX_LENGTH, lim.max_new_tokens)}),
+    ("TextParameters", "top_k", "", _top_k),
+    ("TextParameters", "stop_sequences", "items/array/items", _token_ids),
+    ("CompletionBody", "prompt", "string", _prompt_chars),
+    ("CompletionBody", "prompt", "array/items", _prompt_chars),
+    *((body, "model", "", lambda lim: _names(lim.text_models)) for body in OPENAI),
+    *((body, "top_k", "", _top_k) for body in OPENAI),
+    *((body, "logit_bias", "", _token_id_keys) for body in OPENAI),
     ("CompletionBody", "max_tokens", "", lambda lim: {"maximum": lim.max_new_tokens}),
     ("ChatCompletionBody", "max_tokens", "", lambda lim: {"maximum": lim.max_new_tokens}),
     ("ChatCompletionBody", "max_completion_tokens", "", lambda lim: {"maximum": lim.max_new_tokens}),
@@ -94,16 +130,28 @@ def _typed_branches(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return [schema]
 
 
+def _targets(schema: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The parts of a property schema that `where` names (see RUNTIME_BOUNDS)."""
+    targets = _typed_branches(schema)
+    for step in where.split("/") if where else []:
+        if step == "items":
+            targets = [target["items"] for target in targets if "items" in target]
+        else:
+            targets = [branch for target in targets for branch in _typed_branches(target)
+                       if branch.get("type") == step]
+    return targets
+
+
 def apply_limits(document: dict[str, Any], limits: ServiceLimits) -> dict[str, Any]:
     """A copy of `document` with `RUNTIME_BOUNDS` written in."""
     document = copy.deepcopy(document)
     components = document.get("components", {}).get("schemas", {})
     for component, name, where, keywords in RUNTIME_BOUNDS:
         schema = components.get(component, {}).get("properties", {}).get(name)
-        if schema is None:
-            raise LookupError(f"the OpenAPI document has no {component}.{name} to bound")
-        for branch in _typed_branches(schema):
-            target = branch[where] if where else branch
+        targets = [] if schema is None else _targets(schema, where)
+        if not targets:
+            raise LookupError(f"the OpenAPI document has no {component}.{name} ({where or 'value'}) to bound")
+        for target in targets:
             target.update(keywords(limits))
     return document
 

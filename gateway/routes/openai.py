@@ -67,8 +67,17 @@ async def chat_completions(body: ChatCompletionBody, request: Request, user: Rat
                            settings: Settings) -> Any:
     rendered = await unary(request, text.ApplyChatTemplate(body.template_request(),
                                                            timeout=settings.request_timeout_s))
-    specs = body.specs(rendered.prompt, body.max_new_tokens(settings.openai_chat_max_tokens))
+    specs = body.specs(rendered.prompt, body.max_new_tokens(_chat_max_tokens(request, settings)))
     return await _answer(request, text, settings, body, specs, chat=True)
+
+
+def _chat_max_tokens(request: Request, settings: Any) -> int:
+    """A chat request's max_tokens when it sets none: the gateway's setting, within the text
+    service's max_new_tokens once the gateway knows it (OpenAI's default is as many as the model
+    allows), so that a request valid by the document is not refused for a default it did not choose."""
+    limits = request.app.state.contract.limits
+    default = settings.openai_chat_max_tokens
+    return default if limits is None else min(default, limits.max_new_tokens)
 
 
 async def _answer(request: Request, text: Any, settings: Any, body: GenerationFields,

@@ -15,14 +15,28 @@ only, and so does this translation).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from fabula.text.v1 import text_pb2
+from fabula_wire.sampling import MAX_STRINGS
 from gateway.errors import ApiError
-from gateway.schemas.common import UINT32_MAX, UINT64_MAX
-from gateway.schemas.compat import CompatBody, SamplingChoice, completed_order, finish_reason, spec
+from gateway.schemas.common import UINT32_MAX, Text
+from gateway.schemas.compat import (
+    MAX_CHOICES,
+    SEED_LIMIT,
+    CompatBody,
+    SamplingChoice,
+    TokenBiases,
+    choice_seed,
+    completed_order,
+    finish_reason,
+    sampled,
+    spec,
+    token_biases,
+)
+from gateway.schemas.text import Breakers, Phrase, Phrases
 
 FIELD_PREFIXES = ("spec.sampling.", "spec.")
 # The service names GenerationSpec's fields; a Kobold client knows them by KoboldAI's names.
@@ -34,6 +48,10 @@ PARAM_NAMES = {"max_new_tokens": "max_length", "stop_sequences": "stop_sequence"
 KOBOLD_SAMPLERS = {0: "top_k", 1: "top_a", 2: "top_p", 3: "tail_free", 4: "typical_p", 5: "temperature",
                    6: "repetition_penalty"}
 KOBOLDCPP_DEFAULT_ORDER = [6, 0, 1, 3, 4, 2, 5]
+# An id in sampler_order; _order refuses an unknown one naming its place in the list.
+SamplerId = Annotated[int, WithJsonSchema({"type": "integer", "enum": sorted(KOBOLD_SAMPLERS)})]
+# singleline adds a newline to the stop sequences, which the text service takes MAX_STRINGS of.
+StopStrings = Annotated[list[Phrase], Field(max_length=MAX_STRINGS - 1)]
 # Samplers KoboldCpp offers and Fabula does not; a request that switches one on is refused.
 UNSUPPORTED_SAMPLERS = ("dynatemp_range", "smoothing_factor", "nsigma")
 
@@ -64,44 +82,49 @@ def bad(field: str, message: str) -> ApiError:
 
 
 class GenerateBody(CompatBody):
-    """What SillyTavern and KoboldAI Lite send to /api/v1/generate and /api/extra/generate/stream."""
+    """What SillyTavern and KoboldAI Lite send to /api/v1/generate and /api/extra/generate/stream
+    (both send JSON numbers: SillyTavern's kai-settings.js passes every slider through Number(),
+    KoboldAI Lite's localsettings hold numbers)."""
 
-    prompt: str
-    memory: str = Field("", description="KoboldCpp: put before the prompt")
+    prompt: Text
+    memory: Text = Field("", description="KoboldCpp: put before the prompt (the two together at most the "
+                                         "text service's max_prompt_chars)")
     max_length: int = Field(80, ge=1, le=UINT32_MAX, description="tokens to generate")
     max_context_length: int | None = Field(None, ge=1, description="accepted; clients trim their prompts to it")
-    n: int = Field(1, ge=1, le=16)
-    temperature: float | None = None
-    top_k: int | None = Field(None, ge=0, le=UINT32_MAX)
-    top_p: float | None = None
-    top_a: float | None = None
-    min_p: float | None = None
-    typical: float | None = None
-    tfs: float | None = None
-    rep_pen: float | None = None
-    rep_pen_range: int | None = Field(None, ge=0, le=UINT32_MAX)
-    rep_pen_slope: float | None = None
-    presence_penalty: float | None = None
-    sampler_order: list[int] | None = None
-    sampler_seed: int | None = Field(None, ge=-1, le=UINT64_MAX, description="-1 = random")
-    stop_sequence: list[str] | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    temperature: sampled("temperature") | None = None
+    top_k: sampled("top_k") | None = Field(None, description="0 = off")
+    top_p: sampled("top_p") | None = None
+    top_a: sampled("top_a") | None = None
+    min_p: sampled("min_p") | None = None
+    typical: sampled("typical_p") | None = None
+    tfs: sampled("tail_free") | None = None
+    rep_pen: sampled("repetition_penalty") | None = None
+    rep_pen_range: sampled("repetition_penalty_range") | None = Field(None, description="0 = no penalty")
+    rep_pen_slope: sampled("repetition_penalty_slope") | None = None
+    presence_penalty: sampled("presence_penalty") | None = None
+    sampler_order: list[SamplerId] | None = Field(None, json_schema_extra={"uniqueItems": True},
+                                                  description="KoboldAI's sampler ids, each at most once")
+    sampler_seed: int | None = Field(None, ge=-1, lt=SEED_LIMIT,
+                                     description="-1 = random; choice i uses sampler_seed + i (wrapping below 2^63)")
+    stop_sequence: StopStrings | None = None
     singleline: bool = False
     use_default_badwordsids: bool = False
-    banned_tokens: list[str] | None = None
-    logit_bias: dict[str, float] | None = None
-    genkey: str | None = Field(None, max_length=128, description="names the generation for /api/extra/abort")
+    banned_tokens: Phrases | None = None
+    logit_bias: TokenBiases | None = None
+    genkey: Text | None = Field(None, max_length=128, description="names the generation for /api/extra/abort")
     dynatemp_range: float | None = Field(None, json_schema_extra=OFF_ONLY)
     smoothing_factor: float | None = Field(None, json_schema_extra=OFF_ONLY)
-    mirostat: int | None = Field(None, description="0 off, 1 or 2")
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
-    dry_multiplier: float | None = None
-    dry_base: float | None = None
-    dry_allowed_length: int | None = Field(None, ge=0, le=UINT32_MAX)
-    dry_penalty_last_n: int | None = Field(None, ge=0, le=UINT32_MAX, description="0 = the whole context")
-    dry_sequence_breakers: list[str] | None = None
-    xtc_threshold: float | None = None
-    xtc_probability: float | None = None
+    mirostat: sampled("mirostat") | None = Field(None, description="0 off, 1 or 2")
+    mirostat_tau: sampled("mirostat_tau") | None = None
+    mirostat_eta: sampled("mirostat_eta") | None = None
+    dry_multiplier: sampled("dry_multiplier") | None = None
+    dry_base: sampled("dry_base") | None = None
+    dry_allowed_length: sampled("dry_allowed_length") | None = None
+    dry_penalty_last_n: sampled("dry_penalty_last_n") | None = Field(None, description="0 = the whole context")
+    dry_sequence_breakers: Breakers | None = None
+    xtc_threshold: sampled("xtc_threshold") | None = None
+    xtc_probability: sampled("xtc_probability") | None = None
     nsigma: float | None = Field(None, json_schema_extra=OFF_ONLY)
 
     def sampling(self) -> SamplingChoice:
@@ -142,24 +165,16 @@ class GenerateBody(CompatBody):
             warpers.append("min_p")
         return completed_order(warpers)
 
-    def _biases(self) -> list[tuple[int, float]]:
-        biases = []
-        for key, bias in (self.logit_bias or {}).items():
-            if not key.isdigit() or int(key) > UINT32_MAX:
-                raise bad("logit_bias", f"keys must be token ids, got {key!r}")
-            biases.append((int(key), bias))
-        return biases
-
     def specs(self) -> list[text_pb2.GenerationSpec]:
         stop = list(self.stop_sequence or [])
         if self.singleline:
             stop.append("\n")
         seed = None if self.sampler_seed in (None, -1) else self.sampler_seed
-        sampling, biases = self.sampling(), self._biases()
+        sampling, biases = self.sampling(), token_biases(self.logit_bias)
         prompt = self.memory + self.prompt
         specs = [spec(model="", prompt=prompt, preset="", sampling=sampling, max_new_tokens=self.max_length,
                       min_new_tokens=self.max_length if self.use_default_badwordsids else 0, stop=stop,
-                      seed=None if seed is None else min(seed + index, UINT64_MAX), logit_bias=biases)
+                      seed=None if seed is None else choice_seed(seed, index), logit_bias=biases)
                  for index in range(self.n)]
         for message in specs:
             message.banned_strings.extend(self.banned_tokens or [])

@@ -18,9 +18,12 @@ from pydantic import BaseModel, Field
 
 from fabula.image.v1 import image_pb2
 from fabula.text.v1 import text_pb2
+from fabula_wire.sampling import MAX_STRING_CHARS, MAX_STRINGS
 from gateway.errors import ApiError
 from gateway.schemas.a1111 import NOISE_NOTE, ImageData, fabula_facts
 from gateway.schemas.common import RequestBody, Text
+from gateway.schemas.compat import sampled
+from gateway.schemas.text import GuidanceContext, Phrase
 
 # The service names "params.width", "img2img.strength", "inpaint.mask"; NovelAI's body has them
 # under "parameters".
@@ -128,8 +131,13 @@ PhraseRepPen = Literal["off", "very_light", "light", "medium", "aggressive", "ve
 
 # A stop sequence as NovelAI's API takes it: token ids (what SillyTavern and NovelAI's clients send),
 # or, as Fabula also takes it, the string itself.
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1, max_length=1024)]
-StopSequence = Annotated[Text, Field(min_length=1)] | TokenIds
+# The decoded text must be a stop sequence the text service takes (1 to MAX_STRING_CHARS characters),
+# which depends on the model's tokenizer; a token decodes to a character or more, mostly.
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1, max_length=MAX_STRING_CHARS)]
+StopSequence = Phrase | TokenIds
+# NovelAI's own cap on max_length and min_length; the text service's max_new_tokens may be lower
+# (the document states the lower at run time).
+MAX_LENGTH = 2048
 
 
 class TextParameters(RequestBody):
@@ -141,31 +149,31 @@ class TextParameters(RequestBody):
 
     use_string: bool = Field(True, description="only true: token-id input is NovelAI's tokenizer's",
                              json_schema_extra={"const": True})
-    temperature: float | None = None
-    max_length: int = Field(40, ge=1, le=2048, description="new tokens at most")
-    min_length: int = Field(0, ge=0, le=2048, description="new tokens at least")
-    top_k: int | None = Field(None, ge=0, le=2**32 - 1)
-    top_p: float | None = None
-    top_a: float | None = None
-    typical_p: float | None = None
-    tail_free_sampling: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    repetition_penalty_range: int | None = Field(None, ge=0, le=2**32 - 1)
-    repetition_penalty_slope: float | None = None
-    repetition_penalty_frequency: float | None = None
-    repetition_penalty_presence: float | None = None
+    temperature: sampled("temperature") | None = None
+    max_length: int = Field(40, ge=1, le=MAX_LENGTH, description="new tokens at most")
+    min_length: int = Field(0, ge=0, le=MAX_LENGTH, description="new tokens at least; at most max_length")
+    top_k: sampled("top_k") | None = None
+    top_p: sampled("top_p") | None = None
+    top_a: sampled("top_a") | None = None
+    typical_p: sampled("typical_p") | None = None
+    tail_free_sampling: sampled("tail_free") | None = None
+    min_p: sampled("min_p") | None = None
+    repetition_penalty: sampled("repetition_penalty") | None = None
+    repetition_penalty_range: sampled("repetition_penalty_range") | None = None
+    repetition_penalty_slope: sampled("repetition_penalty_slope") | None = None
+    repetition_penalty_frequency: sampled("frequency_penalty") | None = None
+    repetition_penalty_presence: sampled("presence_penalty") | None = None
     stop_sequences: list[StopSequence] | None = Field(
-        None, max_length=1024, description="token-id arrays, decoded with the serving model's tokenizer "
-                                           "(NovelAI's form), or strings")
-    cfg_scale: float | None = Field(None, description="classifier-free guidance; 1 = off")
-    cfg_uc: Text | None = Field(None, description="the negative context for guidance")
+        None, max_length=MAX_STRINGS, description="token-id arrays, decoded with the serving model's tokenizer "
+                                                  "(NovelAI's form), or strings")
+    cfg_scale: sampled("cfg_scale") | None = Field(None, description="classifier-free guidance; 1 = off")
+    cfg_uc: GuidanceContext | None = Field(None, description="the negative context for guidance")
     phrase_rep_pen: PhraseRepPen | None = None
-    unified_linear: float | None = None
-    unified_quad: float | None = None
-    unified_conf: float | None = None
-    mirostat_tau: float | None = Field(None, description="mirostat v2's target surprise; 0 = off")
-    mirostat_lr: float | None = Field(None, description="mirostat's learning rate")
+    unified_linear: sampled("unified_linear") | None = None
+    unified_quad: sampled("unified_quad") | None = None
+    unified_conf: sampled("unified_conf") | None = None
+    mirostat_tau: sampled("mirostat_tau") | None = Field(None, description="mirostat v2's target surprise; 0 = off")
+    mirostat_lr: sampled("mirostat_eta") | None = Field(None, description="mirostat's learning rate")
     order: list[OrderNumber] | None = Field(None, description="0 temperature, 1 top-k, 2 top-p, 3 tail-free, "
                                                               "4 top-a, 5 typical, 6 CFG, 8 mirostat, 9 unified, "
                                                               "10 min-p; the rest are off")

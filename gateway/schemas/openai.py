@@ -25,12 +25,26 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from fabula.text.v1 import text_pb2
+from fabula_wire.sampling import MAX_TOP_PROBABILITIES
 from gateway.errors import ApiError
-from gateway.schemas.common import UINT64_MAX
-from gateway.schemas.compat import CompatBody, SamplingChoice, completed_order, finish_reason, spec
+from gateway.schemas.common import Text, Uint32
+from gateway.schemas.compat import (
+    MAX_CHOICES,
+    SEED_LIMIT,
+    CompatBody,
+    SamplingChoice,
+    TokenBiases,
+    choice_seed,
+    completed_order,
+    finish_reason,
+    sampled,
+    spec,
+    token_biases,
+)
+from gateway.schemas.text import Breakers, Phrase, Phrases
 
 # The service names GenerationSpec's fields; an OpenAI client knows them by OpenAI's names.
 PARAM_NAMES = {"max_new_tokens": "max_tokens", "stop_sequences": "stop", "tail_free": "tfs",
@@ -42,10 +56,11 @@ WARPER_NAMES = {"temperature": "temperature", "temp": "temperature", "top_k": "t
                 "tail_free": "tail_free", "tfs": "tail_free", "tfs_z": "tail_free", "min_p": "min_p",
                 "dry": "dry", "xtc": "xtc", "penalties": "repetition_penalty",
                 "repetition_penalty": "repetition_penalty"}
-MAX_CHOICES = 16
 # The text service's limit on alternatives per token (spec.top_probabilities), and OpenAI's for
 # chat's top_logprobs.
-MAX_TOP_LOGPROBS = 20
+MAX_TOP_LOGPROBS = MAX_TOP_PROBABILITIES
+# A name in sampler_order or samplers; _order refuses an unknown one naming its place in the list.
+WarperName = Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(WARPER_NAMES)})]
 # OpenAI's log-probability for a token too unlikely to have a finite one (JSON has no -inf).
 LOGPROB_FLOOR = -9999.0
 
@@ -75,48 +90,51 @@ class StreamOptions(CompatBody):
 class GenerationFields(CompatBody):
     """The fields completions and chat completions share."""
 
-    model: str = Field("", description="a name from /v1/models; empty = the default model")
-    temperature: float | None = None
-    top_p: float | None = None
+    model: Text = Field("", description="a name from /v1/models; empty = the default model")
+    temperature: sampled("temperature") | None = None
+    top_p: sampled("top_p") | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="completions to generate for the prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=UINT64_MAX - MAX_CHOICES,
-                             description="choice i uses seed + i, so n choices differ and each is reproducible")
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
-    user: str | None = None
+    stop: Phrase | Phrases | None = None
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT,
+                             description="choice i uses seed + i (wrapping below 2^63), so n choices differ and "
+                                         "each is reproducible")
+    presence_penalty: sampled("presence_penalty") | None = None
+    frequency_penalty: sampled("frequency_penalty") | None = None
+    logit_bias: TokenBiases | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
+    user: Text | None = None
     # Extra samplers, as vLLM and llama.cpp's server take them.
-    top_k: int | None = Field(None, ge=-1, description="0 or -1 = off")
-    min_p: float | None = None
-    top_a: float | None = None
-    typical_p: float | None = None
-    typical: float | None = None
-    tfs: float | None = None
-    tfs_z: float | None = None
-    tail_free: float | None = None
-    repetition_penalty: float | None = None
-    repeat_penalty: float | None = None
-    repetition_penalty_range: int | None = Field(None, ge=0)
-    repeat_last_n: int | None = Field(None, ge=-1, description="-1 = the whole context (llama.cpp)")
-    repetition_penalty_slope: float | None = None
-    sampler_order: list[str] | None = None
-    samplers: list[str] | None = None
+    top_k: sampled("top_k", off=-1) | None = Field(None, description="0 or -1 = off")
+    min_p: sampled("min_p") | None = None
+    top_a: sampled("top_a") | None = None
+    typical_p: sampled("typical_p") | None = None
+    typical: sampled("typical_p") | None = None
+    tfs: sampled("tail_free") | None = None
+    tfs_z: sampled("tail_free") | None = None
+    tail_free: sampled("tail_free") | None = None
+    repetition_penalty: sampled("repetition_penalty") | None = None
+    repeat_penalty: sampled("repetition_penalty") | None = None
+    repetition_penalty_range: sampled("repetition_penalty_range") | None = Field(None, description="0 = all")
+    repeat_last_n: sampled("repetition_penalty_range", off=-1) | None = Field(
+        None, description="-1 = the whole context, 0 = no penalty (llama.cpp)")
+    repetition_penalty_slope: sampled("repetition_penalty_slope") | None = None
+    sampler_order: list[WarperName] | None = None
+    samplers: list[WarperName] | None = None
     sampler_convention: Literal["fabula", "koboldcpp"] | None = None
-    mirostat: int | None = Field(None, ge=0, le=2, description="0 off, 1 or 2")
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
-    dry_multiplier: float | None = None
-    dry_base: float | None = None
-    dry_allowed_length: int | None = Field(None, ge=0, le=2**32 - 1)
-    dry_penalty_last_n: int | None = Field(None, ge=-1, le=2**32 - 1, description="-1 = the whole context, 0 = off")
-    dry_sequence_breakers: list[str] | None = None
-    xtc_probability: float | None = None
-    xtc_threshold: float | None = None
-    min_tokens: int = Field(0, ge=0)
-    preset: str = Field("", description="a Fabula preset (GET /ai/presets) under the fields given; default neutral")
+    mirostat: sampled("mirostat") | None = Field(None, description="0 off, 1 or 2")
+    mirostat_tau: sampled("mirostat_tau") | None = None
+    mirostat_eta: sampled("mirostat_eta") | None = None
+    dry_multiplier: sampled("dry_multiplier") | None = None
+    dry_base: sampled("dry_base") | None = None
+    dry_allowed_length: sampled("dry_allowed_length") | None = None
+    dry_penalty_last_n: sampled("dry_penalty_last_n", off=-1) | None = Field(
+        None, description="-1 = the whole context, 0 = off")
+    dry_sequence_breakers: Breakers | None = None
+    xtc_probability: sampled("xtc_probability") | None = None
+    xtc_threshold: sampled("xtc_threshold") | None = None
+    min_tokens: Uint32 = Field(0, description="at most max_tokens")
+    preset: Text = Field("", description="a Fabula preset (GET /ai/presets) under the fields given; default neutral")
 
     @field_validator("stop")
     @classmethod
@@ -166,14 +184,6 @@ class GenerationFields(CompatBody):
                 warpers.append(warper)
         return completed_order(warpers)
 
-    def biases(self) -> list[tuple[int, float]]:
-        biases = []
-        for key, bias in (self.logit_bias or {}).items():
-            if not key.isdigit() or int(key) > 2**32 - 1:
-                raise ApiError(400, f"logit_bias: keys must be token ids, got {key!r}", field="logit_bias")
-            biases.append((int(key), bias))
-        return biases
-
     @property
     def top_logprobs_wanted(self) -> int | None:
         """Alternatives per token the answer reports; None: no logprobs asked for."""
@@ -181,13 +191,13 @@ class GenerationFields(CompatBody):
 
     def specs(self, prompt: str, max_tokens: int | None) -> list[text_pb2.GenerationSpec]:
         """One GenerationSpec per choice."""
-        sampling, biases = self.sampling(), self.biases()
+        sampling, biases = self.sampling(), token_biases(self.logit_bias)
         top = self.top_logprobs_wanted
         # The service reports a token's own probability only beside at least one alternative.
         probabilities = 0 if top is None else max(1, top)
         return [spec(model=self.model, prompt=prompt, preset=self.preset, sampling=sampling,
                      max_new_tokens=max_tokens, min_new_tokens=self.min_tokens, stop=list(self.stop or []),
-                     seed=None if self.seed is None else self.seed + index, logit_bias=biases,
+                     seed=None if self.seed is None else choice_seed(self.seed, index), logit_bias=biases,
                      top_probabilities=probabilities)
                 for index in range(self.n)]
 
@@ -197,15 +207,18 @@ class GenerationFields(CompatBody):
 
 
 class CompletionBody(GenerationFields):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)] = Field(
         description="the text to continue (a list of one string is accepted)")
     max_tokens: int | None = Field(16, ge=1, description="default 16, as OpenAI's")
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
                                  description="log-probabilities of the chosen tokens and of this many most likely "
                                              "alternatives per token")
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    # What this server does not offer, stated as the only values it takes (_completion_only
+    # refuses the rest, saying so).
+    echo: bool = Field(False, json_schema_extra={"const": False}, description="not supported: only false")
+    suffix: Text | None = Field(None, json_schema_extra={"maxLength": 0}, description="not supported: only empty")
+    best_of: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 1},
+                                description="not supported beyond 1: choices are not ranked; use n")
 
     @model_validator(mode="after")
     def _completion_only(self) -> CompletionBody:
@@ -215,7 +228,7 @@ class CompletionBody(GenerationFields):
             raise unsupported("echo", "the prompt is not repeated in the answer")
         if self.suffix:
             raise unsupported("suffix", "insertion between a prompt and a suffix is not offered")
-        if self.best_of not in (None, 1) and self.best_of != self.n:
+        if self.best_of not in (None, 1):
             raise unsupported("best_of", "choices are not ranked; use n")
         return self
 
@@ -229,13 +242,14 @@ class CompletionBody(GenerationFields):
 
 
 class ContentPart(CompatBody):
-    type: str
-    text: str = ""
+    # Only text is understood; ChatMessage.text refuses another type as not supported.
+    type: str = Field(json_schema_extra={"enum": ["text"]}, description="only text parts are supported")
+    text: Text = ""
 
 
 class ChatMessage(CompatBody):
-    role: str = Field(min_length=1)
-    content: str | list[ContentPart] | None = None
+    role: Text = Field(min_length=1)
+    content: Text | list[ContentPart] | None = None
 
     def text(self, index: int) -> str:
         if self.content is None:
@@ -247,6 +261,11 @@ class ChatMessage(CompatBody):
                 raise unsupported(f"messages[{index}].content[{part_index}]",
                                   f"only text parts are understood, got {part.type!r}")
         return "".join(part.text for part in self.content)
+
+
+class ResponseFormat(CompatBody):
+    type: str | None = Field(None, json_schema_extra={"enum": ["text", None]},
+                             description="only plain text answers are supported")
 
 
 class ChatCompletionBody(GenerationFields):
@@ -261,8 +280,9 @@ class ChatCompletionBody(GenerationFields):
     logprobs: bool | None = Field(None, description="log-probabilities of the chosen tokens")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
                                      description="with logprobs: this many most likely alternatives per token")
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = Field(None, json_schema_extra={"maxItems": 0},
+                                    description="not supported (no function calling): only empty")
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _chat_only(self) -> ChatCompletionBody:
@@ -270,7 +290,7 @@ class ChatCompletionBody(GenerationFields):
             raise ApiError(400, "top_logprobs: needs logprobs set to true", field="top_logprobs")
         if self.tools:
             raise unsupported("tools", "function calling is not offered")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
+        if self.response_format and self.response_format.type not in (None, "text"):
             raise unsupported("response_format", "only plain text answers are offered")
         return self
 

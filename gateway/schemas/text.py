@@ -19,13 +19,27 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fabula.text.v1 import text_pb2
 from fabula_wire.sampling import (
     BIAS_RANGE,
+    MAX_CFG_UC_CHARS,
+    MAX_DRY_BREAKER_CHARS,
+    MAX_DRY_BREAKERS,
     MAX_LOGIT_BIASES,
+    MAX_SEED,
     MAX_STRING_CHARS,
     MAX_STRINGS,
     MAX_TOP_PROBABILITIES,
     SAMPLING_RANGES,
 )
-from gateway.schemas.common import UINT32_MAX, RequestBody, Text, Uint32, Uint64, ranged
+from fabula_wire.story_context import (
+    MAX_AFFIX_CHARS,
+    MAX_AUTHORS_NOTE_DEPTH,
+    MAX_CATEGORIES,
+    MAX_KEY_CHARS,
+    MAX_KEYS_PER_ENTRY,
+    MAX_LOREBOOK_ENTRIES,
+    MAX_PART_CHARS,
+    MAX_POSITION,
+)
+from gateway.schemas.common import UINT32_MAX, RequestBody, Text, Uint32, ranged
 
 # The service names fields of its GenerationSpec ("spec.sampling.top_p"); the HTTP body is that
 # spec itself, so the field the client sees is "sampling.top_p" (errors.py applies this).
@@ -45,6 +59,12 @@ Sampled = {name: ranged(allowed) for name, allowed in SAMPLING_RANGES.items()}
 # A stop sequence, banned string or biased phrase, and a list of them.
 Phrase = Annotated[Text, Field(min_length=1, max_length=MAX_STRING_CHARS)]
 Phrases = Annotated[list[Phrase], Field(max_length=MAX_STRINGS)]
+# DRY's sequence breakers.
+Breakers = Annotated[list[Annotated[Text, Field(min_length=1, max_length=MAX_DRY_BREAKER_CHARS)]],
+                     Field(max_length=MAX_DRY_BREAKERS)]
+GuidanceContext = Annotated[Text, Field(max_length=MAX_CFG_UC_CHARS)]
+# Below 2**63 (the largest seed + 1), as gateway.schemas.common states bounds past 2**53.
+Seed = Annotated[int, Field(ge=0, lt=MAX_SEED + 1)]
 FINISH_REASONS = {
     text_pb2.FINISH_REASON_LENGTH: "length",
     text_pb2.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
@@ -83,7 +103,7 @@ class Sampling(RequestBody):
     mirostat_tau: Sampled["mirostat_tau"] | None = Field(None, description="[0, 100] bits; default 5")
     mirostat_eta: Sampled["mirostat_eta"] | None = Field(None, description="[0, 1]; default 0.1")
     cfg_scale: Sampled["cfg_scale"] | None = Field(None, description="[0, 100]; 1 = off")
-    cfg_uc: Text | None = Field(None, description="negative context for guidance; empty = the start token")
+    cfg_uc: GuidanceContext | None = Field(None, description="negative context for guidance; empty = the start token")
     phrase_repetition_penalty: PhraseLevel | None = Field(None, description="NovelAI's levels; off by default")
     unified_linear: Sampled["unified_linear"] | None = Field(None, description="[0, 10]; 1 = neutral")
     unified_quad: Sampled["unified_quad"] | None = Field(None, description="[0, 10]; 0 = off")
@@ -92,7 +112,7 @@ class Sampling(RequestBody):
     dry_base: Sampled["dry_base"] | None = Field(None, description="(1, 10]; default 1.75")
     dry_allowed_length: Sampled["dry_allowed_length"] | None = Field(None, description="[1, 1000]; default 2")
     dry_penalty_last_n: Sampled["dry_penalty_last_n"] | None = Field(None, description="recent tokens searched; 0 = all")
-    dry_sequence_breakers: list[Text] | None = Field(None, description="strings; unset = the preset's")
+    dry_sequence_breakers: Breakers | None = Field(None, description="strings; unset = the preset's")
     xtc_threshold: Sampled["xtc_threshold"] | None = Field(None, description="[0, 1]; above 0.5 = off; default 0.1")
     xtc_probability: Sampled["xtc_probability"] | None = Field(None, description="[0, 1]; 0 = off")
     sampler_order: list[SamplerStep] = Field(default_factory=list,
@@ -136,6 +156,11 @@ class PhraseBias(RequestBody):
 
 
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+# The story context's limits (the text service checks the same, `fabula_wire.story_context`).
+Position = Annotated[int, Field(ge=-MAX_POSITION, le=MAX_POSITION)]
+Affix = Annotated[Text, Field(max_length=MAX_AFFIX_CHARS)]
+PartText = Annotated[Text, Field(max_length=MAX_PART_CHARS)]
+Key = Annotated[Text, Field(min_length=1, max_length=MAX_KEY_CHARS)]
 TrimDirectionName = Literal["top", "bottom", "none"]
 UnitName = Literal["newline", "sentence", "token"]
 
@@ -144,15 +169,16 @@ class ContextConfig(RequestBody):
     """How one part of a story context is budgeted, trimmed and placed; unset fields take the
     part's default (docs/text.md, "Context building")."""
 
-    prefix: Text | None = None
-    suffix: Text | None = None
+    prefix: Affix | None = None
+    suffix: Affix | None = None
     token_budget: Uint32 | None = Field(None, description="most tokens the part may occupy; 0 = no limit of its own")
     reserved_tokens: Uint32 | None = Field(None, description="set aside before lower priorities are placed")
-    budget_priority: Int32 | None = Field(None, description="higher is placed (and trimmed) first")
+    budget_priority: Position | None = Field(None, description="higher is placed (and trimmed) first")
     trim_direction: TrimDirectionName | None = None
     maximum_trim_type: UnitName | None = Field(None, description="the finest unit trimming may cut at")
     insertion_type: UnitName | None = Field(None, description="the unit insertion_position counts in")
-    insertion_position: Int32 | None = Field(None, description=">= 0 from the top, < 0 from the bottom (-1 = the end)")
+    insertion_position: Position | None = Field(None, description=">= 0 from the top, < 0 from the bottom "
+                                                                  "(-1 = the end)")
 
     def to_pb(self) -> text_pb2.ContextConfig:
         message = text_pb2.ContextConfig()
@@ -172,8 +198,10 @@ class ContextConfig(RequestBody):
 class LorebookEntry(RequestBody):
     id: Text = ""
     name: Text = ""
-    text: Text
-    keys: list[Text] = Field(default_factory=list)
+    text: PartText
+    keys: list[Key] = Field(default_factory=list, max_length=MAX_KEYS_PER_ENTRY,
+                            description="needed (or the category's default keys) unless always_on or disabled; "
+                                        "with regex_keys, regular expressions")
     regex_keys: bool = False
     case_sensitive: bool = False
     scan_depth_chars: Uint32 = 0
@@ -197,11 +225,11 @@ class LorebookEntry(RequestBody):
 class CategoryDefaults(LorebookEntry):
     """The template a category's entries take unset settings from."""
 
-    text: Text = ""
+    text: PartText = ""
 
 
 class LorebookCategory(RequestBody):
-    id: Text
+    id: Text = Field(min_length=1)
     name: Text = ""
     enabled: bool = True
     create_subcontext: bool = False
@@ -222,15 +250,16 @@ class LorebookCategory(RequestBody):
 
 class StoryContext(RequestBody):
     story: Text
-    memory: Text = ""
-    authors_note: Text = ""
-    authors_note_depth: Uint32 | None = Field(None, description="older field: lines above the end; default 3")
-    lorebook: list[LorebookEntry] = Field(default_factory=list)
+    memory: PartText = ""
+    authors_note: PartText = ""
+    authors_note_depth: Annotated[int, Field(ge=0, le=MAX_AUTHORS_NOTE_DEPTH)] | None = Field(
+        None, description="older field: lines above the end; default 3")
+    lorebook: list[LorebookEntry] = Field(default_factory=list, max_length=MAX_LOREBOOK_ENTRIES)
     max_context_tokens: Uint32 = 0
     memory_config: ContextConfig | None = None
     authors_note_config: ContextConfig | None = None
     story_config: ContextConfig | None = None
-    lorebook_categories: list[LorebookCategory] = Field(default_factory=list)
+    lorebook_categories: list[LorebookCategory] = Field(default_factory=list, max_length=MAX_CATEGORIES)
 
     def to_pb(self) -> text_pb2.StoryContext:
         message = text_pb2.StoryContext(story=self.story, memory=self.memory, authors_note=self.authors_note,
@@ -265,7 +294,7 @@ class GenerateBody(RequestBody):
     banned_strings: Phrases = Field(default_factory=list)
     logit_bias: list[LogitBias] = Field(default_factory=list, max_length=MAX_LOGIT_BIASES)
     phrase_bias: list[PhraseBias] = Field(default_factory=list, max_length=MAX_STRINGS)
-    seed: Uint64 | None = None
+    seed: Seed | None = None
     top_probabilities: int = Field(0, ge=0, le=MAX_TOP_PROBABILITIES,
                                    description="alternatives reported per generated token, before and after the "
                                                "samplers (0: none)")

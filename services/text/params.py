@@ -25,7 +25,11 @@ import torch
 
 from fabula_wire.sampling import (
     BIAS_RANGE,
+    MAX_CFG_UC_CHARS,
+    MAX_DRY_BREAKER_CHARS,
+    MAX_DRY_BREAKERS,
     MAX_LOGIT_BIASES,
+    MAX_SEED,
     MAX_STRING_CHARS,
     MAX_STRINGS,
     MAX_TOKEN_COUNT,
@@ -230,9 +234,6 @@ def _control(neutral: Any, allowed: Range | Choice, doc: str) -> Any:
 
 # KoboldCpp's and SillyTavern's default DRY sequence breakers.
 DEFAULT_DRY_BREAKERS: tuple[str, ...] = ("\n", ":", "\"", "*")
-MAX_DRY_BREAKERS = 32
-MAX_DRY_BREAKER_CHARS = 64
-MAX_CFG_UC_CHARS = 50_000
 
 # A temperature of exactly this value means greedy decoding: only the most likely token.
 GREEDY_TEMPERATURE = 0.0
@@ -430,7 +431,7 @@ class Limits:
     max_strings: int = MAX_STRINGS  # stop sequences, banned strings, phrase biases, each
     max_string_chars: int = MAX_STRING_CHARS
     max_logit_biases: int = MAX_LOGIT_BIASES
-    max_seed: int = (1 << 63) - 1
+    max_seed: int = MAX_SEED
 
 
 DEFAULT_MAX_NEW_TOKENS = 40

@@ -11,17 +11,20 @@ from dataclasses import dataclass, field, fields, replace
 # pattern with catastrophic backtracking must end in a clear error, not a stalled worker.
 import regex
 
+from fabula_wire.story_context import (
+    MAX_AFFIX_CHARS,
+    MAX_AUTHORS_NOTE_DEPTH,
+    MAX_CATEGORIES,
+    MAX_KEY_CHARS,
+    MAX_KEYS_PER_ENTRY,
+    MAX_LOREBOOK_ENTRIES,
+    MAX_PART_CHARS,
+    MAX_POSITION,
+)
 from services.text.context_units import TextUnit, TrimDirection
 from services.toolkit.errors import InvalidArgument
 
 DEFAULT_AUTHORS_NOTE_DEPTH = 3
-MAX_LOREBOOK_ENTRIES = 512
-MAX_CATEGORIES = 128
-MAX_KEYS_PER_ENTRY = 64
-MAX_KEY_CHARS = 256
-MAX_PART_CHARS = 50_000  # memory, author's note, each lorebook entry's text
-MAX_AFFIX_CHARS = 1_000  # each prefix and suffix
-MAX_POSITION = 1_000_000  # |insertion_position|, |budget_priority|
 MAX_TOKENS_FIELD = 2**32 - 1  # token_budget, reserved_tokens (protobuf uint32)
 # Reserving this many tokens reserves a part's whole size (reservations never exceed it).
 WHOLE = MAX_TOKENS_FIELD
@@ -165,8 +168,9 @@ def check_inputs(context: StoryContext, max_story_chars: int, prefix: str = "spe
     for name in ("memory", "authors_note"):
         if len(getattr(context, name)) > MAX_PART_CHARS:
             raise InvalidArgument(f"{prefix}{name}", getattr(context, name), f"at most {MAX_PART_CHARS} characters")
-    if context.authors_note_depth > 10_000:
-        raise InvalidArgument(f"{prefix}authors_note_depth", context.authors_note_depth, "at most 10000 lines")
+    if context.authors_note_depth > MAX_AUTHORS_NOTE_DEPTH:
+        raise InvalidArgument(f"{prefix}authors_note_depth", context.authors_note_depth,
+                              f"at most {MAX_AUTHORS_NOTE_DEPTH} lines")
     if len(context.lorebook) > MAX_LOREBOOK_ENTRIES:
         raise InvalidArgument(f"{prefix}lorebook", len(context.lorebook), f"at most {MAX_LOREBOOK_ENTRIES} entries")
     if len(context.lorebook_categories) > MAX_CATEGORIES:

@@ -103,3 +103,12 @@ MAX_TOP_PROBABILITIES = 20
 MAX_STRINGS = 64
 MAX_STRING_CHARS = 256
 MAX_LOGIT_BIASES = 1024
+
+# The largest seed a generation takes (the samplers' generator is seeded with a signed 64-bit value).
+MAX_SEED = (1 << 63) - 1
+
+# DRY's sequence breakers: at most this many, each a non-empty string of at most this many characters.
+MAX_DRY_BREAKERS = 32
+MAX_DRY_BREAKER_CHARS = 64
+# The negative context of classifier-free guidance (cfg_uc), in characters.
+MAX_CFG_UC_CHARS = 50_000

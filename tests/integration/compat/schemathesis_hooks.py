@@ -18,11 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import regex
 import schemathesis
 from PIL import Image
 from schemathesis.core.parameters import ParameterLocation
 
 from services.editor import validation
+from services.text.story_context import LorebookLimits
 from services.toolkit.errors import InvalidArgument
 from tests.integration.gateway.harness import registration
 
@@ -84,20 +86,6 @@ def _export(_: Any) -> bytes:
     # session's own export.
     token = LiveSession.latest
     return httpx.get(f"{BASE_URL}/user/export", headers={"Authorization": f"Bearer {token}"}, timeout=60).content
-
-
-# Where: (operation, body field or "" for the whole body) → the valid value for what was generated.
-POSITIVE_CONTENTS: dict[tuple[str, str], Callable[[Any], Any]] = {
-    ("POST /user/register", "username"): _valid_username,
-    ("POST /user/register", "kdf"): _valid_kdf,
-    ("POST /user/login", "username"): _valid_username,
-    ("POST /user/salt", "username"): _valid_username,
-    ("POST /user/change-password", "new_kdf"): _valid_kdf,
-    ("POST /user/tokens", "name"): _valid_username,
-    ("POST /user/import", ""): _export,
-    ("POST /ai/image/control-preview", "image"): lambda _: _png(),
-    ("POST /sdapi/v1/png-info", "image"): lambda _: _png(),
-}
 
 
 def _png_field(_: Any) -> str:
@@ -170,12 +158,197 @@ def _fewest_tokens(body: Any) -> Any:
     return body
 
 
+def _story_context(body: Any) -> Any:
+    """The lorebook's references and keys as the text service checks them: entry and category ids
+    unique, an entry's category one of the categories, a category's defaults its own, regular
+    expressions that compile, keys for every entry that is not always on (its category's defaults
+    count), and the keys together within the service's lorebook settings (which the gateway is
+    not told). JSON Schema can state none of these: they relate values across the lorebook."""
+    body = _fewest_tokens(body)
+    context = body.get("context") if isinstance(body, dict) else None
+    if not isinstance(context, dict):
+        return body
+    categories, seen = [], set()
+    for category in context.get("lorebook_categories") or []:
+        if not isinstance(category, dict) or category.get("id") in seen:
+            continue
+        seen.add(category.get("id"))
+        defaults = category.get("category_defaults")
+        if isinstance(defaults, dict):
+            if defaults.get("category") not in ("", None, category.get("id")):
+                defaults = {**defaults, "category": ""}
+            category = {**category, "category_defaults": _compilable(defaults)}
+        categories.append(category)
+    default_keys = {category["id"]: category["category_defaults"].get("keys") or []
+                    for category in categories
+                    if category.get("use_category_defaults") and isinstance(category.get("category_defaults"), dict)}
+    entries, ids = [], set()
+    for entry in context.get("lorebook") or []:
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("id"):
+            entry = {**entry, "id": ""} if entry["id"] in ids else entry
+            ids.add(entry["id"])
+        if entry.get("category") and entry["category"] not in seen:
+            entry = {**entry, "category": ""}
+        entry = _compilable(entry)
+        if not entry.get("keys") and not default_keys.get(entry.get("category") or "") \
+                and not entry.get("always_on") and not entry.get("disabled"):
+            entry = {**entry, "always_on": True}
+        entries.append(entry)
+    keys = [key for entry in entries for key in entry.get("keys") or []]
+    if len(keys) > LOREBOOK.max_keys or sum(map(len, keys)) > LOREBOOK.max_key_chars:
+        entries = [{**entry, "keys": [], "always_on": True} for entry in entries]
+    story = len(context.get("story") or "")
+    texts = sum(len(entry.get("text") or "") + 2 for entry in entries)
+    scanned = sum((2 * story + texts) * len(entry.get("keys") or []) for entry in entries if entry.get("regex_keys"))
+    if scanned > LOREBOOK.max_regex_scan_chars:
+        entries = [{**entry, "regex_keys": False} for entry in entries]
+    return {**body, "context": {**context, "lorebook": entries, "lorebook_categories": categories}}
+
+
+def _compilable(entry: dict) -> dict:
+    # Regular-expression keys that compile, as the text service compiles them (the `regex`
+    # package, VERSION0); a key that does not is taken literally instead.
+    if not entry.get("regex_keys"):
+        return entry
+    try:
+        for key in entry.get("keys") or []:
+            regex.compile(key, regex.VERSION0)
+    except (regex.error, TypeError, ValueError, OverflowError, RecursionError):
+        return {**entry, "regex_keys": False}
+    return entry
+
+
+def _number(value: Any) -> bool:
+    # JSON has one number type: an integer field may come as 80.0.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _within(most: Any, fallback: int) -> Any:
+    return most if _number(most) else fallback
+
+
+def _kobold(body: Any) -> Any:
+    # memory is put before the prompt: the two together within max_prompt_chars, and within the
+    # context window.
+    if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+        return body
+    memory = body.get("memory") if isinstance(body.get("memory"), str) else ""
+    if len(memory) + len(body["prompt"]) > TEXT_MAX_PROMPT_CHARS:
+        body = {**body, "memory": ""}
+    return _prompt_fitted("prompt", before="memory")(body)
+
+
+def _openai_tokens(default: int) -> Callable[[Any], Any]:
+    def valid(body: Any) -> Any:
+        # min_tokens at most the tokens asked for (max_completion_tokens, max_tokens or the default).
+        if not isinstance(body, dict) or not _number(body.get("min_tokens")):
+            return body
+        most = body.get("max_completion_tokens") or body.get("max_tokens")
+        most = _within(most, default)
+        return {**body, "min_tokens": min(body["min_tokens"], most)}
+    return valid
+
+
+def _completion(body: Any) -> Any:
+    return _prompt_fitted("prompt")(_openai_tokens(OPENAI_COMPLETION_MAX_TOKENS)(body))
+
+
+def _tokens(text: str) -> int:
+    reply = httpx.post(f"{BASE_URL}/ai/tokenize", json={"text": text}, timeout=30,
+                       headers={"Authorization": f"Bearer {LiveSession.latest}"})
+    reply.raise_for_status()
+    return len(reply.json()["token_ids"])
+
+
+def _fitted(text: str, overhead: str = "") -> str:
+    # A prompt's length in tokens within the model's context window (one token left for the
+    # continuation): the model's tokenizer decides it, which the document cannot state (it bounds
+    # the characters). Halved until it fits.
+    while text and _tokens(overhead + text) > TEXT_CONTEXT_WINDOW - 1:
+        text = text[:len(text) // 2]
+    return text
+
+
+def _prompt_fitted(field: str, before: str = "") -> Callable[[Any], Any]:
+    """`before`: a field whose text the API puts before the prompt (KoboldCpp's memory)."""
+    def valid(body: Any) -> Any:
+        if isinstance(body, dict) and isinstance(body.get(field), str):
+            head = body.get(before) if before and isinstance(body.get(before), str) else ""
+            body = {**body, field: _fitted(body[field], head)}
+        elif isinstance(body, dict) and isinstance(body.get(field), list) and body[field] \
+                and isinstance(body[field][0], str):
+            body = {**body, field: [_fitted(body[field][0])]}
+        return body
+    return valid
+
+
+def _chatml(messages: list[Any]) -> str:
+    # The run's chat template (ChatML, tests/integration/compat/conftest.py), as the model renders it.
+    def text(message: dict) -> str:
+        content = message.get("content")
+        return content if isinstance(content, str) else "".join(
+            part.get("text", "") for part in content or [] if isinstance(part, dict))
+    turns = "".join(f"<|im_start|>{message.get('role')}\n{text(message)}<|im_end|>\n"
+                    for message in messages if isinstance(message, dict))
+    return turns + "<|im_start|>assistant\n"
+
+
+def _chat(body: Any) -> Any:
+    # The messages' roles and contents together within max_prompt_chars (the chat template's
+    # input, a sum over the list), and the rendered conversation within the context window.
+    body = _openai_tokens(min(OPENAI_CHAT_MAX_TOKENS, TEXT_MAX_NEW_TOKENS))(body)
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return body
+    messages = body["messages"]
+    while len(messages) > 1 and (len(_chatml(messages)) > TEXT_MAX_PROMPT_CHARS
+                                 or _tokens(_chatml(messages)) > TEXT_CONTEXT_WINDOW - 1):
+        messages = messages[:-1]
+    if _tokens(_chatml(messages)) > TEXT_CONTEXT_WINDOW - 1 and isinstance(messages[0], dict):
+        messages = [{**messages[0], "content": ""}]
+    return {**body, "messages": messages}
+
+
+_STOP_IDS: list[int] = []
+
+
+def _stop_ids() -> list[int]:
+    # Token ids that decode to a stop sequence the text service takes: those of a short word.
+    if not _STOP_IDS:
+        reply = httpx.post(f"{BASE_URL}/ai/tokenize", json={"text": " stop"}, timeout=30,
+                           headers={"Authorization": f"Bearer {LiveSession.latest}"})
+        reply.raise_for_status()
+        _STOP_IDS.extend(reply.json()["token_ids"])
+    return list(_STOP_IDS)
+
+
+def _novelai_text(parameters: Any) -> Any:
+    # min_length at most max_length; token-id stop sequences decode (with the model's tokenizer)
+    # to 1 to MAX_STRING_CHARS characters.
+    if not isinstance(parameters, dict):
+        return parameters
+    if _number(parameters.get("min_length")):
+        most = _within(parameters.get("max_length"), min(NOVELAI_DEFAULT_MAX_LENGTH, TEXT_MAX_NEW_TOKENS))
+        parameters = {**parameters, "min_length": min(parameters["min_length"], most)}
+    stops = parameters.get("stop_sequences")
+    if isinstance(stops, list) and any(isinstance(stop, list) for stop in stops):
+        parameters = {**parameters, "stop_sequences": [_stop_ids() if isinstance(stop, list) else stop
+                                                       for stop in stops]}
+    return parameters
+
+
 EDITOR_MAX_PAGE_SIZE = 1000
 TEXT_DEFAULT_MAX_NEW_TOKENS = 40
 TEXT_CONTEXT_WINDOW = int(os.environ.get("FABULA_CONTRACT_CONTEXT_WINDOW", "0"))
 MAX_CHANGE_INDEX = 2**63 - 1
 SAMPLERS = ("temperature", "top_k", "top_p", "top_a", "typical_p", "tail_free", "min_p")
 TEXT_MAX_NEW_TOKENS = int(os.environ.get("FABULA_CONTRACT_MAX_NEW_TOKENS", "0"))
+TEXT_MAX_PROMPT_CHARS = int(os.environ.get("FABULA_CONTRACT_MAX_PROMPT_CHARS", "0"))
+OPENAI_CHAT_MAX_TOKENS = int(os.environ.get("FABULA_CONTRACT_OPENAI_CHAT_MAX_TOKENS", "0"))
+OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default max_tokens for a completion
+NOVELAI_DEFAULT_MAX_LENGTH = 40
+LOREBOOK = LorebookLimits()  # the text service's lorebook_* settings, as the run starts it
 IMAGE_MAX_PIXELS = int(os.environ.get("FABULA_CONTRACT_MAX_PIXELS", "0"))
 IMAGE_MAX_SIDE = int(os.environ.get("FABULA_CONTRACT_DEFAULT_SIDE", "0"))
 
@@ -200,8 +373,16 @@ POSITIVE_CONTENTS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("POST /user/change-password", ""): _change_indexes,
     ("PUT /user/keystore", ""): _change_indexes,
     ("PUT /user/objects/{type}/{id}", ""): _change_indexes,
-    ("POST /ai/generate", ""): _fewest_tokens,
-    ("POST /ai/generate-stream", ""): _fewest_tokens,
+    ("POST /ai/generate", ""): _story_context,
+    ("POST /ai/generate-stream", ""): _story_context,
+    ("POST /api/v1/generate", ""): _kobold,
+    ("POST /api/extra/generate/stream", ""): _kobold,
+    ("POST /v1/completions", ""): _completion,
+    ("POST /v1/chat/completions", ""): _chat,
+    ("POST /novelai/ai/generate", "parameters"): _novelai_text,
+    ("POST /novelai/ai/generate-stream", "parameters"): _novelai_text,
+    ("POST /novelai/ai/generate", ""): _prompt_fitted("input"),
+    ("POST /novelai/ai/generate-stream", ""): _prompt_fitted("input"),
     ("POST /ai/generate-image", ""): _pixels,
     ("POST /ai/generate-image-stream", ""): _pixels,
     ("POST /ai/image/control-preview", ""): _pixels,

@@ -227,7 +227,8 @@ async def test_mirostat_dry_and_xtc_are_koboldcpps(api, compat):
     assert kobold.json()["results"][0]["text"] == native.json()["text"]
     bad = await api.post("/api/v1/generate", json={**body, "xtc_threshold": 2})
     assert bad.status_code == 400 and "xtc_threshold" in bad.json()["detail"]["msg"]
-    for sampling, field in (({"dry_sequence_breakers": ["\n", ""]}, "sampling.dry_sequence_breakers[1]"),
+    # The gateway names a list item as "breakers.1" (it checks the breakers itself), the service "[1]".
+    for sampling, field in (({"dry_sequence_breakers": ["\n", ""]}, "sampling.dry_sequence_breakers.1"),
                             ({"phrase_repetition_penalty": "loud"}, "sampling.phrase_repetition_penalty"),
                             ({"cfg_scale": 1000}, "sampling.cfg_scale")):
         refused = await api.post("/ai/generate", json={"prompt": "x", "max_new_tokens": 2, "sampling": sampling})

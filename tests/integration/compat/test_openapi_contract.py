@@ -30,6 +30,7 @@ from services.image.settings import ModelOptions
 from services.image.tiny import build_tiny_sd
 from services.text.models import load_model as load_text_model
 from services.text.testing import build_tiny_model
+from tests.integration.compat.conftest import CHATML
 from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
 from tests.integration.image.conftest import running_image_service
 from tests.integration.text.conftest import running_text_service
@@ -62,6 +63,7 @@ async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
     text_folder = build_tiny_model(tmp_path / "tiny-text", seed=0)
     text_model = load_text_model("tiny", str(text_folder), cache_dir=tmp_path / "text-cache", device="cpu",
                                  dtype="float32", quantization="none")
+    text_model.tokenizer.chat_template = CHATML  # so that /v1/chat/completions serves it
     image_model = load_image_model("tiny", ModelOptions(source=str(build_tiny_sd(tmp_path / "tiny-sd")),
                                                                 steps=MAX_STEPS, width=SIDE, height=SIDE),
                                    cache_dir=tmp_path / "image-cache", device=torch.device("cpu"),
@@ -74,11 +76,14 @@ async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
                                     image_address=image.address)
         async with serve_gateway(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=60) as client:
             await limits_learnt(live)
+            limits = live.server.config.app.state.contract.limits
             user = await register_user(client, "contract")
             st = Path(sys.executable).with_name("st")
             env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.compat.schemathesis_hooks",
                    "FABULA_CONTRACT_BASE_URL": live.url, "FABULA_CONTRACT_TOKEN": user.token,
                    "FABULA_CONTRACT_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
+                   "FABULA_CONTRACT_MAX_PROMPT_CHARS": str(limits.max_prompt_chars),
+                   "FABULA_CONTRACT_OPENAI_CHAT_MAX_TOKENS": str(settings.openai_chat_max_tokens),
                    "FABULA_CONTRACT_CONTEXT_WINDOW": str(text_model.context_window),
                    "FABULA_CONTRACT_MAX_PIXELS": str(SIDE * SIDE), "FABULA_CONTRACT_DEFAULT_SIDE": str(SIDE),
                    "FABULA_CONTRACT_KDF": f"{editor.settings.min_kdf_opslimit},{editor.settings.min_kdf_memlimit}",
