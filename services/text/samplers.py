@@ -482,7 +482,11 @@ def _leading_truncation(logits: torch.Tensor, name: SamplerName, params: Samplin
     if name not in (SamplerName.TOP_P, SamplerName.MIN_P, SamplerName.TOP_A):
         return None
     log_probs = torch.log_softmax(logits, dim=-1)
-    top = float(log_probs.max())
+    threshold = 0.0
+    if name != SamplerName.TOP_P:  # top-p needs no threshold (and a pass over the row less)
+        top = float(log_probs.max())
+        threshold = (math.log(params.min_p) + top if name == SamplerName.MIN_P
+                     else math.log(params.top_a) + 2 * top)
     k = min(_FIRST_GUESS, size)
     while True:
         values, ids = torch.topk(log_probs, k)
@@ -492,8 +496,6 @@ def _leading_truncation(logits: torch.Tensor, name: SamplerName, params: Samplin
             keep = int((mass_before < params.top_p).sum())
             decided = keep < k or k == size
         else:
-            threshold = (math.log(params.min_p) + top if name == SamplerName.MIN_P
-                         else math.log(params.top_a) + 2 * top)
             keep = int((values >= threshold).sum())
             decided = keep < k or k == size
         if decided:
@@ -574,6 +576,14 @@ def repetition_window(context: Sequence[int] | torch.Tensor, params: SamplingPar
     return tokens
 
 
+def slope_is_flat(params: SamplingParams) -> bool:
+    """Whether every position of the window has full strength (`slope_factors` all ones): then
+    each penalised token gets the same factor, and `apply_penalties` needs no per-position work."""
+    if params.sampler_convention == SamplerConvention.KOBOLDCPP:
+        return params.repetition_penalty <= 1 or params.repetition_penalty_slope == 1
+    return params.is_off("repetition_penalty_slope") or params.repetition_penalty_range <= 1
+
+
 def slope_factors(length: int, params: SamplingParams) -> torch.Tensor:
     """Per-position strength of the repetition penalty over the window, oldest first: a position
     with strength s penalises by 1 + s * (repetition_penalty - 1).
@@ -584,13 +594,12 @@ def slope_factors(length: int, params: SamplingParams) -> torch.Tensor:
     (its first length // 2 positions) has strength `slope`, the newer half full strength, so
     slope 1 (KoboldCpp's default) is no slope at all; only a penalty above 1 is reduced.
     """
+    if slope_is_flat(params):
+        return torch.ones(length)
     if params.sampler_convention == SamplerConvention.KOBOLDCPP:
         strengths = torch.ones(length)
-        if params.repetition_penalty > 1:
-            strengths[: length // 2] = params.repetition_penalty_slope
+        strengths[: length // 2] = params.repetition_penalty_slope
         return strengths
-    if params.is_off("repetition_penalty_slope") or params.repetition_penalty_range <= 1:
-        return torch.ones(length)
     span = params.repetition_penalty_range
     ramp = torch.arange(span, dtype=torch.float64) / (span - 1) * 2 - 1
     slope = params.repetition_penalty_slope
@@ -611,25 +620,42 @@ def apply_penalties(logits: torch.Tensor, context: Sequence[int] | torch.Tensor,
     if not params.has_penalties:
         return logits
     window = repetition_window(context, params)
-    strengths = slope_factors(int(window.numel()), params)
+    # With a flat slope every position has the same strength: one factor for every token, and no
+    # per-position bookkeeping (the common case, run every step for every row). The factor is
+    # computed by the same float32 operations as the ramp's, so both paths give the same bits.
+    flat = slope_is_flat(params)
+    strengths = torch.ones(1) if flat else slope_factors(int(window.numel()), params)
     if params.whitelist_tensor is not None and window.numel():
         keep = ~torch.isin(window, params.whitelist_tensor)
-        window, strengths = window[keep], strengths[keep]
+        window = window[keep]
+        if not flat:
+            strengths = strengths[keep]
     if window.numel() == 0:
         return logits
-    tokens, inverse, counts = torch.unique(window, return_inverse=True, return_counts=True)
+    repetition = not params.is_off("repetition_penalty")
+    counted = not (params.is_off("frequency_penalty") and params.is_off("presence_penalty"))
+    inverse = counts = None
+    if repetition and not flat:
+        tokens, inverse, counts = torch.unique(window, return_inverse=True, return_counts=True)
+    elif counted:
+        tokens, counts = torch.unique(window, return_counts=True)
+    else:
+        tokens = torch.unique(window)
     values = logits[tokens]
-    if not params.is_off("repetition_penalty"):
-        # A token seen at several positions gets its newest position's factor: KoboldCpp's rule
-        # (the newer half wins) and, as KoboldAI's ramp only grows towards the newest, the
-        # strongest factor there too.
+    if repetition:
         penalty_at = 1 + strengths * (params.repetition_penalty - 1)
-        positions = torch.arange(window.shape[0])
-        newest = torch.zeros(tokens.shape[0], dtype=torch.long).scatter_reduce(
-            0, inverse, positions, reduce="amax", include_self=False)
-        factor = penalty_at[newest]
+        if flat:
+            factor = penalty_at
+        else:
+            # A token seen at several positions gets its newest position's factor: KoboldCpp's
+            # rule (the newer half wins) and, as KoboldAI's ramp only grows towards the newest,
+            # the strongest factor there too.
+            positions = torch.arange(window.shape[0])
+            newest = torch.zeros(tokens.shape[0], dtype=torch.long).scatter_reduce(
+                0, inverse, positions, reduce="amax", include_self=False)
+            factor = penalty_at[newest]
         values = torch.where(values > 0, values / factor, values * factor)
-    if not (params.is_off("frequency_penalty") and params.is_off("presence_penalty")):
+    if counted:
         values = values - params.frequency_penalty * counts.to(values.dtype) - params.presence_penalty
     logits[tokens] = values
     return logits
