@@ -229,6 +229,15 @@ def test_repetition_slope_penalises_older_tokens_less():
     assert torch.allclose(flat, torch.full((8,), 1 / 3))
 
 
+def test_flat_repetition_penalty_with_counts_and_whitelist():
+    # slope 0 takes one factor for every token; the counts still come per token, and a
+    # whitelisted token is neither divided nor counted.
+    params = only(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=1.0,
+                  repetition_penalty_whitelist=(2,))
+    out = samplers.apply_penalties(torch.tensor([2.0, -2.0, 3.0, 1.0]), [0, 1, 1, 2], params)
+    assert out.tolist() == [2.0 / 2 - 0.5 - 1.0, -2.0 * 2 - 0.5 * 2 - 1.0, 3.0, 1.0]
+
+
 def test_frequency_and_presence_penalties():
     out = samplers.apply_penalties(torch.zeros(3), [0, 0, 0, 1], only(frequency_penalty=0.5, presence_penalty=1.0))
     assert out.tolist() == [-2.5, -1.5, 0.0]
