@@ -164,9 +164,11 @@ def novelai_body(schema: Schema, catalogue: image_pb2.ListModelsResponse) -> Non
     named = [model.name for model in catalogue.models]
     branches = []
     for model in catalogue.models:
-        chosen: Schema = ({"properties": {"model": {"not": {"enum": [n for n in named if n != model.name]}}}}
-                          if model.is_default else {"properties": {"model": {"const": model.name}},
-                                                    "required": ["model"]})
+        others = [name for name in named if name != model.name]
+        if not model.is_default:
+            chosen: Schema = {"properties": {"model": {"const": model.name}}, "required": ["model"]}
+        else:  # any other name (NovelAI's own, an unknown one) takes the default model
+            chosen = {"properties": {"model": {"not": {"enum": others}}}} if others else {"properties": {}}
         presets = {p.name for p in model.negative_presets}
         presets_named = [number for number, preset in novelai.UC_PRESETS.items() if preset in presets]
         choices = [({"sampler": {"type": "null"}}, samplers.get(model.default_sampler), [])]
