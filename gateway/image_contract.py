@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from fabula.image.v1 import image_pb2
-from gateway.schemas import a1111, image, novelai
+from gateway.schemas import a1111, novelai
 
 Schema = dict[str, Any]
 

@@ -13,17 +13,16 @@ import zipfile
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from fabula.image.v1 import image_pb2
 from gateway.schemas.common import (
     Base64Bytes,
     ImageSide,
+    NonEmptyBase64Bytes,
     RequestBody,
     Text,
     Uint32,
-    _decode_base64,
-    _encode_base64,
     float32_between,
 )
 
@@ -59,8 +58,6 @@ _CONTROL_KINDS = {"canny": image_pb2.CONTROL_KIND_CANNY, "lineart": image_pb2.CO
 Fraction = float32_between(0, 1)
 OpenFraction = float32_between(0, 1, low_open=True)
 GuidanceStrength = float32_between(0, 2)
-ImageBytes = Annotated[bytes, PlainValidator(_decode_base64), PlainSerializer(_encode_base64, return_type=str),
-                       WithJsonSchema({"type": "string", "format": "byte", "contentEncoding": "base64", "minLength": 4})]
 Threshold = Annotated[int, Field(ge=0, le=255)]
 
 
@@ -82,7 +79,7 @@ MAX_LIST = 64
 class ReferenceBody(RequestBody):
     """A reference image (NovelAI's vibe transfer)."""
 
-    image: ImageBytes = Field(description="base64 PNG/JPEG/WebP")
+    image: NonEmptyBase64Bytes = Field(description="base64 PNG/JPEG/WebP")
     strength: GuidanceStrength | None = Field(None, description="0 to 2; default 0.6")
     information_extracted: OpenFraction | None = Field(None, description="how much of the image is used, (0, 1]; "
                                                                         "default 1")
@@ -176,8 +173,11 @@ class HiresBody(BaseModel):
 
     @classmethod
     def from_pb(cls, pb: image_pb2.HiresFix) -> HiresBody:
-        return cls(scale=round(pb.scale, 6), width=pb.width, height=pb.height, steps=pb.steps,
-                   strength=round(pb.strength, 6) if pb.HasField("strength") else None, upscaler=pb.upscaler)
+        # Not validated: a PNG's parameters (an A1111 picture's "Hires upscale: 6") are reported
+        # as they are, even where this server's ranges would refuse them.
+        return cls.model_construct(scale=round(pb.scale, 6), width=pb.width, height=pb.height, steps=pb.steps,
+                                   strength=round(pb.strength, 6) if pb.HasField("strength") else None,
+                                   upscaler=pb.upscaler)
 
 
 # What each action needs beyond the fields' own ranges (the service refuses the rest, naming the
@@ -368,7 +368,8 @@ class GenerateImageBody(RequestBody):
                 values["only_masked_padding"] = source.only_masked_padding
         if action == "outpaint":
             values.update(left=source.left, right=source.right, top=source.top, bottom=source.bottom)
-        return cls(**values)
+        # Not validated, as HiresBody.from_pb: what the PNG says, even outside this server's ranges.
+        return cls.model_construct(**values)
 
 
 OutpaintSide = Annotated[int, Field(ge=0, le=1024)]

@@ -130,3 +130,15 @@ def test_a_float32_range_allows_only_numbers_that_arrive_inside_it(low, high, lo
         if taken:  # what the service sees, checked as it checks it
             seen = as_float32(value)
             assert (low < seen if low_open else low <= seen) and (seen < high if high_open else seen <= high), value
+
+
+def test_a_pngs_parameters_are_reported_even_outside_the_ranges_a_request_must_keep():
+    # An A1111 picture may say "CFG scale: 60, Denoising strength: 0" (its hires fix's): the
+    # metadata route reports it as a request to edit, not a 500.
+    from gateway.schemas.image import GenerateImageBody
+
+    request = image_pb2.GenerateRequest(params=image_pb2.GenerationParams(
+        guidance_scale=60, hires=image_pb2.HiresFix(scale=6, strength=0)))
+    request.txt2img.SetInParent()
+    body = GenerateImageBody.from_pb(request).model_dump(mode="json", exclude={"image", "mask"})
+    assert body["guidance_scale"] == 60 and body["hires"]["scale"] == 6 and body["hires"]["strength"] == 0
