@@ -22,6 +22,7 @@ import httpx
 import regex
 import schemathesis
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from schemathesis.core.parameters import ParameterLocation
 
 from services.editor import validation
@@ -62,8 +63,11 @@ class LiveSession:
 # lists them with their reasons.
 
 def _png() -> str:
-    picture = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 120, 40)).save(picture, format="PNG")
+    # With A1111's parameters chunk: variations without a prompt take it from the image's
+    # metadata, and need an image that records one.
+    picture, chunks = io.BytesIO(), PngInfo()
+    chunks.add_text("parameters", "a lighthouse at dusk\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64")
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(picture, format="PNG", pnginfo=chunks)
     return base64.b64encode(picture.getvalue()).decode()
 
 
@@ -266,9 +270,9 @@ def _batch(body: Any) -> Any:
     # batch_size × n_iter images within the image service's max_images: a product again.
     if not isinstance(body, dict):
         return body
-    batch, rounds = body.get("batch_size", 1), body.get("n_iter", 1)
-    if isinstance(batch, int) and isinstance(rounds, int) and batch * rounds > IMAGE_MAX_IMAGES:
-        return {**body, "n_iter": max(1, IMAGE_MAX_IMAGES // batch)}
+    batch, rounds = _number(body.get("batch_size"), 1), _number(body.get("n_iter"), 1)
+    if batch * rounds > IMAGE_MAX_IMAGES:
+        return {**body, "n_iter": max(1, IMAGE_MAX_IMAGES // int(batch))}
     return body
 
 
