@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import struct
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -174,8 +175,9 @@ def _pose(value: Any) -> Any:
     return json.dumps({"canvas_width": 128, "canvas_height": 128, "people": [{"pose_keypoints_2d": points}]})
 
 
-def _number(value: Any, default: float) -> float:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+def _number_or(value: Any, default: float) -> float:
+    """`value` if it is a number (JSON's one number type: 199.0 for an integer too), else `default`."""
+    return value if _number(value) else default
 
 
 def _control(control: Any) -> Any:
@@ -187,11 +189,15 @@ def _control(control: Any) -> Any:
     control = {**control, "image": _png()}
     if isinstance(control.get("pose_json"), str):
         control["pose_json"] = _pose(control["pose_json"])
-    if _number(control.get("low_threshold"), 100) > _number(control.get("high_threshold"), 200):
+    if _number_or(control.get("low_threshold"), 100) > _number_or(control.get("high_threshold"), 200):
         control = {**control, "low_threshold": None, "high_threshold": None}
-    if _number(control.get("start"), 0.0) >= _number(control.get("end"), 1.0):
+    if _number_or(control.get("start"), 0.0) >= _number_or(control.get("end"), 1.0):
         control = {**control, "start": None, "end": None}
     return control
+
+
+def _float32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
 def _character(character: Any) -> Any:
@@ -202,9 +208,10 @@ def _character(character: Any) -> Any:
     sides = ("x", "y", "width", "height")
     if character.get("center"):
         return {**character, **dict.fromkeys(sides, 0.0)}
-    values = [character.get(side, 0.0) for side in sides]
+    # As the service sees them: 32-bit floats (1e-46 arrives as 0).
+    values = [_float32(_number_or(character.get(side), 0.0)) for side in sides]
     if not any(values):
-        return character
+        return {**character, **dict.fromkeys(sides, 0.0)}
     x, y, width, height = values
     if not (width > 0 and height > 0 and x + width <= 1 and y + height <= 1):
         return {**character, "x": 0.0, "y": 0.0, "width": 0.5, "height": 0.5}
@@ -270,7 +277,7 @@ def _batch(body: Any) -> Any:
     # batch_size × n_iter images within the image service's max_images: a product again.
     if not isinstance(body, dict):
         return body
-    batch, rounds = _number(body.get("batch_size"), 1), _number(body.get("n_iter"), 1)
+    batch, rounds = _number_or(body.get("batch_size"), 1), _number_or(body.get("n_iter"), 1)
     if batch * rounds > IMAGE_MAX_IMAGES:
         return {**body, "n_iter": max(1, IMAGE_MAX_IMAGES // int(batch))}
     return body
