@@ -25,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fabula.image.v1 import image_pb2
 from fabula.text.v1 import text_pb2
 from fabula_wire.sampling import MAX_TOKEN_COUNT
+from gateway import image_contract
 from gateway.schemas.compat import at_most_pattern
 from gateway.schemas.novelai import MAX_LENGTH as NOVELAI_MAX_LENGTH
 
@@ -48,6 +49,8 @@ class ServiceLimits:
     max_steps: int
     max_images: int
     presets: tuple[str, ...] = ()
+    # The image service's catalogue: its names and the relations between them (gateway/image_contract.py).
+    image_catalogue: image_pb2.ListModelsResponse | None = None
 
 
 Keywords = Callable[[ServiceLimits], dict[str, Any]]
@@ -120,6 +123,13 @@ RUNTIME_BOUNDS: tuple[tuple[str, str, str, Keywords], ...] = (
     ("ImageParameters", "steps", "", lambda lim: {"maximum": lim.max_steps}),
     ("Txt2ImgBody", "steps", "", lambda lim: {"maximum": lim.max_steps}),
     ("Img2ImgBody", "steps", "", lambda lim: {"maximum": lim.max_steps}),
+    ("Txt2ImgBody", "hr_second_pass_steps", "", lambda lim: {"maximum": lim.max_steps}),
+    ("Txt2ImgBody", "batch_size", "", lambda lim: {"maximum": lim.max_images}),
+    ("Txt2ImgBody", "n_iter", "", lambda lim: {"maximum": lim.max_images}),
+    ("Img2ImgBody", "batch_size", "", lambda lim: {"maximum": lim.max_images}),
+    ("Img2ImgBody", "n_iter", "", lambda lim: {"maximum": lim.max_images}),
+    ("HiresBody", "steps", "", lambda lim: {"maximum": lim.max_steps}),
+    ("ImageParameters", "n_samples", "", lambda lim: {"maximum": lim.max_images}),
 )
 
 
@@ -153,6 +163,8 @@ def apply_limits(document: dict[str, Any], limits: ServiceLimits) -> dict[str, A
             raise LookupError(f"the OpenAPI document has no {component}.{name} ({where or 'value'}) to bound")
         for target in targets:
             target.update(keywords(limits))
+    if limits.image_catalogue is not None:
+        image_contract.apply(components, limits.image_catalogue)
     return document
 
 
@@ -167,7 +179,8 @@ async def ask_services(text: Any, image: Any, timeout_s: float = ASK_TIMEOUT_S) 
         max_new_tokens=text_reply.max_new_tokens, max_prompt_chars=text_reply.max_prompt_chars,
         vocab_size=min(model.vocab_size for model in text_reply.models),
         image_models=tuple(model.name for model in image_reply.models), max_steps=image_reply.max_steps,
-        max_images=image_reply.max_images, presets=tuple(preset.name for preset in presets.presets))
+        max_images=image_reply.max_images, presets=tuple(preset.name for preset in presets.presets),
+        image_catalogue=image_reply)
 
 
 class RuntimeContract:

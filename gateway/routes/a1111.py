@@ -21,6 +21,7 @@ from gateway.schemas.a1111 import (
     FIELD_PREFIXES,
     Catalogue,
     GenerationAnswer,
+    GenerationBody,
     Img2ImgBody,
     ModelItem,
     OptionsAnswer,
@@ -53,7 +54,7 @@ async def _catalogue(request: Request, image: ImageService, settings: Settings) 
     return Catalogue(reply)
 
 
-async def _generate(body: Txt2ImgBody, request: Request, user_id: str, image: ImageService,
+async def _generate(body: GenerationBody, request: Request, user_id: str, image: ImageService,
                     settings: Settings) -> GenerationAnswer:
     catalogue = await _catalogue(request, image, settings)
     call = image.Generate(body.to_pb(catalogue), timeout=settings.stream_timeout_s)

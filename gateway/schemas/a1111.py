@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, Field, PlainValidator, WithJsonSchema, field_validator
 
 from fabula.image.v1 import image_pb2
 from gateway.errors import ApiError
-from gateway.schemas.common import ImageSide, RequestBody, Text, Uint32
+from gateway.schemas.common import ImageSide, RequestBody, Text, Uint32, float32_between
 
 # The service names "params.width", "img2img.strength"; A1111's body is flat.
 FIELD_PREFIXES = ("params.", "img2img.", "inpaint.")
@@ -36,11 +36,19 @@ FIELD_PREFIXES = ("params.", "img2img.", "inpaint.")
 NOISE_NOTE = ("Made by Fabula's built-in image model, an untrained test model: this picture is noise, "
               "not a drawing of the prompt.")
 
-_SCHEDULES = {"automatic": image_pb2.NOISE_SCHEDULE_UNSPECIFIED, "": image_pb2.NOISE_SCHEDULE_UNSPECIFIED,
-              "karras": image_pb2.NOISE_SCHEDULE_KARRAS, "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL,
+# A1111's schedulers Fabula has, by their label and their name (A1111 takes both, exactly as
+# spelt); Automatic (or none) leaves the schedule to the sampler's name, else the sampler's own.
+SCHEDULERS = {"": image_pb2.NOISE_SCHEDULE_UNSPECIFIED,
+              "Automatic": image_pb2.NOISE_SCHEDULE_UNSPECIFIED, "automatic": image_pb2.NOISE_SCHEDULE_UNSPECIFIED,
+              "Karras": image_pb2.NOISE_SCHEDULE_KARRAS, "karras": image_pb2.NOISE_SCHEDULE_KARRAS,
+              "Exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL, "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL,
+              "Polyexponential": image_pb2.NOISE_SCHEDULE_POLYEXPONENTIAL,
               "polyexponential": image_pb2.NOISE_SCHEDULE_POLYEXPONENTIAL}
-_SCHEDULE_LABELS = {image_pb2.NOISE_SCHEDULE_KARRAS: "Karras", image_pb2.NOISE_SCHEDULE_EXPONENTIAL: "Exponential",
-                    image_pb2.NOISE_SCHEDULE_POLYEXPONENTIAL: "Polyexponential"}
+# The schedules older A1111 sampler names carry ("DPM++ 2M Karras").
+_LEGACY_SUFFIXES = {image_pb2.NOISE_SCHEDULE_KARRAS: "Karras", image_pb2.NOISE_SCHEDULE_EXPONENTIAL: "Exponential"}
+# A1111's latent upscalers for the hires fix; Fabula's latent upscale is one of them all.
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
 # A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
 _FILLS = (image_pb2.MASKED_CONTENT_FILL, image_pb2.MASKED_CONTENT_ORIGINAL, image_pb2.MASKED_CONTENT_LATENT_NOISE,
           image_pb2.MASKED_CONTENT_LATENT_NOTHING)
@@ -61,6 +69,20 @@ def _decode_image(value: Any) -> bytes:
 ImageData = Annotated[bytes, PlainValidator(_decode_image),
                       WithJsonSchema({"type": "string", "description": "base64 PNG/JPEG/WebP, or a data: URL"})]
 Seed = Annotated[int, Field(ge=-1, le=2**32 - 1, description="-1 = random")]
+# The image service's ranges, as the 32-bit floats that reach it (common.float32_between).
+Guidance = float32_between(0, 50)
+Strength = float32_between(0, 1, low_open=True)
+HIRES_SCALES = (1.0, 4.0)
+
+
+def _hires_scale(value: float) -> float:
+    if value and not HIRES_SCALES[0] <= value <= HIRES_SCALES[1]:
+        raise ValueError(f"must be 0 (the default, 2) or between {HIRES_SCALES[0]:g} and {HIRES_SCALES[1]:g}")
+    return value
+
+
+HiresScale = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_hires_scale), WithJsonSchema({"anyOf": [
+    {"type": "number", "const": 0}, {"type": "number", "minimum": HIRES_SCALES[0], "maximum": HIRES_SCALES[1]}]})]
 
 
 @dataclass(frozen=True)
@@ -69,15 +91,23 @@ class Catalogue:
 
     models: image_pb2.ListModelsResponse
 
+    def checkpoints(self) -> dict[str, str]:
+        """What override_settings.sd_model_checkpoint takes, and the Fabula model each names:
+        A1111's title "name [hash]", the name, the hash."""
+        names: dict[str, str] = {}
+        for model in self.models.models:
+            names.update({spelling: model.name for spelling in (model_title(model), model.name, model.hash)
+                          if spelling})
+        return names
+
     def model_for(self, checkpoint: str) -> str:
-        """A1111 names checkpoints "name [hash]"; Fabula by name."""
         if not checkpoint:
             return ""
-        name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", checkpoint).strip()
-        for model in self.models.models:
-            if name in (model.name, model.hash) or checkpoint == model.hash:
-                return model.name
-        return name  # unknown: the image service refuses it, naming the models
+        model = self.checkpoints().get(checkpoint)
+        if model is None:
+            raise ApiError(400, f"override_settings.sd_model_checkpoint: {checkpoint!r} is not one of "
+                                f"{', '.join(self.checkpoints())}", field="override_settings.sd_model_checkpoint")
+        return model
 
     def display_name(self, sampler: str) -> str:
         return next((s.display_name for s in self.models.samplers if s.name == sampler), sampler)
@@ -85,30 +115,54 @@ class Catalogue:
     def model_hash(self, name: str) -> str:
         return next((m.hash for m in self.models.models if m.name == name), "")
 
-    def sampler_for(self, name: str, scheduler: str) -> tuple[str, int]:
-        """A1111's sampler name ("DPM++ 2M", or the older "DPM++ 2M Karras") and scheduler, as
-        Fabula's sampler name and noise schedule."""
-        schedule = _SCHEDULES.get(scheduler.strip().lower())
-        if schedule is None:
-            raise ApiError(400, f"scheduler: {scheduler!r} is not one of Automatic, Karras, Exponential, "
-                                "Polyexponential",
-                           field="scheduler")
-        wanted = name.strip()
-        for suffix, value in ((" Karras", image_pb2.NOISE_SCHEDULE_KARRAS),
-                              (" Exponential", image_pb2.NOISE_SCHEDULE_EXPONENTIAL)):
-            if wanted.lower().endswith(suffix.lower()):
-                wanted, schedule = wanted[: -len(suffix)], schedule or value
+    def sampler_names(self) -> dict[str, tuple[str, int]]:
+        """What sampler_name (and sampler_index) takes, exactly as spelt, and the Fabula sampler and
+        the noise schedule each names: A1111's display names from /sdapi/v1/samplers, Fabula's
+        names (its aliases there), and the older names with the schedule in them ("DPM++ 2M
+        Karras"), for the schedules the sampler offers."""
+        names: dict[str, tuple[str, int]] = {}
         for sampler in self.models.samplers:
-            if wanted.lower() in (sampler.display_name.lower(), sampler.name.lower()):
-                return sampler.name, schedule
-        if not wanted:
+            names[sampler.display_name] = names[sampler.name] = (sampler.name, image_pb2.NOISE_SCHEDULE_UNSPECIFIED)
+            for schedule in sampler.noise_schedules:
+                if schedule in _LEGACY_SUFFIXES:
+                    names[f"{sampler.display_name} {_LEGACY_SUFFIXES[schedule]}"] = (sampler.name, schedule)
+        return names
+
+    def sampler_for(self, sampler_name: str | None, sampler_index: str | None, scheduler: str) -> tuple[str, int]:
+        """A1111's sampler name ("DPM++ 2M", or the older "DPM++ 2M Karras"; sampler_index is the
+        older field, used when sampler_name is not given) and scheduler, as Fabula's sampler name
+        and noise schedule. Matched exactly, as A1111 matches them; both fields are checked."""
+        schedule = SCHEDULERS.get(scheduler)
+        if schedule is None:
+            raise ApiError(400, f"scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}", field="scheduler")
+        known = self.sampler_names()
+        for field, name in (("sampler_name", sampler_name), ("sampler_index", sampler_index)):
+            if name and name not in known:
+                raise ApiError(400, f"{field}: {name!r} is not one of {', '.join(known)}", field=field)
+        name = sampler_name or sampler_index
+        if not name:
             return "", schedule
-        names = ", ".join(s.display_name for s in self.models.samplers)
-        raise ApiError(400, f"sampler_name: {name!r} is not one of {names}", field="sampler_name")
+        sampler, implied = known[name]
+        return sampler, schedule or implied
+
+    def hires_upscalers(self) -> dict[str, str]:
+        """What hr_upscaler takes, exactly as spelt, and the Fabula upscaler each names: A1111's
+        latent upscalers, "None" (the pixels enlarged as they are) and Lanczos, and the image
+        service's upscalers by their own names."""
+        names = {"": "latent", **{name: "latent" for name in LATENT_UPSCALERS}, "None": "lanczos",
+                 "Lanczos": "lanczos"}
+        names.update({name: name for name in self.models.upscalers})
+        return names
+
+    def hires_upscaler(self, name: str) -> str:
+        known = self.hires_upscalers()
+        if name not in known:
+            raise ApiError(400, f"hr_upscaler: {name!r} is not one of {', '.join(known)}", field="hr_upscaler")
+        return known[name]
 
 
-class Txt2ImgBody(RequestBody):
-    """The fields of A1111's StableDiffusionProcessingTxt2Img that Fabula honours."""
+class GenerationBody(RequestBody):
+    """The fields txt2img and img2img share (A1111's StableDiffusionProcessing) that Fabula honours."""
 
     prompt: Text = ""
     negative_prompt: Text = ""
@@ -119,25 +173,25 @@ class Txt2ImgBody(RequestBody):
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=64)
     steps: Uint32 | None = Field(None, description="absent or 0: the model's default")
-    cfg_scale: float | None = Field(None, description="absent: the model's default")
+    cfg_scale: Guidance | None = Field(None, description="absent: the model's default")
     width: ImageSide | None = Field(None, description="multiple of 64; absent or 0: the model's default")
     height: ImageSide | None = Field(None, description="multiple of 64; absent or 0: the model's default")
-    override_settings: dict[str, Any] = Field(default_factory=dict,
-                                              description="only sd_model_checkpoint is used")
+    override_settings: dict[str, Any] = Field(
+        default_factory=dict, description="only sd_model_checkpoint is used (a title /sdapi/v1/sd-models lists)",
+        json_schema_extra={"properties": {"sd_model_checkpoint": {"type": "string"}}})
     send_images: bool = True
-    enable_hr: bool = Field(False, description="hires fix: a second pass at hr_scale (or hr_resize_x/y)")
-    hr_scale: float = Field(2.0, description="hires fix: enlargement factor")
-    hr_upscaler: Text = Field("Latent", description="Latent (any 'Latent (...)'), Lanczos, or an upscaler model")
-    hr_second_pass_steps: Uint32 = Field(0, description="0: the first pass's steps")
-    hr_resize_x: Uint32 = Field(0, description="hires fix: final width (0: from hr_scale)")
-    hr_resize_y: Uint32 = Field(0, description="hires fix: final height (0: from hr_scale)")
-    denoising_strength: float | None = Field(None, description="hires fix: the second pass's strength (0.7)")
+
+    @field_validator("override_settings")
+    @classmethod
+    def _checkpoint_is_text(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("sd_model_checkpoint", ""), str):
+            raise ValueError("sd_model_checkpoint must be a string (a title /sdapi/v1/sd-models lists)")
+        return value
 
     def _params(self, catalogue: Catalogue) -> image_pb2.GenerationParams:
-        sampler, schedule = catalogue.sampler_for(self.sampler_name or self.sampler_index or "", self.scheduler)
-        checkpoint = self.override_settings.get("sd_model_checkpoint", "")
+        sampler, schedule = catalogue.sampler_for(self.sampler_name, self.sampler_index, self.scheduler)
         params = image_pb2.GenerationParams(
-            model=catalogue.model_for(checkpoint if isinstance(checkpoint, str) else ""),
+            model=catalogue.model_for(self.override_settings.get("sd_model_checkpoint", "")),
             prompt=self.prompt, negative_prompt=self.negative_prompt, negative_preset="none", quality_tags=False,
             width=self.width or 0, height=self.height or 0, steps=self.steps or 0, sampler=sampler,
             noise_schedule=schedule, n_images=self.batch_size * self.n_iter, preview_every=1,
@@ -146,11 +200,25 @@ class Txt2ImgBody(RequestBody):
             params.guidance_scale = self.cfg_scale
         if self.seed >= 0:
             params.seed = self.seed
+        return params
+
+
+class Txt2ImgBody(GenerationBody):
+    """The fields of A1111's StableDiffusionProcessingTxt2Img that Fabula honours."""
+
+    enable_hr: bool = Field(False, description="hires fix: a second pass at hr_scale (or hr_resize_x/y)")
+    hr_scale: HiresScale = Field(2.0, description="hires fix: enlargement factor, 1 to 4 (0: 2)")
+    hr_upscaler: Text = Field("Latent", description="Latent (any of A1111's 'Latent (...)'), None, Lanczos, or an "
+                                                    "upscaler model")
+    hr_second_pass_steps: Uint32 = Field(0, description="0: the first pass's steps")
+    hr_resize_x: ImageSide = Field(0, description="hires fix: final width, a multiple of 64 (0: from hr_scale)")
+    hr_resize_y: ImageSide = Field(0, description="hires fix: final height, a multiple of 64 (0: from hr_scale)")
+    denoising_strength: Strength | None = Field(None, description="hires fix: the second pass's strength (0.7)")
+
+    def _params(self, catalogue: Catalogue) -> image_pb2.GenerationParams:
+        params = super()._params(catalogue)
+        upscaler = catalogue.hires_upscaler(self.hr_upscaler)  # checked even when the hires fix is off
         if self.enable_hr:
-            upscaler = self.hr_upscaler.strip()
-            # A1111's latent upscalers differ only in their interpolation; "None" keeps the pixels.
-            upscaler = ("latent" if not upscaler or upscaler.lower().startswith("latent")
-                        else "lanczos" if upscaler.lower() in ("lanczos", "none") else upscaler)
             resized = self.hr_resize_x or self.hr_resize_y
             params.hires.CopyFrom(image_pb2.HiresFix(
                 scale=0 if resized else self.hr_scale, width=self.hr_resize_x, height=self.hr_resize_y,
@@ -164,12 +232,12 @@ class Txt2ImgBody(RequestBody):
         return request
 
 
-class Img2ImgBody(Txt2ImgBody):
-    """A1111's StableDiffusionProcessingImg2Img: with `mask` it inpaints."""
+class Img2ImgBody(GenerationBody):
+    """A1111's StableDiffusionProcessingImg2Img: with `mask` it inpaints. It has no hires fix."""
 
     init_images: list[ImageData] = Field(min_length=1, max_length=1, description="the starting image")
     mask: ImageData | None = Field(None, description="inpainting: white = redraw (the image's size)")
-    denoising_strength: float = Field(0.75, gt=0, le=1)
+    denoising_strength: Strength = 0.75
     mask_blur: int = Field(4, ge=0, le=64)
     inpainting_fill: int = Field(1, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
     inpaint_full_res: bool = Field(False, description="inpaint only the masked area, at full resolution")
@@ -227,7 +295,7 @@ class GenerationAnswer(BaseModel):
     info: str = Field(description="JSON: seeds, size, sampler, model, infotexts and Fabula's note on the model")
 
 
-def generation_answer(body: Txt2ImgBody, catalogue: Catalogue, accepted: image_pb2.Accepted | None,
+def generation_answer(body: GenerationBody, catalogue: Catalogue, accepted: image_pb2.Accepted | None,
                       images: list[image_pb2.Image], interrupted: bool) -> GenerationAnswer:
     images = sorted(images, key=lambda item: item.index)
     builtin = any(fabula_facts(item.png).get("builtin_model") for item in images[:1])

@@ -139,6 +139,29 @@ def _next_float32_above(value: float) -> float:
     return struct.unpack("<f", struct.pack("<I", bits + 1 if value >= 0 else bits - 1))[0]
 
 
+def _float32_at_least(value: float) -> float:
+    """The smallest 32-bit float at or above `value`."""
+    carried = _as_float32(value)
+    return carried if carried >= value else _next_float32_above(carried)
+
+
+def _float32_at_most(value: float) -> float:
+    """The largest 32-bit float at or below `value`."""
+    carried = _as_float32(value)
+    return carried if carried <= value else -_next_float32_above(-carried)
+
+
+def float32_between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A number the image service takes within `low`..`high` (open ends excluded). It travels as
+    protobuf's 32-bit float and the service checks what arrives, so 0.99 arrives as 0.9900000095
+    and is refused by a maximum of 0.99, and 1e-45 arrives as 0 and is refused by an open
+    minimum of 0. The field states and checks the 32-bit floats inside the range instead: every
+    value it allows arrives inside the range, and the document says exactly what it allows."""
+    lowest = _next_float32_above(low) if low_open else _float32_at_least(low)
+    highest = -_next_float32_above(-high) if high_open else _float32_at_most(high)
+    return Annotated[float, Field(ge=lowest, le=highest, allow_inf_nan=False)]
+
+
 def _whole_numbers(value: Any) -> Any:
     # JSON has one number type: 3.0 is the integer 3 to JSON Schema (and to JavaScript clients),
     # while pydantic's strict mode refuses it for an int. Floats with no fraction become ints

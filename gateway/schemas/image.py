@@ -11,12 +11,20 @@ import base64
 import io
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from fabula.image.v1 import image_pb2
-from gateway.schemas.common import Base64Bytes, ImageSide, RequestBody, Text, Uint32
+from gateway.schemas.common import (
+    Base64Bytes,
+    ImageSide,
+    NonEmptyBase64Bytes,
+    RequestBody,
+    Text,
+    Uint32,
+    float32_between,
+)
 
 # The service names fields of its request ("params.width", "inpaint.mask"); the HTTP body is
 # flat, so the field the client sees is "width", "mask" (errors.py applies this).
@@ -46,6 +54,23 @@ _CONTROL_KINDS = {"canny": image_pb2.CONTROL_KIND_CANNY, "lineart": image_pb2.CO
                   "scribble": image_pb2.CONTROL_KIND_SCRIBBLE, "pose": image_pb2.CONTROL_KIND_POSE,
                   "depth": image_pb2.CONTROL_KIND_DEPTH, "background_removal": image_pb2.CONTROL_KIND_BACKGROUND_REMOVAL,
                   "raw": image_pb2.CONTROL_KIND_RAW}
+# The image service's ranges, as the 32-bit floats that reach it (common.float32_between).
+Fraction = float32_between(0, 1)
+OpenFraction = float32_between(0, 1, low_open=True)
+GuidanceStrength = float32_between(0, 2)
+Threshold = Annotated[int, Field(ge=0, le=255)]
+
+
+def _zero_or_between(low: float, high: float) -> Any:
+    """0 (the default) or a number in [low, high] (bounds 32-bit floats carry exactly)."""
+    def check(value: float) -> float:
+        if value and not low <= value <= high:
+            raise ValueError(f"must be 0 (the default) or between {low:g} and {high:g}")
+        return value
+    return Annotated[float, Field(allow_inf_nan=False), AfterValidator(check), WithJsonSchema({"anyOf": [
+        {"type": "number", "const": 0}, {"type": "number", "minimum": low, "maximum": high}]})]
+
+
 # The lists' lengths are capped by the service (ListModels' max_references, ...); this bound only
 # stops a body of thousands of entries before it is converted.
 MAX_LIST = 64
@@ -54,9 +79,10 @@ MAX_LIST = 64
 class ReferenceBody(RequestBody):
     """A reference image (NovelAI's vibe transfer)."""
 
-    image: Base64Bytes = Field(description="base64 PNG/JPEG/WebP")
-    strength: float | None = Field(None, description="0 to 2; default 0.6")
-    information_extracted: float | None = Field(None, description="how much of the image is used, (0, 1]; default 1")
+    image: NonEmptyBase64Bytes = Field(description="base64 PNG/JPEG/WebP")
+    strength: GuidanceStrength | None = Field(None, description="0 to 2; default 0.6")
+    information_extracted: OpenFraction | None = Field(None, description="how much of the image is used, (0, 1]; "
+                                                                        "default 1")
 
     def to_pb(self) -> image_pb2.ReferenceImage:
         message = image_pb2.ReferenceImage(image=self.image)
@@ -67,17 +93,28 @@ class ReferenceBody(RequestBody):
         return message
 
 
+# A pose control is drawn from its keypoints JSON; every other kind from its source image.
+_CONTROL_SOURCE = {"allOf": [{"anyOf": [
+    {"properties": {"kind": {"const": "pose"}, "pose_json": {"minLength": 1}}, "required": ["kind", "pose_json"]},
+    {"properties": {"kind": {"not": {"const": "pose"}}, "image": {"minLength": 4}}, "required": ["kind", "image"]}]}]}
+
+
 class ControlBody(RequestBody):
-    """A control image steering the composition through a ControlNet."""
+    """A control image steering the composition through a ControlNet. low_threshold must not
+    exceed high_threshold (defaults 100 and 200), nor start end (defaults 0 and 1): relations
+    the service checks, naming the field."""
+
+    model_config = ConfigDict(json_schema_extra=_CONTROL_SOURCE)
 
     kind: ControlKindName = Field(description="canny, lineart, scribble, pose, depth, background_removal or raw")
     image: Base64Bytes = Field(b"", description="base64 source image (not needed for pose)")
-    strength: float | None = Field(None, description="ControlNet scale, 0 to 2; default 1")
+    strength: GuidanceStrength | None = Field(None, description="ControlNet scale, 0 to 2; default 1")
     pose_json: Text = Field("", max_length=262144, description="pose: OpenPose keypoints JSON")
-    low_threshold: Uint32 | None = Field(None, description="canny: low threshold (default 100)")
-    high_threshold: Uint32 | None = Field(None, description="canny: high threshold (default 200)")
-    start: float | None = Field(None, description="fraction of the steps where it starts acting (default 0)")
-    end: float | None = Field(None, description="fraction of the steps where it stops (default 1)")
+    low_threshold: Threshold | None = Field(None, description="canny: low threshold, 0 to 255 (default 100)")
+    high_threshold: Threshold | None = Field(None, description="canny: high threshold, 0 to 255 (default 200)")
+    start: float32_between(0, 1, high_open=True) | None = Field(
+        None, description="fraction of the steps where it starts acting, [0, 1) (default 0)")
+    end: OpenFraction | None = Field(None, description="fraction of the steps where it stops, (start, 1] (default 1)")
     controlnet: Text = Field("", max_length=200, description="the model's ControlNet to use; default: the kind's")
 
     def to_pb(self) -> image_pb2.Control:
@@ -93,13 +130,15 @@ class ControlBody(RequestBody):
 class CharacterBody(RequestBody):
     """A character prompt steering only its region (NovelAI V4's character prompts)."""
 
-    prompt: Text = Field(description="the character's prompt")
+    prompt: Text = Field(description="the character's prompt (not blank)", pattern=r"\S")
     negative_prompt: Text = Field("", description="its undesired content")
-    x: float = Field(0.0, description="region left, as a fraction of the width (0 to 1)")
-    y: float = Field(0.0, description="region top, as a fraction of the height")
-    width: float = Field(0.0, description="region width as a fraction (all four 0 = whole canvas)")
-    height: float = Field(0.0, description="region height as a fraction")
-    center: Text = Field("", max_length=8, description="or a grid position A1..E5 (C3 = centre)")
+    x: Fraction = Field(0.0, description="region left, as a fraction of the width (0 to 1)")
+    y: Fraction = Field(0.0, description="region top, as a fraction of the height")
+    width: Fraction = Field(0.0, description="region width as a fraction (all four 0 = whole canvas); x + width "
+                                             "at most 1")
+    height: Fraction = Field(0.0, description="region height as a fraction; y + height at most 1")
+    center: Text = Field("", pattern=r"^([A-Ea-e][1-5])?$",
+                         description="or a grid position A1..E5 (C3 = centre), without a rectangle")
 
     def to_pb(self) -> image_pb2.CharacterPrompt:
         return image_pb2.CharacterPrompt(prompt=self.prompt, negative_prompt=self.negative_prompt, x=self.x, y=self.y,
@@ -116,11 +155,12 @@ class HiresBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scale: float = Field(0.0, description="enlargement factor, 1 to 4; 0 = 2 unless width/height are given")
-    width: Uint32 = Field(0, description="final width, a multiple of 64; 0 = from scale")
-    height: Uint32 = Field(0, description="final height, a multiple of 64; 0 = from scale")
+    scale: _zero_or_between(1, 4) = Field(0.0, description="enlargement factor, 1 to 4; 0 = 2 unless width/height "
+                                                           "are given")
+    width: ImageSide = Field(0, description="final width, a multiple of 64; 0 = from scale")
+    height: ImageSide = Field(0, description="final height, a multiple of 64; 0 = from scale")
     steps: Uint32 = Field(0, description="second-pass steps; 0 = the first pass's")
-    strength: float | None = Field(None, description="how much the second pass redraws, (0, 1]; default 0.55")
+    strength: OpenFraction | None = Field(None, description="how much the second pass redraws, (0, 1]; default 0.55")
     upscaler: Text = Field("", max_length=200, description="latent (default), lanczos, or an upscaler model "
                                                            "(GET /ai/image/models: upscalers)")
 
@@ -133,12 +173,43 @@ class HiresBody(BaseModel):
 
     @classmethod
     def from_pb(cls, pb: image_pb2.HiresFix) -> HiresBody:
-        return cls(scale=round(pb.scale, 6), width=pb.width, height=pb.height, steps=pb.steps,
-                   strength=round(pb.strength, 6) if pb.HasField("strength") else None, upscaler=pb.upscaler)
+        # Not validated: a PNG's parameters (an A1111 picture's "Hires upscale: 6") are reported
+        # as they are, even where this server's ranges would refuse them.
+        return cls.model_construct(scale=round(pb.scale, 6), width=pb.width, height=pb.height, steps=pb.steps,
+                                   strength=round(pb.strength, 6) if pb.HasField("strength") else None,
+                                   upscaler=pb.upscaler)
+
+
+# What each action needs beyond the fields' own ranges (the service refuses the rest, naming the
+# field): an input image for every action but generate, a mask to inpaint; enhance enlarges at
+# most 4 times; the hires fix is for generate alone; upscale does not denoise, so it takes no
+# references, controls or characters. One branch per action (a discriminator on `action`).
+# Two rules are left to the service, which names the field: an outpaint grows at least one side,
+# and the hires fix takes no references, controls or characters. Each would be a choice between
+# branches, multiplying with this one and the run-time relations (gateway/image_contract.py)
+# into more branches than schema-driven generators follow.
+_NO_GUIDANCE = {"references": {"maxItems": 0}, "controls": {"maxItems": 0}, "characters": {"maxItems": 0}}
+_NO_HIRES = {"hires": {"type": "null"}}
+
+
+def _action(actions: list[str], *, required: tuple[str, ...] = ("image",), **properties: Any) -> dict[str, Any]:
+    return {"properties": {"action": {"enum": actions}, **_NO_HIRES, "image": {"minLength": 4}, **properties},
+            "required": ["action", *required]}
+
+
+_ACTION_NEEDS = {"allOf": [{"anyOf": [
+    {"properties": {"action": {"const": "generate"}}},
+    _action(["img2img", "variations", "outpaint"]),
+    _action(["enhance"], scale={"maximum": 4}),
+    _action(["upscale"], **_NO_GUIDANCE),
+    _action(["inpaint"], required=("image", "mask"), mask={"minLength": 4}),
+]}]}
 
 
 class GenerateImageBody(RequestBody):
     """One action with NovelAI's controls. Omitted values take the model's defaults."""
+
+    model_config = ConfigDict(json_schema_extra=_ACTION_NEEDS)
 
     action: Literal["generate", "img2img", "inpaint", "outpaint", "upscale", "enhance", "variations"] = Field(
         "generate", description="generate (text to image), img2img, inpaint, outpaint, upscale (no denoising), "
@@ -153,34 +224,39 @@ class GenerateImageBody(RequestBody):
     width: ImageSide = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
     height: ImageSide = Field(0, description="multiple of 64; 0 = model default (or the input image's)")
     steps: Uint32 = Field(0, description="0 = model default")
-    guidance_scale: float | None = Field(None, description="classifier-free guidance; default per model")
-    guidance_rescale: float = Field(0.0, description="0 to 1")
+    guidance_scale: float32_between(0, 50) | None = Field(None, description="classifier-free guidance, 0 to 50; "
+                                                                           "default per model")
+    guidance_rescale: Fraction = Field(0.0, description="0 to 1")
     sampler: Text = Field("", max_length=100, description="euler, euler_ancestral, dpmpp_2m, dpmpp_2s_ancestral, "
                                                         "dpmpp_sde, dpmpp_2m_sde, ddim")
     noise_schedule: Schedule | None = Field(None, description="native, karras or exponential")
     seed: Uint32 | None = Field(None, description="seed of the first image; image i uses seed + i; absent = random")
     n_images: Uint32 = Field(0, description="how many images (0 = 1)")
     preview_every: Uint32 = Field(0, description="streaming only: a preview every this many steps")
-    image: Base64Bytes = Field(b"", description="img2img, inpaint, outpaint: the input image (base64 PNG/JPEG/WebP)")
+    image: Base64Bytes = Field(b"", description="every action but generate: the input image (base64 PNG/JPEG/WebP)")
     mask: Base64Bytes = Field(b"", description="inpaint: the mask, the image's size, white = redraw")
-    strength: float | None = Field(None, description="how much is redrawn, (0, 1]")
-    extra_noise: float = Field(0.0, description="img2img: extra noise, 0 to 0.99")
-    mask_blur: Uint32 | None = Field(None, description="inpaint/outpaint: seam blur in pixels")
+    strength: OpenFraction | None = Field(None, description="how much is redrawn, (0, 1]")
+    extra_noise: float32_between(0, 0.99) = Field(0.0, description="img2img, enhance: extra noise, 0 to 0.99")
+    mask_blur: Annotated[int, Field(ge=0, le=64)] | None = Field(None, description="inpaint/outpaint: seam blur in "
+                                                                                   "pixels, 0 to 64")
     masked_content: Content | None = Field(None, description="what the masked area starts from")
     only_masked: bool = Field(False, description="inpaint: only the masked region, at full resolution")
-    only_masked_padding: Uint32 | None = Field(None, description="inpaint: padding around the region")
-    left: Uint32 = Field(0, description="outpaint: pixels added on the left")
-    right: Uint32 = Field(0, description="outpaint: pixels added on the right")
-    top: Uint32 = Field(0, description="outpaint: pixels added at the top")
-    bottom: Uint32 = Field(0, description="outpaint: pixels added at the bottom")
+    only_masked_padding: Annotated[int, Field(ge=0, le=1024)] | None = Field(
+        None, description="inpaint: padding around the region, 0 to 1024")
+    left: OutpaintSide = Field(0, description="outpaint: pixels added on the left")
+    right: OutpaintSide = Field(0, description="outpaint: pixels added on the right")
+    top: OutpaintSide = Field(0, description="outpaint: pixels added at the top")
+    bottom: OutpaintSide = Field(0, description="outpaint: pixels added at the bottom")
     hires: HiresBody | None = Field(None, description="generate: hires fix (a second pass at a larger size)")
-    scale: float = Field(0.0, description="upscale: factor 1 to 8 (0 = 2; or give width/height, any size); "
+    scale: _zero_or_between(1, 8) = Field(0.0, description="upscale: factor 1 to 8 (0 = 2; or give width/height, any size); "
                                           "enhance: factor 1 to 4 (0 = 1.5)")
     upscaler: Text = Field("", max_length=200, description="upscale, enhance: lanczos (default) or an upscaler model")
-    dynamic_thresholding: float = Field(0.0, description="percentile in (0, 1) the predicted latents are clamped "
-                                                         "at each step; 0 = off")
-    dynamic_thresholding_max: float | None = Field(None, description="dynamic thresholding's range (default 4)")
-    schedule_rho: float | None = Field(None, description="polyexponential schedule's rho, 0.1 to 10 (default 1)")
+    dynamic_thresholding: float32_between(0, 1, high_open=True) = Field(
+        0.0, description="percentile in (0, 1) the predicted latents are clamped at each step; 0 = off")
+    dynamic_thresholding_max: float32_between(0, 100, low_open=True) | None = Field(
+        None, description="dynamic thresholding's range, (0, 100] (default 4)")
+    schedule_rho: float32_between(0.1, 10) | None = Field(None, description="polyexponential schedule's rho, 0.1 to "
+                                                                            "10 (default 1)")
     response_format: Literal["json", "zip"] = Field(
         "json", description="json (base64 PNGs) or zip (the PNGs); Accept: application/zip also asks for zip")
     references: list[ReferenceBody] = Field(default_factory=list, max_length=MAX_LIST,
@@ -292,7 +368,11 @@ class GenerateImageBody(RequestBody):
                 values["only_masked_padding"] = source.only_masked_padding
         if action == "outpaint":
             values.update(left=source.left, right=source.right, top=source.top, bottom=source.bottom)
-        return cls(**values)
+        # Not validated, as HiresBody.from_pb: what the PNG says, even outside this server's ranges.
+        return cls.model_construct(**values)
+
+
+OutpaintSide = Annotated[int, Field(ge=0, le=1024)]
 
 
 class ControlPreviewBody(ControlBody):

@@ -14,14 +14,14 @@ import io
 import zipfile
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fabula.image.v1 import image_pb2
 from fabula.text.v1 import text_pb2
 from fabula_wire.sampling import MAX_STRING_CHARS, MAX_STRINGS
 from gateway.errors import ApiError
 from gateway.schemas.a1111 import NOISE_NOTE, ImageData, fabula_facts
-from gateway.schemas.common import RequestBody, Text
+from gateway.schemas.common import RequestBody, Text, float32_between
 from gateway.schemas.compat import sampled
 from gateway.schemas.text import GuidanceContext, Phrase
 
@@ -35,7 +35,7 @@ SAMPLERS = {"k_euler": "euler", "k_euler_ancestral": "euler_ancestral", "k_dpmpp
             "k_dpmpp_2m_sde": "dpmpp_2m_sde", "ddim": "ddim", "ddim_v3": "ddim"}
 NovelAISampler = Literal["k_euler", "k_euler_ancestral", "k_dpmpp_2m", "k_dpmpp_2s_ancestral", "k_dpmpp_sde",
                          "k_dpmpp_2m_sde", "ddim", "ddim_v3"]
-_SCHEDULES = {"native": image_pb2.NOISE_SCHEDULE_NATIVE, "karras": image_pb2.NOISE_SCHEDULE_KARRAS,
+SCHEDULES = {"native": image_pb2.NOISE_SCHEDULE_NATIVE, "karras": image_pb2.NOISE_SCHEDULE_KARRAS,
               "exponential": image_pb2.NOISE_SCHEDULE_EXPONENTIAL}
 # NovelAI's ucPreset numbers: 0 Heavy, 1 Light, then model-specific focus presets and None; Fabula
 # has heavy, light and none.
@@ -48,7 +48,7 @@ Size = Annotated[int, Field(ge=64, le=4096, multiple_of=64)]
 class ImageParameters(RequestBody):
     width: Size | None = Field(None, description="multiple of 64; absent: the model's default")
     height: Size | None = Field(None, description="multiple of 64; absent: the model's default")
-    scale: float | None = Field(None, ge=0, le=50, description="guidance; absent: the model's default")
+    scale: float32_between(0, 50) | None = Field(None, description="guidance; absent: the model's default")
     sampler: NovelAISampler | None = Field(None, description="absent: the model's default")
     steps: int | None = Field(None, ge=1, le=1000, description="absent: the model's default")
     n_samples: int = Field(1, ge=1, le=8)
@@ -56,15 +56,31 @@ class ImageParameters(RequestBody):
     negative_prompt: Text = ""
     ucPreset: int = Field(0, ge=0, le=3, description="0 heavy, 1 light, 2 and 3 none")
     qualityToggle: bool = Field(True, description="add the model's quality tags")
-    cfg_rescale: float = Field(0.0, ge=0, le=1)
+    cfg_rescale: float32_between(0, 1) = 0.0
     noise_schedule: Literal["native", "karras", "exponential"] | None = None
-    strength: float | None = Field(None, gt=0, le=1, description="img2img, infill: how much is redrawn")
-    noise: float = Field(0.0, ge=0, le=0.99, description="img2img: extra noise")
+    strength: float32_between(0, 1, low_open=True) | None = Field(
+        None, description="img2img, infill: how much is redrawn")
+    noise: float32_between(0, 0.99) = Field(0.0, description="img2img: extra noise")
     image: ImageData | None = Field(None, description="img2img, infill: the input image (base64)")
     mask: ImageData | None = Field(None, description="infill: white = redraw, the image's size (base64)")
 
 
+# img2img needs parameters.image, infill parameters.image and parameters.mask (the image service
+# refuses the action without them).
+_ACTION_NEEDS = {"allOf": [{"anyOf": [
+    {"properties": {"action": {"const": "generate"}}},
+    {"properties": {"action": {"const": "img2img"},
+                    "parameters": {"properties": {"image": {"type": "string"}}, "required": ["image"]}},
+     "required": ["action", "parameters"]},
+    {"properties": {"action": {"const": "infill"},
+                    "parameters": {"properties": {"image": {"type": "string"}, "mask": {"type": "string"}},
+                                   "required": ["image", "mask"]}},
+     "required": ["action", "parameters"]}]}]}
+
+
 class GenerateImageBody(RequestBody):
+    model_config = ConfigDict(json_schema_extra=_ACTION_NEEDS)
+
     input: Text = Field(description="the prompt, in NovelAI's prompt language")
     model: Text = Field("", max_length=200, description="a Fabula model; NovelAI's model names (nai-*) and "
                                                         "unknown ones take the default model")
@@ -82,7 +98,7 @@ class GenerateImageBody(RequestBody):
         if p.scale is not None:
             params.guidance_scale = p.scale
         if p.noise_schedule is not None:
-            params.noise_schedule = _SCHEDULES[p.noise_schedule]
+            params.noise_schedule = SCHEDULES[p.noise_schedule]
         if p.seed is not None:
             params.seed = p.seed % 2**32
         request = image_pb2.GenerateRequest(params=params)

@@ -184,6 +184,13 @@ def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     scale = min(1.0, math.sqrt(max_pixels / (width * height)))
     fit_w = max(64, int(width * scale) // 64 * 64)
     fit_h = max(64, int(height * scale) // 64 * 64)
+    # A side raised to the 64 floor (a long, thin image: 1088 x 64 at 16384 pixels) pushes the
+    # area past max_pixels; the other side gives up the excess.
+    if fit_w * fit_h > max_pixels:
+        if fit_w > fit_h:
+            fit_w = max(64, max_pixels // fit_h // 64 * 64)
+        else:
+            fit_h = max(64, max_pixels // fit_w // 64 * 64)
     return fit_w, fit_h
 
 

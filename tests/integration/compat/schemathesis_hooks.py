@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import struct
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,7 @@ import httpx
 import regex
 import schemathesis
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from schemathesis.core.parameters import ParameterLocation
 
 from services.editor import validation
@@ -61,8 +64,11 @@ class LiveSession:
 # lists them with their reasons.
 
 def _png() -> str:
-    picture = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 120, 40)).save(picture, format="PNG")
+    # With A1111's parameters chunk: variations without a prompt take it from the image's
+    # metadata, and need an image that records one.
+    picture, chunks = io.BytesIO(), PngInfo()
+    chunks.add_text("parameters", "a lighthouse at dusk\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64")
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(picture, format="PNG", pnginfo=chunks)
     return base64.b64encode(picture.getvalue()).decode()
 
 
@@ -81,15 +87,54 @@ def _valid_kdf(value: Any) -> Any:
     return {"opslimit": opslimit, "memlimit": memlimit}
 
 
-def _export(_: Any) -> bytes:
-    # An export archive (a tar file with the account's objects) is not JSON Schema: send the
-    # session's own export.
+def _export() -> bytes:
     token = LiveSession.latest
     return httpx.get(f"{BASE_URL}/user/export", headers={"Authorization": f"Bearer {token}"}, timeout=60).content
 
 
+def _page_token(value: Any, case) -> Any:
+    # page_token is opaque: only a token that a listing of the same type returned is taken (it is
+    # not tied to the account). Ask a real ListObjects for one: list an account that holds two
+    # objects of that type one object per page.
+    kind = (case.path_parameters or {}).get("type")
+    if not value or not isinstance(kind, str):
+        return value  # the first page; or a negative path, where the token does not matter
+    with httpx.Client(base_url=BASE_URL, headers={"Authorization": f"Bearer {_lister_token()}"},
+                      timeout=30) as client:
+        for name in ("page-a", "page-b"):  # 409 once they exist
+            client.put(f"/user/objects/{kind}/{name}", json={"data": "AAAA", "expected_change_index": 0})
+        listing = client.get(f"/user/objects/{kind}", params={"page_size": 1})
+    return listing.json()["next_page_token"] if listing.status_code == 200 else value
+
+
+_LISTER: list[str] = []
+
+
+def _lister_token() -> str:
+    """A session of an account of its own for `_page_token` (the run may sign its own session out
+    at any time)."""
+    if not _LISTER:
+        reply = httpx.post(f"{BASE_URL}/user/register", json=registration(f"contract-{uuid.uuid4().hex[:12]}"),
+                           timeout=60)
+        reply.raise_for_status()
+        _LISTER.append(reply.json()["token"])
+    return _LISTER[0]
+
+
 def _png_field(_: Any) -> str:
     return _png()
+
+
+def _mask(value: Any) -> Any:
+    # A mask must decode, be the image's size (_png's) and select pixels to redraw, inverted too
+    # (A1111's inpainting_mask_invert): the left half white, the right half black.
+    if value is None:
+        return None
+    picture = Image.new("L", (64, 64), 0)
+    picture.paste(255, (0, 0, 32, 64))
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
 
 
 def _png_list(_: Any) -> list[str]:
@@ -109,16 +154,146 @@ def _page_size(value: Any) -> Any:
     return value if not isinstance(value, int) or value <= EDITOR_MAX_PAGE_SIZE else EDITOR_MAX_PAGE_SIZE
 
 
-def _pixels(body: Any) -> Any:
+def _pixels(body: Any, default: Any = 0) -> Any:
     # width × height within the image service's max_pixels: a product of two fields, which JSON
-    # Schema cannot bound. A side that breaks it becomes 0 (the model's default).
+    # Schema cannot bound. A side that breaks it becomes `default` (the model's default size).
     if not isinstance(body, dict):
         return body
     width, height = body.get("width") or 0, body.get("height") or 0
     if width and height and width * height > IMAGE_MAX_PIXELS:
-        return {**body, "width": 0, "height": 0}
+        return {**body, "width": default, "height": default}
     if width * IMAGE_MAX_SIDE > IMAGE_MAX_PIXELS or height * IMAGE_MAX_SIDE > IMAGE_MAX_PIXELS:
-        return {**body, "width": 0, "height": 0}
+        return {**body, "width": default, "height": default}
+    return body
+
+
+def _pose(value: Any) -> Any:
+    # OpenPose keypoints JSON, parsed by the service: one person of 18 joints on the canvas.
+    if not isinstance(value, str):
+        return value
+    points = [coordinate for joint in range(18) for coordinate in (20 + joint * 4, 30 + joint * 3, 1.0)]
+    return json.dumps({"canvas_width": 128, "canvas_height": 128, "people": [{"pose_keypoints_2d": points}]})
+
+
+def _number_or(value: Any, default: float) -> float:
+    """`value` if it is a number (JSON's one number type: 199.0 for an integer too), else `default`."""
+    return value if _number(value) else default
+
+
+def _control(control: Any) -> Any:
+    # A control's source must decode (an image, or a pose's keypoints); low_threshold at most
+    # high_threshold, start below end, each against the other's default when left out: relations
+    # between two fields.
+    if not isinstance(control, dict):
+        return control
+    control = {**control, "image": _png()}
+    if isinstance(control.get("pose_json"), str):
+        control["pose_json"] = _pose(control["pose_json"])
+    if _number_or(control.get("low_threshold"), 100) > _number_or(control.get("high_threshold"), 200):
+        control = {**control, "low_threshold": None, "high_threshold": None}
+    if _number_or(control.get("start"), 0.0) >= _number_or(control.get("end"), 1.0):
+        control = {**control, "start": None, "end": None}
+    return control
+
+
+def _float32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def _character(character: Any) -> Any:
+    # A character takes a grid position or a rectangle, not both; a rectangle's width and height
+    # are above 0 and it stays on the canvas (x + width, y + height at most 1).
+    if not isinstance(character, dict):
+        return character
+    sides = ("x", "y", "width", "height")
+    if character.get("center"):
+        return {**character, **dict.fromkeys(sides, 0.0)}
+    # As the service sees them: 32-bit floats (1e-46 arrives as 0).
+    values = [_float32(_number_or(character.get(side), 0.0)) for side in sides]
+    if not any(values):
+        return {**character, **dict.fromkeys(sides, 0.0)}
+    x, y, width, height = values
+    if not (width > 0 and height > 0 and x + width <= 1 and y + height <= 1):
+        return {**character, "x": 0.0, "y": 0.0, "width": 0.5, "height": 0.5}
+    return character
+
+
+def _native_image(body: Any) -> Any:
+    # Fabula's own body: the input image of each reference and control (hooks draw the body's own
+    # image and mask), the lists' relations above, and the sizes the action works out from the
+    # input image (_png's 64 x 64) against max_pixels: relations between fields and the image.
+    if not isinstance(body, dict):
+        return body
+    body = dict(_pixels(body))
+    for name, valid in (("references", lambda item: {**item, "image": _png()} if isinstance(item, dict) else item),
+                        ("controls", _control), ("characters", _character)):
+        if isinstance(body.get(name), list):
+            body[name] = [valid(item) for item in body[name]]
+    action = body.get("action", "generate")
+    scale = body.get("scale") or 0
+    if action == "upscale":
+        width, height = body.get("width") or 0, body.get("height") or 0
+        if width or height:
+            width, height = width or height, height or width  # the input image is square
+        else:
+            width = height = round(64 * (scale or 2.0))
+        if width < 64 or height < 64 or width * height > IMAGE_MAX_PIXELS:
+            body.update(width=0, height=0, scale=0.0)
+    if action == "enhance" and (max(64, round(64 * (scale or 1.5) / 64) * 64)) ** 2 > IMAGE_MAX_PIXELS:
+        body["scale"] = 0.0
+    if isinstance(body.get("hires"), dict):
+        body["hires"] = _hires_fix(body["hires"], body.get("width") or IMAGE_MAX_SIDE,
+                                   body.get("height") or IMAGE_MAX_SIDE)
+        # The hires fix takes no references, controls or characters (schemas/image.py says why
+        # the document leaves this rule out).
+        body.update({name: [] for name in ("references", "controls", "characters") if body.get(name)})
+    if action == "outpaint" and not any(body.get(side) for side in ("left", "right", "top", "bottom")):
+        body["right"] = 64  # an outpaint grows at least one side (left out of the document likewise)
+    return body
+
+
+def _hires_fix(hires: dict, base_w: int, base_h: int) -> dict:
+    width, height = _hires_size(hires.get("scale") or 0, hires.get("width") or 0, hires.get("height") or 0,
+                                base_w, base_h)
+    if width < base_w or height < base_h or width * height > IMAGE_MAX_PIXELS or max(width, height) > 4096:
+        return {**hires, "scale": 1.0, "width": 0, "height": 0}
+    return hires
+
+
+def _hires_size(scale: float, x: int, y: int, base_w: int, base_h: int) -> tuple[int, int]:
+    """The hires fix's final size, worked out as the image service does."""
+    if x or y:
+        width = x or max(64, round(y * base_w / base_h / 64) * 64)
+        return width, y or max(64, round(width * base_h / base_w / 64) * 64)
+    scale = scale or 2.0
+    return max(64, round(base_w * scale / 64) * 64), max(64, round(base_h * scale / 64) * 64)
+
+
+def _control_preview(body: Any) -> Any:
+    return _pixels(_control(body)) if isinstance(body, dict) else body
+
+
+def _batch(body: Any) -> Any:
+    # batch_size × n_iter images within the image service's max_images: a product again.
+    if not isinstance(body, dict):
+        return body
+    batch, rounds = _number_or(body.get("batch_size"), 1), _number_or(body.get("n_iter"), 1)
+    if batch * rounds > IMAGE_MAX_IMAGES:
+        return {**body, "n_iter": max(1, IMAGE_MAX_IMAGES // int(batch))}
+    return body
+
+
+def _a1111_hires(body: Any) -> Any:
+    # The hires fix's final size, worked out from hr_scale or hr_resize_x/y and the first pass's
+    # size as the image service does, must be at least the first pass's and within max_pixels:
+    # relations between four fields. One that breaks them becomes the first pass's size (scale 1).
+    if not isinstance(body, dict) or body.get("enable_hr") is not True:
+        return body
+    base_w, base_h = body.get("width") or IMAGE_MAX_SIDE, body.get("height") or IMAGE_MAX_SIDE
+    width, height = _hires_size(body.get("hr_scale", 2.0), body.get("hr_resize_x") or 0,
+                                body.get("hr_resize_y") or 0, base_w, base_h)
+    if width < base_w or height < base_h or width * height > IMAGE_MAX_PIXELS or max(width, height) > 4096:
+        return {**body, "hr_scale": 1.0, "hr_resize_x": 0, "hr_resize_y": 0}
     return body
 
 
@@ -351,6 +526,7 @@ NOVELAI_DEFAULT_MAX_LENGTH = 40
 LOREBOOK = LorebookLimits()  # the text service's lorebook_* settings, as the run starts it
 IMAGE_MAX_PIXELS = int(os.environ.get("FABULA_CONTRACT_MAX_PIXELS", "0"))
 IMAGE_MAX_SIDE = int(os.environ.get("FABULA_CONTRACT_DEFAULT_SIDE", "0"))
+IMAGE_MAX_IMAGES = int(os.environ.get("FABULA_CONTRACT_MAX_IMAGES", "1"))
 
 # Where: (operation, field path in the body, dotted, or "" for the whole body) → the valid value
 # for what was generated.
@@ -362,14 +538,15 @@ POSITIVE_CONTENTS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("POST /user/change-password", "new_kdf"): _valid_kdf,
     ("POST /user/tokens", "name"): _valid_username,
     ("POST /user/tokens", "expires_at"): _future,
-    ("POST /user/import", ""): _export,
-    ("POST /ai/image/control-preview", "image"): _png_field,
     ("POST /sdapi/v1/png-info", "image"): _png_field,
     ("POST /ai/image/metadata", "image"): _png_field,
     ("POST /sdapi/v1/img2img", "init_images"): _png_list,
     ("POST /novelai/ai/generate-image", "parameters.image"): _png_field,
-    ("POST /sdapi/v1/txt2img", ""): _pixels,
-    ("POST /sdapi/v1/img2img", ""): _pixels,
+    ("POST /sdapi/v1/img2img", "mask"): _mask,
+    ("POST /novelai/ai/generate-image", "parameters.mask"): _mask,
+    ("POST /novelai/ai/generate-image", "parameters"): lambda parameters: _pixels(parameters, None),
+    ("POST /sdapi/v1/txt2img", ""): lambda body: _a1111_hires(_batch(_pixels(body))),
+    ("POST /sdapi/v1/img2img", ""): lambda body: _batch(_pixels(body)),
     ("POST /user/change-password", ""): _change_indexes,
     ("PUT /user/keystore", ""): _change_indexes,
     ("PUT /user/objects/{type}/{id}", ""): _change_indexes,
@@ -383,12 +560,18 @@ POSITIVE_CONTENTS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("POST /novelai/ai/generate-stream", "parameters"): _novelai_text,
     ("POST /novelai/ai/generate", ""): _prompt_fitted("input"),
     ("POST /novelai/ai/generate-stream", ""): _prompt_fitted("input"),
-    ("POST /ai/generate-image", ""): _pixels,
-    ("POST /ai/generate-image-stream", ""): _pixels,
-    ("POST /ai/image/control-preview", ""): _pixels,
+    ("POST /ai/generate-image", "image"): _png_field,
+    ("POST /ai/generate-image", "mask"): _mask,
+    ("POST /ai/generate-image", ""): _native_image,
+    ("POST /ai/generate-image-stream", "image"): _png_field,
+    ("POST /ai/generate-image-stream", "mask"): _mask,
+    ("POST /ai/generate-image-stream", ""): _native_image,
+    ("POST /ai/image/control-preview", ""): _control_preview,
 }
-POSITIVE_QUERIES: dict[tuple[str, str], Callable[[Any], Any]] = {
-    ("GET /user/objects/{type}", "page_size"): _page_size,
+# Where: (operation, query parameter) → the valid value for what was generated, given the case.
+POSITIVE_QUERIES: dict[tuple[str, str], Callable[[Any, Any], Any]] = {
+    ("GET /user/objects/{type}", "page_size"): lambda value, case: _page_size(value),
+    ("GET /user/objects/{type}", "page_token"): _page_token,
 }
 
 
@@ -420,5 +603,20 @@ def map_case(ctx, case):
     if _positive(case, ParameterLocation.QUERY) and case.query:
         for (operation, name), valid in POSITIVE_QUERIES.items():
             if operation == label and name in case.query:
-                case.query = {**case.query, name: valid(case.query[name])}
+                case.query = {**case.query, name: valid(case.query[name], case)}
     return case
+
+
+# An export archive (a tar file with the account's objects) is not JSON Schema: a positive case
+# sends the session's own export. It is sent as the request's body, not written into the case:
+# schemathesis cannot judge bytes by a schema and would take any body a hook wrote for an
+# invalid one. A negative case sends the body drawn against the document (not a string), which
+# the import must refuse.
+POSITIVE_BODIES: dict[str, Callable[[], bytes]] = {"POST /user/import": _export}
+
+
+@schemathesis.hook
+def before_call(ctx, case, kwargs):
+    body = POSITIVE_BODIES.get(ctx.operation.label)
+    if body is not None and _positive(case, ParameterLocation.BODY):
+        kwargs["data"] = body()

@@ -86,6 +86,7 @@ async def test_the_whole_openapi_document_is_the_contract(tmp_path) -> None:
                    "FABULA_CONTRACT_OPENAI_CHAT_MAX_TOKENS": str(settings.openai_chat_max_tokens),
                    "FABULA_CONTRACT_CONTEXT_WINDOW": str(text_model.context_window),
                    "FABULA_CONTRACT_MAX_PIXELS": str(SIDE * SIDE), "FABULA_CONTRACT_DEFAULT_SIDE": str(SIDE),
+                   "FABULA_CONTRACT_MAX_IMAGES": str(image.generator.settings.max_images),
                    "FABULA_CONTRACT_KDF": f"{editor.settings.min_kdf_opslimit},{editor.settings.min_kdf_memlimit}",
                    "PYTHONPATH": str(REPOSITORY)}
             process = await asyncio.create_subprocess_exec(

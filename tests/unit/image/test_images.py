@@ -10,6 +10,7 @@ from PIL import Image
 
 from services.image.images import (decode_image, encode_png, expand_region, fill_masked, format_parameters,
                                    outpaint_canvas, parse_parameters, read_png_text)
+from services.image.params import fit_size
 from services.toolkit.errors import InvalidArgument
 
 
@@ -76,3 +77,11 @@ def test_expand_region_keeps_aspect_and_stays_inside() -> None:
     left, top, right, bottom = box
     assert (right - left) == 2 * (bottom - top)
     assert left <= 80 and right >= 120 and 0 <= left and right <= 200 and 0 <= top and bottom <= 120
+
+
+@pytest.mark.parametrize("size", [(1088, 64), (64, 1088), (320, 64), (4096, 64), (64, 64), (1000, 700)])
+def test_the_size_fitted_to_an_image_keeps_max_pixels_even_for_a_long_thin_image(size):
+    width, height = fit_size(*size, 128 * 128)
+    assert width * height <= 128 * 128, (size, width, height)
+    assert width % 64 == 0 and height % 64 == 0 and width >= 64 and height >= 64
+    assert fit_size(512, 384, 1024 * 1024) == (512, 384)  # one that fits keeps its size
