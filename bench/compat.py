@@ -33,7 +33,9 @@ On this machine the two wall-time ratios stay unreliable even so: three runs at 
 intervals that leave 1 out on either side. Bursts of other work outlast a pair, so pairs are not
 independent as the bootstrap assumes, and the interval is too narrow. The CPU ratio read 1.021,
 0.973 and 0.996 with intervals a few hundredths wide: it is the figure to judge the translation's
-cost by. A profile of the gateway on gateway-bound streams (py-spy) put its per-token time in
+cost by. With nothing else running (2026-12-05 06:51, load average 1.5) the wall-time ratios held
+still: 0.995 [0.983, 1.003] over 24 pairs (default model) and 0.994 [0.986, 1.009] (gateway-bound),
+CPU 1.005 [0.983, 1.037]; that run is the results file's. A profile of the gateway on gateway-bound streams (py-spy) put its per-token time in
 what both routes share (uvicorn's send through the middleware stack, sse-starlette's per-event
 send), not in building OpenAI's chunks.
 """
