@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from gateway.settings import GatewaySettings
 from services.toolkit.logs import setup_logging
 from services.toolkit.tracing import setup_tracing
+
+
+def _logs_info(level: str) -> bool:
+    number = logging.getLevelName(level.upper())
+    return isinstance(number, int) and number <= logging.INFO
 
 
 def main() -> None:
@@ -23,7 +30,10 @@ def main() -> None:
                 loop="uvloop", http="httptools",
                 # The app reads X-Forwarded-For itself, from trusted proxies only
                 # (gateway/client_address.py); uvicorn's own handling would believe 127.0.0.1.
-                proxy_headers=False)
+                proxy_headers=False,
+                # uvicorn formats each request's access-log line (its path and query string
+                # included) before its logger drops it; below INFO nothing would be written.
+                access_log=_logs_info(settings.log_level))
 
 
 if __name__ == "__main__":
