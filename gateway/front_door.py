@@ -142,17 +142,20 @@ class FrontDoor:
         limit = rule.max_body_bytes if rule else self.default_max_body_bytes
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        shape = shape_for(scope.get("path", ""), self.error_shapes)
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _refuse_body(send, limit, shape)
+            await _refuse_body(send, limit, self._shape(scope))
             return
         if rule is not None and rule.signed_in:
             try:
                 await self._admit_token(scope, headers.get(b"authorization", b""))
             except ApiError as error:
-                await to_response(error, shape)(scope, receive, send)
+                await to_response(error, self._shape(scope))(scope, receive, send)
                 return
-        await self._limited(scope, receive, send, limit, shape)
+        await self._limited(scope, receive, send, limit)
+
+    def _shape(self, scope: Scope) -> ErrorShape | None:
+        # Looked up only for a refusal: most requests pass, and the look-up scans every prefix.
+        return shape_for(scope.get("path", ""), self.error_shapes)
 
     async def _admit_token(self, scope: Scope, authorization: bytes) -> None:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
@@ -167,8 +170,7 @@ class FrontDoor:
         key = self.rate_limits.invalid_token_key(self.client_addresses.of(scope))
         await self.rate_limits.ensure_room(self.rate_limits.invalid_tokens, key)
 
-    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int,
-                       shape: ErrorShape | None) -> None:
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
         response_started = False
 
@@ -191,7 +193,7 @@ class FrontDoor:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await _refuse_body(send, limit, shape)
+                await _refuse_body(send, limit, self._shape(scope))
 
 
 async def _refuse_body(send: Send, limit: int, shape: ErrorShape | None = None) -> None:
