@@ -59,7 +59,8 @@ class WaitWhileReconnecting(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Unary
     """Holds a call for up to `wait_s` while its channel is in TRANSIENT_FAILURE (see above).
 
     The channel is attached after it is built (`attach`): interceptors are given to the channel
-    at construction.
+    at construction. Give the channel `interceptor_kinds.one_per_kind(this)`, not this object:
+    a channel would file it under unary calls only.
     """
 
     def __init__(self, wait_s: float = RECONNECT_WAIT_S) -> None:

@@ -15,6 +15,7 @@ from gateway.settings import GatewaySettings
 from gateway.tracing import records_call_spans
 from services.toolkit import tracing
 from services.toolkit.callers import TokenSigner, caller_token_interceptors
+from services.toolkit.interceptor_kinds import one_per_kind
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ _CHANNEL_OPTIONS = [
 
 def _open(address: str, audience: str, settings: GatewaySettings, signer: TokenSigner | None) -> grpc.aio.Channel:
     reconnecting = channel_policy.WaitWhileReconnecting()
-    interceptors = [reconnecting, *tracing.client_interceptors(records_call_spans(settings))]
+    interceptors = [*one_per_kind(reconnecting), *tracing.client_interceptors(records_call_spans(settings))]
     if signer is not None:
         interceptors.extend(caller_token_interceptors(signer, audience))
     return reconnecting.attach(grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS,

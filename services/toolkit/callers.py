@@ -40,6 +40,7 @@ import nacl.exceptions
 import nacl.signing
 
 from services.toolkit.errors import Unauthenticated
+from services.toolkit.interceptor_kinds import one_per_kind
 
 METADATA_KEY = "fabula-caller"
 VERSION = "v1"
@@ -296,7 +297,8 @@ def caller_check(public_keys: str, audience: str, *, required: bool = True) -> C
 # --- the gateway's side: the client interceptor --------------------------------------------------
 
 
-class _CallerTokens:
+class _CallerTokens(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                    grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
     """Adds a token for `audience`, naming the request's user (`set_current_user`), to every call
     on a channel: no route can forget it, and no call goes out unsigned. A fixed `user_id` names
     that user instead (tools and benchmarks that call a service directly)."""
@@ -313,35 +315,24 @@ class _CallerTokens:
         return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                                           details.wait_for_ready)
 
-
-class _UnaryUnary(_CallerTokens, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._signed(client_call_details), request)
 
-
-class _UnaryStream(_CallerTokens, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(self._signed(client_call_details), request)
 
-
-class _StreamUnary(_CallerTokens, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
         return await continuation(self._signed(client_call_details), request_iterator)
 
-
-class _StreamStream(_CallerTokens, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         return await continuation(self._signed(client_call_details), request_iterator)
 
 
 def caller_token_interceptors(signer: TokenSigner, audience: str, user_id: str | None = None
                               ) -> list[grpc.aio.ClientInterceptor]:
-    """The client interceptors that sign every call of a channel (see `_CallerTokens`).
-
-    One object per kind of call: a grpc.aio channel files an interceptor under the first of the
-    four interfaces it implements only, so one object implementing all four would sign unary
-    calls and let streaming ones go out unsigned."""
-    return [kind(signer, audience, user_id) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+    """The client interceptors that sign every call of a channel (see `_CallerTokens`), one per
+    kind of call (interceptor_kinds.py says why)."""
+    return one_per_kind(_CallerTokens(signer, audience, user_id))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,5 +57,6 @@ def client_interceptors(record_spans: bool | None = None) -> list:
     always travels; a CLIENT span per call is recorded only when `record_spans` (default: when
     spans reach anyone, `records_spans()`)."""
     from services.toolkit.client_tracing import TracingClientInterceptor
+    from services.toolkit.interceptor_kinds import one_per_kind
 
-    return [TracingClientInterceptor(records_spans() if record_spans is None else record_spans)]
+    return one_per_kind(TracingClientInterceptor(records_spans() if record_spans is None else record_spans))

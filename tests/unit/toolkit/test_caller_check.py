@@ -11,6 +11,7 @@ from fabula.common.v1 import errors_pb2
 from fabula_wire import read_error_detail
 from services.toolkit.callers import (
     METADATA_KEY, TokenSigner, caller_check, caller_token_interceptors, caller_user_id, new_key_pair, set_current_user)
+from services.toolkit.interceptor_kinds import one_per_kind
 from services.toolkit.server import start_server
 
 SERVICE = "fabula.test.v1.Whoami"
@@ -117,3 +118,40 @@ async def test_the_client_interceptors_sign_unary_and_streaming_calls(keys):
     finally:
         await channel.close()
         await running.stop(0)
+
+
+async def test_a_channel_given_one_per_kind_runs_an_interceptor_on_streaming_calls_too(keys):
+    # A grpc.aio channel files an object implementing several kinds under unary calls only: the
+    # tracing and reconnect interceptors went unused on streamed generations before one_per_kind.
+    seen: list[str] = []
+
+    class Recording(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+        async def intercept_unary_unary(self, continuation, client_call_details, request):
+            seen.append("unary")
+            return await continuation(client_call_details, request)
+
+        async def intercept_unary_stream(self, continuation, client_call_details, request):
+            seen.append("stream")
+            return await continuation(client_call_details, request)
+
+    signing, public = keys
+    running = await start_server(_register, callers=caller_check(public, "text"))
+    codec = (errors_pb2.ErrorDetail.SerializeToString, errors_pb2.ErrorDetail.FromString)
+    for interceptors, expected in (([Recording()], ["unary"]), (one_per_kind(Recording()), ["unary", "stream"])):
+        seen.clear()
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{running.port}",
+            interceptors=[*interceptors, *caller_token_interceptors(TokenSigner(signing), "text", "user-3")])
+        try:
+            assert (await channel.unary_unary(f"/{SERVICE}/Call", *codec)(errors_pb2.ErrorDetail())).value == "user-3"
+            stream = channel.unary_stream(f"/{SERVICE}/Stream", *codec)(errors_pb2.ErrorDetail())
+            assert [reply.value async for reply in stream] == ["user-3"]
+            assert seen == expected
+        finally:
+            await channel.close()
+    await running.stop(0)
+
+
+def test_one_per_kind_refuses_an_object_that_intercepts_nothing():
+    with pytest.raises(TypeError, match="object implements no"):
+        one_per_kind(object())
