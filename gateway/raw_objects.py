@@ -27,15 +27,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fabula.editor.v1 import editor_pb2
 from fabula_wire import ObjectType
 from gateway.calls import unary
 from gateway.deps import TOKEN_PATTERN, User, limit_user, user_for_token
 from gateway.errors import ApiError, to_response
 from gateway.schemas.common import MAX_CHANGE_INDEX
-from gateway.schemas.editor import CHANGE_INDEX_HEADER, CREATED_AT_HEADER, UPDATED_AT_HEADER
+from gateway.schemas.editor import (
+    CHANGE_INDEX_HEADER,
+    CREATED_AT_HEADER,
+    OBJECT_ID_PATTERN,
+    UPDATED_AT_HEADER,
+    get_object_request,
+    put_object_data_request,
+)
 
-_PATH = re.compile(r"/user/objects/([a-z]+)/([A-Za-z0-9_-]{1,64})/data")
+_PATH = re.compile(rf"/user/objects/([a-z]+)/({OBJECT_ID_PATTERN})/data")
 _QUERY = re.compile(rb"expected_change_index=([0-9]{1,19})")
 _TYPES = {kind.value: kind for kind in ObjectType}
 _OCTET_STREAM = b"application/octet-stream"
@@ -102,7 +108,7 @@ async def _serve(handler: Callable[..., Awaitable[Answer]], scope: Scope, receiv
 async def _get(request: Request, user: User, kind: ObjectType, object_id: str) -> Answer:
     settings = request.app.state.settings
     reply = await unary(request, request.app.state.channels.editor_stub.GetObject(
-        editor_pb2.GetObjectRequest(type=kind.proto, id=object_id), metadata=user.metadata,
+        get_object_request(kind, object_id), metadata=user.metadata,
         timeout=settings.request_timeout_s))
     meta = reply.meta
     headers = [(_CHANGE_INDEX, str(meta.change_index).encode()), (_CREATED_AT, iso_time(meta.created_at).encode()),
@@ -114,8 +120,7 @@ async def _put(request: Request, user: User, kind: ObjectType, object_id: str, e
     data = await _read_body(request.receive)
     settings = request.app.state.settings
     reply = await unary(request, request.app.state.channels.editor_stub.PutObject(
-        editor_pb2.PutObjectRequest(type=kind.proto, id=object_id, data=data, expected_change_index=expected),
-        metadata=user.metadata, timeout=settings.request_timeout_s))
+        put_object_data_request(kind, object_id, data, expected), metadata=user.metadata, timeout=settings.request_timeout_s))
     meta = reply.meta
     body = json.dumps({"id": meta.id, "type": ObjectType.from_proto(meta.type).value, "size": meta.size,
                        "change_index": meta.change_index, "created_at": iso_time(meta.created_at),

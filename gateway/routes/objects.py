@@ -15,6 +15,7 @@ from gateway.calls import unary
 from gateway.deps import Editor, RateLimitedUser, Settings
 from gateway.schemas.common import MAX_CHANGE_INDEX, UINT32_MAX, error_responses
 from gateway.schemas.editor import (
+    OBJECT_ID_PATTERN,
     ObjectKind,
     ObjectMeta,
     ObjectPage,
@@ -28,7 +29,7 @@ from gateway.schemas.editor import (
 router = APIRouter(prefix="/user/objects", tags=["objects"])
 
 KindPath = Annotated[ObjectKind, Path(alias="type", description="which kind of object")]
-IdPath = Annotated[str, Path(alias="id", pattern="^[A-Za-z0-9_-]{1,64}$",
+IdPath = Annotated[str, Path(alias="id", pattern=f"^{OBJECT_ID_PATTERN}$",
                              description="client-chosen id: 1-64 characters of A-Z a-z 0-9 _ -")]
 
 

@@ -155,6 +155,11 @@ def list_objects_request(kind: ObjectKind, page_size: int | None, page_token: st
     return editor_pb2.ListObjectsRequest(type=kind.proto, page_size=page_size or 0, page_token=page_token)
 
 
+# An object's id as clients choose it; the path parameter and the gateway's lean raw-data path
+# (raw_objects.py) both match it.
+OBJECT_ID_PATTERN = "[A-Za-z0-9_-]{1,64}"
+
+
 def get_object_request(kind: ObjectKind, object_id: str) -> editor_pb2.GetObjectRequest:
     return editor_pb2.GetObjectRequest(type=kind.proto, id=object_id)
 
