@@ -11,6 +11,7 @@ from fabula.editor.v1 import editor_pb2_grpc
 from fabula.image.v1 import image_pb2_grpc
 from fabula.text.v1 import text_pb2_grpc
 from gateway import channel_policy
+from gateway.object_stream import ObjectDataStreams
 from gateway.settings import GatewaySettings
 from gateway.tracing import records_call_spans
 from services.toolkit import tracing
@@ -59,6 +60,9 @@ class ServiceChannels:
     text: grpc.aio.Channel
     image: grpc.aio.Channel
     editor_stub: editor_pb2_grpc.EditorServiceStub = field(init=False)
+    # The lean /data routes' GetObject and PutObject on long-lived streams (object_stream.py);
+    # None: they go by unary call.
+    editor_data: ObjectDataStreams | None = field(init=False, default=None)
     text_stub: text_pb2_grpc.TextServiceStub = field(init=False)
     image_stub: image_pb2_grpc.ImageServiceStub = field(init=False)
 
@@ -70,10 +74,17 @@ class ServiceChannels:
     @classmethod
     def open(cls, settings: GatewaySettings) -> ServiceChannels:
         signer = _signer(settings)
-        return cls(editor=_open(settings.editor_address, "editor", settings, signer),
-                   text=_open(settings.text_address, "text", settings, signer),
-                   image=_open(settings.image_address, "image", settings, signer))
+        channels = cls(editor=_open(settings.editor_address, "editor", settings, signer),
+                       text=_open(settings.text_address, "text", settings, signer),
+                       image=_open(settings.image_address, "image", settings, signer))
+        if settings.editor_data_streams > 0:
+            channels.editor_data = ObjectDataStreams(channels.editor_stub, signer,
+                                                     streams=settings.editor_data_streams,
+                                                     in_flight=settings.editor_data_stream_in_flight)
+        return channels
 
     async def close(self) -> None:
+        if self.editor_data is not None:
+            await self.editor_data.close()
         for channel in (self.editor, self.text, self.image):
             await channel.close()

@@ -105,11 +105,23 @@ async def _serve(handler: Callable[..., Awaitable[Answer]], scope: Scope, receiv
     await send({"type": "http.response.body", "body": body})
 
 
+async def _editor_call(request: Request, user: User, kind: str, message: Any) -> Any:
+    """GetObject or PutObject (`kind` "get_object" or "put_object"): on an ObjectData stream when
+    one is ready (object_stream.py), else as a unary call."""
+    state = request.app.state
+    timeout_s = state.settings.request_timeout_s
+    streams = state.channels.editor_data
+    if streams is not None:
+        reply = await streams.call(request, kind, message, user.user_id, f"Bearer {user.token}", timeout_s)
+        if reply is not None:
+            return reply
+    stub = state.channels.editor_stub
+    method = stub.GetObject if kind == "get_object" else stub.PutObject
+    return await unary(request, method(message, metadata=user.metadata, timeout=timeout_s))
+
+
 async def _get(request: Request, user: User, kind: ObjectType, object_id: str) -> Answer:
-    settings = request.app.state.settings
-    reply = await unary(request, request.app.state.channels.editor_stub.GetObject(
-        get_object_request(kind, object_id), metadata=user.metadata,
-        timeout=settings.request_timeout_s))
+    reply = await _editor_call(request, user, "get_object", get_object_request(kind, object_id))
     meta = reply.meta
     headers = [(_CHANGE_INDEX, str(meta.change_index).encode()), (_CREATED_AT, iso_time(meta.created_at).encode()),
                (_UPDATED_AT, iso_time(meta.updated_at).encode()), (b"content-type", _OCTET_STREAM)]
@@ -118,9 +130,7 @@ async def _get(request: Request, user: User, kind: ObjectType, object_id: str) -
 
 async def _put(request: Request, user: User, kind: ObjectType, object_id: str, expected: int) -> Answer:
     data = await _read_body(request.receive)
-    settings = request.app.state.settings
-    reply = await unary(request, request.app.state.channels.editor_stub.PutObject(
-        put_object_data_request(kind, object_id, data, expected), metadata=user.metadata, timeout=settings.request_timeout_s))
+    reply = await _editor_call(request, user, "put_object", put_object_data_request(kind, object_id, data, expected))
     meta = reply.meta
     body = json.dumps({"id": meta.id, "type": ObjectType.from_proto(meta.type).value, "size": meta.size,
                        "change_index": meta.change_index, "created_at": iso_time(meta.created_at),

@@ -58,6 +58,11 @@ class GatewaySettings(BaseSettings):
                                   description="largest archive POST /user/import accepts (413 beyond); "
                                               "keep it at the editor's max_archive_bytes")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline forwarded to unary calls")
+    editor_data_streams: int = Field(
+        2, ge=0, le=64, description="long-lived ObjectData streams to the editor that carry GET/PUT "
+                                    "/user/objects/{type}/{id}/data (gateway/object_stream.py); 0: unary calls")
+    editor_data_stream_in_flight: int = Field(64, ge=1, le=256, description="requests in flight per ObjectData "
+                                                                            "stream; more wait for a slot")
     stream_timeout_s: float = Field(600.0, gt=0, description="deadline forwarded to streaming calls")
     rate_limit: str = Field("600/minute", description="per-user limit, in the `limits` notation")
     anonymous_rate_limit: str = Field("60/minute", description="per-client-address limit before login")

@@ -60,9 +60,13 @@ class EditorApp:
         await self.credentials.dummy_hash()
 
     async def watch_database(self, running: RunningServer) -> None:
-        """Keep the server's health in step with the database until cancelled."""
-        await DatabaseHealth(self.storage, interval_s=self.settings.health_probe_interval_s,
-                             set_serving=running.set_serving).run()
+        """Keep the server's health in step with the database until cancelled, which is when the
+        server starts to drain (toolkit/server.py): the ObjectData streams start to drain too."""
+        try:
+            await DatabaseHealth(self.storage, interval_s=self.settings.health_probe_interval_s,
+                                 set_serving=running.set_serving).run()
+        finally:
+            self.servicer.object_streams.drain()
 
     async def close(self) -> None:
         await self.storage.close()

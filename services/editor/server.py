@@ -17,6 +17,7 @@ from fabula.editor.v1 import editor_pb2_grpc
 from services.editor import wire
 from services.editor.accounts import Accounts
 from services.editor.api_tokens import ApiTokens, is_api_token
+from services.editor.object_stream import ObjectDataStreams
 from services.editor.objects import Objects
 from services.editor.transfer import Transfers
 from services.editor.types import Account, Caller, TokenScope
@@ -30,9 +31,7 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str:
     """The token of "authorization: Bearer <token>", or "" when there is none."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
+            return wire.bearer_of(value)
     return ""
 
 
@@ -40,6 +39,7 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
     def __init__(self, accounts: Accounts, objects: Objects, transfers: Transfers, api_tokens: ApiTokens) -> None:
         self._accounts, self._objects, self._transfers = accounts, objects, transfers
         self._api_tokens = api_tokens
+        self.object_streams = ObjectDataStreams(self)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Account:
         """The session's account; a personal API token is refused here (PERMISSION_DENIED)."""
@@ -128,9 +128,13 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
 
     # Objects.
     async def PutObject(self, request: pb.PutObjectRequest, context) -> pb.PutObjectResponse:
+        return await self.put_object(request, bearer_token(context))
+
+    async def put_object(self, request: pb.PutObjectRequest, token: str) -> pb.PutObjectResponse:
+        """PutObject for the session `token` (a unary call's, or one ObjectData message's)."""
         write = self._objects.valid_write(request.type, request.id, request.data, request.expected_change_index)
         if write is None:  # the caller first, as everywhere; then the refusal of the request
-            account = await self._caller(context)
+            account = self._signed_for(await self._accounts.authenticate(token))
             meta = await self._objects.put(account.user_id, request.type, request.id, request.data,
                                            request.expected_change_index)
             return pb.PutObjectResponse(meta=wire.object_meta_to_pb(meta))
@@ -142,19 +146,27 @@ class EditorServicer(editor_pb2_grpc.EditorServiceServicer):
         def admit(account: Account) -> Account:
             return self._signed_for(account, signed)
 
-        _, meta = await self._accounts.authenticate_with(bearer_token(context), lambda hashed, _now: (
+        _, meta = await self._accounts.authenticate_with(token, lambda hashed, _now: (
             self._objects.put_for_session(hashed, admit, write, request.expected_change_index)))
         return pb.PutObjectResponse(meta=wire.object_meta_to_pb(meta))
 
     async def GetObject(self, request: pb.GetObjectRequest, context) -> pb.GetObjectResponse:
+        return await self.get_object(request, bearer_token(context))
+
+    async def get_object(self, request: pb.GetObjectRequest, token: str) -> pb.GetObjectResponse:
+        """GetObject for the session `token` (a unary call's, or one ObjectData message's)."""
         key = self._objects.valid_key(request.type, request.id)
         if key is None:  # the caller first, as everywhere; then the refusal of the type or id
-            account = await self._caller(context)
+            account = self._signed_for(await self._accounts.authenticate(token))
             return wire.stored_object_to_pb(await self._objects.get(account.user_id, request.type, request.id))
         # The most frequent call: the session check and the read in one trip to the database.
-        account, stored = await self._accounts.authenticate_and_get(bearer_token(context), *key)
+        account, stored = await self._accounts.authenticate_and_get(token, *key)
         self._signed_for(account)
         return wire.stored_object_to_pb(self._objects.found(stored, *key))
+
+    async def ObjectData(self, request_iterator, context) -> AsyncIterator[pb.ObjectDataResponse]:
+        async for answer in self.object_streams.serve(request_iterator, context):
+            yield answer
 
     async def ListObjects(self, request: pb.ListObjectsRequest, context) -> pb.ListObjectsResponse:
         account = await self._caller(context)

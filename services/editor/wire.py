@@ -119,3 +119,10 @@ def created_api_token_to_pb(token: str, stored: ApiToken) -> pb.CreateApiTokenRe
 
 def api_token_list_to_pb(tokens: list[ApiToken]) -> pb.ListApiTokensResponse:
     return pb.ListApiTokensResponse(tokens=[api_token_to_pb(token) for token in tokens])
+
+
+def bearer_of(authorization: str) -> str:
+    """The token of an "authorization" value "Bearer <token>" (metadata of a call, or a field of an
+    ObjectData message), or "" when it is not one."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""

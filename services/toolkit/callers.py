@@ -63,6 +63,10 @@ class Caller:
 
 _current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("fabula_caller", default=None)
 _current_user: contextvars.ContextVar[str] = contextvars.ContextVar("fabula_current_user", default="")
+# The check that admitted the call being served: a stream that multiplexes requests (the editor's
+# ObjectData) verifies each message's own token with it (`message_caller`).
+_current_check: contextvars.ContextVar[CallerCheck | None] = contextvars.ContextVar("fabula_caller_check",
+                                                                                    default=None)
 
 
 def current_caller() -> Caller | None:
@@ -74,6 +78,17 @@ def caller_user_id() -> str:
     """The verified caller's user id; "" when there is none (not signed in, or no check)."""
     caller = _current_caller.get()
     return caller.user_id if caller is not None else ""
+
+
+def message_caller(token: str) -> Caller | None:
+    """Verify the caller token one message of a multiplexed stream carries, by the same rules as a
+    call's (`CallerCheck`), and make it the current caller of the calling task: call it from the
+    task that serves that message alone. None: no check runs (an in-process test server without
+    one), or the token is absent and the check does not require one."""
+    check = _current_check.get()
+    caller = check.caller_of(token) if check is not None else None
+    _current_caller.set(caller)
+    return caller
 
 
 def set_current_user(user_id: str) -> None:
@@ -260,7 +275,10 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _caller(self, context: grpc.aio.ServicerContext) -> Caller | None:
-        token = token_of(context.invocation_metadata())
+        _current_check.set(self)
+        return self.caller_of(token_of(context.invocation_metadata()))
+
+    def caller_of(self, token: str) -> Caller | None:
         if not token and not self.required:
             return None
         return self.verifier.verify(token)

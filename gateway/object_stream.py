@@ -1,0 +1,259 @@
+"""The gateway's side of the editor's ObjectData stream: the lean /data routes' GetObject and
+PutObject, one message each way on a few long-lived streams instead of one call per request.
+
+The protocol is the editor's (protos/fabula/editor/v1/editor.proto, services/editor/object_stream.py).
+Here every request carries what its unary call would: the user's session ("authorization"), a
+caller token signed for that user (the channel's interceptor signed only the stream, for nobody),
+and the request's deadline, also kept here: when it passes, the request is cancelled on the stream
+and answered DEADLINE_EXCEEDED (504) as the call would be. An answer's status becomes the same
+`grpc.aio.AioRpcError` the call would have raised, so errors.py maps both alike.
+
+When no stream is ready (none opened yet, the editor restarting, a stream that broke), a request
+goes by unary call, which rides out restarts as before (channel_policy.py), and a stream is opened
+again in the background, at most every `REOPEN_INTERVAL_S`. A stream counts as ready only once the
+editor has answered it with initial metadata. On a stream that breaks, a GetObject in flight is
+sent again by unary call (the retry a unary GetObject gets on UNAVAILABLE) and a PutObject in
+flight is answered 503 (it may have been applied; writes are never repeated). A request the editor
+refused as DRAINING was not served: it goes by unary call, and the stream is closed.
+
+Backpressure: at most `in_flight` requests per stream; beyond, a request waits for a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import time
+from typing import Any
+
+import grpc
+from starlette.requests import Request
+
+from fabula.editor.v1 import editor_pb2 as pb
+from fabula.editor.v1 import editor_pb2_grpc
+from fabula_wire import STATUS_DETAILS_KEY, read_error_detail
+from gateway.calls import DisconnectWatch
+from gateway.errors import from_rpc_error
+from services.toolkit.callers import TokenSigner
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_S = 1.0
+REOPEN_INTERVAL_S = 0.5
+_DRAINING = "DRAINING"
+
+
+class _StreamLost(Exception):
+    """The stream broke (or was closed) before the request's answer came."""
+
+
+class _Ready(Exception):
+    """Not ready: the caller goes by unary call."""
+
+
+def _rpc_error(code: grpc.StatusCode, message: str, details: bytes = b"") -> grpc.aio.AioRpcError:
+    trailing = grpc.aio.Metadata((STATUS_DETAILS_KEY, details)) if details else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=message)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _Waiting:
+    """One request's answer to come; `cancel` is what the disconnect watch calls."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[pb.ObjectDataResponse] = asyncio.get_running_loop().create_future()
+
+    def cancel(self) -> bool:
+        return self.future.cancel()
+
+
+class _Stream:
+    """One ObjectData stream: its call, its requests in flight, the task reading its answers."""
+
+    def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, in_flight: int) -> None:
+        self._stub = stub
+        self._slots = asyncio.Semaphore(in_flight)
+        self._write_lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[pb.ObjectDataResponse]] = {}
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._next_open = 0.0
+        self.ready = False
+
+    def open_soon(self) -> None:
+        """Start opening the stream unless it is open, opening, or failed too recently."""
+        if self.ready or self._opening is not None or time.monotonic() < self._next_open:
+            return
+        self._next_open = time.monotonic() + REOPEN_INTERVAL_S
+        # A fresh context: the stream must not carry the user of the request that happened to open it.
+        self._opening = asyncio.get_running_loop().create_task(self._open(), context=contextvars.Context())
+
+    async def _open(self) -> None:
+        call = self._stub.ObjectData()
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT_S):
+                await call.initial_metadata()
+            if call.done():
+                raise _StreamLost()
+        except (TimeoutError, grpc.aio.AioRpcError, _StreamLost) as error:
+            call.cancel()
+            log.debug("ObjectData stream not opened (%s); requests go by unary call", type(error).__name__)
+            return
+        finally:
+            self._opening = None
+        self._call = call
+        self._reader = asyncio.create_task(self._read(call))
+        self.ready = True
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            while (answer := await call.read()) is not grpc.aio.EOF:
+                future = self._pending.pop(answer.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(answer)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("ObjectData: reading the stream failed")
+        finally:
+            self._lost(call)
+
+    def _lost(self, call: grpc.aio.StreamStreamCall) -> None:
+        if self._call is call:
+            self.ready = False
+            self._call = None
+        call.cancel()
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(_StreamLost())
+
+    async def request(self, waiting: _Waiting, message: pb.ObjectDataRequest, timeout_s: float
+                      ) -> pb.ObjectDataResponse:
+        """The answer to `message` (its request_id is set here); _StreamLost if the stream broke
+        first, _Ready if it was not ready when a slot came free."""
+        async with self._slots:
+            call = self._call
+            if not self.ready or call is None:
+                raise _Ready()
+            if waiting.future.cancelled():
+                raise asyncio.CancelledError()  # the client left while the request waited for a slot
+            request_id = message.request_id = next(self._ids)
+            self._pending[request_id] = waiting.future
+            try:
+                async with asyncio.timeout(timeout_s):
+                    async with self._write_lock:
+                        await call.write(message)
+                    return await waiting.future
+            except TimeoutError:
+                self._cancel(call, request_id)
+                raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            except asyncio.CancelledError:
+                self._cancel(call, request_id)
+                raise
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                raise _StreamLost() from None  # the write failed: the stream is going down
+
+    def _cancel(self, call: grpc.aio.StreamStreamCall, request_id: int) -> None:
+        """Tell the editor to stop serving `request_id` (in the background: the caller is leaving)."""
+        if self._pending.pop(request_id, None) is None or self._call is not call:
+            return
+
+        async def send() -> None:
+            try:
+                async with self._write_lock:
+                    await call.write(pb.ObjectDataRequest(request_id=request_id, cancel=True))
+            except Exception:  # noqa: BLE001 - the stream broke: nothing left to cancel
+                pass
+
+        asyncio.get_running_loop().create_task(send())
+
+    def close_soon(self) -> None:
+        """Stop sending on this stream (the editor drains): it ends once its answers are in."""
+        call = self._call
+        if call is None:
+            return
+        self.ready = False
+        self._call = None
+
+        async def done_writing() -> None:
+            try:
+                async with self._write_lock:
+                    await call.done_writing()
+            except Exception:  # noqa: BLE001
+                call.cancel()
+
+        asyncio.get_running_loop().create_task(done_writing())
+
+    async def close(self) -> None:
+        self.ready = False
+        for task in (self._opening, self._reader):
+            if task is not None:
+                task.cancel()
+        if self._call is not None:
+            self._call.cancel()
+
+
+class ObjectDataStreams:
+    """A few ObjectData streams on the editor's channel, used in turn."""
+
+    def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, signer: TokenSigner | None, *,
+                 streams: int, in_flight: int) -> None:
+        self._signer = signer
+        self._streams = [_Stream(stub, in_flight) for _ in range(streams)]
+        self._turn = itertools.cycle(self._streams)
+
+    def _ready_stream(self) -> _Stream | None:
+        for _ in range(len(self._streams)):
+            stream = next(self._turn)
+            if stream.ready:
+                return stream
+            stream.open_soon()
+        return None
+
+    async def call(self, request: Request, kind: str, message: Any, user_id: str, authorization: str,
+                   timeout_s: float) -> Any | None:
+        """The reply (GetObjectResponse or PutObjectResponse) to `message` sent on a stream; None
+        when the caller must send it by unary call instead. Raises the ApiError the call would."""
+        stream = self._ready_stream()
+        if stream is None:
+            return None
+        token = self._signer.mint(user_id, "editor") if self._signer is not None else ""
+        outgoing = pb.ObjectDataRequest(authorization=authorization, caller_token=token,
+                                        timeout_ms=max(1, round(timeout_s * 1000)), **{kind: message})
+        waiting = _Waiting()
+        try:
+            async with DisconnectWatch(request, waiting):
+                answer = await stream.request(waiting, outgoing, timeout_s)
+        except _Ready:
+            return None
+        except _StreamLost:
+            if kind == "get_object":
+                return None  # a read is sent again, as a unary GetObject is retried on UNAVAILABLE
+            raise from_rpc_error(_rpc_error(grpc.StatusCode.UNAVAILABLE, "the editor's stream broke")) from None
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        if answer.code == 0:
+            return getattr(answer, kind)
+        error = _rpc_error(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN), answer.message, answer.status_details)
+        if error.code() == grpc.StatusCode.UNAVAILABLE and _draining(error):
+            stream.close_soon()
+            return None  # not served: the unary call goes where the channel goes now
+        raise from_rpc_error(error)
+
+    async def close(self) -> None:
+        for stream in self._streams:
+            await stream.close()
+
+
+def _draining(error: grpc.aio.AioRpcError) -> bool:
+    detail, _ = read_error_detail(error)
+    return detail.reason == _DRAINING

@@ -1,0 +1,159 @@
+"""ObjectData: GetObject and PutObject multiplexed over one long-lived bidirectional stream.
+
+The gateway's busiest routes each cost one unary call, and a unary call with 64 KiB costs about
+half a millisecond of CPU between the two processes (docs/editor.md, "Where the time goes on the
+storage path"): HEADERS and HPACK, the interceptors, the server's call set-up. On this stream each
+request is one message each way.
+
+Each message is served as its unary call would be, in a task of its own (so concurrent saves still
+meet in one group commit): its own caller token verified by the server's caller check
+(`callers.message_caller`; the stream's own token only says the gateway opened it), its own
+session checked by the servicer's `get_object`/`put_object`, its own deadline (`timeout_ms`),
+the per-RPC metrics recorded under GetObject/PutObject, and any error answered as the exception
+interceptor answers a call: code, message and the google.rpc.Status it would put in the trailers.
+A `cancel` message cancels its request's task, as a cancelled call cancels its handler.
+
+Bounds: at most `max_in_flight` requests per stream (the gateway keeps below it; a request beyond
+is answered RESOURCE_EXHAUSTED, not served). When the service starts to drain (`drain`), requests
+still arriving are answered UNAVAILABLE with reason DRAINING without being served, which tells the
+gateway that it may send them again by unary call and close the stream; the stream ends once its
+requests in flight are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from fabula.editor.v1 import editor_pb2 as pb
+from services.editor import wire
+from services.toolkit import metrics
+from services.toolkit.callers import message_caller
+from services.toolkit.errors import FabulaError, InvalidArgument, ResourceExhausted, Unavailable
+from services.toolkit.interceptor import status_for
+
+if TYPE_CHECKING:
+    from services.editor.server import EditorServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
+MAX_IN_FLIGHT = 256
+DRAINING = "DRAINING"
+_END = object()
+
+
+class ObjectDataStreams:
+    """Serves every ObjectData stream of one servicer."""
+
+    def __init__(self, servicer: EditorServicer, *, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self._servicer = servicer
+        self.max_in_flight = max_in_flight
+        self.draining = False
+        self.served = 0  # requests answered on streams (tests and benchmarks read it)
+
+    def drain(self) -> None:
+        """From now on, refuse new requests (UNAVAILABLE, DRAINING) so that the gateway moves off."""
+        self.draining = True
+
+    async def serve(self, requests: AsyncIterator[pb.ObjectDataRequest],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ObjectDataResponse]:
+        # Initial metadata at once: the gateway sends nothing before it has them.
+        await context.send_initial_metadata(())
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        in_flight: dict[int, asyncio.Task[None]] = {}
+        reader = asyncio.create_task(self._read(requests, answers, in_flight))
+        try:
+            while (answer := await answers.get()) is not _END:
+                yield answer
+        finally:
+            reader.cancel()
+            for task in list(in_flight.values()):
+                task.cancel()
+
+    async def _read(self, requests: AsyncIterator[pb.ObjectDataRequest], answers: asyncio.Queue[Any],
+                    in_flight: dict[int, asyncio.Task[None]]) -> None:
+        try:
+            async for request in requests:
+                request_id = request.request_id
+                kind = request.WhichOneof("call")
+                if kind == "cancel":
+                    task = in_flight.pop(request_id, None)
+                    if task is not None:
+                        task.cancel()
+                    continue
+                refusal = self._refusal(request_id, kind, in_flight)
+                if refusal is not None:
+                    answers.put_nowait(_error_answer(request_id, refusal))
+                    continue
+                in_flight[request_id] = asyncio.create_task(self._serve_one(request, kind, answers, in_flight))
+            # The gateway closed its side: answer what is in flight, then end the stream.
+            while in_flight:
+                await asyncio.gather(*in_flight.values(), return_exceptions=True)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass  # the stream is gone; serve() cancels what is left
+        except Exception:
+            log.exception("ObjectData: reading the stream failed")
+        finally:
+            answers.put_nowait(_END)
+
+    def _refusal(self, request_id: int, kind: str | None, in_flight: dict[int, Any]) -> FabulaError | None:
+        if kind is None:
+            return InvalidArgument("call", "", "names no request (get_object, put_object or cancel)")
+        if request_id in in_flight:
+            return InvalidArgument("request_id", request_id, "is already in flight on this stream")
+        if self.draining:
+            return Unavailable("the editor is shutting down; send the request again", retry_after_s=0.0,
+                               reason=DRAINING)
+        if len(in_flight) >= self.max_in_flight:
+            return ResourceExhausted(f"more than {self.max_in_flight} requests in flight on this stream",
+                                     reason="STREAM_IN_FLIGHT")
+        return None
+
+    async def _serve_one(self, request: pb.ObjectDataRequest, kind: str, answers: asyncio.Queue[Any],
+                         in_flight: dict[int, asyncio.Task[None]]) -> None:
+        request_id = request.request_id
+        method = "GetObject" if kind == "get_object" else "PutObject"
+        code = grpc.StatusCode.OK
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None):
+                message_caller(request.caller_token)
+                token = wire.bearer_of(request.authorization)
+                if kind == "get_object":
+                    answer = pb.ObjectDataResponse(request_id=request_id, get_object=await self._servicer.get_object(
+                        request.get_object, token))
+                else:
+                    answer = pb.ObjectDataResponse(request_id=request_id, put_object=await self._servicer.put_object(
+                        request.put_object, token))
+        except FabulaError as error:
+            code = error.code
+            answer = _error_answer(request_id, error)
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            answer = pb.ObjectDataResponse(request_id=request_id, code=code.value[0], message="Deadline Exceeded")
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # no answer: the sender has stopped waiting
+            raise
+        except Exception:
+            log.exception("unhandled error in ObjectData %s", method)
+            code = grpc.StatusCode.INTERNAL
+            answer = pb.ObjectDataResponse(request_id=request_id, code=code.value[0],
+                                           message="internal error; see the service's log")
+        finally:
+            metrics.record_rpc(SERVICE, method, code.name, time.perf_counter() - started)
+            if in_flight.get(request_id) is asyncio.current_task():
+                del in_flight[request_id]
+        self.served += 1
+        answers.put_nowait(answer)
+
+
+def _error_answer(request_id: int, error: FabulaError) -> pb.ObjectDataResponse:
+    status = status_for(error)
+    return pb.ObjectDataResponse(request_id=request_id, code=status.code, message=status.message,
+                                 status_details=status.SerializeToString())
