@@ -79,6 +79,7 @@ class ServiceChannels:
                        image=_open(settings.image_address, "image", settings, signer))
         if settings.editor_data_streams > 0:
             channels.editor_data = ObjectDataStreams(channels.editor_stub, signer,
+                                                     record_spans=records_call_spans(settings),
                                                      streams=settings.editor_data_streams,
                                                      in_flight=settings.editor_data_stream_in_flight)
         return channels

@@ -4,7 +4,8 @@ PutObject, one message each way on a few long-lived streams instead of one call 
 The protocol is the editor's (protos/fabula/editor/v1/editor.proto, services/editor/object_stream.py).
 Here every request carries what its unary call would: the user's session ("authorization"), a
 caller token signed for that user (the channel's interceptor signed only the stream, for nobody),
-and the request's deadline, also kept here: when it passes, the request is cancelled on the stream
+its trace context (with a CLIENT span where the gateway records them), and the request's
+deadline, also kept here: when it passes, the request is cancelled on the stream
 and answered DEADLINE_EXCEEDED (504) as the call would be. An answer's status becomes the same
 `grpc.aio.AioRpcError` the call would have raised, so errors.py maps both alike.
 
@@ -29,6 +30,8 @@ import time
 from typing import Any
 
 import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind
 from starlette.requests import Request
 
 from fabula.editor.v1 import editor_pb2 as pb
@@ -40,6 +43,7 @@ from services.toolkit.callers import TokenSigner
 
 log = logging.getLogger(__name__)
 
+SERVICE = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
 OPEN_TIMEOUT_S = 1.0
 REOPEN_INTERVAL_S = 0.5
 _DRAINING = "DRAINING"
@@ -206,8 +210,10 @@ class ObjectDataStreams:
     """A few ObjectData streams on the editor's channel, used in turn."""
 
     def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, signer: TokenSigner | None, *,
-                 streams: int, in_flight: int) -> None:
+                 streams: int, in_flight: int, record_spans: bool = False) -> None:
         self._signer = signer
+        self._record_spans = record_spans
+        self._tracer = trace.get_tracer(__name__)
         self._streams = [_Stream(stub, in_flight) for _ in range(streams)]
         self._turn = itertools.cycle(self._streams)
 
@@ -229,10 +235,13 @@ class ObjectDataStreams:
         token = self._signer.mint(user_id, "editor") if self._signer is not None else ""
         outgoing = pb.ObjectDataRequest(authorization=authorization, caller_token=token,
                                         timeout_ms=max(1, round(timeout_s * 1000)), **{kind: message})
+        span = self._client_span(kind, outgoing)
         waiting = _Waiting()
         try:
             async with DisconnectWatch(request, waiting):
                 answer = await stream.request(waiting, outgoing, timeout_s)
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", answer.code)
         except _Ready:
             return None
         except _StreamLost:
@@ -241,6 +250,9 @@ class ObjectDataStreams:
             raise from_rpc_error(_rpc_error(grpc.StatusCode.UNAVAILABLE, "the editor's stream broke")) from None
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+        finally:
+            if span is not None:
+                span.end()
         if answer.code == 0:
             return getattr(answer, kind)
         error = _rpc_error(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN), answer.message, answer.status_details)
@@ -248,6 +260,18 @@ class ObjectDataStreams:
             stream.close_soon()
             return None  # not served: the unary call goes where the channel goes now
         raise from_rpc_error(error)
+
+    def _client_span(self, kind: str, outgoing: pb.ObjectDataRequest) -> Span | None:
+        """The trace context for the message, as the tracing client interceptor puts it in a call's
+        metadata, and the CLIENT span it makes where spans are recorded."""
+        if not self._record_spans:
+            propagate.inject(outgoing.trace_context)
+            return None
+        method = "GetObject" if kind == "get_object" else "PutObject"
+        span = self._tracer.start_span(f"/{SERVICE}/{method}", kind=SpanKind.CLIENT, attributes={
+            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method})
+        propagate.inject(outgoing.trace_context, context=trace.set_span_in_context(span))
+        return span
 
     async def close(self) -> None:
         for stream in self._streams:

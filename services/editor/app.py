@@ -46,9 +46,12 @@ class EditorApp:
         objects = Objects(storage, settings, clock)
         transfers = Transfers(storage, settings, clock)
         api_tokens = ApiTokens(storage, settings, clock)
+        servicer = EditorServicer(accounts, objects, transfers, api_tokens)
+        # A stream's requests in flight are bounded as the server bounds its calls.
+        servicer.object_streams.max_in_flight = settings.max_concurrent_rpcs
         return cls(settings=settings, storage=storage, credentials=credentials, accounts=accounts,
                    api_tokens=api_tokens, objects=objects, transfers=transfers,
-                   servicer=EditorServicer(accounts, objects, transfers, api_tokens))
+                   servicer=servicer)
 
     @property
     def register(self) -> Register:

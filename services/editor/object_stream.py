@@ -9,7 +9,8 @@ Each message is served as its unary call would be, in a task of its own (so conc
 meet in one group commit): its own caller token verified by the server's caller check
 (`callers.message_caller`; the stream's own token only says the gateway opened it), its own
 session checked by the servicer's `get_object`/`put_object`, its own deadline (`timeout_ms`),
-the per-RPC metrics recorded under GetObject/PutObject, and any error answered as the exception
+its own SERVER span in the sender's trace (`trace_context`, where spans are recorded), the
+per-RPC metrics recorded under GetObject/PutObject, and any error answered as the exception
 interceptor answers a call: code, message and the google.rpc.Status it would put in the trailers.
 A `cancel` message cancels its request's task, as a cancelled call cancels its handler.
 
@@ -23,16 +24,19 @@ requests in flight are answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind
 
 from fabula.editor.v1 import editor_pb2 as pb
 from services.editor import wire
-from services.toolkit import metrics
+from services.toolkit import metrics, tracing
 from services.toolkit.callers import message_caller
 from services.toolkit.errors import FabulaError, InvalidArgument, ResourceExhausted, Unavailable
 from services.toolkit.interceptor import status_for
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from services.editor.server import EditorServicer
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
 MAX_IN_FLIGHT = 256
@@ -63,6 +68,8 @@ class ObjectDataStreams:
 
     async def serve(self, requests: AsyncIterator[pb.ObjectDataRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ObjectDataResponse]:
+        if self.draining:  # refused before the initial metadata: the gateway keeps to unary calls
+            raise Unavailable("the editor is shutting down", reason=DRAINING)
         # Initial metadata at once: the gateway sends nothing before it has them.
         await context.send_initial_metadata(())
         answers: asyncio.Queue[Any] = asyncio.Queue()
@@ -122,15 +129,9 @@ class ObjectDataStreams:
         code = grpc.StatusCode.OK
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None):
-                message_caller(request.caller_token)
-                token = wire.bearer_of(request.authorization)
-                if kind == "get_object":
-                    answer = pb.ObjectDataResponse(request_id=request_id, get_object=await self._servicer.get_object(
-                        request.get_object, token))
-                else:
-                    answer = pb.ObjectDataResponse(request_id=request_id, put_object=await self._servicer.put_object(
-                        request.put_object, token))
+            with _server_span(request, method) as span:
+                answer = await self._answer(request, kind)
+                span.set_attribute("rpc.grpc.status_code", answer.code)
         except FabulaError as error:
             code = error.code
             answer = _error_answer(request_id, error)
@@ -151,6 +152,30 @@ class ObjectDataStreams:
                 del in_flight[request_id]
         self.served += 1
         answers.put_nowait(answer)
+
+    async def _answer(self, request: pb.ObjectDataRequest, kind: str) -> pb.ObjectDataResponse:
+        """The request served: its caller and session checked, within its deadline."""
+        async with asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None):
+            message_caller(request.caller_token)
+            token = wire.bearer_of(request.authorization)
+            if kind == "get_object":
+                reply = await self._servicer.get_object(request.get_object, token)
+                return pb.ObjectDataResponse(request_id=request.request_id, get_object=reply)
+            reply = await self._servicer.put_object(request.put_object, token)
+            return pb.ObjectDataResponse(request_id=request.request_id, put_object=reply)
+
+
+@contextlib.contextmanager
+def _server_span(request: pb.ObjectDataRequest, method: str) -> Iterator[Span]:
+    """A SERVER span in the sender's trace, as the tracing server interceptor makes per call: only
+    where this process records spans and the message carried a trace context."""
+    if not request.trace_context or not tracing.records_spans():
+        yield trace.INVALID_SPAN
+        return
+    with _tracer.start_as_current_span(
+            f"/{SERVICE}/{method}", context=propagate.extract(request.trace_context), kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}) as span:
+        yield span
 
 
 def _error_answer(request_id: int, error: FabulaError) -> pb.ObjectDataResponse:

@@ -10,6 +10,7 @@ import time
 import grpc
 import httpx
 import pytest
+from opentelemetry.trace import SpanKind
 
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
@@ -22,6 +23,7 @@ from services.editor.object_stream import ObjectDataStreams
 from services.toolkit.callers import METADATA_KEY, TokenSigner, caller_check, caller_token_interceptors, new_key_pair
 from services.toolkit.server import start_server
 from tests.integration.gateway.harness import HttpUser, gateway_settings, register_user, serve_gateway
+from tests.integration.gateway.test_tracing_and_docs import finished_spans  # noqa: F401 - a fixture
 
 WAIT_S = 15.0
 
@@ -161,6 +163,8 @@ class SlowEditor(editor_pb2_grpc.EditorServiceServicer):
         self.streams = ObjectDataStreams(self)
         self.started = asyncio.Event()
         self.cancelled = asyncio.Event()
+        self.starts = 0
+        self.port = 0
 
     async def Authenticate(self, request, context):
         return pb.AuthenticateResponse(user_id="user-1", username="slow")
@@ -172,6 +176,7 @@ class SlowEditor(editor_pb2_grpc.EditorServiceServicer):
         if request.id == "fast":
             return pb.GetObjectResponse(meta=pb.ObjectMeta(id="fast", type=pb.OBJECT_TYPE_STORY), data=b"x")
         self.started.set()
+        self.starts += 1
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -184,7 +189,12 @@ class SlowEditor(editor_pb2_grpc.EditorServiceServicer):
 
 
 @pytest.fixture
-async def slow_stack():
+def gateway_overrides() -> dict[str, object]:
+    return {}
+
+
+@pytest.fixture
+async def slow_stack(gateway_overrides):
     slow = SlowEditor()
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -192,8 +202,9 @@ async def slow_stack():
         return ["fabula.editor.v1.EditorService"]
 
     running = await start_server(register)
+    slow.port = running.port
     try:
-        settings = gateway_settings(f"127.0.0.1:{running.port}", request_timeout_s=2.0)
+        settings = gateway_settings(f"127.0.0.1:{running.port}", **{"request_timeout_s": 2.0, **gateway_overrides})
         async with serve_gateway(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=60.0) as client:
             user = HttpUser(username="slow", auth_key=b"", token="slow-token", user_id="user-1")
             await _until_streamed_fast(client, slow.streams)
@@ -234,6 +245,52 @@ async def test_a_streamed_request_keeps_its_deadline(slow_stack):
     await asyncio.wait_for(slow.cancelled.wait(), WAIT_S)
 
 
+@pytest.mark.parametrize("gateway_overrides", [{"editor_data_streams": 1, "editor_data_stream_in_flight": 2,
+                                                "request_timeout_s": 20.0}])
+async def test_requests_in_flight_are_bounded_per_stream(slow_stack):
+    """The gateway sends at most `editor_data_stream_in_flight` requests on a stream; the others
+    wait for a slot. The editor refuses a request beyond its own bound without serving it."""
+    slow, client, user = slow_stack
+    requests = [asyncio.create_task(client.get("/user/objects/stories/x/data", headers=user.headers))
+                for _ in range(3)]
+    deadline = time.monotonic() + WAIT_S
+    while slow.starts < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert slow.starts == 2  # the third waits in the gateway
+    for request in requests:
+        request.cancel()
+    await asyncio.gather(*requests, return_exceptions=True)
+
+    slow.streams.max_in_flight = 1
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{slow.port}") as channel:
+        stream = editor_pb2_grpc.EditorServiceStub(channel).ObjectData()
+        get = pb.GetObjectRequest(type=pb.OBJECT_TYPE_STORY, id="x")
+        for request_id in (1, 2):
+            await stream.write(pb.ObjectDataRequest(request_id=request_id, authorization="Bearer t", get_object=get))
+        refused = await asyncio.wait_for(stream.read(), WAIT_S)
+        assert (refused.request_id, refused.code) == (2, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        stream.cancel()
+
+
+async def test_a_draining_editor_moves_the_gateway_to_unary_calls(editor, client, alice: HttpUser):
+    """Requests an editor refuses as DRAINING were not served: the gateway sends them by unary
+    call, closes the stream, and opens none while the editor drains."""
+    streams = editor.app.servicer.object_streams
+    await _until_streamed(client, streams, alice)
+    raw = {**alice.headers, "Content-Type": "application/octet-stream"}
+    streams.drain()
+    served = streams.served
+    for index in range(5):
+        saved = await client.put(f"/user/objects/stories/d{index}/data?expected_change_index=0", content=b"x",
+                                 headers=raw)
+        assert saved.status_code == 201, saved.text
+        assert (await client.get(f"/user/objects/stories/d{index}/data", headers=alice.headers)).content == b"x"
+        await asyncio.sleep(0.2)  # past the gateway's interval between attempts to open a stream
+    assert streams.served == served
+
+
 async def test_an_editor_restart_is_ridden_out(tmp_path):
     """The editor stops under a gateway whose stream is open: requests are answered 503 at once
     while it is down, and on the stream again once it is back on the same address."""
@@ -272,3 +329,44 @@ async def test_an_editor_restart_is_ridden_out(tmp_path):
     finally:
         await running.stop(0)
         await app.close()
+
+
+@pytest.mark.parametrize("http_spans", [False, True], ids=["propagation-only", "http-spans"])
+async def test_the_callers_trace_reaches_the_editor_on_the_stream(editor, finished_spans, http_spans: bool):
+    """As tests/integration/gateway/test_tracing_and_docs.py for a unary call: the editor's span of a
+    streamed GetObject sits under the gateway's CLIENT span, in the caller's trace."""
+    trace_id, caller_span_id = "5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8"
+    settings = gateway_settings(editor.address, trace_http_spans=http_spans)
+    async with serve_gateway(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
+        alice = await register_user(client, "alice")
+        streams = editor.app.servicer.object_streams
+        await _until_streamed(client, streams, alice)
+        served = streams.served
+        reply = await client.get("/user/objects/stories/absent/data",
+                                 headers={**alice.headers, "traceparent": f"00-{trace_id}-{caller_span_id}-01"})
+        assert reply.status_code == 404 and streams.served == served + 1
+
+        def spans_of_the_trace() -> dict:
+            return {span.context.span_id: span for span in finished_spans.get_finished_spans()
+                    if span.context.trace_id == int(trace_id, 16)}
+
+        def editor_span():
+            return next((span for span in spans_of_the_trace().values() if span.kind == SpanKind.SERVER
+                         and span.name.endswith("EditorService/GetObject")), None)
+
+        waited_until = time.monotonic() + 30
+        while time.monotonic() < waited_until:
+            if editor_span() is not None and len(spans_of_the_trace()) >= (3 if http_spans else 2):
+                break
+            await asyncio.sleep(0.02)
+
+    spans = spans_of_the_trace()
+    span = editor_span()
+    assert span is not None, "the editor's span is not in the caller's trace"
+    client_span = spans[span.parent.span_id]
+    assert client_span.kind == SpanKind.CLIENT and client_span.name.endswith("EditorService/GetObject")
+    chain = [client_span]
+    while chain[-1].parent.span_id in spans:
+        chain.append(spans[chain[-1].parent.span_id])
+    assert chain[-1].parent.span_id == int(caller_span_id, 16)
+    assert len([span for span in chain if span.kind == SpanKind.SERVER]) == int(http_spans)
