@@ -15,7 +15,9 @@ again in the background, at most every `REOPEN_INTERVAL_S`. A stream counts as r
 editor has answered it with initial metadata. On a stream that breaks, a GetObject in flight is
 sent again by unary call (the retry a unary GetObject gets on UNAVAILABLE) and a PutObject in
 flight is answered 503 (it may have been applied; writes are never repeated). A request the editor
-refused as DRAINING was not served: it goes by unary call, and the stream is closed.
+refused as DRAINING was not served: it goes by unary call. A draining editor also says so on the
+stream itself (an answer with request_id 0): the stream is closed on this side at once, and ends
+once the requests still in flight on it are answered.
 
 Backpressure: at most `in_flight` requests per stream; beyond, a request waits for a slot.
 """
@@ -77,24 +79,50 @@ class _Waiting:
         return self.future.cancel()
 
 
+class _Connection:
+    """One opened ObjectData call: its requests in flight and the task reading its answers. Kept
+    apart from `_Stream` so that a call that ends late (closed while the editor drains) can only
+    fail its own requests, never those of the call that replaced it."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self.call = call
+        self.pending: dict[int, asyncio.Future[pb.ObjectDataResponse]] = {}
+        self.write_lock = asyncio.Lock()
+        self.reader: asyncio.Task[None] | None = None
+
+    async def write(self, message: pb.ObjectDataRequest) -> None:
+        # gRPC takes one message at a time on a call.
+        async with self.write_lock:
+            await self.call.write(message)
+
+    def lost(self) -> None:
+        self.call.cancel()
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(_StreamLost())
+
+
 class _Stream:
-    """One ObjectData stream: its call, its requests in flight, the task reading its answers."""
+    """One slot of the pool: the connection in use (if any), its bound on requests in flight, and
+    the reopening of a connection that was lost."""
 
     def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, in_flight: int) -> None:
         self._stub = stub
         self._slots = asyncio.Semaphore(in_flight)
-        self._write_lock = asyncio.Lock()
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[pb.ObjectDataResponse]] = {}
-        self._call: grpc.aio.StreamStreamCall | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._current: _Connection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._next_open = 0.0
-        self.ready = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
 
     def open_soon(self) -> None:
-        """Start opening the stream unless it is open, opening, or failed too recently."""
-        if self.ready or self._opening is not None or time.monotonic() < self._next_open:
+        """Start opening a connection unless one is open, opening, or failed too recently."""
+        if self._current is not None or self._opening is not None or time.monotonic() < self._next_open:
             return
         self._next_open = time.monotonic() + REOPEN_INTERVAL_S
         # A fresh context: the stream must not carry the user of the request that happened to open it.
@@ -113,14 +141,17 @@ class _Stream:
             return
         finally:
             self._opening = None
-        self._call = call
-        self._reader = asyncio.create_task(self._read(call))
-        self.ready = True
+        connection = _Connection(call)
+        connection.reader = asyncio.create_task(self._read(connection))
+        self._current = connection
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, connection: _Connection) -> None:
         try:
-            while (answer := await call.read()) is not grpc.aio.EOF:
-                future = self._pending.pop(answer.request_id, None)
+            while (answer := await connection.call.read()) is not grpc.aio.EOF:
+                if answer.request_id == 0:  # the editor drains: send nothing more on this stream
+                    self._close_soon(connection)
+                    continue
+                future = connection.pending.pop(answer.request_id, None)
                 if future is not None and not future.done():
                     future.set_result(answer)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -128,82 +159,71 @@ class _Stream:
         except Exception:
             log.exception("ObjectData: reading the stream failed")
         finally:
-            self._lost(call)
-
-    def _lost(self, call: grpc.aio.StreamStreamCall) -> None:
-        if self._call is call:
-            self.ready = False
-            self._call = None
-        call.cancel()
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(_StreamLost())
+            if self._current is connection:
+                self._current = None
+            connection.lost()
 
     async def request(self, waiting: _Waiting, message: pb.ObjectDataRequest, timeout_s: float
                       ) -> pb.ObjectDataResponse:
         """The answer to `message` (its request_id is set here); _StreamLost if the stream broke
-        first, _Ready if it was not ready when a slot came free."""
+        first, _Ready if no connection was open when a slot came free."""
         async with self._slots:
-            call = self._call
-            if not self.ready or call is None:
+            connection = self._current
+            if connection is None:
                 raise _Ready()
             if waiting.future.cancelled():
                 raise asyncio.CancelledError()  # the client left while the request waited for a slot
             request_id = message.request_id = next(self._ids)
-            self._pending[request_id] = waiting.future
+            connection.pending[request_id] = waiting.future
             try:
                 async with asyncio.timeout(timeout_s):
-                    async with self._write_lock:
-                        await call.write(message)
+                    await connection.write(message)
                     return await waiting.future
             except TimeoutError:
-                self._cancel(call, request_id)
+                self._cancel(connection, request_id)
                 raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             except asyncio.CancelledError:
-                self._cancel(call, request_id)
+                self._cancel(connection, request_id)
                 raise
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 raise _StreamLost() from None  # the write failed: the stream is going down
 
-    def _cancel(self, call: grpc.aio.StreamStreamCall, request_id: int) -> None:
+    def _cancel(self, connection: _Connection, request_id: int) -> None:
         """Tell the editor to stop serving `request_id` (in the background: the caller is leaving)."""
-        if self._pending.pop(request_id, None) is None or self._call is not call:
-            return
+        if connection.pending.pop(request_id, None) is None or self._current is not connection:
+            return  # answered already, or the connection is closing (no more writes on it)
+        self._background(connection.write(pb.ObjectDataRequest(request_id=request_id, cancel=True)))
 
-        async def send() -> None:
+    def _close_soon(self, connection: _Connection) -> None:
+        """Send nothing more on `connection` (the editor drains): it ends once its answers are in."""
+        if self._current is connection:
+            self._current = None
+        self._background(self._done_writing(connection))
+
+    @staticmethod
+    async def _done_writing(connection: _Connection) -> None:
+        async with connection.write_lock:
+            await connection.call.done_writing()
+
+    def _background(self, work: Any) -> None:
+        async def quietly() -> None:
             try:
-                async with self._write_lock:
-                    await call.write(pb.ObjectDataRequest(request_id=request_id, cancel=True))
-            except Exception:  # noqa: BLE001 - the stream broke: nothing left to cancel
+                await work
+            except Exception:  # noqa: BLE001 - the stream broke meanwhile: its reader handles that
                 pass
 
-        asyncio.get_running_loop().create_task(send())
-
-    def close_soon(self) -> None:
-        """Stop sending on this stream (the editor drains): it ends once its answers are in."""
-        call = self._call
-        if call is None:
-            return
-        self.ready = False
-        self._call = None
-
-        async def done_writing() -> None:
-            try:
-                async with self._write_lock:
-                    await call.done_writing()
-            except Exception:  # noqa: BLE001
-                call.cancel()
-
-        asyncio.get_running_loop().create_task(done_writing())
+        task = asyncio.get_running_loop().create_task(quietly())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        self.ready = False
-        for task in (self._opening, self._reader):
-            if task is not None:
-                task.cancel()
-        if self._call is not None:
-            self._call.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
+        connection, self._current = self._current, None
+        if connection is not None:
+            if connection.reader is not None:
+                connection.reader.cancel()
+            connection.lost()
 
 
 class ObjectDataStreams:
@@ -257,7 +277,6 @@ class ObjectDataStreams:
             return getattr(answer, kind)
         error = _rpc_error(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN), answer.message, answer.status_details)
         if error.code() == grpc.StatusCode.UNAVAILABLE and _draining(error):
-            stream.close_soon()
             return None  # not served: the unary call goes where the channel goes now
         raise from_rpc_error(error)
 

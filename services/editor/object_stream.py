@@ -15,10 +15,11 @@ interceptor answers a call: code, message and the google.rpc.Status it would put
 A `cancel` message cancels its request's task, as a cancelled call cancels its handler.
 
 Bounds: at most `max_in_flight` requests per stream (the gateway keeps below it; a request beyond
-is answered RESOURCE_EXHAUSTED, not served). When the service starts to drain (`drain`), requests
-still arriving are answered UNAVAILABLE with reason DRAINING without being served, which tells the
-gateway that it may send them again by unary call and close the stream; the stream ends once its
-requests in flight are answered.
+is answered RESOURCE_EXHAUSTED, not served). When the service starts to drain (`drain`), every open
+stream gets an answer with request_id 0 and status UNAVAILABLE, reason DRAINING: the gateway then
+closes its side, and the stream ends once its requests in flight are answered. Requests that were
+already on their way are answered the same, without being served, so the gateway sends them again
+by unary call (which the server still accepts for its drain delay, then refuses as before).
 """
 
 from __future__ import annotations
@@ -61,24 +62,37 @@ class ObjectDataStreams:
         self.max_in_flight = max_in_flight
         self.draining = False
         self.served = 0  # requests answered on streams (tests and benchmarks read it)
+        self._streams: set[asyncio.Queue[Any]] = set()  # the answer queue of each open stream
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
 
     def drain(self) -> None:
-        """From now on, refuse new requests (UNAVAILABLE, DRAINING) so that the gateway moves off."""
+        """From now on, refuse new requests (UNAVAILABLE, DRAINING) so that the gateway moves off,
+        and tell every open stream so (an answer with request_id 0): the gateway closes its side,
+        and the stream ends once its requests in flight are answered."""
+        if self.draining:
+            return
         self.draining = True
+        for answers in self._streams:
+            answers.put_nowait(_error_answer(0, _draining()))
 
     async def serve(self, requests: AsyncIterator[pb.ObjectDataRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ObjectDataResponse]:
         if self.draining:  # refused before the initial metadata: the gateway keeps to unary calls
-            raise Unavailable("the editor is shutting down", reason=DRAINING)
+            raise _draining()
         # Initial metadata at once: the gateway sends nothing before it has them.
         await context.send_initial_metadata(())
         answers: asyncio.Queue[Any] = asyncio.Queue()
         in_flight: dict[int, asyncio.Task[None]] = {}
         reader = asyncio.create_task(self._read(requests, answers, in_flight))
+        self._streams.add(answers)
         try:
             while (answer := await answers.get()) is not _END:
                 yield answer
         finally:
+            self._streams.discard(answers)
             reader.cancel()
             for task in list(in_flight.values()):
                 task.cancel()
@@ -112,11 +126,12 @@ class ObjectDataStreams:
     def _refusal(self, request_id: int, kind: str | None, in_flight: dict[int, Any]) -> FabulaError | None:
         if kind is None:
             return InvalidArgument("call", "", "names no request (get_object, put_object or cancel)")
+        if request_id == 0:
+            return InvalidArgument("request_id", 0, "must not be 0 (answers with request_id 0 are the editor's own)")
         if request_id in in_flight:
             return InvalidArgument("request_id", request_id, "is already in flight on this stream")
         if self.draining:
-            return Unavailable("the editor is shutting down; send the request again", retry_after_s=0.0,
-                               reason=DRAINING)
+            return _draining()
         if len(in_flight) >= self.max_in_flight:
             return ResourceExhausted(f"more than {self.max_in_flight} requests in flight on this stream",
                                      reason="STREAM_IN_FLIGHT")
@@ -176,6 +191,11 @@ def _server_span(request: pb.ObjectDataRequest, method: str) -> Iterator[Span]:
             f"/{SERVICE}/{method}", context=propagate.extract(request.trace_context), kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}) as span:
         yield span
+
+
+def _draining() -> Unavailable:
+    return Unavailable("the editor is shutting down; the request was not served", retry_after_s=0.0,
+                       reason=DRAINING)
 
 
 def _error_answer(request_id: int, error: FabulaError) -> pb.ObjectDataResponse:

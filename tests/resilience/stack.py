@@ -265,18 +265,25 @@ def _call(load: Load, client: httpx.Client, method: str, path: str, **kwargs) ->
 
 def _editor_worker(load: Load, client: httpx.Client) -> None:
     """Creates new objects (each write acknowledged or not, never ambiguous to the check) and
-    reads who it is, alternately."""
+    reads each back, alternately by the JSON routes and by the raw-bytes routes (which the gateway
+    sends on its ObjectData streams, gateway/object_stream.py)."""
     import base64
 
+    raw = True
     while not load.stopped:
         object_id = uuid.uuid4().hex
         data = os.urandom(64)
-        reply = _call(load, client, "PUT", f"/user/objects/stories/{object_id}",
-                      json={"data": base64.b64encode(data).decode(), "expected_change_index": 0})
+        raw = not raw
+        if raw:
+            reply = _call(load, client, "PUT", f"/user/objects/stories/{object_id}/data?expected_change_index=0",
+                          content=data, headers={"Content-Type": "application/octet-stream"})
+        else:
+            reply = _call(load, client, "PUT", f"/user/objects/stories/{object_id}",
+                          json={"data": base64.b64encode(data).decode(), "expected_change_index": 0})
         if reply is not None and reply.status_code == 201:
             with load._lock:
                 load.acknowledged[object_id] = (dict(client.headers), data)
-        _call(load, client, "GET", f"/user/objects/stories/{object_id}")
+        _call(load, client, "GET", f"/user/objects/stories/{object_id}" + ("/data" if raw else ""))
 
 
 def _text_worker(load: Load, client: httpx.Client) -> None:

@@ -9,6 +9,7 @@ import time
 
 import grpc
 import httpx
+from google.rpc import status_pb2
 import pytest
 from opentelemetry.trace import SpanKind
 
@@ -249,7 +250,8 @@ async def test_a_streamed_request_keeps_its_deadline(slow_stack):
                                                 "request_timeout_s": 20.0}])
 async def test_requests_in_flight_are_bounded_per_stream(slow_stack):
     """The gateway sends at most `editor_data_stream_in_flight` requests on a stream; the others
-    wait for a slot. The editor refuses a request beyond its own bound without serving it."""
+    wait for a slot. The editor refuses a request beyond its own bound without serving it, and
+    every request once it drains."""
     slow, client, user = slow_stack
     requests = [asyncio.create_task(client.get("/user/objects/stories/x/data", headers=user.headers))
                 for _ in range(3)]
@@ -271,17 +273,33 @@ async def test_requests_in_flight_are_bounded_per_stream(slow_stack):
             await stream.write(pb.ObjectDataRequest(request_id=request_id, authorization="Bearer t", get_object=get))
         refused = await asyncio.wait_for(stream.read(), WAIT_S)
         assert (refused.request_id, refused.code) == (2, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        # Draining: the stream is told (request_id 0), and a request still arriving is refused unserved.
+        slow.streams.drain()
+        told = await asyncio.wait_for(stream.read(), WAIT_S)
+        assert (told.request_id, told.code) == (0, grpc.StatusCode.UNAVAILABLE.value[0])
+        starts = slow.starts
+        await stream.write(pb.ObjectDataRequest(request_id=3, authorization="Bearer t", get_object=get))
+        late = await asyncio.wait_for(stream.read(), WAIT_S)
+        assert (late.request_id, late.code) == (3, grpc.StatusCode.UNAVAILABLE.value[0])
+        assert status_pb2.Status.FromString(late.status_details).message == late.message
+        assert b"DRAINING" in late.status_details and slow.starts == starts
         stream.cancel()
 
 
 async def test_a_draining_editor_moves_the_gateway_to_unary_calls(editor, client, alice: HttpUser):
-    """Requests an editor refuses as DRAINING were not served: the gateway sends them by unary
-    call, closes the stream, and opens none while the editor drains."""
+    """A draining editor tells the gateway on each stream, which closes it and opens none while the
+    editor drains; requests go by unary call."""
     streams = editor.app.servicer.object_streams
     await _until_streamed(client, streams, alice)
     raw = {**alice.headers, "Content-Type": "application/octet-stream"}
+    assert streams.open_streams > 0
     streams.drain()
     served = streams.served
+    # Told on the stream itself, the gateway closes its side, and the editor's stream ends.
+    deadline = time.monotonic() + WAIT_S
+    while streams.open_streams:
+        assert time.monotonic() < deadline, "the gateway kept its stream open on a draining editor"
+        await asyncio.sleep(0.05)
     for index in range(5):
         saved = await client.put(f"/user/objects/stories/d{index}/data?expected_change_index=0", content=b"x",
                                  headers=raw)
