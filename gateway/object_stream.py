@@ -55,8 +55,8 @@ class _StreamLost(Exception):
     """The stream broke (or was closed) before the request's answer came."""
 
 
-class _Ready(Exception):
-    """Not ready: the caller goes by unary call."""
+class _NoConnection(Exception):
+    """No connection was open when the request got its slot: it goes as a unary call."""
 
 
 def _rpc_error(code: grpc.StatusCode, message: str, details: bytes = b"") -> grpc.aio.AioRpcError:
@@ -166,11 +166,11 @@ class _Stream:
     async def request(self, waiting: _Waiting, message: pb.ObjectDataRequest, timeout_s: float
                       ) -> pb.ObjectDataResponse:
         """The answer to `message` (its request_id is set here); _StreamLost if the stream broke
-        first, _Ready if no connection was open when a slot came free."""
+        first, _NoConnection if no connection was open when a slot came free."""
         async with self._slots:
             connection = self._current
             if connection is None:
-                raise _Ready()
+                raise _NoConnection()
             if waiting.future.cancelled():
                 raise asyncio.CancelledError()  # the client left while the request waited for a slot
             request_id = message.request_id = next(self._ids)
@@ -262,7 +262,7 @@ class ObjectDataStreams:
                 answer = await stream.request(waiting, outgoing, timeout_s)
             if span is not None:
                 span.set_attribute("rpc.grpc.status_code", answer.code)
-        except _Ready:
+        except _NoConnection:
             return None
         except _StreamLost:
             if kind == "get_object":
