@@ -166,27 +166,31 @@ class _Stream:
     async def request(self, waiting: _Waiting, message: pb.ObjectDataRequest, timeout_s: float
                       ) -> pb.ObjectDataResponse:
         """The answer to `message` (its request_id is set here); _StreamLost if the stream broke
-        first, _NoConnection if no connection was open when a slot came free."""
-        async with self._slots:
-            connection = self._current
-            if connection is None:
-                raise _NoConnection()
-            if waiting.future.cancelled():
-                raise asyncio.CancelledError()  # the client left while the request waited for a slot
-            request_id = message.request_id = next(self._ids)
-            connection.pending[request_id] = waiting.future
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await connection.write(message)
-                    return await waiting.future
-            except TimeoutError:
+        first, _NoConnection if no connection was open when a slot came free. The deadline covers
+        the wait for a slot too."""
+        connection: _Connection | None = None
+        request_id = 0
+        try:
+            async with asyncio.timeout(timeout_s), self._slots:
+                connection = self._current
+                if connection is None:
+                    raise _NoConnection()
+                if waiting.future.cancelled():
+                    raise asyncio.CancelledError()  # the client left while the request waited for a slot
+                request_id = message.request_id = next(self._ids)
+                connection.pending[request_id] = waiting.future
+                await connection.write(message)
+                return await waiting.future
+        except TimeoutError:
+            if connection is not None:
                 self._cancel(connection, request_id)
-                raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-            except asyncio.CancelledError:
+            raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        except asyncio.CancelledError:
+            if connection is not None:
                 self._cancel(connection, request_id)
-                raise
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-                raise _StreamLost() from None  # the write failed: the stream is going down
+            raise
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            raise _StreamLost() from None  # the write failed: the stream is going down
 
     def _cancel(self, connection: _Connection, request_id: int) -> None:
         """Tell the editor to stop serving `request_id` (in the background: the caller is leaving)."""
