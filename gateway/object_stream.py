@@ -2,8 +2,9 @@
 PutObject, one message each way on a few long-lived streams instead of one call per request.
 
 The protocol is the editor's (protos/fabula/editor/v1/editor.proto, services/editor/object_stream.py).
-Here every request carries what its unary call would: the user's session ("authorization"), a
-caller token signed for that user (the channel's interceptor signed only the stream, for nobody),
+The streams have a channel of their own, without interceptors (clients.py says why), so every
+request carries what its unary call would get from them: the user's session ("authorization"), a
+caller token signed for that user (the stream is opened with the gateway's token for nobody),
 its trace context (with a CLIENT span where the gateway records them), and the request's
 deadline, also kept here: when it passes, the request is cancelled on the stream
 and answered DEADLINE_EXCEEDED (504) as the call would be. An answer's status becomes the same
@@ -29,6 +30,7 @@ import contextvars
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -41,7 +43,7 @@ from fabula.editor.v1 import editor_pb2_grpc
 from fabula_wire import STATUS_DETAILS_KEY, read_error_detail
 from gateway.calls import DisconnectWatch
 from gateway.errors import from_rpc_error
-from services.toolkit.callers import TokenSigner
+from services.toolkit.callers import METADATA_KEY, TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,10 @@ class _Stream:
     """One slot of the pool: the connection in use (if any), its bound on requests in flight, and
     the reopening of a connection that was lost."""
 
-    def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, in_flight: int) -> None:
+    def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, in_flight: int,
+                 opening_metadata: Callable[[], tuple[tuple[str, str], ...]]) -> None:
         self._stub = stub
+        self._opening_metadata = opening_metadata
         self._slots = asyncio.Semaphore(in_flight)
         self._ids = itertools.count(1)
         self._current: _Connection | None = None
@@ -129,7 +133,7 @@ class _Stream:
         self._opening = asyncio.get_running_loop().create_task(self._open(), context=contextvars.Context())
 
     async def _open(self) -> None:
-        call = self._stub.ObjectData()
+        call = self._stub.ObjectData(metadata=self._opening_metadata())
         try:
             async with asyncio.timeout(OPEN_TIMEOUT_S):
                 await call.initial_metadata()
@@ -233,12 +237,15 @@ class _Stream:
 class ObjectDataStreams:
     """A few ObjectData streams on the editor's channel, used in turn."""
 
-    def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, signer: TokenSigner | None, *,
+    def __init__(self, channel: grpc.aio.Channel, signer: TokenSigner | None, *,
                  streams: int, in_flight: int, record_spans: bool = False) -> None:
+        """`channel`: to the editor, for these streams alone (it is closed with them)."""
+        self._channel = channel
         self._signer = signer
         self._record_spans = record_spans
         self._tracer = trace.get_tracer(__name__)
-        self._streams = [_Stream(stub, in_flight) for _ in range(streams)]
+        stub = editor_pb2_grpc.EditorServiceStub(channel)
+        self._streams = [_Stream(stub, in_flight, self._stream_metadata) for _ in range(streams)]
         self._turn = itertools.cycle(self._streams)
 
     def _ready_stream(self) -> _Stream | None:
@@ -296,9 +303,14 @@ class ObjectDataStreams:
         propagate.inject(outgoing.trace_context, context=trace.set_span_in_context(span))
         return span
 
+    def _stream_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What opens a stream: the gateway's caller token for no user (each message names its own)."""
+        return ((METADATA_KEY, self._signer.mint("", "editor")),) if self._signer is not None else ()
+
     async def close(self) -> None:
         for stream in self._streams:
             await stream.close()
+        await self._channel.close()
 
 
 def _draining(error: grpc.aio.AioRpcError) -> bool:

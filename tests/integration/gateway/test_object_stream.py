@@ -101,6 +101,8 @@ async def test_the_caller_is_checked_on_every_message(tmp_path):
             serve_gateway(gateway_settings(editor.address, caller_signing_key=signing)) as gateway, \
             httpx.AsyncClient(base_url=gateway.url, timeout=30.0) as client:
         alice, bob = await register_user(client, "alice"), await register_user(client, "bob")
+        # The gateway's own streams are accepted (opened with its token, each message with the user's).
+        await _until_streamed(client, editor.app.servicer.object_streams, alice)
         stored = await client.put("/user/objects/stories/s1/data?expected_change_index=0", content=b"sealed",
                                   headers={**alice.headers, "Content-Type": "application/octet-stream"})
         assert stored.status_code == 201, stored.text
