@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["EditorService"].full_name
 OPEN_TIMEOUT_S = 1.0
 REOPEN_INTERVAL_S = 0.5
+# A stream is closed (gracefully: its answers still come) and opened again after this long, so
+# that the streams follow the editor replicas the channel balances over (one that was added, or
+# came back, gets its share within this time) instead of staying where they were first opened.
+MAX_AGE_S = 60.0
 _DRAINING = "DRAINING"
 
 
@@ -118,11 +122,20 @@ class _Stream:
         self._current: _Connection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._next_open = 0.0
+        self._retire_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
-        return self._current is not None
+        """Whether a connection is open (one past MAX_AGE_S is closed here, and opened again soon)."""
+        connection = self._current
+        if connection is None:
+            return False
+        if time.monotonic() < self._retire_at:
+            return True
+        self._close_soon(connection)
+        self._next_open = 0.0
+        return False
 
     def open_soon(self) -> None:
         """Start opening a connection unless one is open, opening, or failed too recently."""
@@ -148,6 +161,7 @@ class _Stream:
         connection = _Connection(call)
         connection.reader = asyncio.create_task(self._read(connection))
         self._current = connection
+        self._retire_at = time.monotonic() + MAX_AGE_S
 
     async def _read(self, connection: _Connection) -> None:
         try:

@@ -63,6 +63,7 @@ class ObjectDataStreams:
         self.draining = False
         self.served = 0  # requests answered on streams (tests and benchmarks read it)
         self._streams: set[asyncio.Queue[Any]] = set()  # the answer queue of each open stream
+        self.opened = 0  # streams accepted (tests read it)
 
     @property
     def open_streams(self) -> int:
@@ -88,6 +89,7 @@ class ObjectDataStreams:
         in_flight: dict[int, asyncio.Task[None]] = {}
         reader = asyncio.create_task(self._read(requests, answers, in_flight))
         self._streams.add(answers)
+        self.opened += 1
         try:
             while (answer := await answers.get()) is not _END:
                 yield answer

@@ -16,8 +16,7 @@ from opentelemetry.trace import SpanKind
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
 from fabula_wire import STATUS_DETAILS_KEY
-from gateway.main import create_app
-from gateway.raw_objects import RawObjectData
+from gateway import object_stream
 from services.editor.app import EditorApp
 from services.editor.embedded import embedded_editor, fast_settings
 from services.editor.object_stream import ObjectDataStreams
@@ -309,6 +308,27 @@ async def test_a_draining_editor_moves_the_gateway_to_unary_calls(editor, client
         assert (await client.get(f"/user/objects/stories/d{index}/data", headers=alice.headers)).content == b"x"
         await asyncio.sleep(0.2)  # past the gateway's interval between attempts to open a stream
     assert streams.served == served
+
+
+async def test_streams_are_renewed_without_losing_a_request(editor, client, alice: HttpUser, monkeypatch):
+    """Streams are closed and opened again after MAX_AGE_S (to follow the editor replicas); the
+    requests in flight on a closing one are still answered."""
+    monkeypatch.setattr(object_stream, "MAX_AGE_S", 0.2)
+    streams = editor.app.servicer.object_streams
+    await _until_streamed(client, streams, alice)
+    opened, served = streams.opened, streams.served
+    raw = {**alice.headers, "Content-Type": "application/octet-stream"}
+
+    async def saver(index: int) -> None:
+        for round in range(30):
+            saved = await client.put(f"/user/objects/stories/r{index}/data?expected_change_index={round}",
+                                     content=b"x" * (round + 1), headers=raw)
+            assert saved.status_code in (200, 201), saved.text
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(saver(index) for index in range(4)))
+    assert streams.opened >= opened + 3
+    assert streams.served > served + 60  # most on streams; those made while one reopened, by call
 
 
 async def test_an_editor_restart_is_ridden_out(tmp_path):
