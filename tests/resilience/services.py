@@ -84,6 +84,10 @@ class SignedIn:
             keystore=b"keystore"))
         self._token = reply.session.token
 
+    @property
+    def token(self) -> str:
+        return self._token
+
     async def metadata(self, method: str) -> tuple[tuple[str, str], ...]:
         token = self._token
         if method == "Logout":
@@ -98,8 +102,14 @@ async def editor_target(tmp: Path) -> AsyncIterator[Target]:
             grpc.aio.insecure_channel(editor.address) as channel:
         user = SignedIn(editor_pb2_grpc.EditorServiceStub(channel), "fuzz-user")
         await user.register()
+        seeds = editor_seeds()
+        # ObjectData carries the session in each message, not in the call's metadata.
+        seeds["ObjectData"] = editor_pb.ObjectDataRequest(
+            request_id=1, authorization=f"Bearer {user.token}", timeout_ms=10_000,
+            put_object=editor_pb.PutObjectRequest(type=editor_pb.OBJECT_TYPE_STORY, id="fuzz-streamed",
+                                                  data=b"data", expected_change_index=0))
         yield Target(service=editor_pb.DESCRIPTOR.services_by_name["EditorService"], channel=channel,
-                     seeds=editor_seeds(), metadata=user.metadata)
+                     seeds=seeds, metadata=user.metadata)
 
 
 @asynccontextmanager
