@@ -184,8 +184,8 @@ class _Stream:
     async def request(self, waiting: _Waiting, message: pb.ObjectDataRequest, timeout_s: float
                       ) -> pb.ObjectDataResponse:
         """The answer to `message` (its request_id is set here); _StreamLost if the stream broke
-        first, _NoConnection if no connection was open when a slot came free. The deadline covers
-        the wait for a slot too."""
+        after it was sent, _NoConnection if it could not be sent (no connection open when a slot
+        came free, or one closing). The deadline covers the wait for a slot too."""
         connection: _Connection | None = None
         request_id = 0
         try:
@@ -197,7 +197,15 @@ class _Stream:
                     raise asyncio.CancelledError()  # the client left while the request waited for a slot
                 request_id = message.request_id = next(self._ids)
                 connection.pending[request_id] = waiting.future
-                await connection.write(message)
+                try:
+                    await connection.write(message)
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                    # Not sent: the connection was closing (renewed, the editor draining) or broke
+                    # first. Nothing reached the editor, so even a write may go as a unary call.
+                    connection.pending.pop(request_id, None)
+                    if waiting.future.done() and not waiting.future.cancelled():
+                        waiting.future.exception()  # retrieved: the connection's loss is not this request's
+                    raise _NoConnection() from None
                 return await waiting.future
         except TimeoutError:
             if connection is not None:
@@ -207,8 +215,6 @@ class _Stream:
             if connection is not None:
                 self._cancel(connection, request_id)
             raise
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-            raise _StreamLost() from None  # the write failed: the stream is going down
 
     def _cancel(self, connection: _Connection, request_id: int) -> None:
         """Tell the editor to stop serving `request_id` (in the background: the caller is leaving)."""
