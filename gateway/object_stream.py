@@ -15,7 +15,8 @@ goes by unary call, which rides out restarts as before (channel_policy.py), and 
 again in the background, at most every `REOPEN_INTERVAL_S`. A stream counts as ready only once the
 editor has answered it with initial metadata. On a stream that breaks, a GetObject in flight is
 sent again by unary call (the retry a unary GetObject gets on UNAVAILABLE) and a PutObject in
-flight is answered 503 (it may have been applied; writes are never repeated). A request the editor
+flight is answered 503 (it may have been applied; writes are never repeated); one that could not
+be written on the stream at all goes by unary call. A request the editor
 refused as DRAINING was not served: it goes by unary call. A draining editor also says so on the
 stream itself (an answer with request_id 0): the stream is closed on this side at once, and ends
 once the requests still in flight on it are answered.
