@@ -17,7 +17,7 @@ def parse_args(argv: list[str] | None = None) -> TextSettings:
     parser = argparse.ArgumentParser(prog="python -m services.text", description="Fabula text generation service")
     add_common_flags(parser, "a .gguf file, a Hugging Face folder or builtin:<name>")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--quantization", choices=["auto", "int8-dynamic", "int8-weight-only", "none"])
+    parser.add_argument("--quantization", choices=["auto", "int4-groupwise", "int8-dynamic", "int8-weight-only", "none"])
     parser.add_argument("--max-batch-size", type=int)
     args = parser.parse_args(argv)
     return TextSettings(**settings_overrides(parser, args))

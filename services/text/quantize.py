@@ -1,4 +1,4 @@
-"""Int8 linear layers for CPUs, chosen from a registry (`MODES`).
+"""Int8 and int4 linear layers for CPUs, chosen from a registry (`MODES`).
 
 Decoding a small model on a CPU is bound by reading weights (every token reads each once), and on
 CPUs without native bf16 instructions (AVX2 only) bf16 matmuls are slow beyond one row; int8
@@ -15,6 +15,16 @@ compares the modes on SmolLM2-135M's shapes).
   calibration row would do the same, but costs one more row in every GEMM.)
 - `int8-weight-only` (other CPUs): weights int8 per output channel, activations bf16
   (`_weight_int8pack_mm`).
+- `int4-groupwise` (x86 with fbgemm; the default there): the decoder layers' weights as 4-bit
+  codes in groups of 32 inputs, w = (q - 8)·scale + zero, activations bf16 into torch's CPU int4
+  kernel (`_weight_int4pack_mm_for_cpu`), output back to float32; a decode step reads about half
+  the bytes of int8. When the model came from a Q4_1 GGUF, every group's codes are the GGUF's own
+  (recovered exactly from the de-quantised weights, see `groupwise_codes`), so the layers multiply
+  the weights llama.cpp multiplies, except that the kernel takes scale and zero in bf16 (rounded
+  from the GGUF's fp16 d and m + 8·d). The output head stays `int8-dynamic` (at one row the int4
+  kernel is slower than fbgemm for the 49k-row head). The kernel computes each row on its own: a
+  row's output is the same bits whatever else is in the batch, so prefill chunks and decode
+  batches stay batch-invariant (tested).
 """
 
 from __future__ import annotations
@@ -89,24 +99,97 @@ class Int8DynamicLinear(nn.Module):
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-def _weight_only(child: nn.Linear, dtype: torch.dtype) -> nn.Module:
+GROUP = 32  # inputs per 4-bit group: a GGUF Q4_0/Q4_1 block
+
+
+def groupwise_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4-bit codes of a float weight [N, K] in groups of 32 inputs, as a GGUF Q4_1 block holds them:
+    w = d·q + m, q in 0..15, d and m fp16. Returns (codes uint8 [N, K], d fp16 [N, K/32],
+    m fp16 [N, K/32], exact bool [N, K/32]).
+
+    A Q4_1 block's smallest weight has code 0 and its largest code 15 (llama.cpp picks
+    d = (max - min) / 15 and m = min), so for weights de-quantised from Q4_1 (the converted GGUF
+    folder holds them in float32, exactly) m = min and d = (max - min) / 15 give back the file's
+    own d, m and codes; `exact` says, per group, that d·q + m reproduces every weight bit for bit.
+    For any other weight this is plain min/max 4-bit rounding (`exact` mostly False)."""
+    rows, columns = weight.shape
+    groups = weight.detach().float().reshape(rows, columns // GROUP, GROUP)
+    low, high = groups.amin(dim=2), groups.amax(dim=2)
+    d = ((high - low) / 15).half()
+    m = low.half()
+    d32, m32 = d.float()[..., None], m.float()[..., None]
+    safe = torch.where(d32 == 0, torch.ones_like(d32), d32)
+    codes = torch.round((groups - m32) / safe).clamp_(0, 15)
+    exact = ((codes * d32 + m32) == groups).all(dim=2)
+    return codes.to(torch.uint8).reshape(rows, columns), d, m, exact
+
+
+class Int4GroupwiseLinear(nn.Module):
+    """A drop-in `nn.Linear` whose weight is 4-bit codes in groups of 32 inputs (see the module
+    docstring). Needs in_features % 32 == 0 and out_features % 16 == 0 (the kernel's packing)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.group_size = GROUP  # an attribute, not the global: TorchScript compiles forward
+        codes, d, m, exact = groupwise_codes(weight)
+        self.exact_groups = int(exact.sum())
+        self.groups = exact.numel()
+        # The kernel's weight: (q - 8)·scale + zero, so scale = d and zero = m + 8·d (in fp32 from
+        # the fp16 values, then rounded once to bf16); laid out [K/32, N, 2].
+        scales, zeros = d.float(), m.float() + 8 * d.float()
+        self.register_buffer("scales_and_zeros", torch.stack([scales.t(), zeros.t()], dim=2)
+                             .to(torch.bfloat16).contiguous())
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            codes.to(torch.int32).contiguous(), 1))
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        return linear.in_features % GROUP == 0 and linear.out_features % 16 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size,
+                                                       self.scales_and_zeros)
+        out = out.to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(list(shape[:-1]) + [self.out_features])
+
+
+def _weight_only(child: nn.Linear, dtype: torch.dtype, head: bool) -> nn.Module:
     return Int8WeightOnlyLinear(child.weight, child.bias, dtype)
 
 
-def _dynamic(child: nn.Linear, dtype: torch.dtype) -> nn.Module:
+def _dynamic(child: nn.Linear, dtype: torch.dtype, head: bool) -> nn.Module:
     return Int8DynamicLinear(child.weight, child.bias)
+
+
+def _int4(child: nn.Linear, dtype: torch.dtype, head: bool) -> nn.Module:
+    # The head (49k rows at one input row) is faster in fbgemm's int8 GEMM than in the int4
+    # kernel (docs/text.md), and so is a layer the kernel cannot pack.
+    if head or not Int4GroupwiseLinear.fits(child):
+        return Int8DynamicLinear(child.weight, child.bias)
+    return Int4GroupwiseLinear(child.weight, child.bias)
 
 
 # mode → (how a linear is replaced, the activation dtype it needs)
 MODES = {
+    "int4-groupwise": (_int4, torch.float32),
     "int8-dynamic": (_dynamic, torch.float32),
     "int8-weight-only": (_weight_only, torch.bfloat16),
 }
 
+# Modes that build fbgemm's int8 layers (the output head at least).
+_FBGEMM_MODES = {"int4-groupwise", "int8-dynamic"}
+
 
 def choose_mode(requested: str, device: torch.device) -> str | None:
-    """`auto`: int8 dynamic on x86 CPUs (fbgemm), int8 weight-only on other CPUs, none on GPUs
-    (their bf16/fp16 matmuls are fast); `none`: never; a mode name: that mode (CPU only)."""
+    """`auto`: int4 groupwise on x86 CPUs (fbgemm for the head), int8 weight-only on other CPUs,
+    none on GPUs (their bf16/fp16 matmuls are fast); `none`: never; a mode name: that mode (CPU
+    only)."""
     if requested == "none":
         return None
     if device.type != "cpu":
@@ -114,7 +197,7 @@ def choose_mode(requested: str, device: torch.device) -> str | None:
             return None
         raise ValueError(f"{requested} quantisation runs on CPUs, not {device}")
     if requested == "auto":
-        return "int8-dynamic" if "fbgemm" in torch.backends.quantized.supported_engines else "int8-weight-only"
+        return "int4-groupwise" if "fbgemm" in torch.backends.quantized.supported_engines else "int8-weight-only"
     if requested not in MODES:
         raise ValueError(f"unknown quantisation {requested!r}; one of auto, none, {', '.join(MODES)}")
     return requested
@@ -167,7 +250,7 @@ def _fuse_groups(parent: nn.Module, replace, dtype: torch.dtype | None) -> int:
         if len({m.in_features for m in members}) != 1 or any(m.bias is not None for m in members):
             continue
         weight = torch.cat([m.weight.detach() for m in members])
-        shared = _SharedProjection(replace(_as_linear(weight), dtype), [m.out_features for m in members])
+        shared = _SharedProjection(replace(_as_linear(weight), dtype, False), [m.out_features for m in members])
         for index, name in enumerate(group):
             setattr(parent, name, FusedMember(shared, index))
         fused_count += len(group)
@@ -184,22 +267,24 @@ def fuse_projections(model: nn.Module) -> int:
     """Fuse the groups in FUSABLE_GROUPS into plain float linears, without quantising (GPUs, or
     `quantization=none`): one matrix product per group, as the quantised modes get. Returns how
     many layers were fused."""
-    return sum(_fuse_groups(parent, lambda linear, dtype: linear, None) for parent in list(model.modules()))
+    return sum(_fuse_groups(parent, lambda linear, dtype, head: linear, None) for parent in list(model.modules()))
 
 
 def quantize_linears(model: nn.Module, mode: str) -> int:
     """Replace every `nn.Linear` (the output head included, untied from the embedding) in place,
     fusing the groups in FUSABLE_GROUPS. Returns how many layers were replaced."""
     replace, _ = MODES[mode]
-    if mode == "int8-dynamic":
+    if mode in _FBGEMM_MODES:
         torch.backends.quantized.engine = "fbgemm"
     dtype = next(model.parameters()).dtype
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
     replaced = 0
     for parent in list(model.modules()):
         replaced += _fuse_groups(parent, replace, dtype)
         for child_name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, child_name, replace(child, dtype))
+                setattr(parent, child_name, replace(child, dtype, child is head))
                 replaced += 1
     # The tied output head is quantised on its own; the input embedding keeps its float copy.
     if getattr(model.config, "tie_word_embeddings", False):

@@ -24,9 +24,9 @@ class TextSettings(ServiceSettings):
                             description="where GGUF files are converted to once")
     device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    quantization: Literal["auto", "int8-dynamic", "int8-weight-only", "none"] = Field(
-        "auto", description="int8 linears on CPU: 'auto' = int8-dynamic on x86 (fbgemm), int8-weight-only "
-                            "elsewhere, none on GPUs")
+    quantization: Literal["auto", "int4-groupwise", "int8-dynamic", "int8-weight-only", "none"] = Field(
+        "auto", description="quantised linears on CPU: 'auto' = int4-groupwise on x86 (fbgemm; the output "
+                            "head int8-dynamic), int8-weight-only elsewhere, none on GPUs")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
     max_batch_size: int = Field(16, ge=1, le=256, description="sequences decoded together per model")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")

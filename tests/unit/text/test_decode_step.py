@@ -11,7 +11,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from services.text.decode_step import (LlamaDecodeStep, TransformersDecodeStep, decode_step_for,
                                        llama_step_unsupported)
 from services.text.kv_cache import BatchKVCache
-from services.text.quantize import fuse_projections, quantize_linears
+from services.text.quantize import Int4GroupwiseLinear, fuse_projections, quantize_linears
 
 VOCAB = 97
 
@@ -73,22 +73,25 @@ def test_each_row_gets_the_logits_of_its_own_full_sequence(step_class):
             torch.testing.assert_close(logits[row], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("quantization", ["int8-dynamic", "int4-groupwise"])
 @torch.inference_mode()
-def test_a_rows_logits_are_bit_identical_alone_and_in_a_batch_with_int8_linears():
+def test_a_rows_logits_are_bit_identical_alone_and_in_a_batch_with_quantised_linears(quantization):
     # Seeded generation must not depend on who else is served: the batch's other rows have longer
     # and shorter histories, so this row sits right-aligned behind masked columns in the batch.
-    # (Float GEMMs pick their kernels by row count, so only the int8 CPU path is exact.)
+    # (Float GEMMs pick their kernels by row count, so only the quantised CPU paths are exact.)
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         pytest.skip("fbgemm (x86) only")
     model = tiny_llama(seed=5, fuse=False)
-    quantize_linears(model, "int8-dynamic")
+    quantize_linears(model, quantization)
+    if quantization == "int4-groupwise":  # every decoder projection (fused) is 4-bit; the head int8
+        assert sum(isinstance(m, Int4GroupwiseLinear) for m in model.modules()) == 3 * 4
     alone = decode_rows(model, LlamaDecodeStep, [PROMPTS[2]], [NEXT[2]])
     batched = decode_rows(model, LlamaDecodeStep, PROMPTS, NEXT)
     for step_alone, step_batched in zip(alone, batched):
         assert torch.equal(step_alone[0], step_batched[2])
 
 
-@pytest.mark.parametrize("quantization", [None, "int8-dynamic"])
+@pytest.mark.parametrize("quantization", [None, "int8-dynamic", "int4-groupwise"])
 @torch.inference_mode()
 def test_the_scripted_step_computes_exactly_what_the_eager_one_does(quantization):
     if quantization and "fbgemm" not in torch.backends.quantized.supported_engines:
