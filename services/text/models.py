@@ -199,7 +199,7 @@ def load_model(name: str, source: str, *, cache_dir: Path, device: str = "auto",
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from services.text.quantize import choose_mode, fuse_projections, quantize_linears
+    from services.text.quantize import choose_mode, describe, fuse_projections, quantize_linears
 
     path = resolve_source(source)
     loader = loader_for(path)
@@ -213,7 +213,7 @@ def load_model(name: str, source: str, *, cache_dir: Path, device: str = "auto",
     weights = str(torch_dtype).removeprefix("torch.")
     if mode is not None:
         quantize_linears(model, mode)
-        weights = f"{mode}/{weights}"
+        weights = f"{describe(model, mode)}/{weights}"
     else:
         fuse_projections(model)
     config = model.config
