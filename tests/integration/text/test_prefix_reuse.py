@@ -87,3 +87,29 @@ async def test_gpu_path_bf16_scripted_step_with_and_without_reuse(text_service, 
     assert [list(r.token_ids) for r in with_reuse] == [list(r.token_ids) for r in without]
     assert sum(r.stats.cached_prompt_tokens for r in with_reuse) > 0
     assert list(batched[-1].token_ids) == list(alone.token_ids)
+
+
+async def test_int4_linears_keep_seeded_output_with_and_without_reuse_and_batched(text_service, tmp_path):
+    """The 4-bit CPU path (`quantization=int4-groupwise`, which the default model gets on x86):
+    prompt chunks start where the cache left off, so a chunk's row count differs with and without
+    reuse, and decode batches differ alone and batched; each row's output must not."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("the int4 mode's output head needs fbgemm (x86)")
+    from services.text.quantize import Int4GroupwiseLinear
+
+    folder = build_tiny_model(tmp_path / "tiny-int4", seed=0)
+    model = load_model("tiny-int4", str(folder), cache_dir=tmp_path / "cache", device="cpu",
+                       quantization="int4-groupwise")
+    assert sum(isinstance(m, Int4GroupwiseLinear) for m in model.model.modules()) > 0
+    assert model.weights.startswith("int4-groupwise")
+    async with text_service([model], prefill_chunk_tokens=48, prefix_cache_bytes=0) as cold:
+        without = await writing_session(cold.stub, steps=3)
+    async with text_service([model], prefill_chunk_tokens=48, prefix_block_tokens=8) as warm:
+        assert type(warm.scheduler()._step).__name__ == "LlamaDecodeStep"
+        with_reuse = await writing_session(warm.stub, steps=3)
+        alone = await generate(warm.stub, STORY + " The end?", seed=7)
+        batched = await asyncio.gather(*(generate(warm.stub, STORY[: 40 * (i + 1)], seed=i) for i in range(4)),
+                                       generate(warm.stub, STORY + " The end?", seed=7))
+    assert [list(r.token_ids) for r in with_reuse] == [list(r.token_ids) for r in without]
+    assert sum(r.stats.cached_prompt_tokens for r in with_reuse) > 0
+    assert list(batched[-1].token_ids) == list(alone.token_ids)
