@@ -193,13 +193,23 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _log_4_bit_groups(model) -> None:
+    """Whether the 4-bit layers hold the source's own codes (a Q4_1 GGUF) or rounded float weights."""
+    from services.text.quantize import Int4GroupwiseLinear
+
+    layers = [m for m in model.modules() if isinstance(m, Int4GroupwiseLinear)]
+    exact, groups = sum(m.exact_groups for m in layers), sum(m.groups for m in layers)
+    log.info("int4-groupwise: %d layers, %d of %d groups of 32 weights are the source's own 4-bit codes%s",
+             len(layers), exact, groups, "" if exact == groups else " (the rest rounded to 4 bits here)")
+
+
 def load_model(name: str, source: str, *, cache_dir: Path, device: str = "auto", dtype: str = "auto",
                quantization: str = "auto") -> LoadedModel:
     """Load one model for serving (blocking; minutes for a first GGUF conversion)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from services.text.quantize import choose_mode, describe, fuse_projections, quantize_linears
+    from services.text.quantize import choose_mode, fuse_projections, quantize_linears
 
     path = resolve_source(source)
     loader = loader_for(path)
@@ -213,7 +223,9 @@ def load_model(name: str, source: str, *, cache_dir: Path, device: str = "auto",
     weights = str(torch_dtype).removeprefix("torch.")
     if mode is not None:
         quantize_linears(model, mode)
-        weights = f"{describe(model, mode)}/{weights}"
+        weights = f"{mode}/{weights}"
+        if mode == "int4-groupwise":
+            _log_4_bit_groups(model)
     else:
         fuse_projections(model)
     config = model.config

@@ -15,7 +15,7 @@ compares the modes on SmolLM2-135M's shapes).
   calibration row would do the same, but costs one more row in every GEMM.)
 - `int8-weight-only` (other CPUs): weights int8 per output channel, activations bf16
   (`_weight_int8pack_mm`).
-- `int4-groupwise` (x86 with fbgemm; the default there): the decoder layers' weights as 4-bit
+- `int4-groupwise` (x86 with fbgemm; by name): the decoder layers' weights as 4-bit
   codes in groups of 32 inputs, w = (q - 8)·scale + zero, activations bf16 into torch's CPU int4
   kernel (`_weight_int4pack_mm_for_cpu`), output back to float32; a decode step reads about half
   the bytes of int8. When the model came from a Q4_1 GGUF, every group's codes are the GGUF's own
@@ -175,32 +175,22 @@ def _int4(child: nn.Linear, dtype: torch.dtype, head: bool) -> nn.Module:
     return Int4GroupwiseLinear(child.weight, child.bias)
 
 
-def _int4_where_exact(child: nn.Linear, dtype: torch.dtype, head: bool) -> nn.Module:
-    # `auto`: 4-bit only where the weights already are 4-bit groups (a Q4_1 GGUF's); re-rounding
-    # float weights to 4 bits would cost far more quality than int8 does.
-    if head or not Int4GroupwiseLinear.fits(child) or not bool(groupwise_codes(child.weight)[3].all()):
-        return Int8DynamicLinear(child.weight, child.bias)
-    return Int4GroupwiseLinear(child.weight, child.bias)
-
-
 # mode → (how a linear is replaced, the activation dtype it needs)
 MODES = {
     "int4-groupwise": (_int4, torch.float32),
-    # what `auto` picks on x86: int4-groupwise for layers whose weights are exactly 4-bit groups
-    # (every group of a Q4_1 GGUF), int8-dynamic for the rest
-    "int4-where-exact": (_int4_where_exact, torch.float32),
     "int8-dynamic": (_dynamic, torch.float32),
     "int8-weight-only": (_weight_only, torch.bfloat16),
 }
 
 # Modes that build fbgemm's int8 layers (the output head at least).
-_FBGEMM_MODES = {"int4-groupwise", "int4-where-exact", "int8-dynamic"}
+_FBGEMM_MODES = {"int4-groupwise", "int8-dynamic"}
 
 
 def choose_mode(requested: str, device: torch.device) -> str | None:
-    """`auto`: on x86 CPUs int4 groupwise for weights that are 4-bit already (a Q4_1 GGUF's) and
-    int8 dynamic for the rest (`int4-where-exact`), int8 weight-only on other CPUs, none on GPUs
-    (their bf16/fp16 matmuls are fast); `none`: never; a mode name: that mode (CPU only)."""
+    """`auto`: int8 dynamic on x86 CPUs (fbgemm), int8 weight-only on other CPUs, none on GPUs
+    (their bf16/fp16 matmuls are fast); `none`: never; a mode name: that mode (CPU only).
+    int4-groupwise is chosen by name: faster than int8 dynamic for one row, slower for a batch of
+    eight and for prompts (docs/text.md)."""
     if requested == "none":
         return None
     if device.type != "cpu":
@@ -208,7 +198,7 @@ def choose_mode(requested: str, device: torch.device) -> str | None:
             return None
         raise ValueError(f"{requested} quantisation runs on CPUs, not {device}")
     if requested == "auto":
-        return "int4-where-exact" if "fbgemm" in torch.backends.quantized.supported_engines else "int8-weight-only"
+        return "int8-dynamic" if "fbgemm" in torch.backends.quantized.supported_engines else "int8-weight-only"
     if requested not in MODES:
         raise ValueError(f"unknown quantisation {requested!r}; one of auto, none, {', '.join(MODES)}")
     return requested
@@ -298,19 +288,7 @@ def quantize_linears(model: nn.Module, mode: str) -> int:
                 setattr(parent, child_name, replace(child, dtype, child is head))
                 replaced += 1
     # The tied output head is quantised on its own; the input embedding keeps its float copy.
-    # (Under int4-where-exact, see `describe` for what each layer became.)
     if getattr(model.config, "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False
     return replaced
 
-
-def describe(model: nn.Module, mode: str) -> str:
-    """The mode as it came out: `int4-where-exact` names int4-groupwise when the decoder's layers
-    are 4-bit, int8-dynamic when none is."""
-    if mode != "int4-where-exact":
-        return mode
-    four_bit = sum(isinstance(m, Int4GroupwiseLinear) for m in model.modules())
-    eight_bit = sum(isinstance(m, Int8DynamicLinear) for m in model.modules())
-    if four_bit == 0:
-        return "int8-dynamic"
-    return "int4-groupwise" if eight_bit <= 1 else f"int4-groupwise ({four_bit} layers; {eight_bit} int8-dynamic)"

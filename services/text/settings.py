@@ -25,9 +25,9 @@ class TextSettings(ServiceSettings):
     device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["auto", "int4-groupwise", "int8-dynamic", "int8-weight-only", "none"] = Field(
-        "auto", description="quantised linears on CPU: 'auto' = on x86 (fbgemm) int4-groupwise for weights that "
-                            "are 4-bit already (a Q4_1 GGUF's) and int8-dynamic for the rest and the output head, "
-                            "int8-weight-only on other CPUs, none on GPUs")
+        "auto", description="quantised linears on CPU: 'auto' = int8-dynamic on x86 (fbgemm), int8-weight-only "
+                            "elsewhere, none on GPUs; 'int4-groupwise' (x86): 4-bit groups of 32 (a Q4_1 GGUF's "
+                            "own codes), faster for one stream, slower for batches and prompts")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
     max_batch_size: int = Field(16, ge=1, le=256, description="sequences decoded together per model")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")

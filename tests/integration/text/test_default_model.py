@@ -1,13 +1,11 @@
-"""The real default model (SmolLM2-135M-Instruct from its Q4_1 GGUF file; on an x86 CPU its own 4-bit
-weights, the output head int8): it loads by the ordinary path, writes text, honours seeds in a
-batch, stops and bans."""
+"""The real default model (SmolLM2-135M-Instruct from its GGUF file, int8 linears on a CPU): it
+loads by the ordinary path, writes text, honours seeds in a batch, stops and bans."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-import torch
 
 from fabula.text.v1 import text_pb2
 
@@ -29,9 +27,7 @@ async def generate(stub, **fields):
 async def test_default_model_is_listed_and_writes_english(smol, default_model):
     models = (await smol.stub.ListModels(text_pb2.ListModelsRequest())).models
     assert models[0].name == "smollm2" and models[0].context_window == 8192
-    assert models[0].source.endswith(".gguf")
-    x86 = "fbgemm" in torch.backends.quantized.supported_engines
-    assert models[0].dtype == ("int4-groupwise/float32" if x86 else "int8-weight-only/bfloat16")
+    assert models[0].source.endswith(".gguf") and models[0].dtype.startswith("int8-")
     reply = await generate(smol.stub, max_new_tokens=24, preset="greedy")
     words = reply.text.split()
     assert len(words) >= 8
