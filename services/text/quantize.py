@@ -155,7 +155,7 @@ class Int4GroupwiseLinear(nn.Module):
                                                        self.scales_and_zeros)
         out = out.to(x.dtype)
         if self.bias is not None:
-            out = out + self.bias
+            out = out + self.bias.to(out.dtype)
         return out.reshape(list(shape[:-1]) + [self.out_features])
 
 
