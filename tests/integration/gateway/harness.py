@@ -156,3 +156,34 @@ async def raw_request(url: str, method: str, path: str, headers: dict[str, str],
         return RawReply(status=int(lines[0].split()[1]), headers=reply_headers, body=reply_body)
     finally:
         writer.close()
+
+
+async def editor_span_chain(finished_spans, trace_id: str, method: str, expected_spans: int) -> list:
+    """One trace's spans from the editor's SERVER span of `method` up through its parents, ending
+    with the first whose parent is not in the trace (the caller's span is the test's own, never
+    recorded): [editor, gateway CLIENT, (gateway HTTP SERVER,) ...]. Spans end just after the answer,
+    so this waits (up to 30 s on a loaded machine) until `expected_spans` of the trace are there,
+    and leaves the assertions to say what is missing should they never come."""
+    import time
+
+    from opentelemetry.trace import SpanKind
+
+    def spans_of_the_trace() -> dict:
+        return {span.context.span_id: span for span in finished_spans.get_finished_spans()
+                if span.context.trace_id == int(trace_id, 16)}
+
+    def editor_span():
+        return next((span for span in spans_of_the_trace().values() if span.kind == SpanKind.SERVER
+                     and span.name.endswith(f"EditorService/{method}")), None)
+
+    waited_until = time.monotonic() + 30
+    while time.monotonic() < waited_until:
+        if editor_span() is not None and len(spans_of_the_trace()) >= expected_spans:
+            break
+        await asyncio.sleep(0.02)
+    spans, span = spans_of_the_trace(), editor_span()
+    assert span is not None, "the editor's span is not in the caller's trace"
+    chain = [span]
+    while chain[-1].parent is not None and chain[-1].parent.span_id in spans:
+        chain.append(spans[chain[-1].parent.span_id])
+    return chain

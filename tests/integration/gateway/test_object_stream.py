@@ -20,9 +20,9 @@ from gateway import object_stream
 from services.editor.app import EditorApp
 from services.editor.embedded import embedded_editor, fast_settings
 from services.editor.object_stream import ObjectDataStreams
-from services.toolkit.callers import METADATA_KEY, TokenSigner, caller_check, caller_token_interceptors, new_key_pair
+from services.toolkit.callers import METADATA_KEY, TokenSigner, caller_token_interceptors, new_key_pair
 from services.toolkit.server import start_server
-from tests.integration.gateway.harness import HttpUser, gateway_settings, register_user, serve_gateway
+from tests.integration.gateway.harness import HttpUser, editor_span_chain, gateway_settings, register_user, serve_gateway
 from tests.integration.gateway.test_tracing_and_docs import finished_spans  # noqa: F401 - a fixture
 
 WAIT_S = 15.0
@@ -386,27 +386,8 @@ async def test_the_callers_trace_reaches_the_editor_on_the_stream(editor, finish
                                  headers={**alice.headers, "traceparent": f"00-{trace_id}-{caller_span_id}-01"})
         assert reply.status_code == 404 and streams.served == served + 1
 
-        def spans_of_the_trace() -> dict:
-            return {span.context.span_id: span for span in finished_spans.get_finished_spans()
-                    if span.context.trace_id == int(trace_id, 16)}
+        chain = await editor_span_chain(finished_spans, trace_id, "GetObject", 3 if http_spans else 2)
 
-        def editor_span():
-            return next((span for span in spans_of_the_trace().values() if span.kind == SpanKind.SERVER
-                         and span.name.endswith("EditorService/GetObject")), None)
-
-        waited_until = time.monotonic() + 30
-        while time.monotonic() < waited_until:
-            if editor_span() is not None and len(spans_of_the_trace()) >= (3 if http_spans else 2):
-                break
-            await asyncio.sleep(0.02)
-
-    spans = spans_of_the_trace()
-    span = editor_span()
-    assert span is not None, "the editor's span is not in the caller's trace"
-    client_span = spans[span.parent.span_id]
-    assert client_span.kind == SpanKind.CLIENT and client_span.name.endswith("EditorService/GetObject")
-    chain = [client_span]
-    while chain[-1].parent.span_id in spans:
-        chain.append(spans[chain[-1].parent.span_id])
+    assert chain[1].kind == SpanKind.CLIENT and chain[1].name.endswith("EditorService/GetObject")
     assert chain[-1].parent.span_id == int(caller_span_id, 16)
-    assert len([span for span in chain if span.kind == SpanKind.SERVER]) == int(http_spans)
+    assert len([span for span in chain[1:] if span.kind == SpanKind.SERVER]) == int(http_spans)

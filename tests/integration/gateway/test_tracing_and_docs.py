@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
-import time
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.integration.gateway.harness import gateway_settings, register_user, serve_gateway
+from tests.integration.gateway.harness import editor_span_chain, gateway_settings, register_user, serve_gateway
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
@@ -51,33 +49,12 @@ async def test_the_callers_trace_reaches_the_editor(editor, finished_spans, http
         reply = await client.get("/user/keystore", headers={**alice.headers, "traceparent": traceparent})
         assert reply.status_code == 200
 
-        def spans_of_the_trace() -> dict:
-            return {span.context.span_id: span for span in finished_spans.get_finished_spans()
-                    if span.context.trace_id == int(TRACE_ID, 16)}
+        chain = await editor_span_chain(finished_spans, TRACE_ID, "GetKeystore", 3 if http_spans else 2)
 
-        def editor_span():
-            return next((span for span in spans_of_the_trace().values() if span.kind == SpanKind.SERVER
-                         and span.name.endswith("EditorService/GetKeystore")), None)
-
-        # Spans end just after the answer: wait for them (a loaded machine may take its time), and
-        # let the assertions below say what is missing should they never come.
-        waited_until = time.monotonic() + 30
-        while time.monotonic() < waited_until:
-            if editor_span() is not None and len(spans_of_the_trace()) >= (3 if http_spans else 2):
-                break
-            await asyncio.sleep(0.02)
-
-    spans = spans_of_the_trace()
     # editor server span -> gateway client span -> (the gateway's HTTP span ->) the caller's span.
-    span = editor_span()
-    assert span is not None, "the editor's span is not in the caller's trace"
-    client_span = spans[span.parent.span_id]
-    assert client_span.kind == SpanKind.CLIENT
-    chain = [client_span]
-    while chain[-1].parent.span_id in spans:
-        chain.append(spans[chain[-1].parent.span_id])
+    assert chain[1].kind == SpanKind.CLIENT
     assert chain[-1].parent.span_id == int(CALLER_SPAN_ID, 16)
-    http = [span for span in chain if span.kind == SpanKind.SERVER]
+    http = [span for span in chain[1:] if span.kind == SpanKind.SERVER]
     assert len(http) == int(http_spans)
     if http_spans:
         assert http[0].name.startswith("GET /user/keystore")

@@ -67,15 +67,10 @@ async def test_two_users_on_the_same_scenario_share_its_blocks_and_keep_their_se
     assert all(r.stats.cached_prompt_tokens >= r.stats.prompt_tokens - 16 for r in together)
 
 
-@pytest.mark.gpu
-async def test_gpu_path_bf16_scripted_step_with_and_without_reuse(text_service, tmp_path):
-    """The GPU path: bf16 weights on CUDA, the written-out Llama decode step, a batch and prefix
-    reuse; the same seeded session with and without the cache, and a seeded request alone and in
-    a batch, give the same tokens."""
-    folder = build_tiny_model(tmp_path / "tiny-gpu", seed=0)
-    model = load_model("tiny-gpu", str(folder), cache_dir=tmp_path / "cache", device="cuda", dtype="bfloat16",
-                       quantization="none")
-    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+async def _assert_same_seeded_tokens_with_reuse_and_batched(text_service, model) -> None:
+    """The model's scripted decode step serves; the same seeded session gives the same tokens with
+    and without the prefix cache (prompt chunks then start at other places), and a seeded request
+    the same tokens alone and in a batch."""
     async with text_service([model], prefill_chunk_tokens=48, prefix_cache_bytes=0) as cold:
         without = await writing_session(cold.stub, steps=3)
     async with text_service([model], prefill_chunk_tokens=48, prefix_block_tokens=8) as warm:
@@ -89,8 +84,20 @@ async def test_gpu_path_bf16_scripted_step_with_and_without_reuse(text_service, 
     assert list(batched[-1].token_ids) == list(alone.token_ids)
 
 
+@pytest.mark.gpu
+async def test_gpu_path_bf16_scripted_step_with_and_without_reuse(text_service, tmp_path):
+    """The GPU path: bf16 weights on CUDA, the written-out Llama decode step, a batch and prefix
+    reuse; the same seeded session with and without the cache, and a seeded request alone and in
+    a batch, give the same tokens."""
+    folder = build_tiny_model(tmp_path / "tiny-gpu", seed=0)
+    model = load_model("tiny-gpu", str(folder), cache_dir=tmp_path / "cache", device="cuda", dtype="bfloat16",
+                       quantization="none")
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+    await _assert_same_seeded_tokens_with_reuse_and_batched(text_service, model)
+
+
 async def test_int4_linears_keep_seeded_output_with_and_without_reuse_and_batched(text_service, tmp_path):
-    """The 4-bit CPU path (`quantization=int4-groupwise`, which the default model gets on x86):
+    """The 4-bit CPU path (`quantization=int4-groupwise`, chosen by name):
     prompt chunks start where the cache left off, so a chunk's row count differs with and without
     reuse, and decode batches differ alone and batched; each row's output must not."""
     if "fbgemm" not in torch.backends.quantized.supported_engines:
@@ -102,14 +109,4 @@ async def test_int4_linears_keep_seeded_output_with_and_without_reuse_and_batche
                        quantization="int4-groupwise")
     assert sum(isinstance(m, Int4GroupwiseLinear) for m in model.model.modules()) > 0
     assert model.weights.startswith("int4-groupwise")
-    async with text_service([model], prefill_chunk_tokens=48, prefix_cache_bytes=0) as cold:
-        without = await writing_session(cold.stub, steps=3)
-    async with text_service([model], prefill_chunk_tokens=48, prefix_block_tokens=8) as warm:
-        assert type(warm.scheduler()._step).__name__ == "LlamaDecodeStep"
-        with_reuse = await writing_session(warm.stub, steps=3)
-        alone = await generate(warm.stub, STORY + " The end?", seed=7)
-        batched = await asyncio.gather(*(generate(warm.stub, STORY[: 40 * (i + 1)], seed=i) for i in range(4)),
-                                       generate(warm.stub, STORY + " The end?", seed=7))
-    assert [list(r.token_ids) for r in with_reuse] == [list(r.token_ids) for r in without]
-    assert sum(r.stats.cached_prompt_tokens for r in with_reuse) > 0
-    assert list(batched[-1].token_ids) == list(alone.token_ids)
+    await _assert_same_seeded_tokens_with_reuse_and_batched(text_service, model)
