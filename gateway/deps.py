@@ -113,11 +113,18 @@ async def _user(request: Request, credentials: HTTPAuthorizationCredentials | No
     return await user_for_token(request, _token(credentials))
 
 
+# The scope key under which the front door leaves the user it found remembered for the request's
+# token (front_door.py), so that the same cache is not looked up twice per request.
+REMEMBERED_USER = "fabula.remembered_user"
+
+
 async def user_for_token(request: Request, token: str) -> User:
     """The user of a well-formed bearer token (remembered, or asked of the editor); 401 if unknown."""
     state = request.app.state
     cache: AuthCache = state.auth_cache
-    user = cache.get(token)
+    user = request.scope.get(REMEMBERED_USER)
+    if user is None or user.token != token:
+        user = cache.get(token)
     if user is not None:
         set_current_user(user.user_id)
         return user

@@ -163,7 +163,9 @@ class FrontDoor:
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "authorization: missing bearer token (Authorization: Bearer <token>)",
                            field="authorization")
-        if self.auth_cache.get(token) is not None:
+        user = self.auth_cache.get(token)
+        if user is not None:
+            scope[deps.REMEMBERED_USER] = user  # found once per request (deps.user_for_token)
             return
         # An unknown token costs the editor a lookup: an address that keeps sending them (a
         # guessing or flooding client) is refused here, before its body or the editor is touched.
