@@ -36,7 +36,8 @@ PROCESS_DISTRIBUTIONS: dict[str, list[str]] = {
     # pillow: the A1111 API reads PNG metadata (png-info) and inverts inpainting masks.
     "gateway": [*_SERVING, "fastapi", "uvicorn", "httptools", "uvloop", "sse-starlette", "pybase64", "limits", "redis",
                 "cachetools", "httpx", "opentelemetry-instrumentation-fastapi", "pillow"],
-    "editor": [*_SERVING, "psycopg", "psycopg-pool"],
+    # uvloop: the editor's event loop too (services/editor/cli.py).
+    "editor": [*_SERVING, "psycopg", "psycopg-pool", "uvloop"],
     # regex: lorebook keys with a per-search timeout (services/text/context.py).
     "text": [*_SERVING, *_MODELS, "gguf", "regex"],
     # torchsde: diffusers' DPMSolverSDEScheduler (the DPM++ SDE sampler) imports it; diffusers

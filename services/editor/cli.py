@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from pydantic import ValidationError
@@ -37,11 +36,16 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level, settings.log_json)
     setup_tracing("fabula-editor", settings.otlp_endpoint)
 
+    import uvloop
+
     from services.editor.app import EditorApp
     from services.toolkit.server import serve
 
     app = EditorApp.create(settings)
-    asyncio.run(serve(settings, app.register, audience="editor", callers_required=not settings.accept_direct_clients,
+    # libuv's event loop: each save passes through the loop several times (the stream's message in,
+    # the hand-over to the SQLite writer and back, the answer out), and uvloop's turns cost less of
+    # the loop thread's CPU than asyncio's own (about 0.03 of 0.33 ms a save; docs/editor.md).
+    uvloop.run(serve(settings, app.register, audience="editor", callers_required=not settings.accept_direct_clients,
                       warm_up=app.open, on_shutdown=app.close, watch=app.watch_database))
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fabula_wire import ObjectType
 from services.editor import metrics, validation
@@ -40,6 +41,13 @@ def decode_page_token(token: str, type: ObjectType) -> str:
     if kind != str(type.proto):
         raise InvalidArgument("page_token", token, "belongs to a listing of another type")
     return last_id
+
+
+@functools.cache
+def _write_counters(type_value: str, operation: str) -> tuple[Any, Any]:
+    # `labels()` checks its values and takes a lock on every call; the few (type, operation)
+    # pairs are each found once, as toolkit/metrics.py does for the per-RPC metrics.
+    return metrics.OBJECT_WRITES.labels(type_value, operation), metrics.BYTES_WRITTEN.labels(type_value)
 
 
 class Objects:
@@ -93,8 +101,9 @@ class Objects:
 
     @staticmethod
     def _count_written(write: ObjectWrite, expected_index: int) -> None:
-        metrics.OBJECT_WRITES.labels(write.type.value, "create" if expected_index == 0 else "update").inc()
-        metrics.BYTES_WRITTEN.labels(write.type.value).inc(len(write.data))
+        writes, written_bytes = _write_counters(write.type.value, "create" if expected_index == 0 else "update")
+        writes.inc()
+        written_bytes.inc(len(write.data))
 
     async def get(self, user_id: str, type_value: int, id: str) -> StoredObject:
         type_ = validation.object_type(type_value)
