@@ -11,7 +11,8 @@ hand an attacker who can slow Redis down every limit at once.
 
 In this process the counters are `MemorySlidingWindows`: the same sliding window counter as
 `limits`' (same weighting, same answers), without its in-memory storage's costs on every hit (an
-expiry task started per hit, a lock, five coroutines), about 3 % of the gateway's CPU per save.
+expiry task started per hit, a lock, a chain of coroutines): the rate limit was about 3 % of the
+gateway's CPU per save (docs/editor.md, "Round 2 on the saves' ratio").
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class MemorySlidingWindows:
         return WindowStats(now + min(previous_reset_in, current_reset_in), remaining)
 
     def _sweep(self, now: float) -> None:
-        """Forget the keys whose hits have all left the sliding window."""
+        """Forget the keys whose hits have all left the sliding window (one pass over the keys a
+        second; `limits` passed over them in the task it started on every hit)."""
         self._next_sweep = now + self.SWEEP_INTERVAL_S
         stale = [key for key, (index, _, _) in self._counts.items() if index < int(now / self._windows[key]) - 1]
         for key in stale:
