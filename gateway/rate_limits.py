@@ -8,26 +8,20 @@ the request (bench/storage.py).
 
 When Redis cannot be reached the limited calls answer 503: letting them through unlimited would
 hand an attacker who can slow Redis down every limit at once.
-
-In this process the counters are `MemorySlidingWindows`: the same sliding window counter as
-`limits`' (same weighting, same answers), without its in-memory storage's costs on every hit (an
-expiry task started per hit, a lock, a chain of coroutines): the rate limit was about 3 % of the
-gateway's CPU per save (docs/editor.md, "Round 2 on the saves' ratio").
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import grpc
-from limits import RateLimitItem, WindowStats, parse
-from limits.aio.storage import RedisStorage
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
@@ -40,94 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Limiter(Protocol):
-    """What RateLimits asks of its counters: `limits`' strategy API."""
-
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool: ...
-
-    async def test(self, item: RateLimitItem, *identifiers: str) -> bool: ...
-
-    async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats: ...
-
-
-class MemorySlidingWindows:
-    """`limits`' sliding window counter (SlidingWindowCounterRateLimiter over its MemoryStorage),
-    kept in this process: per key, the hits of the current window and of the one before, the
-    latter weighted by how much of it still overlaps the sliding window. Nothing here awaits, so
-    each call is atomic on the event loop. Keys whose windows have passed are swept at most once
-    per `SWEEP_INTERVAL_S`, inline, instead of by a task started on every hit."""
-
-    SWEEP_INTERVAL_S = 1.0
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        # key -> (index of the window `current` counts in, its hits, the previous window's hits)
-        self._counts: dict[str, tuple[int, int, int]] = {}
-        self._windows: dict[str, int] = {}  # key -> its item's window length in seconds
-        self._next_sweep = 0.0
-
-    def _window(self, key: str, expiry: int, now: float) -> tuple[int, int, int]:
-        """(window index, hits in it, hits in the previous window) at `now`."""
-        index = int(now / expiry)
-        stored = self._counts.get(key)
-        if stored is None or stored[0] < index - 1:
-            return index, 0, 0
-        if stored[0] == index - 1:
-            return index, 0, stored[1]
-        return stored
-
-    @staticmethod
-    def _previous_ttl(expiry: int, now: float) -> float:
-        """How much of the previous window the sliding window still covers, in seconds."""
-        return (1 - (((now - expiry) / expiry) % 1)) * expiry
-
-    def _weighted(self, expiry: int, now: float, current: int, previous: int) -> float:
-        # As limits: the previous window's hits count for the share of it still covered.
-        return (previous * self._previous_ttl(expiry, now) / expiry if previous else 0.0) + current
-
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
-        key, expiry, now = item.key_for(*identifiers), item.get_expiry(), self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        index, current, previous = self._window(key, expiry, now)
-        if math.floor(self._weighted(expiry, now, current, previous)) + 1 > item.amount:
-            return False
-        self._counts[key] = (index, current + 1, previous)
-        self._windows[key] = expiry
-        return True
-
-    async def test(self, item: RateLimitItem, *identifiers: str) -> bool:
-        expiry, now = item.get_expiry(), self._clock()
-        _, current, previous = self._window(item.key_for(*identifiers), expiry, now)
-        return self._weighted(expiry, now, current, previous) < item.amount
-
-    async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
-        expiry, now = item.get_expiry(), self._clock()
-        _, current, previous = self._window(item.key_for(*identifiers), expiry, now)
-        remaining = max(0, item.amount - math.floor(self._weighted(expiry, now, current, previous)))
-        if not (previous or current):
-            return WindowStats(now, remaining)
-        # As limits: the next moment a hit is forgotten, from the previous window or the current one.
-        previous_reset_in = current_reset_in = math.inf
-        if previous:
-            previous_reset_in = self._previous_ttl(expiry, now) % (expiry / previous)
-        if current:
-            current_reset_in = ((1 - ((now / expiry) % 1)) * expiry + expiry) % expiry
-        return WindowStats(now + min(previous_reset_in, current_reset_in), remaining)
-
-    def _sweep(self, now: float) -> None:
-        """Forget the keys whose hits have all left the sliding window (one pass over the keys a
-        second; `limits` passed over them in the task it started on every hit)."""
-        self._next_sweep = now + self.SWEEP_INTERVAL_S
-        stale = [key for key, (index, _, _) in self._counts.items() if index < int(now / self._windows[key]) - 1]
-        for key in stale:
-            del self._counts[key], self._windows[key]
-
-
-def _limiter(settings: GatewaySettings) -> tuple[Limiter, redis.asyncio.ConnectionPool | None]:
-    """The counters and, for Redis, the connection pool to close at shutdown."""
+def _storage(settings: GatewaySettings) -> tuple[Storage, redis.asyncio.ConnectionPool | None]:
+    """The counters' storage and, for Redis, the connection pool to close at shutdown."""
     if not settings.redis_url:
-        return MemorySlidingWindows(), None
+        return MemoryStorage(), None
     import redis.asyncio
 
     pool = redis.asyncio.ConnectionPool.from_url(
@@ -135,12 +45,13 @@ def _limiter(settings: GatewaySettings) -> tuple[Limiter, redis.asyncio.Connecti
         socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30)
     storage = RedisStorage(f"async+{settings.redis_url}", implementation="redispy", wrap_exceptions=True,
                            key_prefix=settings.rate_limit_key_prefix, connection_pool=pool)
-    return SlidingWindowCounterRateLimiter(storage), pool
+    return storage, pool
 
 
 class RateLimits:
     def __init__(self, settings: GatewaySettings) -> None:
-        self._limiter, self._pool = _limiter(settings)
+        self._storage, self._pool = _storage(settings)
+        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
         self.per_user: RateLimitItem = parse(settings.rate_limit)
         self.per_address: RateLimitItem = parse(settings.anonymous_rate_limit)
         self.failed_logins_per_username: RateLimitItem = parse(settings.failed_login_limit_per_username)
