@@ -21,7 +21,9 @@ hand-over of `Piece`s and the final `Stats` to the event loop, once per iteratio
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +48,32 @@ class SchedulerConfig:
     prefill_chunk_tokens: int = 512
     prefix_cache_bytes: int = 512 * 2**20  # 0 turns prefix reuse off
     prefix_block_tokens: int = 32
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch's operators on the calling thread alone while the block runs.
+
+    Sampling works on one 49k-float row at a time: big enough for torch to split each elementwise
+    operator and reduction over its intra-op (OpenMP) threads, far too small to gain from it. Each
+    such operator then waits at a barrier for the second thread, which on a busy machine is not
+    always running (the event loop, the gRPC threads and the client share the cores): in a
+    scheduler with the model step replaced by real logit rows, 8 rows of `balanced` sampling took
+    5.1 ms a step with two threads and 3.5 ms with one (docs/text.md). The decode step keeps all
+    its threads: the count is restored before it.
+
+    It also makes sampling independent of the deployment's thread count: a float reduction over a
+    whole row (unified sampling's entropy) splits its sum by thread, so its last bits, and now and
+    then a seeded token, depended on `FABULA_TEXT_THREADS`."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Prefill:
@@ -173,7 +201,8 @@ class Scheduler:
         guide_cache, uncond = None, None
         if seq.params.sampling.uses_guidance:
             guide_cache, uncond = self._prefill_guidance(seq)
-        token = seq.next_token(out.logits[0, -1].to("cpu"), uncond)
+        with one_thread():
+            token = seq.next_token(out.logits[0, -1].to("cpu"), uncond)
         now = time.perf_counter()
         seq.accept(token, now)
         metrics.TIME_TO_FIRST_TOKEN.labels(self.model.name).observe(now - seq.request.arrived)
@@ -233,23 +262,24 @@ class Scheduler:
         for entry in rows:
             entry.fed += 1
         finished = []
-        for row, seq in enumerate(rows):
-            if isinstance(seq, GuidanceRow):
-                continue
-            guide = seq.guide
-            uncond = logits[row_of[id(guide)]] if guide is not None else None
-            forget = seq.accept(seq.next_token(logits[row], uncond), now)
-            if forget:
-                self._forget(row, forget)
-                seq.fed -= forget
+        with one_thread():
+            for row, seq in enumerate(rows):
+                if isinstance(seq, GuidanceRow):
+                    continue
+                guide = seq.guide
+                uncond = logits[row_of[id(guide)]] if guide is not None else None
+                forget = seq.accept(seq.next_token(logits[row], uncond), now)
+                if forget:
+                    self._forget(row, forget)
+                    seq.fed -= forget
+                    if guide is not None:
+                        self._forget(row_of[id(guide)], forget)
+                        guide.fed -= forget
                 if guide is not None:
-                    self._forget(row_of[id(guide)], forget)
-                    guide.fed -= forget
-            if guide is not None:
-                guide.pending_token = seq.pending_token
-            self._publish(seq)
-            if seq.finish is not None:
-                finished.append(seq)
+                    guide.pending_token = seq.pending_token
+                self._publish(seq)
+                if seq.finish is not None:
+                    finished.append(seq)
         metrics.GENERATED_TOKENS.labels(self.model.name).inc(len(rows) - sum(isinstance(r, GuidanceRow) for r in rows))
         for seq in finished:
             self._remove_sequence(seq)
