@@ -22,20 +22,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.text import PROMPTS  # noqa: E402 - the same prompts as the service benchmark
+
 MODES = ("int8-dynamic", "int4-groupwise")
 ROWS = (1, 8)
 ROUNDS = {1: 6, 8: 3}
 NEW_TOKENS = 128
-PROMPTS = [
-    "The old lighthouse keeper climbed the stairs one last time and",
-    "In the city of glass towers, a young thief named Mira discovered",
-    "The dragon had slept beneath the mountain for a thousand years until",
-    "Captain Reyes looked at the storm gathering over the harbour and",
-    "Nobody in the village believed the miller's daughter when she said",
-    "The letter arrived on a Tuesday, sealed with black wax, and it read:",
-    "Deep in the forest, the wolves gathered around the fallen knight as",
-    "When the last train left the station, the stationmaster turned to",
-]
 
 
 def _load(mode: str):
