@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 
 # Round robin matters in Kubernetes: with a headless Service and a "dns:///" target the channel
 # keeps a connection to every replica instead of pinning all calls to the first one it found.
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     # Reconnect backoff, one retry of idempotent calls (channel_policy.py).
     *channel_policy.channel_options(),
@@ -85,6 +86,7 @@ class ServiceChannels:
             channels.editor_data = ObjectDataStreams(data_channel, signer,
                                                      record_spans=records_call_spans(settings),
                                                      streams=settings.editor_data_streams,
+                                                     max_message_bytes=_MAX_MESSAGE_BYTES,
                                                      in_flight=settings.editor_data_stream_in_flight)
         return channels
 

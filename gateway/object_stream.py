@@ -21,16 +21,22 @@ refused as DRAINING was not served: it goes by unary call. A draining editor als
 stream itself (an answer with request_id 0): the stream is closed on this side at once, and ends
 once the requests still in flight on it are answered.
 
+Batches: each connection's messages are written by one task; requests queued while a message is
+being sent go together in the next one (`fabula_wire.object_data`), where the editor said it takes
+batches, and the gateway says it takes batched answers. Nothing waits to be batched.
+
 Backpressure: at most `in_flight` requests per stream; beyond, a request waits for a slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +48,7 @@ from starlette.requests import Request
 from fabula.editor.v1 import editor_pb2 as pb
 from fabula.editor.v1 import editor_pb2_grpc
 from fabula_wire import STATUS_DETAILS_KEY, read_error_detail
+from fabula_wire.object_data import BATCH_METADATA_KEY, announced_batch_bytes, take_batch
 from gateway.calls import DisconnectWatch
 from gateway.errors import from_rpc_error
 from services.toolkit.callers import METADATA_KEY, TokenSigner
@@ -63,7 +70,8 @@ class _StreamLost(Exception):
 
 
 class _NoConnection(Exception):
-    """No connection was open when the request got its slot: it goes as a unary call."""
+    """The request was not sent (no connection open when it got its slot, or the connection closed
+    or broke before its message was written): it goes as a unary call."""
 
 
 def _rpc_error(code: grpc.StatusCode, message: str, details: bytes = b"") -> grpc.aio.AioRpcError:
@@ -87,23 +95,76 @@ class _Waiting:
 
 
 class _Connection:
-    """One opened ObjectData call: its requests in flight and the task reading its answers. Kept
-    apart from `_Stream` so that a call that ends late (closed while the editor drains) can only
-    fail its own requests, never those of the call that replaced it."""
+    """One opened ObjectData call: its requests in flight, the task writing its messages and the
+    task reading its answers. Kept apart from `_Stream` so that a call that ends late (closed while
+    the editor drains) can only fail its own requests, never those of the call that replaced it.
 
-    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+    Requests are not written by their own tasks: each is queued, and one writer task sends what is
+    queued, as one message with a batch when the editor takes batches (`batch_bytes` > 0). While a
+    message is being sent, the requests that arrive meanwhile wait together for the next one, so
+    requests are batched exactly when they are ready together, never held back for company."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall, batch_bytes: int) -> None:
         self.call = call
+        self.batch_bytes = batch_bytes
         self.pending: dict[int, asyncio.Future[pb.ObjectDataResponse]] = {}
-        self.write_lock = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
+        self.messages_written = 0  # tests read it
+        self._outbox: deque[pb.ObjectDataRequest] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False  # nothing more is queued; the side is closed once the queue is sent
+        self._broken = False
+        self.writer = asyncio.get_running_loop().create_task(self._write_all(), context=contextvars.Context())
 
-    async def write(self, message: pb.ObjectDataRequest) -> None:
-        # gRPC takes one message at a time on a call.
-        async with self.write_lock:
-            await self.call.write(message)
+    def send(self, message: pb.ObjectDataRequest) -> None:
+        """Queue `message`; _NoConnection when this side is closing or broken (nothing is sent)."""
+        if self._closing or self._broken:
+            raise _NoConnection()
+        self._outbox.append(message)
+        self._wake.set()
+
+    def close_writes(self) -> None:
+        """Send what is queued, then close this side (the call ends once its answers are in)."""
+        self._closing = True
+        self._wake.set()
+
+    async def _write_all(self) -> None:
+        message: pb.ObjectDataRequest | None = None
+        try:
+            while not self._broken:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox and not self._broken:
+                    message = take_batch(self._outbox.popleft(), self._outbox, self.batch_bytes)
+                    await self.call.write(message)
+                    self.messages_written += 1
+                    message = None
+                if self._closing and not self._outbox:
+                    await self.call.done_writing()
+                    return
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            # Not sent: the call was closing or broke first. Nothing of it reached the editor, so
+            # even a write may go as a unary call; so may everything still queued.
+            self._broken = True
+            self._not_sent(message)
+        except asyncio.CancelledError:
+            self._broken = True
+            self._not_sent(message)
+            raise
+
+    def _not_sent(self, message: pb.ObjectDataRequest | None) -> None:
+        unsent = [*(([message, *message.batch]) if message is not None else ()), *self._outbox]
+        self._outbox.clear()
+        for request in unsent:
+            future = self.pending.pop(request.request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(_NoConnection())
 
     def lost(self) -> None:
+        self._broken = True
+        self._wake.set()
         self.call.cancel()
+        self._not_sent(None)  # what is still queued was never sent
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
@@ -115,16 +176,16 @@ class _Stream:
     the reopening of a connection that was lost."""
 
     def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, in_flight: int,
-                 opening_metadata: Callable[[], tuple[tuple[str, str], ...]]) -> None:
+                 opening_metadata: Callable[[], tuple[tuple[str, str], ...]], batches: bool) -> None:
         self._stub = stub
         self._opening_metadata = opening_metadata
+        self._batches = batches
         self._slots = asyncio.Semaphore(in_flight)
         self._ids = itertools.count(1)
         self._current: _Connection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._next_open = 0.0
         self._retire_at = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -150,7 +211,7 @@ class _Stream:
         call = self._stub.ObjectData(metadata=self._opening_metadata())
         try:
             async with asyncio.timeout(OPEN_TIMEOUT_S):
-                await call.initial_metadata()
+                accepted = await call.initial_metadata()
             if call.done():
                 raise _StreamLost()
         except (TimeoutError, grpc.aio.AioRpcError, _StreamLost) as error:
@@ -159,20 +220,21 @@ class _Stream:
             return
         finally:
             self._opening = None
-        connection = _Connection(call)
+        connection = _Connection(call, announced_batch_bytes(accepted) if self._batches else 0)
         connection.reader = asyncio.create_task(self._read(connection))
         self._current = connection
         self._retire_at = time.monotonic() + MAX_AGE_S
 
     async def _read(self, connection: _Connection) -> None:
         try:
-            while (answer := await connection.call.read()) is not grpc.aio.EOF:
-                if answer.request_id == 0:  # the editor drains: send nothing more on this stream
-                    self._close_soon(connection)
-                    continue
-                future = connection.pending.pop(answer.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(answer)
+            while (message := await connection.call.read()) is not grpc.aio.EOF:
+                for answer in (message, *message.batch) if message.batch else (message,):
+                    if answer.request_id == 0:  # the editor drains: send nothing more on this stream
+                        self._close_soon(connection)
+                        continue
+                    future = connection.pending.pop(answer.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(answer)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:
@@ -199,14 +261,13 @@ class _Stream:
                 request_id = message.request_id = next(self._ids)
                 connection.pending[request_id] = waiting.future
                 try:
-                    await connection.write(message)
-                except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-                    # Not sent: the connection was closing (renewed, the editor draining) or broke
-                    # first. Nothing reached the editor, so even a write may go as a unary call.
+                    connection.send(message)
+                except _NoConnection:
+                    # The connection is closing (renewed, the editor draining) or broke: nothing
+                    # reached the editor, so even a write may go as a unary call.
                     connection.pending.pop(request_id, None)
-                    if waiting.future.done() and not waiting.future.cancelled():
-                        waiting.future.exception()  # retrieved: the connection's loss is not this request's
-                    raise _NoConnection() from None
+                    raise
+                # The answer; or _NoConnection when the message could not be written after all.
                 return await waiting.future
         except TimeoutError:
             if connection is not None:
@@ -218,32 +279,17 @@ class _Stream:
             raise
 
     def _cancel(self, connection: _Connection, request_id: int) -> None:
-        """Tell the editor to stop serving `request_id` (in the background: the caller is leaving)."""
+        """Tell the editor to stop serving `request_id` (sent by the writer: the caller is leaving)."""
         if connection.pending.pop(request_id, None) is None or self._current is not connection:
             return  # answered already, or the connection is closing (no more writes on it)
-        self._background(connection.write(pb.ObjectDataRequest(request_id=request_id, cancel=True)))
+        with contextlib.suppress(_NoConnection):
+            connection.send(pb.ObjectDataRequest(request_id=request_id, cancel=True))
 
     def _close_soon(self, connection: _Connection) -> None:
         """Send nothing more on `connection` (the editor drains): it ends once its answers are in."""
         if self._current is connection:
             self._current = None
-        self._background(self._done_writing(connection))
-
-    @staticmethod
-    async def _done_writing(connection: _Connection) -> None:
-        async with connection.write_lock:
-            await connection.call.done_writing()
-
-    def _background(self, work: Any) -> None:
-        async def quietly() -> None:
-            try:
-                await work
-            except Exception:  # noqa: BLE001 - the stream broke meanwhile: its reader handles that
-                pass
-
-        task = asyncio.get_running_loop().create_task(quietly())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        connection.close_writes()
 
     async def close(self) -> None:
         if self._opening is not None:
@@ -252,21 +298,26 @@ class _Stream:
         if connection is not None:
             if connection.reader is not None:
                 connection.reader.cancel()
+            connection.writer.cancel()
             connection.lost()
 
 
 class ObjectDataStreams:
     """A few ObjectData streams on the editor's channel, used in turn."""
 
-    def __init__(self, channel: grpc.aio.Channel, signer: TokenSigner | None, *,
-                 streams: int, in_flight: int, record_spans: bool = False) -> None:
-        """`channel`: to the editor, for these streams alone (it is closed with them)."""
+    def __init__(self, channel: grpc.aio.Channel, signer: TokenSigner | None, *, streams: int, in_flight: int,
+                 max_message_bytes: int, record_spans: bool = False, batches: bool = True) -> None:
+        """`channel`: to the editor, for these streams alone (it is closed with them), taking
+        messages of up to `max_message_bytes`. `batches`: send several requests in one message to an
+        editor that takes them, and say that answers may come so (False: one a message, as a
+        gateway before batches did)."""
         self._channel = channel
+        self._announcement = ((BATCH_METADATA_KEY, str(max_message_bytes)),) if batches else ()
         self._signer = signer
         self._record_spans = record_spans
         self._tracer = trace.get_tracer(__name__)
         stub = editor_pb2_grpc.EditorServiceStub(channel)
-        self._streams = [_Stream(stub, in_flight, self._stream_metadata) for _ in range(streams)]
+        self._streams = [_Stream(stub, in_flight, self._stream_metadata, batches) for _ in range(streams)]
         self._turn = itertools.cycle(self._streams)
 
     def _ready_stream(self) -> _Stream | None:
@@ -325,8 +376,10 @@ class ObjectDataStreams:
         return span
 
     def _stream_metadata(self) -> tuple[tuple[str, str], ...]:
-        """What opens a stream: the gateway's caller token for no user (each message names its own)."""
-        return ((METADATA_KEY, self._signer.mint("", "editor")),) if self._signer is not None else ()
+        """What opens a stream: the gateway's caller token for no user (each message names its own),
+        and whether answers may come in batches."""
+        token = ((METADATA_KEY, self._signer.mint("", "editor")),) if self._signer is not None else ()
+        return (*token, *self._announcement)
 
     async def close(self) -> None:
         for stream in self._streams:

@@ -49,6 +49,7 @@ class EditorApp:
         servicer = EditorServicer(accounts, objects, transfers, api_tokens)
         # A stream's requests in flight are bounded as the server bounds its calls.
         servicer.object_streams.max_in_flight = settings.max_concurrent_rpcs
+        servicer.object_streams.max_message_bytes = settings.max_message_bytes
         return cls(settings=settings, storage=storage, credentials=credentials, accounts=accounts,
                    api_tokens=api_tokens, objects=objects, transfers=transfers,
                    servicer=servicer)

@@ -2,8 +2,10 @@
 
 It depends only on the generated protos (and protobuf/grpcio), so the SDK can install it without
 any server code: object types with their path names and protobuf numbers (`objects`), how a
-failed gRPC call reads over HTTP and what it carries (`status`), and the values the text service
-accepts for a generation request's numeric controls (`sampling`).
+failed gRPC call reads over HTTP and what it carries (`status`), the values the text service
+accepts for a generation request's numeric controls (`sampling`), and how the gateway and the
+editor put several requests or answers into one message of the editor's ObjectData stream
+(`object_data`).
 """
 
 from fabula_wire.objects import ObjectType
