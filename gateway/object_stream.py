@@ -109,7 +109,6 @@ class _Connection:
         self.batch_bytes = batch_bytes
         self.pending: dict[int, asyncio.Future[pb.ObjectDataResponse]] = {}
         self.reader: asyncio.Task[None] | None = None
-        self.messages_written = 0  # tests read it
         self._outbox: deque[pb.ObjectDataRequest] = deque()
         self._wake = asyncio.Event()
         self._closing = False  # nothing more is queued; the side is closed once the queue is sent
@@ -135,9 +134,9 @@ class _Connection:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outbox and not self._broken:
-                    message = take_batch(self._outbox.popleft(), self._outbox, self.batch_bytes)
+                    message = self._outbox.popleft()
+                    message = take_batch(message, self._outbox, self.batch_bytes)
                     await self.call.write(message)
-                    self.messages_written += 1
                     message = None
                 if self._closing and not self._outbox:
                     await self.call.done_writing()
@@ -147,12 +146,17 @@ class _Connection:
             # even a write may go as a unary call; so may everything still queued.
             self._broken = True
             self._not_sent(message)
-        except asyncio.CancelledError:
+        except BaseException as error:  # cancelled (the gateway stops), or a fault of this code
             self._broken = True
             self._not_sent(message)
-            raise
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            log.exception("ObjectData: writing the stream failed; it is opened again")
+            self.call.cancel()  # its reader then fails what is in flight, and the slot reopens
 
     def _not_sent(self, message: pb.ObjectDataRequest | None) -> None:
+        """Send the requests of `message` (being written when the call failed) and of the queue
+        by unary call instead: none of them reached the editor."""
         unsent = [*(([message, *message.batch]) if message is not None else ()), *self._outbox]
         self._outbox.clear()
         for request in unsent:

@@ -202,3 +202,32 @@ async def test_many_requests_at_once_through_the_gateway(editor, client, alice: 
     assert [(reply.status_code, reply.content) for reply in loaded] == [(200, f"story {i}".encode())
                                                                         for i in range(32)]
     assert streams.served == served + 64  # all on the streams
+
+
+async def test_a_fault_while_writing_sends_the_requests_by_unary_call(editor, alice: HttpUser, monkeypatch):
+    """A fault in the writer (here: putting a batch together fails once) loses no request: those
+    it held are handed back to go by unary call, the stream is closed, and the next one opened
+    serves as before."""
+    stream, channel = await _gateway_stream(editor.address)
+    real_take_batch = object_stream.take_batch
+
+    def failing_once(*args):
+        monkeypatch.setattr(object_stream, "take_batch", real_take_batch)
+        raise RuntimeError("a fault of the writer")
+
+    monkeypatch.setattr(object_stream, "take_batch", failing_once)
+    try:
+        outcomes = await asyncio.gather(*(
+            stream.request(object_stream._Waiting(), _put(alice, f"fault-{i}", b"x"), WAIT_S) for i in range(3)),
+            return_exceptions=True)
+        assert [type(outcome) for outcome in outcomes] == [object_stream._NoConnection] * 3
+        deadline = time.monotonic() + WAIT_S
+        while not stream.ready:
+            assert time.monotonic() < deadline, "the stream was never opened again"
+            stream.open_soon()
+            await asyncio.sleep(0.01)
+        answer = await stream.request(object_stream._Waiting(), _put(alice, "after", b"y"), WAIT_S)
+        assert answer.code == 0
+    finally:
+        await stream.close()
+        await channel.close()
