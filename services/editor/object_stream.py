@@ -103,7 +103,8 @@ class ObjectDataStreams:
         # Initial metadata at once: the gateway sends nothing before it has them.
         if self.takes_batches:
             await context.send_initial_metadata(((BATCH_METADATA_KEY, str(self.max_message_bytes)),))
-            batch_bytes = announced_batch_bytes(context.invocation_metadata())
+            # Within what the gateway takes and what this server may send.
+            batch_bytes = min(announced_batch_bytes(context.invocation_metadata()), self.max_message_bytes)
         else:
             await context.send_initial_metadata(())
             batch_bytes = 0

@@ -160,9 +160,9 @@ async def test_the_gateway_batches_requests_ready_together(editor, client, alice
 
 
 async def test_a_batch_never_exceeds_what_the_editor_takes(tmp_path):
-    """An editor that takes messages of at most 320 KiB: twelve 64 KiB saves queued together go in
-    batches of at most four (a larger message would end the stream with RESOURCE_EXHAUSTED), and
-    all are stored."""
+    """An editor that takes (and sends) messages of at most 320 KiB: twelve 64 KiB saves queued
+    together go in batches of at most four (a larger message would end the stream with
+    RESOURCE_EXHAUSTED), and all are stored; their twelve loads come back in batches as small."""
     settings = fast_settings(f"sqlite:///{tmp_path / 'editor.db'}", max_message_bytes=320 * 1024,
                              max_object_bytes=256 * 1024, max_keystore_bytes=64 * 1024)
     async with embedded_editor(settings) as editor:
@@ -177,6 +177,13 @@ async def test_a_batch_never_exceeds_what_the_editor_takes(tmp_path):
                 assert [(answer.code, answer.message) for answer in answers] == [(0, "")] * 12
                 assert streams.messages_received - received >= 3  # 12 × 64 KiB in messages of ≤ 320 KiB
                 assert streams.requests_in_batches > 0
+                # And the answers that carry them back: batched within the editor's own limit too.
+                batched = streams.answers_in_batches
+                loads = await asyncio.gather(*(stream.request(object_stream._Waiting(), _get(alice, f"large-{i}"),
+                                                              WAIT_S) for i in range(12)))
+                assert [(load.code, load.get_object.data) for load in loads] == [
+                    (0, bytes([i]) * 64 * 1024) for i in range(12)]
+                assert streams.answers_in_batches > batched
             finally:
                 await stream.close()
                 await channel.close()
