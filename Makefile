@@ -78,8 +78,18 @@ test: install proto web $(CHECKOV) $(CHROMIUM)
 test-all: install proto web $(CHECKOV) $(CHROMIUM)
 	FABULA_SLOW_TESTS=1 $(PY) -m pytest -q
 
+# llama.cpp, the text benchmark's baseline, is built for the instruction sets /proc/cpuinfo lists
+# rather than with -march=native: a virtual machine that lists AMX without enabling it killed a
+# native build with SIGILL at its first token (an Intel Xeon host, 2026-12-05; docs/text.md).
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+cpu_has = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=$(call cpu_has,avx) -DGGML_AVX2=$(call cpu_has,avx2) \
+	-DGGML_FMA=$(call cpu_has,fma) -DGGML_F16C=$(call cpu_has,f16c) -DGGML_AVX512=$(call cpu_has,avx512f) \
+	-DGGML_AVX512_VBMI=$(call cpu_has,avx512vbmi) -DGGML_AVX512_VNNI=$(call cpu_has,avx512_vnni) \
+	-DGGML_AVX512_BF16=$(call cpu_has,avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
 bench: install proto
-	$(PIP) install -q -e '.[bench]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e '.[bench]'
 	$(PY) -m bench
 
 # TensorRT engines are built ahead of time, never on a user's request (GPU machines only).
