@@ -78,9 +78,9 @@ test: install proto web $(CHECKOV) $(CHROMIUM)
 test-all: install proto web $(CHECKOV) $(CHROMIUM)
 	FABULA_SLOW_TESTS=1 $(PY) -m pytest -q
 
-# llama.cpp, the text benchmark's baseline, is built for the instruction sets /proc/cpuinfo lists
-# rather than with -march=native: a virtual machine that lists AMX without enabling it killed a
-# native build with SIGILL at its first token (an Intel Xeon host, 2026-12-05; docs/text.md).
+# llama.cpp, the text benchmark's baseline, is built for the instruction sets /proc/cpuinfo lists,
+# AMX left out, rather than with -march=native: on an AMX host a native build of this version died
+# with SIGILL in its AMX matrix product at the first token (an Intel Xeon, 2026-12-05; docs/text.md).
 CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 cpu_has = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=$(call cpu_has,avx) -DGGML_AVX2=$(call cpu_has,avx2) \
