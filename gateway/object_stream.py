@@ -180,10 +180,9 @@ class _Stream:
     the reopening of a connection that was lost."""
 
     def __init__(self, stub: editor_pb2_grpc.EditorServiceStub, in_flight: int,
-                 opening_metadata: Callable[[], tuple[tuple[str, str], ...]], batches: bool) -> None:
+                 opening_metadata: Callable[[], tuple[tuple[str, str], ...]]) -> None:
         self._stub = stub
         self._opening_metadata = opening_metadata
-        self._batches = batches
         self._slots = asyncio.Semaphore(in_flight)
         self._ids = itertools.count(1)
         self._current: _Connection | None = None
@@ -224,7 +223,7 @@ class _Stream:
             return
         finally:
             self._opening = None
-        connection = _Connection(call, announced_batch_bytes(accepted) if self._batches else 0)
+        connection = _Connection(call, announced_batch_bytes(accepted))
         connection.reader = asyncio.create_task(self._read(connection))
         self._current = connection
         self._retire_at = time.monotonic() + MAX_AGE_S
@@ -310,18 +309,16 @@ class ObjectDataStreams:
     """A few ObjectData streams on the editor's channel, used in turn."""
 
     def __init__(self, channel: grpc.aio.Channel, signer: TokenSigner | None, *, streams: int, in_flight: int,
-                 max_message_bytes: int, record_spans: bool = False, batches: bool = True) -> None:
+                 max_message_bytes: int, record_spans: bool = False) -> None:
         """`channel`: to the editor, for these streams alone (it is closed with them), taking
-        messages of up to `max_message_bytes`. `batches`: send several requests in one message to an
-        editor that takes them, and say that answers may come so (False: one a message, as a
-        gateway before batches did)."""
+        messages of up to `max_message_bytes` (announced, so that the editor may batch its answers)."""
         self._channel = channel
-        self._announcement = ((BATCH_METADATA_KEY, str(max_message_bytes)),) if batches else ()
+        self._announcement = ((BATCH_METADATA_KEY, str(max_message_bytes)),)
         self._signer = signer
         self._record_spans = record_spans
         self._tracer = trace.get_tracer(__name__)
         stub = editor_pb2_grpc.EditorServiceStub(channel)
-        self._streams = [_Stream(stub, in_flight, self._stream_metadata, batches) for _ in range(streams)]
+        self._streams = [_Stream(stub, in_flight, self._stream_metadata) for _ in range(streams)]
         self._turn = itertools.cycle(self._streams)
 
     def _ready_stream(self) -> _Stream | None:

@@ -114,11 +114,10 @@ async def test_answers_come_batched_only_to_a_stream_that_announced_it(editor):
             assert streams.answers_in_batches - before == 16 - messages
 
 
-async def _gateway_stream(address: str, *, batches: bool = True) -> tuple[object_stream._Stream, grpc.aio.Channel]:
+async def _gateway_stream(address: str) -> tuple[object_stream._Stream, grpc.aio.Channel]:
     """One stream of the gateway's pool (gateway/object_stream.py), opened on `address`."""
     channel = grpc.aio.insecure_channel(address)
-    stream = object_stream._Stream(editor_pb2_grpc.EditorServiceStub(channel), 64,
-                                   lambda: ANNOUNCE if batches else (), batches)
+    stream = object_stream._Stream(editor_pb2_grpc.EditorServiceStub(channel), 64, lambda: ANNOUNCE)
     deadline = time.monotonic() + WAIT_S
     while not stream.ready:
         assert time.monotonic() < deadline, "the stream never opened"
