@@ -71,9 +71,23 @@ async def test_logins_wait_in_the_argon2_queue_while_it_has_room(tmp_path):
 
 
 async def open_export(stub, user):
-    """An export whose first piece was read and whose client then stops reading."""
+    """An export whose first piece was read. (It cannot hold its slot: the server pushes the whole
+    archive into the transport's buffers and ends, whether or not the client reads on.)"""
     call = stub.ExportAccount(pb.ExportAccountRequest(), metadata=user.metadata)
     await call.read()
+    return call
+
+
+async def held_import(stub, user, editor, chunk: bytes = b"part of an archive"):
+    """An import whose client sent its first piece and then keeps the stream open: it holds a
+    transfer slot (and its piece's spool bytes) until it is cancelled, whatever the timing."""
+    gate = editor.app.transfers.gate
+    running = gate.running
+    call = stub.ImportAccount(metadata=user.metadata)
+    await call.write(pb.ImportAccountRequest(chunk=chunk, expected_keystore_change_index=1))
+    async with asyncio.timeout(10):
+        while gate.running == running:
+            await asyncio.sleep(0.01)
     return call
 
 
@@ -86,11 +100,13 @@ async def test_transfers_are_capped_per_account_and_in_all(tmp_path):
         for user in (alice, bob, carol):
             await stub.PutObject(pb.PutObjectRequest(type=pb.OBJECT_TYPE_STORY, id="s", data=os.urandom(20_000)),
                                  metadata=user.metadata)
-        first = await open_export(stub, alice)
+        first = await held_import(stub, alice, editor)
         error = await refused(open_export(stub, alice), EXHAUSTED, reason="TRANSFERS_BUSY")
         assert read_error_detail(error)[1] > 0
-        second = await open_export(stub, bob)
-        await refused(open_export(stub, carol), EXHAUSTED, reason="TRANSFERS_BUSY")
+        assert "this account already runs" in error.details()
+        second = await held_import(stub, bob, editor)
+        error = await refused(open_export(stub, carol), EXHAUSTED, reason="TRANSFERS_BUSY")
+        assert "the editor already runs 2" in error.details()
         first.cancel()
         second.cancel()
         while editor.app.transfers.gate.running:
@@ -106,11 +122,11 @@ async def test_the_spool_budget_bounds_transfers_together(tmp_path):
     async with embedded_editor(settings) as editor, grpc.aio.insecure_channel(editor.address) as channel:
         stub = editor_pb2_grpc.EditorServiceStub(channel)
         alice, bob = await register(stub, "alice"), await register(stub, "bob")
-        for user in (alice, bob):
-            await stub.PutObject(pb.PutObjectRequest(type=pb.OBJECT_TYPE_STORY, id="s", data=os.urandom(40_000)),
-                                 metadata=user.metadata)
-        held = await open_export(stub, alice)
-        assert editor.app.transfers.gate.spooled_bytes > budget // 2
+        await stub.PutObject(pb.PutObjectRequest(type=pb.OBJECT_TYPE_STORY, id="s", data=os.urandom(40_000)),
+                             metadata=bob.metadata)
+        held = await held_import(stub, alice, editor, chunk=os.urandom(40_000))
+        assert editor.app.transfers.gate.spooled_bytes == 40_000
+        # Bob's archive (over 40,000 bytes) does not fit beside the 40,000 bytes Alice's import spooled.
         await refused(open_export(stub, bob), EXHAUSTED, reason="TRANSFER_SPOOL_FULL")
         held.cancel()
         while editor.app.transfers.gate.spooled_bytes:
