@@ -115,6 +115,11 @@ class _Connection:
         self._broken = False
         self.writer = asyncio.get_running_loop().create_task(self._write_all(), context=contextvars.Context())
 
+    @property
+    def broken(self) -> bool:
+        """Whether writing failed: the call is being cancelled, and nothing more is sent on it."""
+        return self._broken
+
     def send(self, message: pb.ObjectDataRequest) -> None:
         """Queue `message`; _NoConnection when this side is closing or broken (nothing is sent)."""
         if self._closing or self._broken:
@@ -195,6 +200,11 @@ class _Stream:
         """Whether a connection is open (one past MAX_AGE_S is closed here, and opened again soon)."""
         connection = self._current
         if connection is None:
+            return False
+        if connection.broken:
+            # Its writer failed and cancelled the call; the reader, which lets go of the connection
+            # when the call ends, may not have seen that yet. Let go now, so that a new one opens.
+            self._current = None
             return False
         if time.monotonic() < self._retire_at:
             return True

@@ -217,8 +217,13 @@ async def test_a_fault_while_writing_sends_the_requests_by_unary_call(editor, al
     stream, channel = await _gateway_stream(editor.address)
     real_take_batch = object_stream.take_batch
 
+    ready_after_the_fault: list[bool] = []
+
     def failing_once(*args):
         monkeypatch.setattr(object_stream, "take_batch", real_take_batch)
+        # Asked right after the writer has handled its fault, before the reader can have seen the
+        # cancelled call end (that comes through gRPC's poller, later in the event loop).
+        asyncio.get_running_loop().call_soon(lambda: ready_after_the_fault.append(stream.ready))
         raise RuntimeError("a fault of the writer")
 
     monkeypatch.setattr(object_stream, "take_batch", failing_once)
@@ -227,6 +232,8 @@ async def test_a_fault_while_writing_sends_the_requests_by_unary_call(editor, al
             stream.request(object_stream._Waiting(), _put(alice, f"fault-{i}", b"x"), WAIT_S) for i in range(3)),
             return_exceptions=True)
         assert [type(outcome) for outcome in outcomes] == [object_stream._NoConnection] * 3
+        # The broken connection is never offered again, even before its reader has seen the call end.
+        assert ready_after_the_fault == [False]
         deadline = time.monotonic() + WAIT_S
         while not stream.ready:
             assert time.monotonic() < deadline, "the stream was never opened again"
