@@ -5,8 +5,8 @@ hand-over to the event loop), at 1 and 8 rows, for both quantisation modes.
 The real `Scheduler` and its worker thread serve requests read by an asyncio loop, as in the
 service, without gRPC (the service's event loop and the client cost about 0.3 ms a token each,
 docs/text.md). Each mode's model is loaded, and its scheduler built, in a thread that exits, as
-the service does (see `_in_a_thread_that_exits`). The `balanced` preset, 128 tokens a
-request, end of text suppressed, seeds 0..rows-1; wall and CPU (thread time of the worker thread)
+the service loads its models (`toolkit.model_service.run_in_passing_thread`). The `balanced`
+preset, 128 tokens a request, end of text suppressed, seeds 0..rows-1; wall and CPU (thread time of the worker thread)
 per iteration, medians over the rounds, with the load average before and after.
 `python -m bench text_outside`.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -30,29 +29,14 @@ ROUNDS = {1: 6, 8: 3}
 NEW_TOKENS = 128
 
 
-def _in_a_thread_that_exits(build):
-    """`build()`, run in a thread of its own that ends with it, as the service loads its models.
-
-    Any parallel torch operation (a load, the batch cache's zeroed buffers) gives the thread that
-    runs it an OpenMP pool of its own, kept as long as that thread lives. Once libgomp manages more
-    threads than there are CPUs, it stops letting idle pool threads spin: the decode step's second
-    thread then sleeps between operators and every parallel operator waits for a futex wake-up.
-    Built in this benchmark's main thread, the scheduler's one-row step took about 20 ms instead
-    of 7.5 (2026-12-05, docs/text.md)."""
-    built = {}
-    thread = threading.Thread(target=lambda: built.update(value=build()))
-    thread.start()
-    thread.join()
-    return built["value"]
-
-
 def _load(mode: str):
     from services.text.models import load_model
     from services.text.settings import TextSettings
+    from services.toolkit.model_service import run_in_passing_thread
 
     cache_dir = Path(os.environ.get("FABULA_TEXT_CACHE_DIR", TextSettings().cache_dir))
-    return _in_a_thread_that_exits(lambda: load_model("smollm2", "builtin:smollm2", cache_dir=cache_dir,
-                                                      quantization=mode))
+    return asyncio.run(run_in_passing_thread(lambda: load_model("smollm2", "builtin:smollm2", cache_dir=cache_dir,
+                                                                quantization=mode)))
 
 
 class _Timed:
@@ -96,9 +80,12 @@ async def _measure(model, rows: int, rounds: int) -> dict[str, float]:
     from services.text.presets_store import load_presets
     from services.text.scheduler import Scheduler, SchedulerConfig
     from services.text.sequence import GenerationRequest
+    from services.toolkit.model_service import run_in_passing_thread
 
     sampling = load_presets()["balanced"].sampling
-    scheduler = _in_a_thread_that_exits(lambda: Scheduler(model, SchedulerConfig(max_batch_size=16)))
+    # Built in a passing thread too: its batch cache's zeroed buffers are a parallel operator, and
+    # a pool left in this benchmark's main thread made the one-row step 19.6 ms instead of 7.8.
+    scheduler = await run_in_passing_thread(lambda: Scheduler(model, SchedulerConfig(max_batch_size=16)))
     try:
         async def one(index: int) -> None:
             params = GenerationParams(sampling=sampling, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
