@@ -241,7 +241,7 @@ class _Stream:
     async def _read(self, connection: _Connection) -> None:
         try:
             while (message := await connection.call.read()) is not grpc.aio.EOF:
-                for answer in (message, *message.batch) if message.batch else (message,):
+                for answer in (message, *message.batch):
                     if answer.request_id == 0:  # the editor drains: send nothing more on this stream
                         self._close_soon(connection)
                         continue
