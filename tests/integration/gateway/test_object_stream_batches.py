@@ -177,15 +177,40 @@ async def test_a_batch_never_exceeds_what_the_editor_takes(tmp_path):
                 assert streams.messages_received - received >= 3  # 12 × 64 KiB in messages of ≤ 320 KiB
                 assert streams.requests_in_batches > 0
                 # And the answers that carry them back: batched within the editor's own limit too.
+                # The loads are held until all twelve are read, so that their answers are ready
+                # together (otherwise how many are ready at once depends on timing).
+                _hold_loads_until(editor.app.servicer, 12)
                 batched = streams.answers_in_batches
                 loads = await asyncio.gather(*(stream.request(object_stream._Waiting(), _get(alice, f"large-{i}"),
                                                               WAIT_S) for i in range(12)))
                 assert [(load.code, load.get_object.data) for load in loads] == [
                     (0, bytes([i]) * 64 * 1024) for i in range(12)]
-                assert streams.answers_in_batches > batched
+                # Four 64 KiB answers fit in 320 KiB, five do not: three messages, nine answers
+                # inside another's.
+                assert streams.answers_in_batches - batched == 9
             finally:
                 await stream.close()
                 await channel.close()
+
+
+def _hold_loads_until(servicer, count: int) -> None:
+    """Make the servicer's loads wait, once read, until `count` of them are: they then finish in
+    one turn of the event loop, and their answers are ready together."""
+    real_get_object = servicer.get_object
+    all_read = asyncio.Event()
+    read = 0
+
+    async def held_get_object(*args, **kwargs):
+        nonlocal read
+        reply = await real_get_object(*args, **kwargs)
+        read += 1
+        if read == count:
+            all_read.set()
+        async with asyncio.timeout(WAIT_S):  # no task of its own: each load wakes in one step
+            await all_read.wait()
+        return reply
+
+    servicer.get_object = held_get_object
 
 
 async def test_many_requests_at_once_through_the_gateway(editor, client, alice: HttpUser):
