@@ -247,8 +247,13 @@ CALL_TIMEOUT_S = 120.0
 async def _victim_measure(stack_url: str) -> dict:
     from bench.common import percentile
     from bench.fair_load import FloodProcess, Outcomes, sign_up, victim
+    from services.toolkit.heap import freeze_startup_heap
 
     alone, attacked, attacks = Outcomes(), Outcomes(), Outcomes()
+    # This process built the tiny models (torch, transformers): its full collections took about
+    # 9 ms each while B's requests were being timed, a client pause, not the stack's. The stack's
+    # processes freeze their own start-up heaps (services/toolkit/heap.py).
+    freeze_startup_heap()
     async with httpx.AsyncClient(base_url=stack_url, timeout=CALL_TIMEOUT_S,
                                  limits=httpx.Limits(max_connections=64)) as client:
         attacker, target = await sign_up(client, "attacker"), await sign_up(client, "victim")

@@ -22,8 +22,11 @@ def main() -> None:
     import uvicorn
 
     from gateway.main import create_app
+    from services.toolkit.heap import freeze_startup_heap
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    app = create_app(settings)
+    freeze_startup_heap()
+    uvicorn.run(app, host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=10,
                 # libuv's loop and httptools' parser cost less CPU per request than asyncio's
                 # own loop and h11 (bench/storage.py).

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.toolkit import metrics, tracing
 from services.toolkit.callers import CallerCheck, caller_check
+from services.toolkit.heap import freeze_startup_heap
 from services.toolkit.interceptor import ExceptionInterceptor
 from services.toolkit.settings import ServiceSettings
 
@@ -142,6 +143,7 @@ async def serve(
     try:
         if warm_up is not None:
             await warm_up()
+        freeze_startup_heap()
         await running.set_serving(True)
         log.info("serving (health SERVING)")
         if watch is not None:
