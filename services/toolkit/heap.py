@@ -7,7 +7,9 @@ so once started, each one stopped the process's threads for 20 to 90 ms on a 2-c
 text service 92 ms, the gateway 31 ms, measured with `gc.callbacks` under the resilience load):
 every call in flight at that moment waited that long. `gc.freeze()` moves the objects alive once
 start-up is done into a permanent generation the collector no longer walks; objects made later are
-collected as before, and the frozen ones are still freed by reference counting.
+collected as before, and the frozen ones are still freed by reference counting. The price: a frozen
+object that later becomes part of an unreachable cycle is never freed, which bounds the loss by
+what start-up built (once), not by how long the process serves.
 """
 
 from __future__ import annotations
