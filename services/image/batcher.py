@@ -32,7 +32,7 @@ class Batcher:
     """One model's denoising loop, run by a `Worker`."""
 
     def __init__(self, pipeline: ImagePipeline, *, max_batch_images: int, max_queue: int,
-                 max_per_user: int | None = None) -> None:
+                 max_per_user: int | None = None, worker_nice: int = 0) -> None:
         self.pipeline = pipeline
         self.model = pipeline.model.name
         backend_limit = pipeline.backend.max_batch_images
@@ -41,7 +41,8 @@ class Batcher:
         self.unet_calls = 0  # for tests and benchmarks: work actually done
         self._worker: worker.Worker[Job, Event, None] = worker.Worker(
             self, service="image", model=self.model, capacity=self.max_batch_images, max_queue=max_queue,
-            max_per_owner=max_per_user, metrics=worker.QueueMetrics(metrics.QUEUE_DEPTH.labels(self.model), metrics.REJECTED.labels(self.model)))
+            max_per_owner=max_per_user, metrics=worker.QueueMetrics(metrics.QUEUE_DEPTH.labels(self.model), metrics.REJECTED.labels(self.model)),
+            nice=worker_nice)
 
     # --- the caller's side (event loop thread) ---
 

@@ -80,7 +80,8 @@ class ImageGenerator:
         self.pipelines[model.name] = pipeline
         self.batchers[model.name] = Batcher(pipeline, max_batch_images=self.settings.max_batch_images,
                                             max_queue=self.settings.max_queue,
-                                            max_per_user=self.settings.max_generations_per_user)
+                                            max_per_user=self.settings.max_generations_per_user,
+                                            worker_nice=self.settings.worker_nice)
 
     async def warm_up(self) -> None:
         """One small generation per model, so the first user does not pay for lazy set-up."""

@@ -78,6 +78,9 @@ class ImageSettings(ServiceSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="'auto': float16 on a GPU, float32 on a CPU")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
+    worker_nice: int = Field(10, ge=0, le=19, description="how much lower the denoising thread's CPU priority is "
+                             "than the process's (a nice value): where the cores are shared, request handling and "
+                             "the text service preempt it; 0 = the same priority")
     max_batch_images: int = Field(8, ge=1, le=64, description="images denoised together in one UNet call")
     max_queue: int = Field(16, ge=0, description="requests waiting beyond the batch; more get RESOURCE_EXHAUSTED")
     max_generations_per_user: int = Field(2, ge=1, description="one user's requests running or waiting at once, "

@@ -24,6 +24,12 @@ shape; what one iteration does is the service's `DomainLoop`.
   owner's count and the queue's) until `Reservation.submit(job)` turns it into a job or it is
   released: a service whose job takes costly preparation (decoding an uploaded image) refuses a
   request it has no room for before paying for it. A held place counts as waiting beyond the batch.
+- **CPU priority.** With `nice`, the thread lowers its own CPU priority when it starts (Linux
+  keeps a nice value per thread, and the intra-op threads torch starts from it inherit it). The
+  image service runs its denoising thread at nice 10: on a machine it shares with the other
+  services, their request handling and the text service's decode loop then take a core from it at
+  once instead of waiting out its time slice (docs/architecture.md, "What one user's flood costs
+  another"). It only matters when the cores are contended.
 - **Thread start.** The thread starts with the first job submitted, never in a constructor: the
   domain is then fully built before its thread can see it, no owner can forget to start it, and a
   model nobody asks for holds no thread (nor the OpenMP pool torch keeps for every thread that ran
@@ -50,6 +56,7 @@ import collections
 import enum
 import itertools
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -187,18 +194,21 @@ class Worker(Generic[JobT, EventT, ResultT]):
     """The thread, the bounded queue and the hand-over of events for one model's domain loop."""
 
     def __init__(self, domain: DomainLoop[JobT], *, service: str, model: str, capacity: int, max_queue: int,
-                 max_per_owner: int | None = None, metrics: QueueMetrics | None = None) -> None:
+                 max_per_owner: int | None = None, metrics: QueueMetrics | None = None, nice: int = 0) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {max_queue}")
         if max_per_owner is not None and max_per_owner < 1:
             raise ValueError(f"max_per_owner must be at least 1, got {max_per_owner}")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be from 0 to 19, got {nice}")
         self.service = service
         self.model = model
         self.capacity = capacity
         self.max_queue = max_queue
         self.max_per_owner = max_per_owner
+        self.nice = nice
         self._domain = domain
         self._metrics = metrics
         self._cond = threading.Condition()
@@ -391,6 +401,8 @@ class Worker(Generic[JobT, EventT, ResultT]):
     # --- the worker thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.nice:
+            _lower_thread_priority(self.nice, f"the {self.service} worker of model {self.model}")
         while True:
             with self._cond:
                 while not (self._stopping or self._waiting or self._withdrawn or self._active):
@@ -462,6 +474,16 @@ class Worker(Generic[JobT, EventT, ResultT]):
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # that loop is closed: nobody is left to read its events
                 log.debug("dropped %d events for a closed event loop", len(items))
+
+
+def _lower_thread_priority(nice: int, what: str) -> None:
+    """Raise the calling thread's nice value by `nice` (Linux: per thread; lowering one's own
+    priority needs no privilege). Where a thread has no nice value of its own, say so and go on."""
+    try:
+        thread_id = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread_id, os.getpriority(os.PRIO_PROCESS, thread_id) + nice)
+    except (AttributeError, OSError) as error:  # no setpriority, or no per-thread nice value
+        log.warning("%s runs at its normal CPU priority: nice %d could not be set (%s)", what, nice, error)
 
 
 def _deliver(items: list[tuple[Handle, Any]]) -> None:

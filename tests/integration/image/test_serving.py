@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 
 import grpc
 import pytest
@@ -143,3 +146,26 @@ async def test_a_full_queue_refuses_an_upload_before_decoding_it(image_service_w
                 params=params(), img2img=image_pb2.ImageToImage(image=b"not an image"))))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
+@pytest.mark.parametrize("worker_nice", [0, 10])
+async def test_the_denoising_thread_runs_at_the_configured_lower_priority(image_service_with, worker_nice) -> None:
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async with image_service_with(worker_nice=worker_nice) as service:
+        assert images_of(await collect(service.stub.Generate(image_pb2.GenerateRequest(params=params()))))
+        thread = service.batcher()._worker._thread  # the thread that ran the denoising steps
+        assert thread is not None and thread.is_alive() and thread.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(here + worker_nice, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # the event loop's is untouched
+
+
+def test_a_worker_nice_outside_0_to_19_is_refused(tmp_path) -> None:
+    from pydantic import ValidationError
+
+    from services.image.settings import ImageSettings
+
+    assert ImageSettings(cache_dir=tmp_path).worker_nice == 10
+    for bad in (-1, 20):
+        with pytest.raises(ValidationError, match="worker_nice"):
+            ImageSettings(cache_dir=tmp_path, worker_nice=bad)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -335,3 +337,39 @@ async def test_a_reservation_counts_against_its_owner_and_becomes_the_job(make) 
         worker.submit(Count(1), owner="a")
     domain.gate.release(100)
     assert await collect(handle) == [1, 2]
+
+
+class PriorityProbe(Counting):
+    """Records the nice value of the thread that runs each iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def iterate(self) -> None:
+        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        super().iterate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
+async def test_a_niced_worker_lowers_its_own_thread_only() -> None:
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    probes = {}
+    for nice in (0, 7):
+        domain = probes[nice] = PriorityProbe()
+        domain.worker = Worker(domain, service="test", model=f"m{next(_names)}", capacity=2, max_queue=2, nice=nice)
+        try:
+            assert await collect(domain.worker.submit(Count(2))) == [1, 2]
+        finally:
+            domain.worker.stop()
+    assert set(probes[0].seen) == {here}
+    assert set(probes[7].seen) == {min(here + 7, 19)}
+    # The event loop's thread (and the process) keep their priority.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == here
+
+
+def test_a_nice_value_outside_0_to_19_is_refused() -> None:
+    for nice in (-1, 20):
+        with pytest.raises(ValueError, match="nice"):
+            Worker(Counting(), service="test", model="m", capacity=1, max_queue=1, nice=nice)
