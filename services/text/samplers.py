@@ -16,6 +16,7 @@ convention (`SamplerConvention` in `params.py` lists where the conventions diffe
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -537,8 +538,17 @@ def warp(logits: torch.Tensor, params: SamplingParams, state: SamplerState | Non
         cand = WARPERS[name](cand, params, state)
     if cand is None:
         # Nothing truncates: sample from the whole row as it is, no sort needed.
-        return Candidates(torch.arange(size), logits, size)
+        return Candidates(_row_ids(size), logits, size)
     return cand
+
+
+@functools.lru_cache(maxsize=8)
+def _row_ids(size: int) -> torch.Tensor:
+    """0..size-1, made once per vocabulary size (every step of every untruncated row needs it;
+    nothing writes to a candidate set's ids). A normal tensor even when first asked for under
+    `torch.inference_mode()` (the scheduler's), so callers outside it may slice it too."""
+    with torch.inference_mode(False):
+        return torch.arange(size)
 
 
 def draw(cand: Candidates, generator: torch.Generator) -> int:

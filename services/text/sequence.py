@@ -161,11 +161,13 @@ class Sequence:
         if self.phrases:
             logits = samplers.apply_phrase_bias(logits.clone(), self.output_ids, self.phrases)
         position = len(self.output_ids)
+        # In place, as the penalties are: the row is this sequence's alone (the step's copy on the
+        # CPU, `raw` kept apart above).
         if position < self.params.min_new_tokens:
-            logits = logits.index_fill(0, self.eos_ids, samplers.NEG_INF)
+            logits.index_fill_(0, self.eos_ids, samplers.NEG_INF)
         banned = self.banned_at.get(position)
         if banned:
-            logits = logits.index_fill(0, torch.tensor(sorted(banned), dtype=torch.long), samplers.NEG_INF)
+            logits.index_fill_(0, torch.tensor(sorted(banned), dtype=torch.long), samplers.NEG_INF)
         if not float(logits.max()) > samplers.NEG_INF:
             # Everything is banned here: end the text rather than draw from nothing. (The max, not
             # `isfinite(...).any()`: one pass over the vocabulary instead of four, every step.)

@@ -82,3 +82,33 @@ def _is_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def test_the_rust_decode_gives_the_text_transformers_decode_gives(tiny_tokenizer):
+    import random
+
+    from services.text.decoding import _rust_decode
+
+    decode = _rust_decode(tiny_tokenizer)
+    assert decode is not None  # a fast tokenizer with transformers' own decode: the short path is taken
+    specials = [tiny_tokenizer.eos_token_id, tiny_tokenizer.bos_token_id]
+    generator = random.Random(0)
+    samples = [tiny_tokenizer.encode(TEXT, add_special_tokens=False), specials + [5, 6] + specials]
+    samples += [[generator.randrange(len(tiny_tokenizer)) for _ in range(generator.randrange(1, 12))]
+                for _ in range(300)]  # random ids: special tokens and split UTF-8 characters among them
+    for ids in samples:
+        assert decode(ids) == tiny_tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def test_a_tokenizer_with_its_own_decode_keeps_it(tiny_tokenizer):
+    from services.text.decoding import _rust_decode
+
+    class Lowercasing(type(tiny_tokenizer)):
+        def _decode(self, token_ids, **kwargs):
+            return super()._decode(token_ids, **kwargs).lower()
+
+    lowercasing = Lowercasing(tokenizer_object=tiny_tokenizer.backend_tokenizer, eos_token=tiny_tokenizer.eos_token)
+    assert _rust_decode(lowercasing) is None
+    detok = IncrementalDetokenizer(lowercasing, [])
+    assert "".join(detok.push(token) for token in tiny_tokenizer.encode("The Dragon", add_special_tokens=False)) \
+        == "the dragon"
