@@ -3,9 +3,9 @@
 A service process holds hundreds of thousands of objects it made while starting (torch,
 transformers and diffusers modules, the loaded models' Python objects, FastAPI's routes) and keeps
 them all for its whole life. CPython's full (generation 2) collection walks every tracked object,
-so once started, each one stopped the process's threads for 20 to 90 ms on a 2-core host (the
-text service 92 ms, the gateway 31 ms, measured with `gc.callbacks` under the resilience load):
-every call in flight at that moment waited that long. `gc.freeze()` moves the objects alive once
+so each full collection while serving stopped the process's threads for 20 to 90 ms on a 2-core
+host (the text service 92 ms, the gateway 31 ms, measured with `gc.callbacks` under the
+resilience load): every call in flight at that moment waited that long. `gc.freeze()` moves the objects alive once
 start-up is done into a permanent generation the collector no longer walks; objects made later are
 collected as before, and the frozen ones are still freed by reference counting. The price: a frozen
 object that later becomes part of an unreachable cycle is never freed, which bounds the loss by
